@@ -1,0 +1,211 @@
+"""The Runner interface every backend implements, and the registry that finds them.
+
+Life cycle (after Polygraphy's runners): ``prepare(max_shapes)`` loads and allocates, ``infer(inputs)``
+runs any number of times, ``close()`` frees. A backend overrides only the ``*_impl`` hooks; the public
+methods here own the checks, so ``verify`` and ``bench`` never special-case a backend by name.
+
+Timing contract: ``infer`` is split into ``upload`` (host -> device copy), ``execute`` (enqueue the
+computation) and ``download`` (device -> host). ``bench`` stamps each stage with ``clock()`` markers:
+CUDA events on ``stream`` for GPU backends, the host clock for CPU ones, exactly like trtexec's
+H2D / compute / D2H brackets.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from lstminfer.errors import BackendUnavailable, UserError
+
+if TYPE_CHECKING:
+    from lstminfer.spec import Model
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+class Runner:
+    """One backend on one device at one precision for one model.
+
+    Subclasses set ``name``, ``devices`` and implement the ``*_impl`` hooks.  ``upload_impl`` /
+    ``download_impl`` default to identity, which suits backends that take and return numpy arrays.
+    """
+
+    name: ClassVar[str] = ""
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    install_hint: ClassVar[str] = ""
+    # A backend that times itself (e.g. an external trtexec run) sets this and implements benchmark().
+    self_timed: ClassVar[bool] = False
+
+    def __init__(self, model: Model, device: str = "cpu", precision: str = "fp32", **options: Any):
+        self.model = model
+        self.device = device
+        self.precision = precision
+        self.options = options
+        self.stream = None  # a torch.cuda.Stream for GPU runners; bench records events on it
+        self._prepared = False
+
+    # ---- availability, never raises -------------------------------------------------------------
+    @classmethod
+    def available(cls, device: str = "cpu") -> tuple[bool, str]:
+        """(True, "") when this backend can run on `device` here, else (False, reason with install hint)."""
+        if device not in cls.devices:
+            return False, f"runs on {'/'.join(cls.devices)} only"
+        try:
+            return cls.available_impl(device)
+        except Exception as err:  # availability probes must never crash the listing
+            return False, f"probe failed: {err}"
+
+    @classmethod
+    def available_impl(cls, device: str) -> tuple[bool, str]:
+        return True, ""
+
+    def supports(self) -> tuple[bool, str]:
+        """Whether this runner can run ``self.model`` at ``self.precision``; (False, reason) if not."""
+        if self.precision not in self.precisions:
+            return False, f"precision {self.precision} not supported (supports {', '.join(self.precisions)})"
+        return self.supports_impl()
+
+    def supports_impl(self) -> tuple[bool, str]:
+        return True, ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}[{self.device}]"
+
+    # ---- life cycle -----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        if self._prepared:
+            return
+        ok, why = self.supports()
+        if not ok:
+            raise UserError(f"backend {self.name} cannot run this model: {why}")
+        self.prepare_impl()
+        self._prepared = True
+
+    def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Host arrays in, host float arrays out (names from the model's outputs)."""
+        if not self._prepared:
+            self.prepare()
+        return self.download(self.execute(self.upload(inputs)))
+
+    def upload(self, inputs: dict[str, np.ndarray]) -> Any:
+        return self.upload_impl(inputs)
+
+    def execute(self, device_inputs: Any) -> Any:
+        return self.execute_impl(device_inputs)
+
+    def download(self, device_outputs: Any) -> dict[str, np.ndarray]:
+        return self.download_impl(device_outputs)
+
+    def close(self) -> None:
+        if self._prepared:
+            self.close_impl()
+        self._prepared = False
+
+    def __enter__(self) -> Runner:
+        self.prepare()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- hooks ------------------------------------------------------------------------------------
+    def prepare_impl(self) -> None:
+        pass
+
+    def upload_impl(self, inputs: dict[str, np.ndarray]) -> Any:
+        return inputs
+
+    def execute_impl(self, device_inputs: Any) -> Any:
+        raise NotImplementedError
+
+    def download_impl(self, device_outputs: Any) -> dict[str, np.ndarray]:
+        return device_outputs
+
+    def close_impl(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        """Wait for work queued on this runner's device (no-op on CPU)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Extra facts recorded with every result (e.g. tf32, provider, engine file)."""
+        return {}
+
+    def benchmark(self, config: Any) -> dict[str, Any]:  # only for self_timed backends
+        raise NotImplementedError
+
+
+# ---- registry -----------------------------------------------------------------------------------
+# name -> "module:Class"; imported lazily so that `import lstminfer` never pulls in heavy libraries.
+BACKENDS: dict[str, str] = {
+    "torch": "lstminfer.backends.torch_:TorchRunner",
+    "torch-graph": "lstminfer.backends.torch_:TorchGraphRunner",
+    "onnxruntime": "lstminfer.backends.onnxruntime_:OrtCpuRunner",
+    "onnxruntime-cuda": "lstminfer.backends.onnxruntime_:OrtCudaRunner",
+    "onnxruntime-trt": "lstminfer.backends.onnxruntime_:OrtTensorrtRunner",
+}
+
+
+def runner_class(name: str) -> type[Runner]:
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)} (see `lstminfer backends`)")
+    module_name, _, class_name = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """One (backend, device) pair and whether it can run here."""
+
+    name: str
+    device: str
+    available: bool
+    reason: str
+    install_hint: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}[{self.device}]"
+
+
+def list_backends() -> list[BackendChoice]:
+    """Every registered (backend, device) pair, available or not, with the reason."""
+    choices = []
+    for name in BACKENDS:
+        cls = runner_class(name)
+        for device in cls.devices:
+            ok, why = cls.available(device)
+            choices.append(BackendChoice(name, device, ok, why, cls.install_hint))
+    return choices
+
+
+def select_backends(requested: list[str] | None, device: str = "all") -> list[BackendChoice]:
+    """Resolve ``--backends`` (names, optionally ``name:device``) and ``--device`` into choices.
+
+    With no request: every available pair.  A pair asked for by name that cannot run here raises
+    BackendUnavailable with the reason and the install line.
+    """
+    every = list_backends()
+    if device not in ("all", "cpu", "cuda"):
+        raise UserError(f"unknown device {device!r}: use cpu, cuda or all")
+    if not requested:
+        return [c for c in every if c.available and device in ("all", c.device)]
+    chosen = []
+    for item in requested:
+        name, _, dev = item.partition(":")
+        runner_class(name)  # unknown name -> UserError
+        matches = [c for c in every if c.name == name and (dev or device) in ("all", c.device)]
+        if not matches:
+            raise UserError(f"backend {name!r} has no device {dev or device!r}")
+        usable = [c for c in matches if c.available]
+        if not usable:
+            c = matches[0]
+            hint = f"; {c.install_hint}" if c.install_hint else ""
+            raise BackendUnavailable(f"backend {c.label} is unavailable: {c.reason}{hint}")
+        chosen.extend(u for u in usable if u not in chosen)
+    return chosen

@@ -1,0 +1,291 @@
+"""What model we run: a ModelSpec (sizes), presets, users' own modules, and the Model handle backends get."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import json
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lstminfer.errors import UserError
+
+KINDS = ("lstm", "gru")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The sizes of an nn.LSTM / nn.GRU stack (PyTorch's own argument names and meanings)."""
+
+    kind: str = "lstm"
+    input_size: int = 10
+    hidden_size: int = 20
+    num_layers: int = 1
+    bidirectional: bool = False
+    batch_first: bool = False
+    bias: bool = True
+    proj_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"unknown model kind {self.kind!r}: use lstm or gru")
+        for name in ("input_size", "hidden_size", "num_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        if self.proj_size < 0:
+            raise UserError(f"proj_size must be >= 0, got {self.proj_size}")
+        if self.proj_size and self.kind != "lstm":
+            raise UserError("proj_size is an LSTM option: drop --proj-size for a GRU")
+        if self.proj_size >= self.hidden_size:
+            raise UserError(f"proj_size ({self.proj_size}) must be smaller than hidden_size ({self.hidden_size})")
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def state_size(self) -> int:
+        """Width of h (proj_size when projecting)."""
+        return self.proj_size or self.hidden_size
+
+    @property
+    def input_names(self) -> list[str]:
+        return ["input", "h0", "c0"] if self.kind == "lstm" else ["input", "h0"]
+
+    @property
+    def output_names(self) -> list[str]:
+        return ["output", "hn", "cn"] if self.kind == "lstm" else ["output", "hn"]
+
+    def shapes(self, seq_len: int, batch: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of every input and output at one (seq_len, batch) point."""
+        x = (batch, seq_len, self.input_size) if self.batch_first else (seq_len, batch, self.input_size)
+        y_width = self.num_directions * self.state_size
+        y = (batch, seq_len, y_width) if self.batch_first else (seq_len, batch, y_width)
+        states = self.num_layers * self.num_directions
+        out = {"input": x, "h0": (states, batch, self.state_size), "output": y, "hn": (states, batch, self.state_size)}
+        if self.kind == "lstm":
+            out["c0"] = out["cn"] = (states, batch, self.hidden_size)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def describe(self) -> str:
+        parts = [f"{self.num_layers}-layer", "bi-" if self.bidirectional else "", self.kind.upper(),
+                 f" {self.input_size}->{self.hidden_size}"]
+        if self.proj_size:
+            parts.append(f" proj {self.proj_size}")
+        if self.batch_first:
+            parts.append(" batch_first")
+        if not self.bias:
+            parts.append(" no bias")
+        return "".join(parts)
+
+
+@dataclass(frozen=True)
+class Preset:
+    spec: ModelSpec
+    seq_len: int
+    batch: int
+    about: str
+
+
+PRESETS: dict[str, Preset] = {
+    # The tutorial's model and shapes exactly: nn.LSTM(10, 20, num_layers=10, bidirectional=True), x [1, 3, 10].
+    "seed": Preset(ModelSpec("lstm", 10, 20, 10, bidirectional=True), seq_len=1, batch=3,
+                   about="the tutorial's 10-layer bidirectional LSTM 10->20, seq 1, batch 3"),
+    # Speech encoder style: 80 log-mel features, 2 bidirectional layers of 512.
+    "speech": Preset(ModelSpec("lstm", 80, 512, 2, bidirectional=True, batch_first=True), seq_len=200, batch=8,
+                     about="speech encoder: 2-layer bidirectional LSTM 80->512, batch_first, 2 s of 10 ms frames"),
+    # Time-series forecaster: 1-layer GRU over 32 features.
+    "timeseries": Preset(ModelSpec("gru", 32, 128, 1, batch_first=True), seq_len=96, batch=32,
+                         about="time-series forecaster: 1-layer GRU 32->128, batch_first, 96 steps"),
+}
+
+
+def preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}: choose from {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def build_module(spec: ModelSpec, seed: int = 0) -> Any:
+    """A float32, eval-mode nn.LSTM / nn.GRU with weights drawn from torch.manual_seed(seed)."""
+    import torch
+
+    torch.manual_seed(seed)
+    kwargs = dict(num_layers=spec.num_layers, bidirectional=spec.bidirectional,
+                  batch_first=spec.batch_first, bias=spec.bias)
+    if spec.kind == "lstm":
+        module = torch.nn.LSTM(spec.input_size, spec.hidden_size, proj_size=spec.proj_size, **kwargs)
+    else:
+        module = torch.nn.GRU(spec.input_size, spec.hidden_size, **kwargs)
+    return module.eval()
+
+
+def spec_of_module(module: Any) -> ModelSpec | None:
+    """The ModelSpec of a plain nn.LSTM / nn.GRU, or of a module whose only recurrent child is one; else None."""
+    import torch
+
+    rnn = module
+    if not isinstance(module, (torch.nn.LSTM, torch.nn.GRU)):
+        children = [m for m in module.modules() if isinstance(m, (torch.nn.LSTM, torch.nn.GRU))]
+        if len(children) != 1 or any(not isinstance(m, (torch.nn.LSTM, torch.nn.GRU)) and list(m.parameters(False))
+                                     for m in module.modules() if m is not module):
+            return None
+        rnn = children[0]
+    return ModelSpec(
+        kind="lstm" if isinstance(rnn, torch.nn.LSTM) else "gru",
+        input_size=rnn.input_size, hidden_size=rnn.hidden_size, num_layers=rnn.num_layers,
+        bidirectional=rnn.bidirectional, batch_first=rnn.batch_first, bias=rnn.bias,
+        proj_size=getattr(rnn, "proj_size", 0),
+    )
+
+
+def _import_factory(ref: str) -> Any:
+    """`path/to/file.py:factory` or `package.module:factory` -> the callable."""
+    target, sep, attr = ref.rpartition(":")
+    if not sep or not target or not attr:
+        raise UserError(f"--model {ref!r}: expected FILE.py:factory or package.module:factory")
+    if target.endswith(".py") or "/" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise UserError(f"--model: file {target} does not exist")
+        mod_spec = importlib.util.spec_from_file_location(f"lstminfer_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(mod_spec)
+        sys.modules[mod_spec.name] = module
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as err:
+            raise UserError(f"--model: importing {target} failed: {type(err).__name__}: {err}") from err
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise UserError(f"--model: cannot import module {target!r} ({err}); check the name and sys.path") from err
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise UserError(f"--model: {target} has no callable {attr!r}")
+    return factory
+
+
+def load_user_module(ref: str, weights: str | None = None) -> Any:
+    """Call a user's factory, check it returns an nn.Module, and load a state_dict (weights_only) into it."""
+    import torch
+
+    factory = _import_factory(ref)
+    try:
+        module = factory()
+    except Exception as err:
+        raise UserError(f"--model: calling {ref} failed: {type(err).__name__}: {err}") from err
+    if not isinstance(module, torch.nn.Module):
+        raise UserError(f"--model: {ref} returned {type(module).__name__}, not a torch.nn.Module")
+    if weights:
+        load_weights(module, weights)
+    return module.float().eval()
+
+
+def load_weights(module: Any, weights: str) -> None:
+    import torch
+
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"--weights: file {weights} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"--weights: {weights} is not a state_dict torch.load can read safely "
+                        f"(weights_only=True): {str(err).splitlines()[0]}") from err
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise UserError(f"--weights: {weights} holds a {type(state).__name__}, not a state_dict")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        first = " ".join(str(err).split())[:300]
+        raise UserError(f"--weights: {weights} does not fit the model: {first}") from err
+
+
+@dataclass
+class Model:
+    """What every backend is handed: the PyTorch module (when there is one), its spec, the ONNX file.
+
+    Inputs and outputs are named as in the ONNX export (`input`, `h0`, `c0` -> `output`, `hn`, `cn`).
+    Subclasses (e.g. a user's ONNX file) override `make_inputs` and `reference`.
+    """
+
+    name: str
+    spec: ModelSpec | None = None
+    module: Any = None  # float32 eval-mode torch.nn.Module, on the CPU
+    onnx_path: Path | None = None
+    seq_len: int = 1  # the example / default bench shape
+    batch: int = 1
+    with_state: bool = True  # feed h0/c0 (the tutorial does)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        names = self.spec.input_names
+        return names if self.with_state else names[:1]
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.spec.output_names
+
+    def make_inputs(self, seq_len: int, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Fresh standard-normal float32 inputs at one point."""
+        shapes = self.spec.shapes(seq_len, batch)
+        return {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in self.input_names}
+
+    def reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Float64 PyTorch on the CPU: the oracle every backend is compared with."""
+        import torch
+
+        if self.module is None:
+            raise UserError(f"model {self.name} has no PyTorch module to use as the reference")
+        ref = getattr(self, "_ref64", None)
+        if ref is None:
+            ref = self._ref64 = copy.deepcopy(self.module).double().eval()
+        with torch.no_grad():
+            args = [torch.from_numpy(inputs[n]).double() for n in self.input_names]
+            outputs = call_rnn(ref, self.spec.kind if self.spec else "lstm", args)
+        return {n: t.numpy() for n, t in zip(self.output_names, outputs)}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "spec": self.spec.to_dict() if self.spec else None,
+                "onnx": str(self.onnx_path) if self.onnx_path else None,
+                "seq_len": self.seq_len, "batch": self.batch, "with_state": self.with_state, **self.metadata}
+
+
+def call_rnn(module: Any, kind: str, args: list[Any]) -> list[Any]:
+    """Call an nn.LSTM/GRU-like module with (x, hx) and flatten the result to [output, hn(, cn)]."""
+    x, *state = args
+    if not state:
+        out = module(x)
+    elif kind == "lstm":
+        out = module(x, (state[0], state[1]))
+    else:
+        out = module(x, state[0])
+    output, hidden = out
+    if isinstance(hidden, (tuple, list)):
+        return [output, *hidden]
+    return [output, hidden]
+
+
+def spec_from_json(text: str) -> ModelSpec:
+    try:
+        return ModelSpec.from_dict(json.loads(text))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise UserError(f"model metadata is not a valid ModelSpec: {err}") from err
