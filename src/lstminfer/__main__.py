@@ -1,0 +1,5 @@
+import sys
+
+from lstminfer.cli import main
+
+sys.exit(main())

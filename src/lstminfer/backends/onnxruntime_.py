@@ -1,0 +1,106 @@
+"""ONNX Runtime runners, one per execution provider (CPU; CUDA and TensorRT with onnxruntime-gpu)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from lstminfer.backends.base import Runner
+
+
+def _ort() -> Any:
+    import onnxruntime
+
+    return onnxruntime
+
+
+class OrtRunner(Runner):
+    """An InferenceSession on the model's ONNX file with one execution provider.
+
+    ONNX Runtime synchronizes inside ``run``, so its GPU runners are timed with the host clock
+    (``host_clock = True``): compute time includes ORT's own copies and synchronization.
+    """
+
+    provider: ClassVar[str] = "CPUExecutionProvider"
+    host_clock: ClassVar[bool] = True
+    install_hint = "pip install onnxruntime"
+
+    @classmethod
+    def available_impl(cls, device: str) -> tuple[bool, str]:
+        try:
+            ort = _ort()
+        except ImportError:
+            return False, "onnxruntime is not installed"
+        if cls.provider not in ort.get_available_providers():
+            return False, f"{cls.provider} is not in this onnxruntime build ({', '.join(ort.get_available_providers())})"
+        if device == "cuda":
+            from lstminfer.backends.torch_ import cuda_available
+
+            return cuda_available()
+        return True, ""
+
+    def supports_impl(self) -> tuple[bool, str]:
+        if self.model.onnx_path is None:
+            return False, "the model has no ONNX file (export failed or was refused)"
+        return True, ""
+
+    def provider_options(self) -> dict[str, Any]:
+        return {}
+
+    def session_options(self) -> Any:
+        opts = _ort().SessionOptions()
+        opts.log_severity_level = 3
+        return opts
+
+    def prepare_impl(self) -> None:
+        ort = _ort()
+        self.session = ort.InferenceSession(
+            str(self.model.onnx_path), sess_options=self.session_options(),
+            providers=[(self.provider, self.provider_options())],
+        )
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def execute_impl(self, device_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.output_names, device_inputs)
+        return dict(zip(self.output_names, outs))
+
+    def download_impl(self, device_outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, dtype=np.float32) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
+                for k, v in device_outputs.items()}
+
+    def close_impl(self) -> None:
+        self.session = None
+
+    def describe(self) -> dict[str, Any]:
+        return {"provider": self.provider, "onnxruntime": _ort().__version__}
+
+
+class OrtCpuRunner(OrtRunner):
+    name = "onnxruntime"
+    devices = ("cpu",)
+
+
+class OrtCudaRunner(OrtRunner):
+    name = "onnxruntime-cuda"
+    devices = ("cuda",)
+    provider = "CUDAExecutionProvider"
+    install_hint = "pip install onnxruntime-gpu (instead of onnxruntime)"
+
+
+class OrtTensorrtRunner(OrtRunner):
+    """The TensorRT execution provider with explicit profiles and caches, so no engine is rebuilt mid-run."""
+
+    name = "onnxruntime-trt"
+    devices = ("cuda",)
+    provider = "TensorrtExecutionProvider"
+    precisions = ("fp32", "fp16", "bf16")
+    install_hint = 'pip install onnxruntime-gpu "lstminfer[tensorrt]"'
+
+    def provider_options(self) -> dict[str, Any]:
+        from lstminfer.tensorrt_build import ort_tensorrt_provider_options
+
+        cache_dir = Path(self.options.get("cache_dir") or Path(self.model.onnx_path).parent / "trt-cache")
+        return ort_tensorrt_provider_options(self.model.onnx_path, self.options.get("profile"), cache_dir,
+                                             precision=self.precision)

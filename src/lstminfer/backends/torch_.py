@@ -1,0 +1,140 @@
+"""PyTorch eager (CPU and CUDA) and CUDA-graph runners."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+
+from lstminfer.backends.base import Runner
+from lstminfer.spec import call_rnn
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return getattr(torch, DTYPES[precision])
+
+
+def cuda_available() -> tuple[bool, str]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return False, "no CUDA device (this torch build or machine has none)"
+    return True, ""
+
+
+class TorchRunner(Runner):
+    """The model as PyTorch runs it: nn.LSTM / nn.GRU (cuDNN on CUDA), eager."""
+
+    name = "torch"
+    devices = ("cpu", "cuda")
+    precisions = ("fp32", "fp16", "bf16")
+    install_hint = "pip install torch (a CUDA build for the cuda device)"
+
+    @classmethod
+    def available_impl(cls, device: str) -> tuple[bool, str]:
+        return cuda_available() if device == "cuda" else (True, "")
+
+    def supports_impl(self) -> tuple[bool, str]:
+        if self.model.module is None:
+            return False, "no PyTorch module for this model (an ONNX file: use onnxruntime or tensorrt)"
+        if self.device == "cpu" and self.precision == "fp16":
+            return False, "fp16 RNNs are not implemented on the CPU in PyTorch; use bf16 or a GPU"
+        return True, ""
+
+    @property
+    def tf32(self) -> bool:
+        return bool(self.options.get("tf32", False)) and self.device == "cuda" and self.precision == "fp32"
+
+    def prepare_impl(self) -> None:
+        import torch
+
+        self.dtype = torch_dtype(self.precision)
+        self.module = copy.deepcopy(self.model.module).to(device=self.device, dtype=self.dtype).eval()
+        self.kind = self.model.spec.kind if self.model.spec else "lstm"
+        if self.device == "cuda":
+            # fp32 means IEEE fp32: PyTorch lets cuDNN RNNs use TF32 by default (errors near 1e-3).
+            torch.backends.cudnn.allow_tf32 = self.tf32
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
+            self.stream = torch.cuda.Stream()
+
+    def upload_impl(self, inputs: dict[str, np.ndarray]) -> list[Any]:
+        import torch
+
+        return [torch.from_numpy(inputs[n]).to(self.device, self.dtype, non_blocking=True)
+                for n in self.model.input_names]
+
+    def execute_impl(self, device_inputs: list[Any]) -> list[Any]:
+        import torch
+
+        with torch.inference_mode():
+            return call_rnn(self.module, self.kind, device_inputs)
+
+    def download_impl(self, device_outputs: list[Any]) -> dict[str, np.ndarray]:
+        return {n: t.float().cpu().numpy() for n, t in zip(self.model.output_names, device_outputs)}
+
+    def synchronize(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+
+    def close_impl(self) -> None:
+        self.module = None
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"tf32": self.tf32} if self.device == "cuda" else {}
+        if self.device == "cuda":
+            import torch
+
+            out["cudnn"] = torch.backends.cudnn.version()
+        return out
+
+
+class TorchGraphRunner(TorchRunner):
+    """cuDNN's kernels captured once per input shape in a CUDA graph, then replayed."""
+
+    name = "torch-graph"
+    devices = ("cuda",)
+
+    def prepare_impl(self) -> None:
+        super().prepare_impl()
+        self.graphs: dict[tuple, tuple[Any, list[Any], list[Any]]] = {}
+
+    def _graph_for(self, shapes: tuple) -> tuple[Any, list[Any], list[Any]]:
+        import torch
+
+        if shapes not in self.graphs:
+            static_in = [torch.randn(s, device=self.device, dtype=self.dtype) for s in shapes]
+            with torch.cuda.stream(self.stream):
+                for _ in range(2):  # warm up cuDNN's plans outside the capture
+                    self.execute_eager(static_in)
+            self.stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream):
+                static_out = self.execute_eager(static_in)
+            self.graphs[shapes] = (graph, static_in, static_out)
+        return self.graphs[shapes]
+
+    def execute_eager(self, device_inputs: list[Any]) -> list[Any]:
+        return super().execute_impl(device_inputs)
+
+    def upload_impl(self, inputs: dict[str, np.ndarray]) -> list[Any]:
+        import torch
+
+        shapes = tuple(inputs[n].shape for n in self.model.input_names)
+        graph, static_in, static_out = self._graph_for(shapes)
+        for buf, n in zip(static_in, self.model.input_names):
+            buf.copy_(torch.from_numpy(inputs[n]), non_blocking=True)
+        return shapes
+
+    def execute_impl(self, shapes: tuple) -> list[Any]:
+        graph, _, static_out = self.graphs[shapes]
+        graph.replay()
+        return static_out
+
+    def close_impl(self) -> None:
+        self.graphs = {}
+        super().close_impl()

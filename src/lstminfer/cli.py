@@ -1,0 +1,64 @@
+"""Argument parsing only: every command is a thin call into the modules.
+
+Exit codes: 0 success, 1 verification failed, 2 usage or input error (one line, no traceback;
+``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+from lstminfer import __version__
+from lstminfer.errors import UserError
+
+# One module per feature, each with register(subparsers).
+COMMAND_MODULES = [
+    "lstminfer.commands.core",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="lstminfer",
+        description="Export, verify and benchmark LSTM/GRU inference on PyTorch, ONNX Runtime, TensorRT "
+                    "and a fused GPU kernel.")
+    parser.add_argument("--version", action="version", version=f"lstminfer {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        if args.debug:
+            raise
+        print(f"lstminfer: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lstminfer: interrupted; files already written are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
