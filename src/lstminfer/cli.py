@@ -14,10 +14,17 @@ import warnings
 from lstminfer import __version__
 from lstminfer.errors import UserError
 
-# One module per feature, each with register(subparsers).
-COMMAND_MODULES = [
-    "lstminfer.commands.core",
-]
+
+
+def command_modules() -> list[str]:
+    """Every module in lstminfer.commands with a register(subparsers) function; core's commands first."""
+    import pkgutil
+
+    import lstminfer.commands as commands
+
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if m.name not in ("common",))
+    names.sort(key=lambda n: n != "core")
+    return [f"lstminfer.commands.{n}" for n in names]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,8 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lstminfer {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for name in command_modules():
+        module = importlib.import_module(name)
+        if hasattr(module, "register"):
+            module.register(subparsers)
     return parser
 
 

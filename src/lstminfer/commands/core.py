@@ -100,6 +100,8 @@ def _prepare_model(args: argparse.Namespace, out: Path) -> tuple[Any, list[str]]
     """The model, exported into `out` unless it cannot be (proj_size): then the torch backends run alone."""
     model = model_from_args(args)
     notes = []
+    if model.onnx_path is not None and model.module is None:
+        return model, notes  # a user's ONNX file: nothing to export
     if model.spec and model.spec.proj_size:
         notes.append("proj_size: ONNX's LSTM has no projection, so there is no ONNX file; torch backends only")
         return model, notes
