@@ -16,8 +16,9 @@ Statistics are pure functions of the stamps (lstminfer.stats).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -15,7 +15,6 @@ from lstminfer import __version__
 from lstminfer.errors import UserError
 
 
-
 def command_modules() -> list[str]:
     """Every module in lstminfer.commands with a register(subparsers) function; core's commands first."""
     import pkgutil

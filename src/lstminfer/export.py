@@ -84,7 +84,6 @@ def export_torchscript(model: Model, path: Path) -> bytes:
 
 def export_direct(model: Model, path: Path) -> bytes:
     """Write the ONNX graph from an nn.LSTM / nn.GRU's weights (no torch exporter involved)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     module, spec = model.module, model.spec
@@ -202,9 +201,9 @@ def finalize(data: bytes, model: Model, exporter: str) -> Any:
 
 
 def check_points(seq_len: int, batch: int) -> list[tuple[int, int]]:
-    """Three sequence lengths (1, the example's, a longer one) at two batch sizes."""
+    """Three sequence lengths (1, the example's or 2, a longer one) at two batch sizes."""
     long_seq = max(4 * seq_len + 3, 17)
-    seqs = sorted({1, seq_len, long_seq})
+    seqs = sorted({1, seq_len if seq_len > 1 else 2, long_seq})
     return [(s, b) for b in sorted({batch, batch + 2}) for s in seqs]
 
 

@@ -1,8 +1,15 @@
-"""Tables (for the terminal and for markdown) read from result records; nothing here measures."""
+"""Tables, and whole reports (markdown or one self-contained HTML file), read from result records.
+
+Nothing here measures.  `write_report(results, path, fmt)` writes a report and its plots (PNG files
+next to it; the HTML embeds them as data URIs, so it opens offline with no external reference);
+`load_inputs(paths)` reads results.json files, sweep JSONL files, record lists (`--json` output,
+imported trtexec runs) and directories of them into one results object.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lstminfer.bench import comparison
 from lstminfer.verify import verdicts
@@ -14,6 +21,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def _shape(record: dict[str, Any]) -> str:
+    """SEQxBATCH, or "-" for a record with no shape (e.g. a trtexec run whose shapes were not given)."""
+    if record.get("seq_len") is None or record.get("batch") is None:
+        return "-"
+    return f"{record['seq_len']}x{record['batch']}"
 
 
 def pick_unit(values_ms: Sequence[float]) -> tuple[str, float]:
@@ -55,10 +69,11 @@ def bench_rows(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]],
     out = []
     for row in rows:
         rec = by_key[(row["backend"], row["device"], row["precision"], row["seq_len"], row["batch"])]
-        gpu = row["gpu_compute_median_ms"] if rec.get("clock") == "cuda-events" or rec.get("source") == "trtexec" else None
+        on_gpu_clock = rec.get("clock") == "cuda-events" or rec.get("source") == "trtexec"
+        gpu = row["gpu_compute_median_ms"] if on_gpu_clock else None
         out.append({
             "backend": row["backend"], "device": row["device"], "precision": row["precision"],
-            "shape": f"{row['seq_len']}x{row['batch']}",
+            "shape": _shape(row),
             f"median ({unit})": row["median_ms"] * scale, f"p99 ({unit})": rec["latency_ms"]["p99"] * scale,
             f"GPU compute ({unit})": gpu * scale if gpu is not None else None,
             "qps": row["throughput_qps"], "vs torch": row["speedup_vs_torch"],
@@ -68,7 +83,7 @@ def bench_rows(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]],
         if "latency_ms" not in r:
             reason = r.get("skipped") or r.get("error") or "no result"
             out.append({"backend": r["backend"], "device": r["device"], "precision": r["precision"],
-                        "shape": f"{r['seq_len']}x{r['batch']}", f"median ({unit})": None, "note": reason})
+                        "shape": _shape(r), f"median ({unit})": None, "note": reason})
     return out, unit
 
 

@@ -19,8 +19,9 @@ import math
 import os
 import platform
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from lstminfer.errors import UserError
 
@@ -193,8 +194,11 @@ def load_results(path: str | Path) -> dict[str, Any]:
             kind = rec.get("kind")
             if kind == "machine":
                 out["machine"] = rec.get("machine", {})
+                out["model"] = rec.get("model") or out["model"]
             elif kind in ("verify", "bench"):
                 out[kind].append(rec)
+            elif kind == "error":  # a sweep point that raised: its point and message
+                out.setdefault("errors", []).append(rec)
         return out
     data = read_json(path)
     if not isinstance(data, dict) or not {"verify", "bench"} & set(data):

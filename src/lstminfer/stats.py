@@ -8,15 +8,16 @@ Definitions follow TensorRT OSS ``samples/common/sampleReporting.cpp`` (``getPer
 * median: the middle value, or the mean of the two middle ones;
 * mean: float32 accumulation over the sorted values, divided by N;
 * coefficient of variance: population standard deviation / mean * 100 (float32 accumulation);
-* Latency of a query = H2D + GPU compute + D2H of that query (summed per query, then summarized);
-* throughput = queries / total host walltime, walltime = last D2H end - first H2D start.
+* Latency of a query = H2D + GPU compute + D2H of that query (float32, summed per query, then summarized);
+* throughput = queries / total host walltime, walltime = the D2H end of the query that started its H2D
+  last minus the first H2D start (trtexec sorts its trace by H2D start), all in float32.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -57,8 +58,10 @@ class QueryRecord:
 
     @property
     def latency_ms(self) -> float:
-        """trtexec's Latency: H2D + GPU compute + D2H of this query."""
-        return self.h2d_ms + self.compute_ms + self.d2h_ms
+        """trtexec's Latency: H2D + GPU compute + D2H of this query, added in float32 in that order
+        (``InferenceTime::latency`` in sampleReporting.h)."""
+        f32 = np.float32
+        return float(f32(f32(f32(self.h2d_ms) + f32(self.compute_ms)) + f32(self.d2h_ms)))
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -151,14 +154,18 @@ class PerformanceSummary:
 def performance_summary(records: Sequence[QueryRecord], unstable_cv: float = UNSTABLE_CV_PERCENT) -> PerformanceSummary:
     if not records:
         raise ValueError("no timed queries")
-    walltime_ms = max(r.end_d2h for r in records) - min(r.start_h2d for r in records)
+    # trtexec sorts its trace by H2D start; walltime = the last query's D2H end - the first's H2D start.
+    # Throughput and totals are float32 expressions there (printEpilog), so they are here.
+    ordered = sorted(records, key=lambda r: r.start_h2d)
+    f32, n = np.float32, len(records)
+    walltime_ms = f32(ordered[-1].end_d2h - ordered[0].start_h2d)
     gpu = summarize(r.compute_ms for r in records)
     host_values = [r.host_ms for r in records if not math.isnan(r.host_ms)]
     summary = PerformanceSummary(
-        queries=len(records),
-        throughput_qps=float(len(records) / (walltime_ms / 1000.0)) if walltime_ms > 0 else math.inf,
-        walltime_s=walltime_ms / 1000.0,
-        total_gpu_compute_s=gpu.mean * len(records) / 1000.0,
+        queries=n,
+        throughput_qps=float(f32(f32(n) / walltime_ms) * f32(1000)) if walltime_ms > 0 else math.inf,
+        walltime_s=float(walltime_ms / f32(1000)),
+        total_gpu_compute_s=float(f32(f32(gpu.mean) * f32(n)) / f32(1000)),
         latency=summarize(r.latency_ms for r in records),
         enqueue=summarize(r.enqueue_ms for r in records),
         h2d=summarize(r.h2d_ms for r in records),

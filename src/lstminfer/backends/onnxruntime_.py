@@ -34,7 +34,8 @@ class OrtRunner(Runner):
         except ImportError:
             return False, "onnxruntime is not installed"
         if cls.provider not in ort.get_available_providers():
-            return False, f"{cls.provider} is not in this onnxruntime build ({', '.join(ort.get_available_providers())})"
+            providers = ", ".join(ort.get_available_providers())
+            return False, f"{cls.provider} is not in this onnxruntime build ({providers})"
         if device == "cuda":
             from lstminfer.backends.torch_ import cuda_available
 

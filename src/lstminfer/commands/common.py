@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lstminfer.errors import UserError
 from lstminfer.spec import PRESETS, Model, ModelSpec, build_module, load_user_module, preset, spec_of_module

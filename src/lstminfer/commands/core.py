@@ -9,10 +9,17 @@ from typing import Any
 from lstminfer.backends.base import list_backends, select_backends
 from lstminfer.bench import BenchConfig, bench
 from lstminfer.commands.common import (
-    add_backend_args, add_model_args, add_output_args, backend_options, model_from_args, print_table,
-    progress_bar, split_list, stderr_console, write_json_output,
+    add_backend_args,
+    add_model_args,
+    add_output_args,
+    backend_options,
+    model_from_args,
+    print_table,
+    progress_bar,
+    split_list,
+    stderr_console,
+    write_json_output,
 )
-from lstminfer.errors import UserError
 from lstminfer.export import EXPORTERS, export_model
 from lstminfer.report import bench_rows, render_markdown, verify_rows
 from lstminfer.results import ensure_writable_dir, new_results, write_json_atomic, write_text_atomic
@@ -173,6 +180,19 @@ def _print_warnings(records: list[dict[str, Any]]) -> None:
             console.print(f"[yellow]warning[/yellow] {r['backend']}[{r['device']}]: {w}")
 
 
+def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One line per backend: its verdict, its median latency and its speedup over torch eager."""
+    verdict = {(r["backend"], r["device"]): r["verdict"] for r in verify_rows(results["verify"])}
+    rows, unit = bench_rows(results["bench"])
+    out = []
+    for row in rows:
+        key = (row["backend"], row["device"])
+        out.append({"backend": row["backend"], "device": row["device"], "verified": verdict.get(key, "-"),
+                    f"median ({unit})": row.get(f"median ({unit})"), "vs torch": row.get("vs torch"),
+                    "note": row.get("note")})
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """export -> verify -> bench -> results.json + report.md, each file written atomically as soon as it exists."""
     out = ensure_writable_dir(args.out)
@@ -189,6 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows, unit = bench_rows(results["bench"])
     print_table(f"Benchmark of {model.name}, seq {model.seq_len} x batch {model.batch}, {args.precision}", rows)
     _print_warnings(results["bench"])
+    print_table("Summary", summary_rows(results))
     write_json_output(args.json, results)
     written = ["model.onnx"] if model.onnx_path else []
     print(f"wrote {', '.join(str(out / f) for f in written + ['results.json', 'report.md'])}")

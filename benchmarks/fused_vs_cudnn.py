@@ -1,0 +1,165 @@
+"""GPU time per forward of cuDNN (eager, CUDA graph) and the fused Triton kernel (eager, CUDA graph).
+
+    PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py            # the table of docs/fused_kernel.md
+    PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --sweep    # plus launch-plan variants
+
+Timing: CUDA events around every call on one stream, median of --iters calls after --warmup calls; the same
+weights and inputs every call, no L2 flush (the weights of these models live in L2, as in trtexec).
+cuDNN runs with TF32 off for fp32. Before timing, each fused variant is checked against a float64 CPU
+nn.LSTM (max abs error printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+from lstminfer.kernels.rnn import pack_rnn, plan_for, rnn_forward
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bidirectional: bool
+    seq_len: int
+    batch: int
+    precision: str
+    target_us: float
+
+
+WORKLOADS = [
+    Workload("A seed seq1", 10, 20, 10, True, 1, 3, "fp32", 15.0),
+    Workload("B seed seq100", 10, 20, 10, True, 100, 3, "fp32", 240.0),
+    Workload("H 64->128 fp32", 64, 128, 1, False, 100, 1, "fp32", 100.0),
+    Workload("H 64->128 bf16", 64, 128, 1, False, 100, 1, "bf16", 100.0),
+    Workload("H 64->128 fp16", 64, 128, 1, False, 100, 1, "fp16", 100.0),
+]
+
+
+def time_calls(fn, warmup: int, iters: int, stream: torch.cuda.Stream) -> float:
+    """Median microseconds between CUDA events recorded around each call."""
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+        for start, end in zip(starts, ends):
+            start.record(stream)
+            fn()
+            end.record(stream)
+    stream.synchronize()
+    return 1000.0 * statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+
+def graphed(fn, stream: torch.cuda.Stream):
+    with torch.cuda.stream(stream):
+        fn()  # compile / plan outside the capture
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        fn()
+    return graph.replay
+
+
+def setup(w: Workload):
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(w.input_size, w.hidden_size, num_layers=w.num_layers,
+                           bidirectional=w.bidirectional).eval()
+    dirs = 2 if w.bidirectional else 1
+    x = torch.randn(w.seq_len, w.batch, w.input_size)
+    h0 = torch.randn(w.num_layers * dirs, w.batch, w.hidden_size)
+    c0 = torch.randn(w.num_layers * dirs, w.batch, w.hidden_size)
+    with torch.no_grad():
+        ref = module.double()(x.double(), (h0.double(), c0.double()))
+    module.float()
+    return module, x, h0, c0, ref
+
+
+def max_error(got, ref) -> float:
+    out, (hn, cn) = ref
+    return max((g.double().cpu() - r).abs().max().item() for g, r in zip(got, (out, hn, cn)))
+
+
+def bench(w: Workload, args, overrides: dict | None = None) -> dict:
+    dev = torch.device("cuda")
+    dtype = DTYPES[w.precision]
+    module, x, h0, c0, ref = setup(w)
+    xd, h0d, c0d = (t.to(dev, dtype) for t in (x, h0, c0))
+    stream = torch.cuda.Stream()
+    row: dict = {"workload": w.name}
+    if overrides is None:
+        cudnn = module.to(dev, dtype)
+        with torch.inference_mode():
+            run_cudnn = lambda: cudnn(xd, (h0d, c0d))  # noqa: E731
+            row["cudnn"] = time_calls(run_cudnn, args.warmup, args.iters, stream)
+            row["cudnn-graph"] = time_calls(graphed(run_cudnn, stream), args.warmup, args.iters, stream)
+        module.float().cpu()
+    packed = pack_rnn(module, dev, dtype)
+    plan = plan_for(packed, w.seq_len, w.batch, **(overrides or {}))
+    workspace: dict = {}
+    run_fused = lambda: rnn_forward(packed, xd, h0d, c0d, plan=plan, workspace=workspace)  # noqa: E731
+    with torch.cuda.stream(stream):
+        got = run_fused()
+    stream.synchronize()
+    row["err"] = max_error(got, ref)
+    row["plan"] = plan
+    row["fused"] = time_calls(run_fused, args.warmup, args.iters, stream)
+    replay = graphed(run_fused, stream)
+    row["fused-graph"] = time_calls(replay, args.warmup, args.iters, stream)
+    return row
+
+
+SWEEP = {
+    "A seed seq1": [dict(num_warps=2), dict(num_warps=8), dict(programs=2)],
+    "B seed seq100": [dict(num_warps=2), dict(num_warps=8), dict(programs=2), dict(programs=32),
+                      dict(block_m=16), dict(block_m=64)],
+    "H 64->128 fp32": [dict(num_warps=8), dict(r_tiles=2, programs=8, num_warps=8), dict(r_tiles=8, programs=8),
+                       dict(r_tiles=16, programs=16), dict(programs=4), dict(path="multi-launch")],
+    "H 64->128 bf16": [dict(num_warps=8), dict(r_tiles=8, programs=8)],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--sweep", action="store_true", help="also time launch-plan variants")
+    args = parser.parse_args()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
+          f"median of {args.iters} calls after {args.warmup}, CUDA events, TF32 off, no L2 flush")
+    rows = [bench(w, args) for w in WORKLOADS]
+    head = (f"| workload | cuDNN eager us | cuDNN graph us | fused us | fused-graph us | cuDNN graph / fused-graph "
+            f"| target us | max abs err vs fp64 | plan |")
+    print(head)
+    print("|" + "---|" * 9)
+    for w, r in zip(WORKLOADS, rows):
+        p = r["plan"]
+        print(f"| {w.name} | {r['cudnn']:.1f} | {r['cudnn-graph']:.1f} | {r['fused']:.1f} | {r['fused-graph']:.1f} "
+              f"| {r['cudnn-graph'] / r['fused-graph']:.1f}x | {w.target_us:.0f} "
+              f"{'met' if r['fused-graph'] <= w.target_us else 'MISSED'} | {r['err']:.1e} "
+              f"| {p.path} r_tiles={p.r_tiles} programs={p.programs} warps={p.num_warps} |")
+    if args.sweep:
+        print("\n| workload | variant | fused us | fused-graph us | err |")
+        print("|---|---|---|---|---|")
+        for w in WORKLOADS:
+            for ov in SWEEP.get(w.name, []):
+                try:
+                    r = bench(w, args, ov)
+                    print(f"| {w.name} | {ov} | {r['fused']:.1f} | {r['fused-graph']:.1f} | {r['err']:.1e} |",
+                          flush=True)
+                except Exception as err:  # a variant that does not compile is reported, not fatal
+                    print(f"| {w.name} | {ov} | failed: {type(err).__name__}: {str(err)[:120]} | | |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,507 @@
+"""Triton kernels for whole nn.LSTM / nn.GRU stacks: every layer, direction and time step in one launch.
+
+Layout of the work (docs/fused_kernel.md has the numbers):
+
+* One kernel, ``_rnn_stack_kernel``. Grid ``(batch_tiles, programs)``. Every program of a batch tile loops
+  over the layers itself. A layer is two phases:
+  1. the input projection of all time steps, hoisted out of the recurrence: ``gx = x @ W_ih^T + b`` for
+     every (t, b), a small matrix product (``tl.dot``, IEEE fp32 or fp16/bf16 with fp32 accumulation),
+     its (time-tile, row-chunk) work items shared round-robin among the programs;
+  2. the recurrence: one *unit* per (direction, row tile). A unit keeps its slice of ``W_hh`` in registers
+     for all time steps, multiplies it with ``h`` by broadcast-multiply-and-sum (batch rows are few: no
+     tensor cores), and keeps ``c`` in registers. When one row tile covers a direction, ``h`` stays in
+     registers too and the units never wait for each other inside a layer.
+* Programs of one batch tile meet at grid barriers (an atomic counter in global memory) after the
+  projection and at the end of each layer, and, when a direction is split over several row tiles, after
+  every time step. A grid barrier needs every program resident at once, so it is used on CUDA only with
+  at most one program per multiprocessor; under ``TRITON_INTERPRET=1`` (programs run one after another)
+  the plan is always one program per batch tile, which never waits.
+* ``multi-launch``: hidden sizes whose weights do not fit on chip run the same kernel once per layer for
+  the projection and once per (layer, time step) for the recurrence, with ``h`` and ``c`` in global memory.
+
+Padding: each direction's hidden units are padded to ``HP`` (a power of two); padded rows have zero
+weights and biases, so their ``h`` and ``c`` stay exactly 0 and the next layer may read them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+PATHS = ("single-launch", "multi-launch")
+# Recurrent weights one program keeps in registers: 16 K elements = 64 fp32 registers per thread at 8 warps.
+REGISTER_BUDGET = 16384
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # 2*sigmoid(2x) - 1: exact limits at +-inf, NaN stays NaN, absolute error ~1e-7 near 0.
+    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+
+@triton.jit
+def _grid_barrier(counter_ptr, target):
+    """Wait until `target` arrivals were counted at `counter_ptr` (CUDA only: all programs resident)."""
+    tl.debug_barrier()
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    spins = 0
+    # The spin limit (about a second) turns a broken residency assumption into wrong numbers, not a hang.
+    while (seen < target) & (spins < 20_000_000):
+        seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        spins += 1
+    tl.debug_barrier()
+
+
+@triton.jit
+def _project(in_ptr, stride_t, stride_b, stride_k, k_size, w_ptr, bias_ptr, gx_ptr,
+             T, B, b0, first_item, item_step,
+             G: tl.constexpr, RT: tl.constexpr, K: tl.constexpr, BLOCK_B: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_RP: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """gx[t, b, g, r] = sum_k in[t, b, k] * W_ih[g, r, k] + bias[g, r] for this batch tile, all t.
+
+    Work items are (row chunk, time tile) pairs; this program takes first_item, first_item + item_step, ...
+    Rows m of a time tile are (t, b) pairs of the batch tile, m = t * BLOCK_B + (b - b0).
+    """
+    m_total = T * BLOCK_B
+    m_tiles = tl.cdiv(m_total, BLOCK_M)
+    n_items = m_tiles * (RT // BLOCK_RP)
+    for item in range(first_item, n_items, item_step):
+        offs_r = (item // m_tiles) * BLOCK_RP + tl.arange(0, BLOCK_RP)
+        offs_m = (item % m_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
+        t = (offs_m // BLOCK_B).to(tl.int64)
+        b = b0 + offs_m % BLOCK_B
+        m_ok = (offs_m < m_total) & (b < B)
+        acc0 = tl.zeros((BLOCK_M, BLOCK_RP), dtype=tl.float32)
+        acc1 = tl.zeros((BLOCK_M, BLOCK_RP), dtype=tl.float32)
+        acc2 = tl.zeros((BLOCK_M, BLOCK_RP), dtype=tl.float32)
+        acc3 = tl.zeros((BLOCK_M, BLOCK_RP), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(in_ptr + t[:, None] * stride_t + b[:, None] * stride_b + offs_k[None, :] * stride_k,
+                        mask=m_ok[:, None] & (offs_k < k_size)[None, :], other=0.0, cache_modifier=".cg")
+            w_offs = offs_r[None, :] * K + offs_k[:, None]  # W^T tile [BLOCK_K, BLOCK_RP]
+            w0 = tl.load(w_ptr + 0 * RT * K + w_offs)
+            x = x.to(w0.dtype)
+            acc0 = tl.dot(x, w0, acc0, input_precision=DOT_PRECISION)
+            acc1 = tl.dot(x, tl.load(w_ptr + 1 * RT * K + w_offs), acc1, input_precision=DOT_PRECISION)
+            acc2 = tl.dot(x, tl.load(w_ptr + 2 * RT * K + w_offs), acc2, input_precision=DOT_PRECISION)
+            if G == 4:
+                acc3 = tl.dot(x, tl.load(w_ptr + 3 * RT * K + w_offs), acc3, input_precision=DOT_PRECISION)
+        row = (t[:, None] * B + b[:, None]) * (G * RT) + offs_r[None, :]
+        ok = m_ok[:, None]
+        tl.store(gx_ptr + row + 0 * RT, acc0 + tl.load(bias_ptr + 0 * RT + offs_r)[None, :], mask=ok)
+        tl.store(gx_ptr + row + 1 * RT, acc1 + tl.load(bias_ptr + 1 * RT + offs_r)[None, :], mask=ok)
+        tl.store(gx_ptr + row + 2 * RT, acc2 + tl.load(bias_ptr + 2 * RT + offs_r)[None, :], mask=ok)
+        if G == 4:
+            tl.store(gx_ptr + row + 3 * RT, acc3 + tl.load(bias_ptr + 3 * RT + offs_r)[None, :], mask=ok)
+
+
+@triton.jit
+def _load_prev_h(h0_ptr, seq_ptr, s, T, B, H, layer, d, offs_b, offs_k,
+                 D: tl.constexpr, RT: tl.constexpr, HP: tl.constexpr, HAS_STATE: tl.constexpr,
+                 BLOCK_B: tl.constexpr, WIDTH: tl.constexpr):
+    """h before step s of direction d, over all HP hidden units: h0 at s == 0, else the layer's output."""
+    b_ok = offs_b < B
+    if s == 0:
+        if HAS_STATE:
+            h = tl.load(h0_ptr + ((layer * D + d) * B + offs_b[:, None]) * H + offs_k[None, :],
+                        mask=b_ok[:, None] & (offs_k < H)[None, :], other=0.0).to(tl.float32)
+        else:
+            h = tl.zeros((BLOCK_B, WIDTH), dtype=tl.float32)
+    else:
+        t_prev = tl.where(d == 0, s - 1, T - s).to(tl.int64)
+        h = tl.load(seq_ptr + (t_prev * B + offs_b[:, None]) * RT + d * HP + offs_k[None, :],
+                    mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
+    return h
+
+
+@triton.jit
+def _rnn_stack_kernel(
+    x_ptr, stride_xt, stride_xb, stride_xk,
+    h0_ptr, c0_ptr,
+    w_ih0_ptr, w_ihr_ptr, w_hh_ptr, bias_ptr,
+    gx_ptr, seq_ptr, c_state_ptr, sync_ptr,
+    out_ptr, stride_ot, stride_ob, stride_ok,
+    hn_ptr, cn_ptr,
+    T, B, input_size, H, num_layers,
+    layer_begin, layer_end, step_begin, step_end,
+    IS_LSTM: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, K0: tl.constexpr,
+    RT: tl.constexpr, BLOCK_B: tl.constexpr, R_TILES: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_RP: tl.constexpr, BLOCK_K0: tl.constexpr, BLOCK_KR: tl.constexpr,
+    HAS_STATE: tl.constexpr, DO_PROJ: tl.constexpr, DO_REC: tl.constexpr,
+    GRID_SYNC: tl.constexpr, C_IN_MEMORY: tl.constexpr, H_IN_REGISTERS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    # H_IN_REGISTERS: one program owns all rows of a direction for a whole layer, so h never leaves it.
+    pid_b = tl.program_id(0)
+    pid = tl.program_id(1)
+    programs = tl.num_programs(1)
+    b0 = pid_b * BLOCK_B
+    offs_b = b0 + tl.arange(0, BLOCK_B)
+    b_ok = offs_b < B
+    offs_k = tl.arange(0, HP)
+    global_counter = sync_ptr + pid_b * (1 + D)
+    n_global = 0  # grid barriers passed so far in this launch
+
+    for layer in range(layer_begin, layer_end):
+        seq_in = seq_ptr + ((layer + 1) % 2) * T * B * RT  # the previous layer's output (padded, fp32)
+        seq_out = seq_ptr + (layer % 2) * T * B * RT
+        bias = bias_ptr + layer * (G + 1) * RT
+
+        if DO_PROJ:
+            if layer == 0:
+                _project(x_ptr, stride_xt, stride_xb, stride_xk, input_size, w_ih0_ptr, bias, gx_ptr,
+                         T, B, b0, pid, programs, G, RT, K0, BLOCK_B, BLOCK_M, BLOCK_RP,
+                         BLOCK_K0, DOT_PRECISION)
+            else:
+                _project(seq_in, B * RT, RT, 1, RT, w_ihr_ptr + (layer - 1) * G * RT * RT, bias, gx_ptr,
+                         T, B, b0, pid, programs, G, RT, RT, BLOCK_B, BLOCK_M, BLOCK_RP,
+                         BLOCK_KR, DOT_PRECISION)
+            if GRID_SYNC:
+                n_global += 1
+                _grid_barrier(global_counter, n_global * programs)
+            else:
+                tl.debug_barrier()
+
+        if DO_REC:
+            for unit in range(pid, D * R_TILES, programs):
+                d = unit // R_TILES
+                offs_n = (unit % R_TILES) * BLOCK_R + tl.arange(0, BLOCK_R)  # hidden units of this tile
+                offs_r = d * HP + offs_n  # rows in the padded [D * HP] layout
+                n_ok = offs_n < H
+                w_hh = w_hh_ptr + ((layer * G * D + d) * HP + offs_n[:, None]) * HP + offs_k[None, :]
+                w_i = tl.load(w_hh + 0 * D * HP * HP).to(tl.float32)
+                w_f = tl.load(w_hh + 1 * D * HP * HP).to(tl.float32)
+                w_g = tl.load(w_hh + 2 * D * HP * HP).to(tl.float32)
+                if IS_LSTM:
+                    w_o = tl.load(w_hh + 3 * D * HP * HP).to(tl.float32)
+                else:
+                    b_hn = tl.load(bias + G * RT + offs_r)[None, :]
+                state = ((layer * D + d) * B + offs_b[:, None]) * H + offs_n[None, :]
+                state_ok = b_ok[:, None] & n_ok[None, :]
+                if IS_LSTM:
+                    if HAS_STATE:
+                        c = tl.load(c0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
+                    else:
+                        c = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
+                    if C_IN_MEMORY:
+                        if step_begin > 0:  # multi-launch: c of the previous step's launch
+                            c = tl.load(c_state_ptr + ((layer * D + d) * B + offs_b[:, None]) * HP
+                                        + offs_n[None, :], mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
+                h = _load_prev_h(h0_ptr, seq_out, step_begin, T, B, H, layer, d, offs_b, offs_k,
+                                 D, RT, HP, HAS_STATE, BLOCK_B, HP)
+                h_new = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
+                for s in range(step_begin, step_end):
+                    if not H_IN_REGISTERS:
+                        if s > step_begin:
+                            if GRID_SYNC:
+                                # the other row tiles of this direction wrote their part of h at step s - 1
+                                passed = (layer - layer_begin) * (step_end - step_begin - 1) + s - step_begin
+                                _grid_barrier(global_counter + 1 + d, passed * R_TILES)
+                            h = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_k,
+                                             D, RT, HP, HAS_STATE, BLOCK_B, HP)
+                    t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
+                    gx = gx_ptr + (t * B + offs_b[:, None]) * (G * RT) + offs_r[None, :]
+                    hb = h[:, None, :]
+                    pre_i = tl.load(gx + 0 * RT, mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
+                    pre_f = tl.load(gx + 1 * RT, mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
+                    pre_g = tl.load(gx + 2 * RT, mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
+                    if IS_LSTM:
+                        pre_o = tl.load(gx + 3 * RT, mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
+                        i = _sigmoid(pre_i + tl.sum(hb * w_i[None, :, :], axis=2))
+                        f = _sigmoid(pre_f + tl.sum(hb * w_f[None, :, :], axis=2))
+                        g = _tanh(pre_g + tl.sum(hb * w_g[None, :, :], axis=2))
+                        o = _sigmoid(pre_o + tl.sum(hb * w_o[None, :, :], axis=2))
+                        c = f * c + i * g
+                        h_new = o * _tanh(c)
+                    else:
+                        # PyTorch's GRU: r, z, n; n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+                        r = _sigmoid(pre_i + tl.sum(hb * w_i[None, :, :], axis=2))
+                        z = _sigmoid(pre_f + tl.sum(hb * w_f[None, :, :], axis=2))
+                        n = _tanh(pre_g + r * (tl.sum(hb * w_g[None, :, :], axis=2) + b_hn))
+                        if R_TILES == 1:
+                            h_old = h
+                        else:
+                            h_old = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_n,
+                                                 D, RT, HP, HAS_STATE, BLOCK_B, HP)
+                        h_new = (1.0 - z) * n + z * h_old
+                    tl.store(seq_out + (t * B + offs_b[:, None]) * RT + offs_r[None, :], h_new,
+                             mask=b_ok[:, None])
+                    if layer == num_layers - 1:
+                        tl.store(out_ptr + t * stride_ot + offs_b[:, None] * stride_ob
+                                 + (d * H + offs_n[None, :]) * stride_ok,
+                                 h_new.to(out_ptr.dtype.element_ty), mask=state_ok)
+                    if H_IN_REGISTERS:
+                        h = h_new
+                tl.store(hn_ptr + state, h_new.to(hn_ptr.dtype.element_ty), mask=state_ok)
+                if IS_LSTM:
+                    tl.store(cn_ptr + state, c.to(cn_ptr.dtype.element_ty), mask=state_ok)
+                    if C_IN_MEMORY:
+                        tl.store(c_state_ptr + ((layer * D + d) * B + offs_b[:, None]) * HP + offs_n[None, :],
+                                 c, mask=b_ok[:, None])
+            if GRID_SYNC:
+                n_global += 1
+                _grid_barrier(global_counter, n_global * programs)
+            else:
+                tl.debug_barrier()
+
+
+# ---- weights -------------------------------------------------------------------------------------
+
+
+@dataclass
+class PackedRNN:
+    """An nn.LSTM / nn.GRU's weights in the kernel's padded layout, on one device, in one dtype.
+
+    w_ih0 [G, D*HP, K0], w_ihr [max(L-1, 1), G, D*HP, D*HP], w_hh [L, G, D, HP, HP] in `dtype`;
+    bias [L, G+1, D*HP] float32 (b_ih + b_hh per gate; for a GRU the n gate keeps b_in there and b_hn in
+    slot G, since r multiplies it).
+    """
+
+    kind: str
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    num_directions: int
+    batch_first: bool
+    hidden_padded: int
+    input_padded: int
+    dtype: torch.dtype
+    w_ih0: torch.Tensor
+    w_ihr: torch.Tensor
+    w_hh: torch.Tensor
+    bias: torch.Tensor
+
+    @property
+    def gates(self) -> int:
+        return 4 if self.kind == "lstm" else 3
+
+    @property
+    def device(self) -> torch.device:
+        return self.w_hh.device
+
+
+def _pow2(n: int, least: int = 16) -> int:
+    return max(least, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def pack_rnn(module: torch.nn.Module, device: Any = "cpu", dtype: torch.dtype = torch.float32) -> PackedRNN:
+    """Pad and reorder a plain nn.LSTM / nn.GRU's parameters once (proj_size is not supported)."""
+    if not isinstance(module, (torch.nn.LSTM, torch.nn.GRU)):
+        raise TypeError(f"expected nn.LSTM or nn.GRU, got {type(module).__name__}")
+    if getattr(module, "proj_size", 0):
+        raise ValueError("LSTM proj_size is not supported by the fused kernel")
+    kind = "lstm" if isinstance(module, torch.nn.LSTM) else "gru"
+    gates = 4 if kind == "lstm" else 3
+    hidden, layers = module.hidden_size, module.num_layers
+    dirs = 2 if module.bidirectional else 1
+    hp, k0 = _pow2(hidden), _pow2(module.input_size)
+    rt = dirs * hp
+    w_ih0 = torch.zeros(gates, rt, k0, dtype=torch.float64)
+    w_ihr = torch.zeros(max(layers - 1, 1), gates, rt, rt, dtype=torch.float64)
+    w_hh = torch.zeros(layers, gates, dirs, hp, hp, dtype=torch.float64)
+    bias = torch.zeros(layers, gates + 1, rt, dtype=torch.float64)
+    with torch.no_grad():
+        for layer in range(layers):
+            for d in range(dirs):
+                sfx = f"l{layer}" + ("_reverse" if d else "")
+                w_ih = getattr(module, f"weight_ih_{sfx}").detach().double().cpu()
+                w_hh_l = getattr(module, f"weight_hh_{sfx}").detach().double().cpu()
+                if module.bias:
+                    b_ih = getattr(module, f"bias_ih_{sfx}").detach().double().cpu()
+                    b_hh = getattr(module, f"bias_hh_{sfx}").detach().double().cpu()
+                else:
+                    b_ih = b_hh = torch.zeros(gates * hidden, dtype=torch.float64)
+                rows = slice(d * hp, d * hp + hidden)
+                for g in range(gates):
+                    gate = slice(g * hidden, (g + 1) * hidden)
+                    if layer == 0:
+                        w_ih0[g, rows, : module.input_size] = w_ih[gate]
+                    else:
+                        for src_d in range(dirs):  # input columns: the previous layer's directions, padded
+                            w_ihr[layer - 1, g, rows, src_d * hp: src_d * hp + hidden] = \
+                                w_ih[gate, src_d * hidden: (src_d + 1) * hidden]
+                    w_hh[layer, g, d, :hidden, :hidden] = w_hh_l[gate]
+                    if kind == "gru" and g == 2:
+                        bias[layer, g, rows] = b_ih[gate]
+                        bias[layer, gates, rows] = b_hh[gate]
+                    else:
+                        bias[layer, g, rows] = b_ih[gate] + b_hh[gate]
+
+    def put(t: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+        return t.to(device=device, dtype=dt).contiguous()
+
+    return PackedRNN(kind, module.input_size, hidden, layers, dirs, module.batch_first, hp, k0, dtype,
+                     put(w_ih0, dtype), put(w_ihr, dtype), put(w_hh, dtype), put(bias, torch.float32))
+
+
+# ---- launch policy -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one call is launched (a pure function of the sizes and the device; see plan_for)."""
+
+    path: str  # "single-launch" or "multi-launch"
+    block_b: int  # batch rows per program
+    r_tiles: int  # row tiles per direction in the recurrence
+    programs: int  # programs per batch tile
+    block_m: int = 16  # projection: (t, b) rows per work item
+    block_rp: int = 64  # projection: gate rows per work item
+    block_k: int = 64  # projection: reduction chunk
+    num_warps: int = 4
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = None, **overrides: int) -> Plan:
+    """Pick the path and tile sizes.
+
+    single-launch: a direction's recurrent weights split into the fewest row tiles whose share fits the
+    register budget; with one tile per direction h stays in registers. CUDA needs every program of a batch
+    tile resident (at most one per multiprocessor); otherwise, and on request, multi-launch.
+    """
+    hp, dirs, gates = packed.hidden_padded, packed.num_directions, packed.gates
+    rt = dirs * hp
+    r_tiles = 1
+    while gates * (hp // r_tiles) * hp > REGISTER_BUDGET and hp // r_tiles > 1:
+        r_tiles *= 2
+    block_b = min(_pow2(batch, least=1), max(1, REGISTER_BUDGET // ((hp // r_tiles) * hp)), 16)
+    batch_tiles = -(-batch // block_b)
+    block_rp = min(rt, 64)
+    block_m = 16 if seq_len * block_b <= 16 else 32
+    items = -(-seq_len * block_b // block_m) * (rt // block_rp)
+    on_cuda = packed.device.type == "cuda" and not interpreting()
+    if path is None:
+        if not on_cuda:
+            path = "single-launch"
+        else:
+            resident = batch_tiles * dirs * r_tiles <= _sm_count(packed.device) and hp // r_tiles >= 4
+            path = "single-launch" if resident else "multi-launch"
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}: use one of {PATHS}")
+    if path == "single-launch":
+        if not on_cuda:
+            r_tiles = 1  # one program per batch tile: the interpreter runs programs one after another
+            programs = 1
+        else:
+            # one program for everything when the projection is tiny (no grid barriers at all)
+            programs = 1 if (r_tiles == 1 and items <= 2 * dirs) else dirs * r_tiles
+            programs = max(programs, min(items, 32, _sm_count(packed.device) // batch_tiles))
+            if r_tiles == 1 and items <= 2 * dirs:
+                programs = 1
+    else:
+        programs = dirs * r_tiles
+    plan = Plan(path, block_b, r_tiles, programs, block_m, block_rp, min(64, rt), 4)
+    if overrides:
+        plan = Plan(**{**plan.__dict__, **overrides})
+    return plan
+
+
+# ---- launcher ------------------------------------------------------------------------------------
+
+
+def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = None,
+                c0: torch.Tensor | None = None, plan: Plan | None = None,
+                workspace: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+    """Run the whole stack: (output, hn[, cn]) with nn.LSTM / nn.GRU's shapes, in x's dtype.
+
+    x is [T, B, I] (or [B, T, I] when packed.batch_first) on packed's device; h0/c0 [L*D, B, H] or None.
+    `workspace` (a dict kept by the caller) lets repeated calls of one shape reuse the scratch buffers.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"expected a 3-d input, got shape {tuple(x.shape)}")
+    if packed.batch_first:
+        batch, seq_len, width = x.shape
+        stride_xb, stride_xt, stride_xk = x.stride()
+    else:
+        seq_len, batch, width = x.shape
+        stride_xt, stride_xb, stride_xk = x.stride()
+    if width != packed.input_size:
+        raise ValueError(f"input has {width} features, the model expects {packed.input_size}")
+    if seq_len == 0 or batch == 0:
+        raise ValueError("empty input (sequence length or batch 0)")
+    lstm = packed.kind == "lstm"
+    hidden, layers, dirs, hp, gates = (packed.hidden_size, packed.num_layers, packed.num_directions,
+                                       packed.hidden_padded, packed.gates)
+    rt = dirs * hp
+    state_shape = (layers * dirs, batch, hidden)
+    for name, st in (("h0", h0), ("c0", c0)):
+        if st is not None and tuple(st.shape) != state_shape:
+            raise ValueError(f"{name} has shape {tuple(st.shape)}, expected {state_shape}")
+    has_state = h0 is not None
+    if lstm and has_state != (c0 is not None):
+        raise ValueError("give both h0 and c0, or neither")
+    plan = plan or plan_for(packed, seq_len, batch)
+    device, dtype = x.device, x.dtype
+    ws = workspace if workspace is not None else {}
+    key = (seq_len, batch)
+    if ws.get("key") != key:
+        batch_tiles = -(-batch // plan.block_b)
+        ws.clear()
+        ws.update(key=key,
+                  gx=torch.empty(seq_len * batch * gates * rt, device=device, dtype=torch.float32),
+                  seq=torch.empty(2 * seq_len * batch * rt, device=device, dtype=torch.float32),
+                  c_state=torch.empty(layers * dirs * batch * hp if plan.path == "multi-launch" else 1,
+                                      device=device, dtype=torch.float32),
+                  sync=torch.zeros(batch_tiles * (1 + dirs), device=device, dtype=torch.int32))
+    y_width = dirs * hidden
+    out = torch.empty((batch, seq_len, y_width) if packed.batch_first else (seq_len, batch, y_width),
+                      device=device, dtype=dtype)
+    stride_ot, stride_ob = (out.stride(1), out.stride(0)) if packed.batch_first else (out.stride(0), out.stride(1))
+    hn = torch.empty(state_shape, device=device, dtype=dtype)
+    cn = torch.empty(state_shape, device=device, dtype=dtype) if lstm else hn
+    h0_arg = h0.contiguous() if has_state else hn
+    c0_arg = c0.contiguous() if (has_state and lstm) else hn
+    batch_tiles = -(-batch // plan.block_b)
+    grid_sync = plan.path == "single-launch" and plan.programs > 1
+    if grid_sync:
+        ws["sync"].zero_()
+    dot_precision = "ieee"
+
+    def launch(programs: int, layer_begin: int, layer_end: int, step_begin: int, step_end: int,
+               do_proj: bool, do_rec: bool) -> None:
+        _rnn_stack_kernel[(batch_tiles, programs)](
+            x, stride_xt, stride_xb, stride_xk, h0_arg, c0_arg,
+            packed.w_ih0, packed.w_ihr, packed.w_hh, packed.bias,
+            ws["gx"], ws["seq"], ws["c_state"], ws["sync"],
+            out, stride_ot, stride_ob, out.stride(2), hn, cn,
+            seq_len, batch, packed.input_size, hidden, layers,
+            layer_begin, layer_end, step_begin, step_end,
+            IS_LSTM=lstm, G=gates, D=dirs, HP=hp, K0=packed.input_padded, RT=rt,
+            BLOCK_B=plan.block_b, R_TILES=plan.r_tiles, BLOCK_R=hp // plan.r_tiles,
+            BLOCK_M=plan.block_m, BLOCK_RP=plan.block_rp,
+            BLOCK_K0=min(plan.block_k, packed.input_padded), BLOCK_KR=min(plan.block_k, rt),
+            HAS_STATE=has_state, DO_PROJ=do_proj, DO_REC=do_rec,
+            GRID_SYNC=grid_sync and programs > 1, C_IN_MEMORY=plan.path == "multi-launch",
+            H_IN_REGISTERS=plan.r_tiles == 1 and plan.path == "single-launch",
+            DOT_PRECISION=dot_precision, num_warps=plan.num_warps,
+        )
+
+    if plan.path == "single-launch":
+        launch(plan.programs, 0, layers, 0, seq_len, True, True)
+    else:
+        m_items = -(-seq_len * plan.block_b // plan.block_m) * (rt // plan.block_rp)
+        for layer in range(layers):
+            launch(m_items, layer, layer + 1, 0, seq_len, True, False)
+            for step in range(seq_len):
+                launch(dirs * plan.r_tiles, layer, layer + 1, step, step + 1, False, True)
+    return (out, hn, cn) if lstm else (out, hn)

@@ -1,0 +1,95 @@
+"""The timing harness: trtexec's procedure on a fake clock-free backend and on torch CPU."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from lstminfer.backends import base
+from lstminfer.backends.base import BackendChoice, Runner
+from lstminfer.bench import BenchConfig, bench, comparison, time_queries
+from lstminfer.errors import UserError
+from lstminfer.spec import Model, ModelSpec, build_module
+
+
+class _SleepRunner(Runner):
+    """Computes nothing; each stage sleeps a known time, so the stamps can be checked."""
+
+    name = "sleep"
+
+    def upload_impl(self, inputs):
+        time.sleep(0.001)
+        return inputs
+
+    def execute_impl(self, device_inputs):
+        time.sleep(0.004)
+        return {"output": np.zeros(1, np.float32)}
+
+    def download_impl(self, device_outputs):
+        time.sleep(0.001)
+        return device_outputs
+
+
+def _model():
+    spec = ModelSpec("lstm", 3, 4, 1)
+    return Model("tiny", spec, build_module(spec), seq_len=2, batch=1)
+
+
+def test_warmup_duration_and_iterations():
+    runner = _SleepRunner(_model())
+    runner.prepare()
+    config = BenchConfig(warmup_ms=20, duration_s=0.05, iterations=3)
+    t0 = time.perf_counter()
+    records = time_queries(runner, {"input": np.zeros(1)}, config)
+    elapsed = time.perf_counter() - t0
+    assert elapsed >= 0.07  # warm-up + duration
+    assert len(records) >= 3
+    for r in records:
+        assert r.h2d_ms == pytest.approx(1.0, abs=0.9) and r.compute_ms >= 3.9 and r.d2h_ms >= 0.9
+        assert r.latency_ms == pytest.approx(r.h2d_ms + r.compute_ms + r.d2h_ms)
+        assert r.host_ms >= r.latency_ms - 1e-6
+        assert r.enqueue_ms >= 3.9
+    # queries do not overlap: each starts after the previous one ended
+    assert all(b.start_h2d >= a.end_d2h for a, b in zip(records, records[1:]))
+
+
+def test_iterations_win_over_a_short_duration():
+    runner = _SleepRunner(_model())
+    records = time_queries(runner, {}, BenchConfig(warmup_ms=0, duration_s=0, iterations=7))
+    assert len(records) == 7
+
+
+def test_no_data_transfers_skips_copies():
+    runner = _SleepRunner(_model())
+    records = time_queries(runner, {}, BenchConfig(warmup_ms=0, duration_s=0, iterations=4, no_data_transfers=True))
+    assert all(r.h2d_ms < 0.5 and r.d2h_ms < 0.5 for r in records)
+
+
+def test_bench_records_and_comparison(monkeypatch):
+    monkeypatch.setitem(base.BACKENDS, "sleep", f"{__name__}:_SleepRunner")
+    model = _model()
+    config = BenchConfig(warmup_ms=0, duration_s=0.02, iterations=5, seq_len=2, batch=1)
+    choices = [BackendChoice("torch", "cpu", True, "", ""), BackendChoice("sleep", "cpu", True, "", "")]
+    records = bench(model, choices, config)
+    for r in records:
+        for key in ("backend", "device", "precision", "seq_len", "batch", "throughput_qps", "latency_ms", "times_ms"):
+            assert key in r
+        lat = r["latency_ms"]
+        assert set(lat) >= {"min", "max", "mean", "median", "p90", "p95", "p99"}
+        assert lat["min"] <= lat["median"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert len(r["times_ms"]) == r["queries"] >= 5
+        assert lat["min"] == pytest.approx(min(r["times_ms"]), rel=1e-6)
+        assert r["throughput_qps"] == pytest.approx(r["queries"] / r["walltime_s"])
+    rows = {row["backend"]: row for row in comparison(records)}
+    assert rows["torch"]["speedup_vs_torch"] == 1.0
+    expected = records[0]["latency_ms"]["median"] / records[1]["latency_ms"]["median"]
+    assert rows["sleep"]["speedup_vs_torch"] == pytest.approx(expected)
+
+
+def test_bad_config():
+    with pytest.raises(UserError, match="--iterations must be a positive integer"):
+        BenchConfig(iterations=0)
+    with pytest.raises(UserError, match="--seq-len and --batch must be positive"):
+        BenchConfig(seq_len=0)
