@@ -1,6 +1,17 @@
 """lstminfer: export, verify and benchmark LSTM/GRU inference on every backend, side by side."""
 
+from typing import Any
+
 from lstminfer.errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["UserError", "__version__"]
+__all__ = ["Session", "UserError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Session pulls in numpy and the model readers: imported on first use, so `import lstminfer` stays light.
+    if name == "Session":
+        from lstminfer.session import Session
+
+        return Session
+    raise AttributeError(f"module 'lstminfer' has no attribute {name!r}")

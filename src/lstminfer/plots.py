@@ -17,6 +17,7 @@ from typing import Any
 from lstminfer.report import backend_label, fastest_by_point, timed_records
 
 DPI = 110
+PLOT_NAMES = ("latency", "throughput", "speedup", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,9 @@ def _line_panels(records: Sequence[dict[str, Any]], x_key: str, panel_key: str, 
     best = fastest_by_point(records)
     colors = _colors([backend_label(r) for r in records])
     cols = min(len(panel_values), 4)
-    panels = [(p, v) for p in precisions for v in panel_values]
+    panels = [(p, v) for p in precisions for v in panel_values
+              if any(r["precision"] == p and r[panel_key] == v for r in records)]
+    cols = min(len(panels), cols)
     rows = math.ceil(len(panels) / cols)
     fig, axes = _figure(rows, cols)
     for i, (precision, value) in enumerate(panels):
@@ -119,7 +122,7 @@ def throughput_plot(bench_records: Sequence[dict[str, Any]]) -> bytes | None:
 def speedup_heatmap(bench_records: Sequence[dict[str, Any]]) -> bytes | None:
     """Per (backend, precision): torch eager's median / the backend's median over seq_len x batch."""
     import numpy as np
-    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.colors import Normalize
     from matplotlib.patches import Rectangle
 
     records = timed_records(bench_records)
@@ -131,11 +134,12 @@ def speedup_heatmap(bench_records: Sequence[dict[str, Any]]) -> bytes | None:
     if not panels:
         return None
     best = fastest_by_point(records)
-    _, seq_lens, batches = _grid(records)
+    shown = [r for r in records if (backend_label(r), r["device"], r["precision"]) in panels]
+    _, seq_lens, batches = _grid(shown)
     cols = min(len(panels), 3)
     rows = math.ceil(len(panels) / cols)
-    fig, axes = _figure(rows, cols, width=max(3.2, 1.0 + 0.9 * len(batches)),
-                        height=max(2.6, 1.2 + 0.55 * len(seq_lens)))
+    fig, axes = _figure(rows, cols, width=max(4.6, 1.8 + 0.9 * len(batches)),
+                        height=max(3.0, 1.4 + 0.55 * len(seq_lens)))
     limit = 0.0
     grids = []
     for label, device, precision in panels:
@@ -154,7 +158,7 @@ def speedup_heatmap(bench_records: Sequence[dict[str, Any]]) -> bytes | None:
         finite = np.abs(np.log2(values[np.isfinite(values)]))
         limit = max(limit, float(finite.max()) if finite.size else 0.0)
     limit = max(limit, 0.5)
-    norm = TwoSlopeNorm(vcenter=0.0, vmin=-limit, vmax=limit)
+    norm = Normalize(vmin=-limit, vmax=limit)  # symmetric in log2: 1x sits in the middle of the colormap
     image = None
     for k, ((label, _device, precision), (values, framed)) in enumerate(zip(panels, grids)):
         ax = axes[k // cols][k % cols]
@@ -177,7 +181,7 @@ def speedup_heatmap(bench_records: Sequence[dict[str, Any]]) -> bytes | None:
     ticks = [t for t in range(-math.ceil(limit), math.ceil(limit) + 1)]
     bar.set_ticks(ticks, labels=[f"{2.0 ** t:g}x" for t in ticks])
     bar.set_label("speedup over torch eager (green: faster)")
-    fig.suptitle("Speedup over torch eager  (framed: fastest backend at the point)", fontsize=11)
+    fig.suptitle("Speedup over torch eager\n(framed: the fastest backend at that point)", fontsize=11)
     return _png(fig)
 
 
@@ -222,18 +226,19 @@ def accuracy_plot(verify_records: Sequence[dict[str, Any]]) -> bytes | None:
     ax.grid(True, axis="y", alpha=0.3)
     if with_growth:
         ax = axes[0][1]
-        colors = _colors(labels)
         styles = ["-", "--", ":", "-."]
-        for label in labels:
-            for k, precision in enumerate(precisions):
+        markers = ["o", "s", "^", "D", "v", "P"]
+        for n, label in enumerate(labels):
+            for precision in precisions:
                 pts: dict[int, float] = {}
                 for r in records:
                     if backend_label(r) == label and r["precision"] == precision and r.get("seq_len"):
                         pts[r["seq_len"]] = max(pts.get(r["seq_len"], 0.0), r["max_abs_err"])
                 if pts:
                     xs = sorted(pts)
-                    ax.plot(xs, [max(pts[x], floor) for x in xs], marker="o", markersize=3, color=colors[label],
-                            linestyle=styles[k % len(styles)], label=f"{label} {precision}")
+                    ax.plot(xs, [max(pts[x], floor) for x in xs], marker=markers[n % len(markers)], markersize=4,
+                            color=prec_colors[precision], linestyle=styles[n % len(styles)],
+                            label=f"{label} {precision}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(seq_lens, [str(s) for s in seq_lens])

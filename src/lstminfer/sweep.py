@@ -222,7 +222,7 @@ def _free_device_memory() -> None:
 @dataclass
 class SweepResult:
     path: Path
-    planned: int  # points in the grid
+    grid_points: int  # points in the grid
     skipped: int  # already in the file (resume)
     measured: list[dict[str, Any]]  # every line written by this run
     notes: list[str]
@@ -234,20 +234,24 @@ class SweepResult:
 
 def run_sweep(model: Model, grid: Grid, path: str | Path, timing: BenchConfig | None = None,
               options: dict[str, Any] | None = None, resume: bool = False, retry_errors: bool = False,
-              progress: Progress | None = None,
+              planned: Callable[[int, list[str]], None] | None = None, progress: Progress | None = None,
               finished: Callable[[Point, list[dict[str, Any]]], None] | None = None) -> SweepResult:
     """Measure every point of `grid` not yet in `path`, appending each point's lines when it finishes.
 
     `timing` gives warm-up, duration, iterations, transfers and seed (its shape and precision are set
-    per point).  `progress(point, fraction)` is called while a point runs, `finished(point, lines)` after
-    its lines are on disk.  KeyboardInterrupt propagates; every finished point is already in the file.
+    per point).  `planned(n, notes)` is told how many points are left to measure and any notes on the
+    file (e.g. that it is resumed); `progress(point, fraction)` is called while a point runs;
+    `finished(point, lines)` after its lines are on disk.
+    KeyboardInterrupt propagates; every finished point is already in the file.
     """
     path = Path(path)
     timing = timing or BenchConfig()
     done, notes = open_sweep(path, model, resume, retry_errors)
     todo = [p for p in grid.points() if p not in done]
-    result = SweepResult(path, planned=len(grid.points()), skipped=len(grid.points()) - len(todo), measured=[],
-                         notes=notes)
+    result = SweepResult(path, grid_points=len(grid.points()), skipped=len(grid.points()) - len(todo),
+                         measured=[], notes=notes)
+    if planned:
+        planned(len(todo), notes)
     for point in todo:
         lines = measure_point(model, point, timing, options, progress)
         for line in lines:

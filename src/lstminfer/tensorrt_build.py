@@ -102,8 +102,8 @@ class Profile:
             raise UserError(f"not an optimization profile: {data!r}") from err
 
     def describe(self) -> str:
-        return "; ".join(f"{n}: {format_dims(self.min[n])} .. {format_dims(self.max[n])} (opt {format_dims(self.opt[n])})"
-                         for n in self.min)
+        return "; ".join(f"{n}: {format_dims(self.min[n])} .. {format_dims(self.max[n])} "
+                         f"(opt {format_dims(self.opt[n])})" for n in self.min)
 
     def check(self, shapes: dict[str, Sequence[int]]) -> None:
         """UserError naming the profile's range when a shape lies outside it."""
@@ -485,17 +485,20 @@ def ensure_engine(request: EngineRequest, force: bool = False,
 # ---- ONNX Runtime's TensorRT execution provider -------------------------------------------------
 
 
-def ort_tensorrt_provider_options(onnx_path: str | Path, profile: Profile, cache_dir: str | Path,
+def ort_tensorrt_provider_options(onnx_path: str | Path, profile: Profile | None, cache_dir: str | Path,
                                   precision: str = "fp32", workspace_mb: int = DEFAULT_WORKSPACE_MB) -> dict[str, Any]:
     """Options for ``("TensorrtExecutionProvider", options)`` that stop mid-run engine rebuilds.
 
     Without explicit profile shapes the provider rebuilds its engine whenever an input shape leaves the
     range it has seen so far (inside a benchmark or a stream); with them it builds once, and the engine
     and timing caches make the next session load instead of build. ``onnx_path`` only names the cache
-    subdirectory, so two models never share (and evict) one another's engines.
+    subdirectory, so two models never share (and evict) one another's engines. ``profile=None`` derives
+    the default profile from the file (opt = the export's example shape).
     """
     if precision not in ("fp32", "fp16", "bf16"):
         raise UserError(f"unknown precision {precision!r}: use fp32, fp16 or bf16")
+    if profile is None:
+        profile = derive_profile(onnx_path)
     cache = ensure_writable_dir(Path(cache_dir) / "ort-trt" / f"{Path(onnx_path).stem}-{precision}")
     options: dict[str, Any] = {
         "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),

@@ -97,13 +97,18 @@ def _check_precision(precision: str, trt_major: int) -> tuple[str, ...]:
 
 def build_command(onnx_path: str | Path, engine_path: str | Path, profile: Profile, precision: str = "fp32",
                   workspace_mb: int | None = None, timing_cache: str | Path | None = None,
-                  trt_major: int = 10, executable: str = "trtexec") -> list[str]:
-    """trtexec arguments that build the same engine as ``lstminfer build`` (and do not time it)."""
+                  trt_major: int = 10, executable: str = "trtexec", tf32: bool = True) -> list[str]:
+    """trtexec arguments that build the same engine as ``lstminfer build`` (and do not time it).
+
+    ``tf32=False`` adds ``--noTF32`` (trtexec, like TensorRT, allows TF32 in fp32 layers by default).
+    """
     argv = [executable, f"--onnx={onnx_path}", f"--saveEngine={engine_path}"]
     if profile.min:
         argv += [f"--minShapes={format_shapes(profile.min)}", f"--optShapes={format_shapes(profile.opt)}",
                  f"--maxShapes={format_shapes(profile.max)}"]
     argv += list(_check_precision(precision, trt_major))
+    if not tf32:
+        argv.append("--noTF32")
     if workspace_mb:
         argv.append(f"--memPoolSize=workspace:{int(workspace_mb)}M")
     if timing_cache:
@@ -290,8 +295,8 @@ def _why_no_summary(log: TrtexecLog) -> str:
     argv = log.argv()
     major = log.version_tuple[0] if log.version_tuple else None
     if log.status == "FAILED":
-        last = log.errors[-1] if log.errors else "see the [E] lines"
-        return f"trtexec failed ({last}); fix that and rerun it"
+        first = log.errors[0] if log.errors else "see its [E] lines"
+        return f"trtexec failed ({first}); fix that and rerun it"
     if "--skipInference" in argv or any(a.startswith("--buildOnly") for a in argv):
         return "it was run with --skipInference (build only); rerun it without that flag to time the engine"
     profiled = any(a.startswith(("--dumpProfile", "--exportProfile")) for a in argv)

@@ -148,6 +148,10 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "lstminfer.backends.onnxruntime_:OrtCpuRunner",
     "onnxruntime-cuda": "lstminfer.backends.onnxruntime_:OrtCudaRunner",
     "onnxruntime-trt": "lstminfer.backends.onnxruntime_:OrtTensorrtRunner",
+    "tensorrt": "lstminfer.backends.tensorrt_:TensorRTRunner",
+    "tensorrt-graph": "lstminfer.backends.tensorrt_:TensorRTGraphRunner",
+    "trtexec": "lstminfer.backends.trtexec_:TrtexecRunner",
+    "torchscript": "lstminfer.backends.torchscript_:TorchScriptRunner",
 }
 
 

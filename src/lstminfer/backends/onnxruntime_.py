@@ -102,6 +102,8 @@ class OrtTensorrtRunner(OrtRunner):
     def provider_options(self) -> dict[str, Any]:
         from lstminfer.tensorrt_build import ort_tensorrt_provider_options
 
-        cache_dir = Path(self.options.get("cache_dir") or Path(self.model.onnx_path).parent / "trt-cache")
-        return ort_tensorrt_provider_options(self.model.onnx_path, self.options.get("profile"), cache_dir,
-                                             precision=self.precision)
+        from lstminfer.tensorrt_build import default_cache_dir, derive_profile
+
+        profile = derive_profile(self.model.onnx_path, self.model.seq_len, self.model.batch)
+        cache_dir = default_cache_dir(self.options.get("out_dir") or Path(self.model.onnx_path).parent)
+        return ort_tensorrt_provider_options(self.model.onnx_path, profile, cache_dir, precision=self.precision)

@@ -15,6 +15,8 @@ SIZE_FLAGS = ("kind", "input_size", "hidden_size", "num_layers", "bidirectional"
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", default=None, metavar="FILE",
+                        help="your own model file: ONNX (.onnx) or TorchScript (.pt); instead of --preset/--model")
     g = parser.add_argument_group("model")
     g.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="a built-in model (default: seed, the tutorial's 10-layer bidirectional LSTM)")
@@ -33,6 +35,23 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-state", action="store_true", help="do not feed h0/c0 (the tutorial feeds them)")
     g.add_argument("--seq-len", type=int, default=None, help="sequence length (default: the preset's)")
     g.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
+    add_file_args(parser)
+
+
+def add_file_args(parser: argparse.ArgumentParser) -> None:
+    """Inputs of a user's file: trtexec-style shapes, values, arrays, state pairs, the ONNX twin of a .pt."""
+    g = parser.add_argument_group("model file (FILE)")
+    g.add_argument("--shapes", default=None, metavar="NAME:AxB,...",
+                   help="shapes of inputs with symbolic dims, trtexec syntax (the name is everything before the "
+                        "last colon)")
+    g.add_argument("--input", action="append", default=None, dest="input_values", metavar="NAME=VALUE",
+                   help="fill input NAME with VALUE (e.g. sr=16000); repeatable")
+    g.add_argument("--inputs", default=None, dest="inputs_npz", metavar="FILE.npz",
+                   help="input arrays by name (dtype and shape must fit the model)")
+    g.add_argument("--state", action="append", default=None, metavar="IN:OUT",
+                   help="a recurrent state pair fed back between chunks (default: found by name)")
+    g.add_argument("--onnx", default=None, metavar="FILE.onnx",
+                   help="the ONNX export of a TorchScript FILE: its inputs, and the reference it is checked against")
 
 
 def add_backend_args(parser: argparse.ArgumentParser, precision_choices: bool = True) -> None:
@@ -56,9 +75,15 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def model_from_args(args: argparse.Namespace) -> Model:
-    """A Model from --preset / sizes / --model, with its default shape."""
+    """A Model from FILE / --preset / sizes / --model, with its default shape."""
     for name in ("input_size", "hidden_size", "num_layers", "seq_len", "batch"):
         _positive(name, getattr(args, name, None))
+    if getattr(args, "file", None):
+        return file_model_from_args(args)
+    for flag, dest in (("--shapes", "shapes"), ("--input", "input_values"), ("--inputs", "inputs_npz"),
+                       ("--state", "state"), ("--onnx", "onnx")):
+        if getattr(args, dest, None):
+            raise UserError(f"{flag} applies to a model FILE (e.g. `lstminfer verify model.onnx {flag} ...`)")
     base = preset(args.preset or "seed")
     sizes = {k: getattr(args, k) for k in SIZE_FLAGS if getattr(args, k, None) is not None}
     if args.model:
@@ -86,6 +111,23 @@ def model_from_args(args: argparse.Namespace) -> Model:
     seq_len = args.seq_len or (default_shape.seq_len if default_shape else 16)
     batch = args.batch or (default_shape.batch if default_shape else 2)
     return Model(name=name, spec=spec, module=module, seq_len=seq_len, batch=batch, with_state=not args.no_state)
+
+
+def file_model_from_args(args: argparse.Namespace) -> Model:
+    """A FileModel for FILE (ONNX or TorchScript) with --shapes / --input / --inputs / --state / --onnx."""
+    from lstminfer.onnx_model import load_model_file, parse_state, parse_values
+
+    sizes = [k for k in SIZE_FLAGS if getattr(args, k, None) is not None]
+    clash = [f for f, on in (("--preset", getattr(args, "preset", None)), ("--model", getattr(args, "model", None)),
+                             ("--weights", getattr(args, "weights", None))) if on]
+    clash += [f"--{k.replace('_', '-')}" for k in sizes]
+    if clash:
+        raise UserError(f"give a model FILE or {', '.join(clash)}, not both")
+    model = load_model_file(args.file, shapes=args.shapes, values=parse_values(args.input_values),
+                            inputs_npz=args.inputs_npz, onnx=args.onnx, seq_len=getattr(args, "seq_len", None),
+                            batch=getattr(args, "batch", None))
+    model.state_pairs = parse_state(args.state, model.input_names, model.output_names or None) or None
+    return model
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:

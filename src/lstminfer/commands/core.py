@@ -107,8 +107,8 @@ def _prepare_model(args: argparse.Namespace, out: Path) -> tuple[Any, list[str]]
     """The model, exported into `out` unless it cannot be (proj_size): then the torch backends run alone."""
     model = model_from_args(args)
     notes = []
-    if model.onnx_path is not None and model.module is None:
-        return model, notes  # a user's ONNX file: nothing to export
+    if model.module is None:  # a user's ONNX or TorchScript file: nothing to export
+        return model, list(getattr(model, "notes", []))
     if model.spec and model.spec.proj_size:
         notes.append("proj_size: ONNX's LSTM has no projection, so there is no ONNX file; torch backends only")
         return model, notes
@@ -118,17 +118,27 @@ def _prepare_model(args: argparse.Namespace, out: Path) -> tuple[Any, list[str]]
     return model, notes
 
 
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """Runner options: TF32, and the --out dir (TensorRT's engine cache lives under it)."""
+    return {**backend_options(args), "out_dir": args.out}
+
+
 def _choices(args: argparse.Namespace) -> list:
     return select_backends(split_list(args.backends), args.device)
 
 
 def _verify(args: argparse.Namespace, model: Any) -> list[dict[str, Any]]:
-    points = parse_points(args.points) if args.points else default_points(model.seq_len, model.batch)
+    if args.points:
+        points = parse_points(args.points)
+    elif hasattr(model, "verify_points"):  # a user's file: only its free sequence / batch axes vary
+        points = model.verify_points()
+    else:
+        points = default_points(model.seq_len, model.batch)
     choices = _choices(args)
     with progress_bar() as bar:
         task = bar.add_task("verify", total=None)
         records = verify(model, choices, points, precision=args.precision, seed=args.seed,
-                         options=backend_options(args), progress=lambda msg: bar.update(task, description=msg))
+                         options=_options(args), progress=lambda msg: bar.update(task, description=msg))
     return records
 
 
@@ -139,7 +149,7 @@ def _bench(args: argparse.Namespace, model: Any) -> list[dict[str, Any]]:
     choices = _choices(args)
     with progress_bar() as bar:
         task = bar.add_task("bench", total=1.0)
-        records = bench(model, choices, config, options=backend_options(args),
+        records = bench(model, choices, config, options=_options(args),
                         progress=lambda label, frac: bar.update(task, description=f"bench {label}", completed=frac))
     return records
 

@@ -1,0 +1,63 @@
+"""A TorchScript file (torch.jit.load) run as a PyTorch backend, on the CPU or a GPU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lstminfer.backends.base import Runner
+from lstminfer.backends.torch_ import cuda_available
+
+
+class TorchScriptRunner(Runner):
+    """The user's scripted or traced module, eager, inputs mapped to forward's arguments by name."""
+
+    name = "torchscript"
+    devices = ("cpu", "cuda")
+    precisions = ("fp32",)
+    install_hint = "pip install torch (a CUDA build for the cuda device)"
+
+    @classmethod
+    def available_impl(cls, device: str) -> tuple[bool, str]:
+        return cuda_available() if device == "cuda" else (True, "")
+
+    def supports_impl(self) -> tuple[bool, str]:
+        if getattr(self.model, "script_path", None) is None:
+            return False, "not a TorchScript model (give a .pt file saved with torch.jit.save)"
+        return True, ""
+
+    def prepare_impl(self) -> None:
+        import torch
+
+        from lstminfer.onnx_model import load_torchscript
+
+        self.module = load_torchscript(self.model.script_path, self.device)
+        if self.device == "cuda":
+            self.stream = torch.cuda.Stream()
+
+    def upload_impl(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        import torch
+
+        return {n: torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
+                for n, a in inputs.items()}
+
+    def execute_impl(self, device_inputs: dict[str, Any]) -> list[Any]:
+        import torch
+
+        from lstminfer.onnx_model import flatten_outputs, script_inputs
+
+        with torch.inference_mode():
+            return flatten_outputs(self.module(*script_inputs(self.model, device_inputs)))
+
+    def download_impl(self, device_outputs: list[Any]) -> dict[str, np.ndarray]:
+        self.model._ensure_output_names(len(device_outputs))
+        return {n: t.detach().float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
+                for n, t in zip(self.model.output_names, device_outputs)}
+
+    def synchronize(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+
+    def close_impl(self) -> None:
+        self.module = None

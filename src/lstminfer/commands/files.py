@@ -1,0 +1,259 @@
+"""`lstminfer inspect FILE` and `lstminfer stream FILE`: a user's own ONNX / TorchScript model."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+
+from lstminfer.commands.common import (
+    add_file_args,
+    print_table,
+    split_list,
+    stderr_console,
+    stdout_console,
+    write_json_output,
+)
+from lstminfer.errors import UserError
+
+STREAM_BACKENDS = ("torch", "torchscript", "onnxruntime", "onnxruntime-cuda")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("inspect", help="inputs, outputs, recurrent nodes, state pairs and backend "
+                                              "capability of an ONNX file")
+    p.add_argument("file", metavar="FILE", help="an ONNX file")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON to FILE ('-': stdout)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = subparsers.add_parser("stream", help="run a file chunk by chunk, state carried: per-chunk latency and "
+                                             "real-time factor")
+    p.add_argument("file", metavar="FILE", help="an ONNX or TorchScript file with a recurrent state input/output")
+    p.add_argument("--chunk", type=int, required=True, metavar="N", help="chunk length along the sequence axis")
+    p.add_argument("--chunks", type=int, default=100, metavar="K", help="timed chunks per backend (default 100)")
+    p.add_argument("--warmup-chunks", type=int, default=20, metavar="W", help="untimed chunks first (default 20)")
+    p.add_argument("--chunk-ms", type=float, default=None, metavar="MS",
+                   help="the duration a chunk stands for (e.g. 32 for 512 samples at 16 kHz): gives the "
+                        "real-time factor")
+    p.add_argument("--batch", type=int, default=1, help="streams side by side (default 1)")
+    p.add_argument("--backends", default=None, metavar="NAME[:DEVICE],...",
+                   help=f"default: those of {', '.join(STREAM_BACKENDS)} that can run the file here")
+    p.add_argument("--seed", type=int, default=0)
+    add_file_args(p)
+    p.add_argument("--json", default=None, metavar="FILE", help="write the records as JSON to FILE")
+    p.set_defaults(func=cmd_stream)
+
+
+# ---- inspect --------------------------------------------------------------------------------------------------
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from lstminfer.onnx_model import inspect_file, is_torchscript_path
+
+    if is_torchscript_path(args.file):
+        raise UserError(f"{args.file} is TorchScript: inspect reads ONNX; inspect its ONNX export, or run it with "
+                        "`lstminfer verify FILE.pt --onnx FILE.onnx`")
+    info = inspect_file(args.file)
+    if args.json == "-":
+        import json
+
+        print(json.dumps({**info.to_dict(), "onnxruntime_cpu_session": _ort_cpu_check(args.file)}, indent=2))
+        return 0
+    console = stdout_console()
+    opset = ", ".join(f"{d} {v}" for d, v in info.opset.items())
+    console.print(f"[bold]{info.path}[/bold]: ONNX IR {info.ir_version}, opset {opset}, "
+                  f"produced by {info.producer or 'unknown'}")
+    print_table("Inputs", [{"name": i.name, "dtype": i.dtype, "shape": i.shape_text,
+                            "role": _roles(i.dims, info.dim_roles)} for i in info.inputs], console)
+    print_table("Outputs", [{"name": o.name, "dtype": o.dtype, "shape": o.shape_text} for o in info.outputs], console)
+    if info.recurrent:
+        print_table("Recurrent nodes", [{
+            "op": n.op, "name": n.name, "where": n.where, "layer": n.layer, "hidden": n.hidden_size,
+            "direction": n.direction, "layout": n.layout, "attributes": _attributes(n)} for n in info.recurrent],
+            console)
+        backends = list(dict.fromkeys(b for n in info.recurrent for b in n.capability))
+        print_table("What each backend does with each node (like `polygraphy inspect capability`)",
+                    [{"node": f"{n.op} {n.name}", **{b: n.capability.get(b, "-") for b in backends}}
+                     for n in info.recurrent], console)
+    pairs = (", ".join(f"{p.input} -> {p.output}" for p in info.state_pairs)
+             or "none found by name (give --state IN:OUT)")
+    console.print(f"state pairs: {pairs}")
+    runs = _ort_cpu_check(args.file)
+    console.print(f"ONNX Runtime CPU session: {runs}")
+    oracle = "yes" if info.oracle[0] else f"no ({info.oracle[1]}): verify uses ONNX Runtime CPU as the reference"
+    console.print(f"onnx.reference float64 oracle: {oracle}")
+    for note in info.notes:
+        stderr_console().print(f"[yellow]note:[/yellow] {note}")
+    write_json_output(args.json, {**info.to_dict(), "onnxruntime_cpu_session": runs})
+    return 0
+
+
+def _ort_cpu_check(path: str) -> str:
+    """Whether ONNX Runtime builds a CPU session for the whole file (any op, not only recurrent ones)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "not checked (onnxruntime is not installed)"
+    from lstminfer.onnx_model import _ort_message
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    try:
+        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        return f"refused: {_ort_message(err)}"
+    return "created"
+
+
+def _roles(dims: Any, roles: dict[str, str]) -> str:
+    found = [f"{d}={roles[d]}" for d in dims or [] if isinstance(d, str) and d in roles]
+    return ", ".join(found)
+
+
+def _attributes(node: Any) -> str:
+    parts = []
+    if node.activations:
+        parts.append("activations " + "/".join(node.activations))
+    if node.clip is not None:
+        parts.append(f"clip {node.clip:g}")
+    if node.input_forget:
+        parts.append("input_forget")
+    if node.sequence_lens:
+        parts.append("sequence_lens")
+    if node.peepholes:
+        parts.append("peepholes")
+    if node.linear_before_reset is not None:
+        parts.append(f"linear_before_reset {node.linear_before_reset}")
+    return ", ".join(parts) or "defaults"
+
+
+# ---- stream ----------------------------------------------------------------------------------------------------
+def _chunk_axes(session: Any) -> tuple[int, int, tuple[int, ...]]:
+    """(sequence axis, batch axis, shape at chunk 1 batch 1) of the session's chunk input."""
+    model = session.model
+    info = {i.name: i for i in model.graph_inputs}[session.chunk_input]
+    if info.dims is None:
+        shape = model.shapes.get(session.chunk_input)
+        if shape is None:
+            raise UserError(f"the chunk input {session.chunk_input!r} has no shape in the file: give one chunk's "
+                            f"shape with --shapes {session.chunk_input}:AxB (the sequence axis is taken as the "
+                            "first dim equal to --chunk)")
+        return -1, -1, shape
+    seq_axis = next((a for a, d in enumerate(info.dims) if model.roles.get(d) == "seq"), None)
+    batch_axis = next((a for a, d in enumerate(info.dims) if model.roles.get(d) == "batch"), None)
+    if seq_axis is None:
+        raise UserError(f"cannot tell which axis of {session.chunk_input} {info.shape_text} is the sequence: name "
+                        "that dim seq/time/frames in the export, or use the Python API (lstminfer.Session)")
+    shape = []
+    for a, d in enumerate(info.dims):
+        if isinstance(d, int):
+            shape.append(d)
+        elif session.chunk_input in model.shapes:
+            shape.append(model.shapes[session.chunk_input][a])
+        elif d in model.bindings:
+            shape.append(model.bindings[d])
+        elif a in (seq_axis, batch_axis):
+            shape.append(1)
+        else:
+            raise UserError(f"{session.chunk_input} dim {a} ({d}) is unset: give it with --shapes")
+    return seq_axis, (batch_axis if batch_axis is not None else -1), tuple(shape)
+
+
+def stream_one(session: Any, chunk: int, chunks: int, warmup: int, batch: int, chunk_ms: float | None,
+               rng: np.random.Generator) -> dict[str, Any]:
+    """Time `chunks` consecutive steps of one stream (after `warmup` untimed ones); host clock per step."""
+    from lstminfer.stats import summarize
+
+    seq_axis, batch_axis, shape = _chunk_axes(session)
+    shape = list(shape)
+    if seq_axis >= 0:
+        shape[seq_axis] = chunk
+    if batch_axis >= 0:
+        shape[batch_axis] = batch
+    dtype = np.dtype({i.name: i for i in session.model.graph_inputs}[session.chunk_input].dtype)
+    data = [rng.standard_normal(shape).astype(dtype) for _ in range(min(chunks, 8))]
+    for i in range(warmup):
+        session.step(data[i % len(data)])
+    session.reset()
+    times = []
+    for i in range(chunks):
+        t0 = time.perf_counter()
+        session.step(data[i % len(data)])
+        times.append((time.perf_counter() - t0) * 1000.0)
+    summary = summarize(times)
+    rec = {"chunk": chunk, "chunks": chunks, "batch": batch, "chunk_shape": shape, "clock": "host",
+           "latency_ms": summary.to_dict(), "times_ms": times,
+           "state": [f"{i}:{o}" for i, o in session.pairs]}
+    if chunk_ms:
+        rec["chunk_ms"] = chunk_ms
+        rec["real_time_factor"] = summary.median / chunk_ms  # < 1: faster than real time
+        rec["real_time_factor_p99"] = summary.p99 / chunk_ms
+    return rec
+
+
+def _stream_backends(args: argparse.Namespace, model: Any) -> list[tuple[str, str]]:
+    from lstminfer.backends.base import select_backends
+
+    requested = split_list(args.backends)
+    if requested:
+        return [(c.name, c.device) for c in select_backends(requested)]
+    out = []
+    for c in select_backends(None):
+        if c.name not in STREAM_BACKENDS:
+            continue
+        if c.name == "torch" and model.module is None:
+            continue
+        if c.name == "torchscript" and getattr(model, "script_path", None) is None:
+            continue
+        if c.name.startswith("onnxruntime") and model.onnx_path is None:
+            continue
+        out.append((c.name, c.device))
+    return out
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    from lstminfer.onnx_model import load_model_file, parse_values
+    from lstminfer.session import Session, refuse_unstreamable
+
+    for flag, value in (("--chunk", args.chunk), ("--chunks", args.chunks), ("--batch", args.batch)):
+        if value <= 0:
+            raise UserError(f"{flag} must be a positive integer, got {value}")
+    if args.warmup_chunks < 0:
+        raise UserError(f"--warmup-chunks must be >= 0, got {args.warmup_chunks}")
+    if args.chunk_ms is not None and args.chunk_ms <= 0:
+        raise UserError(f"--chunk-ms must be positive, got {args.chunk_ms}")
+    values = parse_values(args.input_values)
+    model = load_model_file(args.file, shapes=args.shapes, values=values, inputs_npz=args.inputs_npz,
+                            onnx=args.onnx, validate=False)
+    refuse_unstreamable(model)  # before any note: a bidirectional file gets one line
+    for note in model.notes:
+        if "reference" not in note:
+            stderr_console().print(f"[yellow]note:[/yellow] {note}")
+    records = []
+    for name, device in _stream_backends(args, model):
+        base = {"backend": name, "device": device, "file": args.file}
+        try:
+            session = Session(model, backend=name, device=device, state=args.state, inputs={**values, **model.arrays})
+            rec = stream_one(session, args.chunk, args.chunks, args.warmup_chunks, args.batch, args.chunk_ms,
+                             np.random.default_rng(args.seed))
+            session.close()
+        except UserError as err:
+            if split_list(args.backends) or "cannot stream" in str(err) or "no recurrent state" in str(err):
+                raise
+            rec = {"error": str(err)}
+        records.append({**base, **rec})
+    if not records:
+        raise UserError(f"no backend here can stream {args.file} (tried {', '.join(STREAM_BACKENDS)})")
+    rows = []
+    for r in records:
+        lat = r.get("latency_ms") or {}
+        rows.append({"backend": r["backend"], "device": r["device"], "chunks": r.get("chunks"),
+                     "median ms": lat.get("median"), "p90 ms": lat.get("p90"), "p95 ms": lat.get("p95"),
+                     "p99 ms": lat.get("p99"), "max ms": lat.get("max"),
+                     "RTF (median)": r.get("real_time_factor"), "RTF (p99)": r.get("real_time_factor_p99"),
+                     "note": r.get("error", "")})
+    shape = next((r["chunk_shape"] for r in records if "chunk_shape" in r), None)
+    title = f"Streaming {args.file}: chunk {args.chunk}" + (f" ({args.chunk_ms:g} ms)" if args.chunk_ms else "")
+    print_table(title + (f", chunk shape {list(shape)}" if shape else "") + ", host clock per step", rows)
+    write_json_output(args.json, records)
+    return 0
