@@ -119,11 +119,12 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
 
 SWEEP = {
     "A seed seq1": [dict(num_warps=2), dict(num_warps=8), dict(programs=2)],
-    "B seed seq100": [dict(num_warps=2), dict(num_warps=8), dict(programs=2), dict(programs=32),
-                      dict(block_m=16), dict(block_m=64)],
-    "H 64->128 fp32": [dict(num_warps=8), dict(r_tiles=2, programs=8, num_warps=8), dict(r_tiles=8, programs=8),
-                       dict(r_tiles=16, programs=16), dict(programs=4), dict(path="multi-launch")],
-    "H 64->128 bf16": [dict(num_warps=8), dict(r_tiles=8, programs=8)],
+    "B seed seq100": [dict(programs=2), dict(programs=8), dict(programs=32), dict(block_m=16), dict(block_m=64),
+                      dict(block_c=64), dict(num_warps=8)],
+    "H 64->128 fp32": [dict(programs=2), dict(r_tiles=4, num_warps=4), dict(r_tiles=4, num_warps=4, programs=4),
+                       dict(r_tiles=8, num_warps=2, programs=8), dict(r_tiles=16, num_warps=1, programs=16),
+                       dict(path="multi-launch")],
+    "H 64->128 bf16": [dict(r_tiles=4, num_warps=4), dict(r_tiles=8, num_warps=2, programs=8)],
 }
 
 

@@ -55,6 +55,9 @@ class TorchRunner(Runner):
 
         self.dtype = torch_dtype(self.precision)
         self.module = copy.deepcopy(self.model.module).to(device=self.device, dtype=self.dtype).eval()
+        for sub in self.module.modules():
+            if isinstance(sub, torch.nn.RNNBase):
+                sub.flatten_parameters()  # one contiguous weight buffer, as cuDNN wants
         self.kind = self.model.spec.kind if self.model.spec else "lstm"
         if self.device == "cuda":
             # fp32 means IEEE fp32: PyTorch lets cuDNN RNNs use TF32 by default (errors near 1e-3).

@@ -170,6 +170,12 @@ def stdout_console() -> Any:
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
+# Text columns; numbers are right-aligned.  The second line: `inspect`'s tables.
+LEFT_COLUMNS = ("backend", "device", "precision", "verdict", "note", "reason", "points", "reference",
+                "name", "dtype", "shape", "role", "op", "where", "direction", "attributes", "node", "onnxruntime",
+                "tensorrt", "onnx-reference", "stream")
+
+
 def print_table(title: str, rows: Sequence[dict[str, Any]], console: Any = None) -> None:
     from rich.table import Table
 
@@ -180,8 +186,7 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], console: Any = None)
     table = Table(title=title, title_justify="left")
     columns = list(dict.fromkeys(k for row in rows for k in row))
     for c in columns:
-        table.add_column(c, justify="right" if c not in ("backend", "device", "precision", "verdict", "note",
-                                                       "reason", "points", "reference") else "left")
+        table.add_column(c, justify="left" if c in LEFT_COLUMNS else "right")
     for row in rows:
         table.add_row(*[_cell(c, row.get(c)) for c in columns])
     console.print(table)

@@ -21,8 +21,8 @@ from lstminfer.commands.common import (
     write_json_output,
 )
 from lstminfer.export import EXPORTERS, export_model
-from lstminfer.report import bench_rows, render_markdown, verify_rows
-from lstminfer.results import ensure_writable_dir, new_results, write_json_atomic, write_text_atomic
+from lstminfer.report import bench_rows, verify_rows, write_report
+from lstminfer.results import ensure_writable_dir, new_results, write_json_atomic
 from lstminfer.verify import any_failed, default_points, parse_points, verify
 
 
@@ -215,7 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_table(f"Verification of {model.name}", verify_rows(results["verify"]))
     results["bench"] = _bench(args, model)
     write_json_atomic(out / "results.json", results)
-    write_text_atomic(out / "report.md", render_markdown(results))
+    write_report(results, out / "report.md", "md")
     rows, unit = bench_rows(results["bench"])
     print_table(f"Benchmark of {model.name}, seq {model.seq_len} x batch {model.batch}, {args.precision}", rows)
     _print_warnings(results["bench"])

@@ -80,7 +80,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     console.print(f"state pairs: {pairs}")
     runs = _ort_cpu_check(args.file)
     console.print(f"ONNX Runtime CPU session: {runs}")
-    oracle = "yes" if info.oracle[0] else f"no ({info.oracle[1]}): verify uses ONNX Runtime CPU as the reference"
+    fallback = ("verify uses ONNX Runtime CPU as the reference" if runs == "created"
+                else "and ONNX Runtime refuses the file: verify has no reference")
+    oracle = "yes" if info.oracle[0] else f"no ({info.oracle[1]}): {fallback}"
     console.print(f"onnx.reference float64 oracle: {oracle}")
     for note in info.notes:
         stderr_console().print(f"[yellow]note:[/yellow] {note}")
@@ -128,17 +130,17 @@ def _attributes(node: Any) -> str:
 
 
 # ---- stream ----------------------------------------------------------------------------------------------------
-def _chunk_axes(session: Any) -> tuple[int, int, tuple[int, ...]]:
-    """(sequence axis, batch axis, shape at chunk 1 batch 1) of the session's chunk input."""
+def _chunk_axes(session: Any, chunk: int) -> tuple[int, int, tuple[int, ...]]:
+    """(sequence axis, batch axis or -1, shape with those axes at 1 or as given) of the session's chunk input."""
     model = session.model
     info = {i.name: i for i in model.graph_inputs}[session.chunk_input]
-    if info.dims is None:
+    if info.dims is None:  # TorchScript without --onnx: the chunk's shape comes from --shapes
         shape = model.shapes.get(session.chunk_input)
-        if shape is None:
+        if shape is None or chunk not in shape:
             raise UserError(f"the chunk input {session.chunk_input!r} has no shape in the file: give one chunk's "
-                            f"shape with --shapes {session.chunk_input}:AxB (the sequence axis is taken as the "
-                            "first dim equal to --chunk)")
-        return -1, -1, shape
+                            f"shape with --shapes {session.chunk_input}:AxB (its first dim equal to --chunk "
+                            f"{chunk} is the sequence axis)")
+        return shape.index(chunk), -1, shape
     seq_axis = next((a for a, d in enumerate(info.dims) if model.roles.get(d) == "seq"), None)
     batch_axis = next((a for a, d in enumerate(info.dims) if model.roles.get(d) == "batch"), None)
     if seq_axis is None:
@@ -164,7 +166,7 @@ def stream_one(session: Any, chunk: int, chunks: int, warmup: int, batch: int, c
     """Time `chunks` consecutive steps of one stream (after `warmup` untimed ones); host clock per step."""
     from lstminfer.stats import summarize
 
-    seq_axis, batch_axis, shape = _chunk_axes(session)
+    seq_axis, batch_axis, shape = _chunk_axes(session, chunk)
     shape = list(shape)
     if seq_axis >= 0:
         shape[seq_axis] = chunk
@@ -244,6 +246,8 @@ def cmd_stream(args: argparse.Namespace) -> int:
         records.append({**base, **rec})
     if not records:
         raise UserError(f"no backend here can stream {args.file} (tried {', '.join(STREAM_BACKENDS)})")
+    if all("error" in r for r in records):
+        raise UserError(f"no backend could stream {args.file}: {records[0]['error']}")
     rows = []
     for r in records:
         lat = r.get("latency_ms") or {}

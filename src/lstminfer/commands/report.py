@@ -13,14 +13,13 @@ from lstminfer.commands.common import (
     add_backend_args,
     add_model_args,
     add_output_args,
-    backend_options,
     parse_int_list,
     print_table,
     split_list,
     stderr_console,
     write_json_output,
 )
-from lstminfer.commands.core import _prepare_model, add_timing_args
+from lstminfer.commands.core import _options, _prepare_model, add_timing_args
 from lstminfer.errors import UserError
 from lstminfer.export import EXPORTERS
 from lstminfer.report import FORMATS, fastest_rows, load_inputs, wins_summary, write_report
@@ -118,7 +117,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                               f"{summarize_point(lines)}") + f"[/{colour}]", highlight=False, soft_wrap=True)
 
         try:
-            result = run_sweep(model, grid, path, timing, backend_options(args), resume=args.resume,
+            result = run_sweep(model, grid, path, timing, _options(args), resume=args.resume,
                                retry_errors=args.retry_errors, planned=planned, progress=progress,
                                finished=finished)
         except KeyboardInterrupt:

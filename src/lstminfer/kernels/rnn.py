@@ -35,8 +35,8 @@ import triton
 import triton.language as tl
 
 PATHS = ("single-launch", "multi-launch")
-# Recurrent weights one program keeps in registers: 16 K elements = 64 fp32 registers per thread at 8 warps.
-REGISTER_BUDGET = 16384
+# Recurrent weights per thread a program keeps in registers for a whole layer (fp32 values).
+WEIGHT_REGISTERS = 128
 
 
 @triton.jit
@@ -67,52 +67,39 @@ def _grid_barrier(counter_ptr, target):
 @triton.jit
 def _project(in_ptr, stride_t, stride_b, stride_k, k_size, w_ptr, bias_ptr, gx_ptr,
              T, B, b0, first_item, item_step,
-             G: tl.constexpr, RT: tl.constexpr, K: tl.constexpr, BLOCK_B: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_RP: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """gx[t, b, g, r] = sum_k in[t, b, k] * W_ih[g, r, k] + bias[g, r] for this batch tile, all t.
+             C: tl.constexpr, K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """gx[t, b, c] = sum_k in[t, b, k] * W_ih^T[k, c] + bias[c] for this batch tile and every t.
 
-    Work items are (row chunk, time tile) pairs; this program takes first_item, first_item + item_step, ...
-    Rows m of a time tile are (t, b) pairs of the batch tile, m = t * BLOCK_B + (b - b0).
+    c runs over the C = D * HP * 4 gate columns, (direction, hidden unit, gate) with the gate fastest.
+    Work items are (column chunk, time tile) pairs; this program takes first_item, first_item + item_step...
+    Rows m of a time tile are (t, b) pairs of the batch tile: m = t * BLOCK_B + (b - b0).
     """
     m_total = T * BLOCK_B
     m_tiles = tl.cdiv(m_total, BLOCK_M)
-    n_items = m_tiles * (RT // BLOCK_RP)
+    n_items = m_tiles * (C // BLOCK_C)
     for item in range(first_item, n_items, item_step):
-        offs_r = (item // m_tiles) * BLOCK_RP + tl.arange(0, BLOCK_RP)
+        offs_c = (item // m_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
         offs_m = (item % m_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
         t = (offs_m // BLOCK_B).to(tl.int64)
         b = b0 + offs_m % BLOCK_B
         m_ok = (offs_m < m_total) & (b < B)
-        acc0 = tl.zeros((BLOCK_M, BLOCK_RP), dtype=tl.float32)
-        acc1 = tl.zeros((BLOCK_M, BLOCK_RP), dtype=tl.float32)
-        acc2 = tl.zeros((BLOCK_M, BLOCK_RP), dtype=tl.float32)
-        acc3 = tl.zeros((BLOCK_M, BLOCK_RP), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             x = tl.load(in_ptr + t[:, None] * stride_t + b[:, None] * stride_b + offs_k[None, :] * stride_k,
                         mask=m_ok[:, None] & (offs_k < k_size)[None, :], other=0.0, cache_modifier=".cg")
-            w_offs = offs_r[None, :] * K + offs_k[:, None]  # W^T tile [BLOCK_K, BLOCK_RP]
-            w0 = tl.load(w_ptr + 0 * RT * K + w_offs)
-            x = x.to(w0.dtype)
-            acc0 = tl.dot(x, w0, acc0, input_precision=DOT_PRECISION)
-            acc1 = tl.dot(x, tl.load(w_ptr + 1 * RT * K + w_offs), acc1, input_precision=DOT_PRECISION)
-            acc2 = tl.dot(x, tl.load(w_ptr + 2 * RT * K + w_offs), acc2, input_precision=DOT_PRECISION)
-            if G == 4:
-                acc3 = tl.dot(x, tl.load(w_ptr + 3 * RT * K + w_offs), acc3, input_precision=DOT_PRECISION)
-        row = (t[:, None] * B + b[:, None]) * (G * RT) + offs_r[None, :]
-        ok = m_ok[:, None]
-        tl.store(gx_ptr + row + 0 * RT, acc0 + tl.load(bias_ptr + 0 * RT + offs_r)[None, :], mask=ok)
-        tl.store(gx_ptr + row + 1 * RT, acc1 + tl.load(bias_ptr + 1 * RT + offs_r)[None, :], mask=ok)
-        tl.store(gx_ptr + row + 2 * RT, acc2 + tl.load(bias_ptr + 2 * RT + offs_r)[None, :], mask=ok)
-        if G == 4:
-            tl.store(gx_ptr + row + 3 * RT, acc3 + tl.load(bias_ptr + 3 * RT + offs_r)[None, :], mask=ok)
+            w = tl.load(w_ptr + offs_k[:, None] * C + offs_c[None, :])
+            acc = tl.dot(x.to(w.dtype), w, acc, input_precision=DOT_PRECISION)
+        acc += tl.load(bias_ptr + offs_c)[None, :]
+        tl.store(gx_ptr + (t[:, None] * B + b[:, None]) * C + offs_c[None, :], acc, mask=m_ok[:, None])
 
 
 @triton.jit
 def _load_prev_h(h0_ptr, seq_ptr, s, T, B, H, layer, d, offs_b, offs_k,
                  D: tl.constexpr, RT: tl.constexpr, HP: tl.constexpr, HAS_STATE: tl.constexpr,
                  BLOCK_B: tl.constexpr, WIDTH: tl.constexpr):
-    """h before step s of direction d, over all HP hidden units: h0 at s == 0, else the layer's output."""
+    """h before step s of direction d at hidden units offs_k: h0 (or 0) at s == 0, else the layer output."""
     b_ok = offs_b < B
     if s == 0:
         if HAS_STATE:
@@ -137,14 +124,16 @@ def _rnn_stack_kernel(
     hn_ptr, cn_ptr,
     T, B, input_size, H, num_layers,
     layer_begin, layer_end, step_begin, step_end,
-    IS_LSTM: tl.constexpr, G: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, K0: tl.constexpr,
-    RT: tl.constexpr, BLOCK_B: tl.constexpr, R_TILES: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_RP: tl.constexpr, BLOCK_K0: tl.constexpr, BLOCK_KR: tl.constexpr,
+    IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, K0: tl.constexpr, RT: tl.constexpr,
+    BLOCK_B: tl.constexpr, R_TILES: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K0: tl.constexpr, BLOCK_KR: tl.constexpr,
     HAS_STATE: tl.constexpr, DO_PROJ: tl.constexpr, DO_REC: tl.constexpr,
     GRID_SYNC: tl.constexpr, C_IN_MEMORY: tl.constexpr, H_IN_REGISTERS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    # Gate columns: 4 per hidden unit, gate fastest. LSTM: i, f, g, o. GRU: r, z, (W_hn h + b_hn), (W_in x + b_in).
     # H_IN_REGISTERS: one program owns all rows of a direction for a whole layer, so h never leaves it.
+    C: tl.constexpr = RT * 4
     pid_b = tl.program_id(0)
     pid = tl.program_id(1)
     programs = tl.num_programs(1)
@@ -158,17 +147,15 @@ def _rnn_stack_kernel(
     for layer in range(layer_begin, layer_end):
         seq_in = seq_ptr + ((layer + 1) % 2) * T * B * RT  # the previous layer's output (padded, fp32)
         seq_out = seq_ptr + (layer % 2) * T * B * RT
-        bias = bias_ptr + layer * (G + 1) * RT
 
         if DO_PROJ:
             if layer == 0:
-                _project(x_ptr, stride_xt, stride_xb, stride_xk, input_size, w_ih0_ptr, bias, gx_ptr,
-                         T, B, b0, pid, programs, G, RT, K0, BLOCK_B, BLOCK_M, BLOCK_RP,
-                         BLOCK_K0, DOT_PRECISION)
+                _project(x_ptr, stride_xt, stride_xb, stride_xk, input_size, w_ih0_ptr, bias_ptr, gx_ptr,
+                         T, B, b0, pid, programs, C, K0, BLOCK_B, BLOCK_M, BLOCK_C, BLOCK_K0, DOT_PRECISION)
             else:
-                _project(seq_in, B * RT, RT, 1, RT, w_ihr_ptr + (layer - 1) * G * RT * RT, bias, gx_ptr,
-                         T, B, b0, pid, programs, G, RT, RT, BLOCK_B, BLOCK_M, BLOCK_RP,
-                         BLOCK_KR, DOT_PRECISION)
+                _project(seq_in, B * RT, RT, 1, RT, w_ihr_ptr + (layer - 1) * RT * C, bias_ptr + layer * C,
+                         gx_ptr, T, B, b0, pid, programs, C, RT, BLOCK_B, BLOCK_M, BLOCK_C, BLOCK_KR,
+                         DOT_PRECISION)
             if GRID_SYNC:
                 n_global += 1
                 _grid_barrier(global_counter, n_global * programs)
@@ -178,17 +165,14 @@ def _rnn_stack_kernel(
         if DO_REC:
             for unit in range(pid, D * R_TILES, programs):
                 d = unit // R_TILES
-                offs_n = (unit % R_TILES) * BLOCK_R + tl.arange(0, BLOCK_R)  # hidden units of this tile
-                offs_r = d * HP + offs_n  # rows in the padded [D * HP] layout
+                n0 = (unit % R_TILES) * BLOCK_R
+                offs_n = n0 + tl.arange(0, BLOCK_R)  # hidden units of this tile
+                offs_c = d * HP * 4 + n0 * 4 + tl.arange(0, BLOCK_R * 4)  # their gate columns
                 n_ok = offs_n < H
-                w_hh = w_hh_ptr + ((layer * G * D + d) * HP + offs_n[:, None]) * HP + offs_k[None, :]
-                w_i = tl.load(w_hh + 0 * D * HP * HP).to(tl.float32)
-                w_f = tl.load(w_hh + 1 * D * HP * HP).to(tl.float32)
-                w_g = tl.load(w_hh + 2 * D * HP * HP).to(tl.float32)
-                if IS_LSTM:
-                    w_o = tl.load(w_hh + 3 * D * HP * HP).to(tl.float32)
-                else:
-                    b_hn = tl.load(bias + G * RT + offs_r)[None, :]
+                # W_hh^T slice [HP, BLOCK_R * 4]: every thread holds whole columns, so the sum over k stays
+                # inside a thread (no shuffles); it is loaded once per layer and kept for all time steps.
+                w = tl.load(w_hh_ptr + ((layer * D + d) * HP + offs_k[:, None]) * (HP * 4)
+                            + n0 * 4 + tl.arange(0, BLOCK_R * 4)[None, :]).to(tl.float32)
                 state = ((layer * D + d) * B + offs_b[:, None]) * H + offs_n[None, :]
                 state_ok = b_ok[:, None] & n_ok[None, :]
                 if IS_LSTM:
@@ -197,13 +181,22 @@ def _rnn_stack_kernel(
                     else:
                         c = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
                     if C_IN_MEMORY:
-                        if step_begin > 0:  # multi-launch: c of the previous step's launch
+                        if step_begin > 0:  # multi-launch: c from the previous step's launch
                             c = tl.load(c_state_ptr + ((layer * D + d) * B + offs_b[:, None]) * HP
                                         + offs_n[None, :], mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
                 h = _load_prev_h(h0_ptr, seq_out, step_begin, T, B, H, layer, d, offs_b, offs_k,
                                  D, RT, HP, HAS_STATE, BLOCK_B, HP)
                 h_new = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
+                gx_rows = gx_ptr + offs_b[:, None] * C + offs_c[None, :]
+                t = tl.where(d == 0, step_begin, T - 1 - step_begin).to(tl.int64)
+                gx = tl.load(gx_rows + t * B * C, mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
                 for s in range(step_begin, step_end):
+                    t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
+                    # prefetch the next step's projection: it does not depend on h
+                    t_next = tl.where(d == 0, s + 1, T - 2 - s).to(tl.int64)
+                    next_ok = offs_b < tl.where(s + 1 < step_end, B, 0)
+                    gx_next = tl.load(gx_rows + t_next * B * C, mask=next_ok[:, None], other=0.0,
+                                      cache_modifier=".cg")
                     if not H_IN_REGISTERS:
                         if s > step_begin:
                             if GRID_SYNC:
@@ -212,32 +205,24 @@ def _rnn_stack_kernel(
                                 _grid_barrier(global_counter + 1 + d, passed * R_TILES)
                             h = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_k,
                                              D, RT, HP, HAS_STATE, BLOCK_B, HP)
-                    t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
-                    gx = gx_ptr + (t * B + offs_b[:, None]) * (G * RT) + offs_r[None, :]
-                    hb = h[:, None, :]
-                    pre_i = tl.load(gx + 0 * RT, mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
-                    pre_f = tl.load(gx + 1 * RT, mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
-                    pre_g = tl.load(gx + 2 * RT, mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
+                    pre = gx + tl.sum(h[:, :, None] * w[None, :, :], axis=1)  # [BLOCK_B, BLOCK_R * 4]
+                    even, odd = tl.split(tl.reshape(pre, (BLOCK_B, BLOCK_R, 2, 2)))
+                    gate0, gate2 = tl.split(even)
+                    gate1, gate3 = tl.split(odd)
                     if IS_LSTM:
-                        pre_o = tl.load(gx + 3 * RT, mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
-                        i = _sigmoid(pre_i + tl.sum(hb * w_i[None, :, :], axis=2))
-                        f = _sigmoid(pre_f + tl.sum(hb * w_f[None, :, :], axis=2))
-                        g = _tanh(pre_g + tl.sum(hb * w_g[None, :, :], axis=2))
-                        o = _sigmoid(pre_o + tl.sum(hb * w_o[None, :, :], axis=2))
-                        c = f * c + i * g
-                        h_new = o * _tanh(c)
+                        c = _sigmoid(gate1) * c + _sigmoid(gate0) * _tanh(gate2)
+                        h_new = _sigmoid(gate3) * _tanh(c)
                     else:
-                        # PyTorch's GRU: r, z, n; n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
-                        r = _sigmoid(pre_i + tl.sum(hb * w_i[None, :, :], axis=2))
-                        z = _sigmoid(pre_f + tl.sum(hb * w_f[None, :, :], axis=2))
-                        n = _tanh(pre_g + r * (tl.sum(hb * w_g[None, :, :], axis=2) + b_hn))
+                        # PyTorch's GRU: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); h' = (1 - z) n + z h
+                        z = _sigmoid(gate1)
+                        n = _tanh(gate3 + _sigmoid(gate0) * gate2)
                         if R_TILES == 1:
                             h_old = h
                         else:
                             h_old = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_n,
-                                                 D, RT, HP, HAS_STATE, BLOCK_B, HP)
+                                                 D, RT, HP, HAS_STATE, BLOCK_B, BLOCK_R)
                         h_new = (1.0 - z) * n + z * h_old
-                    tl.store(seq_out + (t * B + offs_b[:, None]) * RT + offs_r[None, :], h_new,
+                    tl.store(seq_out + (t * B + offs_b[:, None]) * RT + d * HP + offs_n[None, :], h_new,
                              mask=b_ok[:, None])
                     if layer == num_layers - 1:
                         tl.store(out_ptr + t * stride_ot + offs_b[:, None] * stride_ob
@@ -245,6 +230,7 @@ def _rnn_stack_kernel(
                                  h_new.to(out_ptr.dtype.element_ty), mask=state_ok)
                     if H_IN_REGISTERS:
                         h = h_new
+                    gx = gx_next
                 tl.store(hn_ptr + state, h_new.to(hn_ptr.dtype.element_ty), mask=state_ok)
                 if IS_LSTM:
                     tl.store(cn_ptr + state, c.to(cn_ptr.dtype.element_ty), mask=state_ok)
@@ -263,11 +249,12 @@ def _rnn_stack_kernel(
 
 @dataclass
 class PackedRNN:
-    """An nn.LSTM / nn.GRU's weights in the kernel's padded layout, on one device, in one dtype.
+    """An nn.LSTM / nn.GRU's weights in the kernel's padded, transposed layout, on one device, in one dtype.
 
-    w_ih0 [G, D*HP, K0], w_ihr [max(L-1, 1), G, D*HP, D*HP], w_hh [L, G, D, HP, HP] in `dtype`;
-    bias [L, G+1, D*HP] float32 (b_ih + b_hh per gate; for a GRU the n gate keeps b_in there and b_hn in
-    slot G, since r multiplies it).
+    Columns c = (direction * HP + hidden unit) * 4 + gate slot, so one hidden unit's four gates sit side by
+    side. Slots: LSTM i, f, g, o; GRU r, z, "W_hn h + b_hn", "W_in x + b_in" (r multiplies the third).
+    w_ih0 [K0, C], w_ihr [max(L-1, 1), D*HP, C], w_hh [L, D, HP, HP*4] in `dtype`; bias [L, C] float32
+    (b_ih + b_hh folded where PyTorch adds them).
     """
 
     kind: str
@@ -285,10 +272,6 @@ class PackedRNN:
     bias: torch.Tensor
 
     @property
-    def gates(self) -> int:
-        return 4 if self.kind == "lstm" else 3
-
-    @property
     def device(self) -> torch.device:
         return self.w_hh.device
 
@@ -298,21 +281,21 @@ def _pow2(n: int, least: int = 16) -> int:
 
 
 def pack_rnn(module: torch.nn.Module, device: Any = "cpu", dtype: torch.dtype = torch.float32) -> PackedRNN:
-    """Pad and reorder a plain nn.LSTM / nn.GRU's parameters once (proj_size is not supported)."""
+    """Pad, transpose and interleave a plain nn.LSTM / nn.GRU's parameters once (no proj_size)."""
     if not isinstance(module, (torch.nn.LSTM, torch.nn.GRU)):
         raise TypeError(f"expected nn.LSTM or nn.GRU, got {type(module).__name__}")
     if getattr(module, "proj_size", 0):
         raise ValueError("LSTM proj_size is not supported by the fused kernel")
-    kind = "lstm" if isinstance(module, torch.nn.LSTM) else "gru"
-    gates = 4 if kind == "lstm" else 3
+    lstm = isinstance(module, torch.nn.LSTM)
     hidden, layers = module.hidden_size, module.num_layers
     dirs = 2 if module.bidirectional else 1
     hp, k0 = _pow2(hidden), _pow2(module.input_size)
     rt = dirs * hp
-    w_ih0 = torch.zeros(gates, rt, k0, dtype=torch.float64)
-    w_ihr = torch.zeros(max(layers - 1, 1), gates, rt, rt, dtype=torch.float64)
-    w_hh = torch.zeros(layers, gates, dirs, hp, hp, dtype=torch.float64)
-    bias = torch.zeros(layers, gates + 1, rt, dtype=torch.float64)
+    # [.., K, D, HP, 4] views of the [.., K, C] tensors
+    w_ih0 = torch.zeros(k0, dirs, hp, 4, dtype=torch.float64)
+    w_ihr = torch.zeros(max(layers - 1, 1), rt, dirs, hp, 4, dtype=torch.float64)
+    w_hh = torch.zeros(layers, dirs, hp, hp, 4, dtype=torch.float64)
+    bias = torch.zeros(layers, dirs, hp, 4, dtype=torch.float64)
     with torch.no_grad():
         for layer in range(layers):
             for d in range(dirs):
@@ -323,28 +306,37 @@ def pack_rnn(module: torch.nn.Module, device: Any = "cpu", dtype: torch.dtype = 
                     b_ih = getattr(module, f"bias_ih_{sfx}").detach().double().cpu()
                     b_hh = getattr(module, f"bias_hh_{sfx}").detach().double().cpu()
                 else:
-                    b_ih = b_hh = torch.zeros(gates * hidden, dtype=torch.float64)
-                rows = slice(d * hp, d * hp + hidden)
-                for g in range(gates):
-                    gate = slice(g * hidden, (g + 1) * hidden)
+                    b_ih = b_hh = torch.zeros(w_ih.shape[0], dtype=torch.float64)
+
+                def gate(t: torch.Tensor, g: int) -> torch.Tensor:
+                    return t[g * hidden:(g + 1) * hidden]
+
+                if lstm:  # slot: (gate of W_ih, gate of W_hh, bias)
+                    slots = [(g, g, gate(b_ih, g) + gate(b_hh, g)) for g in range(4)]
+                else:
+                    slots = [(0, 0, gate(b_ih, 0) + gate(b_hh, 0)), (1, 1, gate(b_ih, 1) + gate(b_hh, 1)),
+                             (None, 2, gate(b_hh, 2)), (2, None, gate(b_ih, 2))]
+                for slot, (gi, gh, b) in enumerate(slots):
+                    bias[layer, d, :hidden, slot] = b
+                    if gh is not None:
+                        w_hh[layer, d, :hidden, :hidden, slot] = gate(w_hh_l, gh).T
+                    if gi is None:
+                        continue
+                    w = gate(w_ih, gi)  # [hidden, input width]
                     if layer == 0:
-                        w_ih0[g, rows, : module.input_size] = w_ih[gate]
+                        w_ih0[: module.input_size, d, :hidden, slot] = w.T
                     else:
-                        for src_d in range(dirs):  # input columns: the previous layer's directions, padded
-                            w_ihr[layer - 1, g, rows, src_d * hp: src_d * hp + hidden] = \
-                                w_ih[gate, src_d * hidden: (src_d + 1) * hidden]
-                    w_hh[layer, g, d, :hidden, :hidden] = w_hh_l[gate]
-                    if kind == "gru" and g == 2:
-                        bias[layer, g, rows] = b_ih[gate]
-                        bias[layer, gates, rows] = b_hh[gate]
-                    else:
-                        bias[layer, g, rows] = b_ih[gate] + b_hh[gate]
+                        for src in range(dirs):  # input columns: the previous layer's directions, padded
+                            w_ihr[layer - 1, src * hp:src * hp + hidden, d, :hidden, slot] = \
+                                w[:, src * hidden:(src + 1) * hidden].T
 
-    def put(t: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
-        return t.to(device=device, dtype=dt).contiguous()
+    def put(t: torch.Tensor, dt: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+        return t.reshape(shape).to(device=device, dtype=dt).contiguous()
 
-    return PackedRNN(kind, module.input_size, hidden, layers, dirs, module.batch_first, hp, k0, dtype,
-                     put(w_ih0, dtype), put(w_ihr, dtype), put(w_hh, dtype), put(bias, torch.float32))
+    c = rt * 4
+    return PackedRNN("lstm" if lstm else "gru", module.input_size, hidden, layers, dirs, module.batch_first,
+                     hp, k0, dtype, put(w_ih0, dtype, (k0, c)), put(w_ihr, dtype, (-1, rt, c)),
+                     put(w_hh, dtype, (layers, dirs, hp, hp * 4)), put(bias, torch.float32, (layers, c)))
 
 
 # ---- launch policy -------------------------------------------------------------------------------
@@ -359,7 +351,7 @@ class Plan:
     r_tiles: int  # row tiles per direction in the recurrence
     programs: int  # programs per batch tile
     block_m: int = 16  # projection: (t, b) rows per work item
-    block_rp: int = 64  # projection: gate rows per work item
+    block_c: int = 128  # projection: gate columns per work item
     block_k: int = 64  # projection: reduction chunk
     num_warps: int = 4
 
@@ -372,45 +364,45 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = None, **overrides: int) -> Plan:
+def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = None, **overrides: Any) -> Plan:
     """Pick the path and tile sizes.
 
-    single-launch: a direction's recurrent weights split into the fewest row tiles whose share fits the
-    register budget; with one tile per direction h stays in registers. CUDA needs every program of a batch
-    tile resident (at most one per multiprocessor); otherwise, and on request, multi-launch.
+    A recurrence unit (one direction's row tile) keeps W_hh^T [HP, 4 * HP / r_tiles] in registers, whole
+    columns per thread; r_tiles is the fewest that keeps that under WEIGHT_REGISTERS per thread at
+    num_warps <= 8. With r_tiles == 1, h stays in registers. On CUDA every program of a batch tile must be
+    resident (grid barriers), so at most one per multiprocessor; otherwise, and on request, multi-launch.
     """
-    hp, dirs, gates = packed.hidden_padded, packed.num_directions, packed.gates
-    rt = dirs * hp
+    hp, dirs = packed.hidden_padded, packed.num_directions
+    cols = 4 * dirs * hp
     r_tiles = 1
-    while gates * (hp // r_tiles) * hp > REGISTER_BUDGET and hp // r_tiles > 1:
+    while hp * 4 * (hp // r_tiles) > WEIGHT_REGISTERS * 32 * 8 and hp // r_tiles > 1:
         r_tiles *= 2
-    block_b = min(_pow2(batch, least=1), max(1, REGISTER_BUDGET // ((hp // r_tiles) * hp)), 16)
+    unit_cols = 4 * hp // r_tiles
+    num_warps = max(1, min(8, unit_cols // 32))
+    block_b = min(_pow2(batch, least=1), max(1, 256 // hp))
     batch_tiles = -(-batch // block_b)
-    block_rp = min(rt, 64)
+    block_c = min(cols, 128)
     block_m = 16 if seq_len * block_b <= 16 else 32
-    items = -(-seq_len * block_b // block_m) * (rt // block_rp)
+    items = -(-seq_len * block_b // block_m) * (cols // block_c)
     on_cuda = packed.device.type == "cuda" and not interpreting()
     if path is None:
         if not on_cuda:
             path = "single-launch"
         else:
-            resident = batch_tiles * dirs * r_tiles <= _sm_count(packed.device) and hp // r_tiles >= 4
+            resident = batch_tiles * dirs * r_tiles <= _sm_count(packed.device)
             path = "single-launch" if resident else "multi-launch"
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}: use one of {PATHS}")
     if path == "single-launch":
         if not on_cuda:
-            r_tiles = 1  # one program per batch tile: the interpreter runs programs one after another
-            programs = 1
+            r_tiles, programs = 1, 1  # the interpreter runs programs one after another: nobody may wait
+        elif r_tiles == 1 and items <= dirs:
+            programs = 1  # a tiny projection: no grid barriers at all
         else:
-            # one program for everything when the projection is tiny (no grid barriers at all)
-            programs = 1 if (r_tiles == 1 and items <= 2 * dirs) else dirs * r_tiles
-            programs = max(programs, min(items, 32, _sm_count(packed.device) // batch_tiles))
-            if r_tiles == 1 and items <= 2 * dirs:
-                programs = 1
+            programs = max(dirs * r_tiles, min(items, 32, _sm_count(packed.device) // batch_tiles))
     else:
         programs = dirs * r_tiles
-    plan = Plan(path, block_b, r_tiles, programs, block_m, block_rp, min(64, rt), 4)
+    plan = Plan(path, block_b, r_tiles, programs, block_m, block_c, 64, num_warps)
     if overrides:
         plan = Plan(**{**plan.__dict__, **overrides})
     return plan
@@ -440,8 +432,7 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     if seq_len == 0 or batch == 0:
         raise ValueError("empty input (sequence length or batch 0)")
     lstm = packed.kind == "lstm"
-    hidden, layers, dirs, hp, gates = (packed.hidden_size, packed.num_layers, packed.num_directions,
-                                       packed.hidden_padded, packed.gates)
+    hidden, layers, dirs, hp = packed.hidden_size, packed.num_layers, packed.num_directions, packed.hidden_padded
     rt = dirs * hp
     state_shape = (layers * dirs, batch, hidden)
     for name, st in (("h0", h0), ("c0", c0)):
@@ -458,7 +449,7 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
         batch_tiles = -(-batch // plan.block_b)
         ws.clear()
         ws.update(key=key,
-                  gx=torch.empty(seq_len * batch * gates * rt, device=device, dtype=torch.float32),
+                  gx=torch.empty(seq_len * batch * 4 * rt, device=device, dtype=torch.float32),
                   seq=torch.empty(2 * seq_len * batch * rt, device=device, dtype=torch.float32),
                   c_state=torch.empty(layers * dirs * batch * hp if plan.path == "multi-launch" else 1,
                                       device=device, dtype=torch.float32),
@@ -486,9 +477,9 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
             out, stride_ot, stride_ob, out.stride(2), hn, cn,
             seq_len, batch, packed.input_size, hidden, layers,
             layer_begin, layer_end, step_begin, step_end,
-            IS_LSTM=lstm, G=gates, D=dirs, HP=hp, K0=packed.input_padded, RT=rt,
+            IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt,
             BLOCK_B=plan.block_b, R_TILES=plan.r_tiles, BLOCK_R=hp // plan.r_tiles,
-            BLOCK_M=plan.block_m, BLOCK_RP=plan.block_rp,
+            BLOCK_M=plan.block_m, BLOCK_C=plan.block_c,
             BLOCK_K0=min(plan.block_k, packed.input_padded), BLOCK_KR=min(plan.block_k, rt),
             HAS_STATE=has_state, DO_PROJ=do_proj, DO_REC=do_rec,
             GRID_SYNC=grid_sync and programs > 1, C_IN_MEMORY=plan.path == "multi-launch",
@@ -499,7 +490,7 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     if plan.path == "single-launch":
         launch(plan.programs, 0, layers, 0, seq_len, True, True)
     else:
-        m_items = -(-seq_len * plan.block_b // plan.block_m) * (rt // plan.block_rp)
+        m_items = -(-seq_len * plan.block_b // plan.block_m) * (4 * rt // plan.block_c)
         for layer in range(layers):
             launch(m_items, layer, layer + 1, 0, seq_len, True, False)
             for step in range(seq_len):
