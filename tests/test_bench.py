@@ -45,9 +45,11 @@ def test_warmup_duration_and_iterations():
     records = time_queries(runner, {"input": np.zeros(1)}, config)
     elapsed = time.perf_counter() - t0
     assert elapsed >= 0.07  # warm-up + duration
+    assert records[0].start_h2d >= 20.0 - 1e-6  # queries starting in the 20 ms warm-up were dropped
     assert len(records) >= 3
     for r in records:
-        assert r.h2d_ms == pytest.approx(1.0, abs=0.9) and r.compute_ms >= 3.9 and r.d2h_ms >= 0.9
+        # sleeps last at least as long as asked (a loaded machine only makes them longer)
+        assert r.h2d_ms >= 0.9 and r.compute_ms >= 3.9 and r.d2h_ms >= 0.9
         assert r.latency_ms == pytest.approx(r.h2d_ms + r.compute_ms + r.d2h_ms)
         assert r.host_ms >= r.latency_ms - 1e-6
         assert r.enqueue_ms >= 3.9

@@ -63,6 +63,13 @@ class Runner:
     def available_impl(cls, device: str) -> tuple[bool, str]:
         return True, ""
 
+    @classmethod
+    def applies_to(cls, model: Model) -> bool:
+        """Whether this backend is meant for this kind of model at all (a TorchScript runner for a
+        TorchScript file, say). Default selections leave out backends that do not apply; asked for by
+        name, they run and say why they cannot."""
+        return True
+
     def supports(self) -> tuple[bool, str]:
         """Whether this runner can run ``self.model`` at ``self.precision``; (False, reason) if not."""
         if self.precision not in self.precisions:
@@ -188,17 +195,19 @@ def list_backends() -> list[BackendChoice]:
     return choices
 
 
-def select_backends(requested: list[str] | None, device: str = "all") -> list[BackendChoice]:
+def select_backends(requested: list[str] | None, device: str = "all",
+                    model: Model | None = None) -> list[BackendChoice]:
     """Resolve ``--backends`` (names, optionally ``name:device``) and ``--device`` into choices.
 
-    With no request: every available pair.  A pair asked for by name that cannot run here raises
+    With no request: every available pair that applies to `model`.  A pair asked for by name that cannot run here raises
     BackendUnavailable with the reason and the install line.
     """
     every = list_backends()
     if device not in ("all", "cpu", "cuda"):
         raise UserError(f"unknown device {device!r}: use cpu, cuda or all")
     if not requested:
-        return [c for c in every if c.available and device in ("all", c.device)]
+        return [c for c in every if c.available and device in ("all", c.device)
+                and (model is None or runner_class(c.name).applies_to(model))]
     chosen = []
     for item in requested:
         name, _, dev = item.partition(":")

@@ -42,6 +42,10 @@ class OrtRunner(Runner):
             return cuda_available()
         return True, ""
 
+    @classmethod
+    def applies_to(cls, model: Any) -> bool:
+        return model.onnx_path is not None
+
     def supports_impl(self) -> tuple[bool, str]:
         if self.model.onnx_path is None:
             return False, "the model has no ONNX file (export failed or was refused)"
@@ -100,9 +104,7 @@ class OrtTensorrtRunner(OrtRunner):
     install_hint = 'pip install onnxruntime-gpu "lstminfer[tensorrt]"'
 
     def provider_options(self) -> dict[str, Any]:
-        from lstminfer.tensorrt_build import ort_tensorrt_provider_options
-
-        from lstminfer.tensorrt_build import default_cache_dir, derive_profile
+        from lstminfer.tensorrt_build import default_cache_dir, derive_profile, ort_tensorrt_provider_options
 
         profile = derive_profile(self.model.onnx_path, self.model.seq_len, self.model.batch)
         cache_dir = default_cache_dir(self.options.get("out_dir") or Path(self.model.onnx_path).parent)

@@ -47,6 +47,10 @@ class TensorRTRunner(Runner):
             return False, f"import tensorrt failed: {err}"
         return True, ""
 
+    @classmethod
+    def applies_to(cls, model: Any) -> bool:
+        return model.onnx_path is not None
+
     def supports_impl(self) -> tuple[bool, str]:
         if self.model.onnx_path is None:
             return False, "needs the model's ONNX file (lstminfer exports it first)"

@@ -39,6 +39,10 @@ class TorchRunner(Runner):
     def available_impl(cls, device: str) -> tuple[bool, str]:
         return cuda_available() if device == "cuda" else (True, "")
 
+    @classmethod
+    def applies_to(cls, model: Any) -> bool:
+        return model.module is not None
+
     def supports_impl(self) -> tuple[bool, str]:
         if self.model.module is None:
             return False, "no PyTorch module for this model (an ONNX file: use onnxruntime or tensorrt)"

@@ -22,6 +22,10 @@ class TorchScriptRunner(Runner):
     def available_impl(cls, device: str) -> tuple[bool, str]:
         return cuda_available() if device == "cuda" else (True, "")
 
+    @classmethod
+    def applies_to(cls, model) -> bool:
+        return getattr(model, "script_path", None) is not None
+
     def supports_impl(self) -> tuple[bool, str]:
         if getattr(self.model, "script_path", None) is None:
             return False, "not a TorchScript model (give a .pt file saved with torch.jit.save)"

@@ -123,8 +123,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {**backend_options(args), "out_dir": args.out}
 
 
-def _choices(args: argparse.Namespace) -> list:
-    return select_backends(split_list(args.backends), args.device)
+def _choices(args: argparse.Namespace, model: Any = None) -> list:
+    return select_backends(split_list(args.backends), args.device, model)
 
 
 def _verify(args: argparse.Namespace, model: Any) -> list[dict[str, Any]]:
@@ -134,7 +134,7 @@ def _verify(args: argparse.Namespace, model: Any) -> list[dict[str, Any]]:
         points = model.verify_points()
     else:
         points = default_points(model.seq_len, model.batch)
-    choices = _choices(args)
+    choices = _choices(args, model)
     with progress_bar() as bar:
         task = bar.add_task("verify", total=None)
         records = verify(model, choices, points, precision=args.precision, seed=args.seed,
@@ -146,7 +146,7 @@ def _bench(args: argparse.Namespace, model: Any) -> list[dict[str, Any]]:
     config = BenchConfig(warmup_ms=args.warmup, duration_s=args.duration, iterations=args.iterations,
                          seq_len=model.seq_len, batch=model.batch, precision=args.precision,
                          no_data_transfers=args.no_data_transfers, seed=args.seed, keep_raw=args.raw_times)
-    choices = _choices(args)
+    choices = _choices(args, model)
     with progress_bar() as bar:
         task = bar.add_task("bench", total=1.0)
         records = bench(model, choices, config, options=_options(args),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     path = out / SWEEP_FILE
     check_target(path, args.resume)  # before the export: a refused sweep costs nothing
     model, notes = _prepare_model(args, out)
+    if not args.backends:  # leave out backends that do not apply to this model (e.g. torchscript)
+        grid = dataclasses.replace(grid, choices=tuple(select_backends(None, args.device, model)))
     console = stderr_console()
     for note in notes:
         console.print(f"[yellow]note:[/yellow] {note}")
