@@ -43,6 +43,12 @@ def pick_unit(values_ms: Sequence[float]) -> tuple[str, float]:
     return "ms", 1.0
 
 
+def reference_names(results: dict[str, Any]) -> str:
+    """Which reference(s) the verify records were compared with, e.g. torch-float64-cpu."""
+    names = sorted({r.get("reference") for r in results.get("verify", []) if r.get("reference")})
+    return ", ".join(names) or "float64"
+
+
 def verify_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (backend, device, precision): worst errors over every point and output, and the verdict."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -121,8 +127,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     parts.append(f"**Machine:** {machine.get('cpu', '-')}; GPU: {gpu.get('name', 'none')}  ")
     parts.append(f"**Libraries:** {libs}")
     parts += ["", "## Verification", ""]
-    parts.append("Each backend against a float64 reference on fresh random inputs; an element fails only if it "
-                 "exceeds both atol and rtol (Polygraphy's rule).\n")
+    parts.append(f"Each backend against the reference ({reference_names(results)}) on fresh random inputs; an "
+                 "element fails only if it exceeds both atol and rtol (Polygraphy's rule).\n")
     parts.append(markdown_table(verify_rows(results.get("verify", []))))
     rows, unit = bench_rows(results.get("bench", []))
     parts += ["", "## Benchmark", "",
@@ -367,8 +373,8 @@ def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[dict[str, An
         sections.append(("Imported trtexec runs", "Numbers as trtexec printed them (its Latency is H2D + GPU "
                          "compute + D2H); they also appear in the tables and plots above where their shape is "
                          "known.", trt))
-    sections.append(("Verification", "Each backend against a float64 reference on fresh random inputs; an element "
-                     "fails only if it exceeds both atol and rtol (Polygraphy's rule).",
+    sections.append(("Verification", f"Each backend against the reference ({reference_names(results)}) on fresh "
+                     "random inputs; an element fails only if it exceeds both atol and rtol (Polygraphy's rule).",
                      verify_rows(results.get("verify", []))))
     errors = _error_rows(results)
     if errors:

@@ -1,0 +1,220 @@
+"""Our own backend: the whole nn.LSTM / nn.GRU stack in one Triton kernel (lstminfer.kernels.rnn).
+
+`fused` launches the kernel eagerly; `fused-graph` captures the launch in a CUDA graph per input shape and
+replays it. Triton is an optional extra (`pip install "lstminfer[gpu]"`): this module imports it only when
+a runner is prepared or `fused_rnn` is called. On the CPU the kernel runs under Triton's interpreter
+(TRITON_INTERPRET=1), which is for tests, not speed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import numpy as np
+
+from lstminfer.backends.base import Runner
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+INTERPRETER_REASON = "CPU runs need TRITON_INTERPRET=1 (Triton's interpreter); use a CUDA GPU"
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _plain_rnn(module: Any) -> Any:
+    """The module itself when it is a plain nn.LSTM / nn.GRU, else None."""
+    import torch
+
+    return module if type(module) in (torch.nn.LSTM, torch.nn.GRU) else None
+
+
+def fused_rnn(module_or_weights: Any, x: Any, hx: Any = None, precision: str | None = None,
+              workspace: dict | None = None) -> tuple[Any, Any]:
+    """nn.LSTM / nn.GRU forward through the fused kernel, with the module's own calling convention.
+
+    `module_or_weights`: a plain nn.LSTM / nn.GRU (its weights are packed on every call: pack once with
+    `lstminfer.kernels.rnn.pack_rnn` and pass the PackedRNN for repeated calls). `x` on the weights'
+    device, `[T, B, I]` or `[B, T, I]` (batch_first); `hx` None, h0, or (h0, c0). Returns
+    `(output, (hn, cn))` for an LSTM and `(output, hn)` for a GRU, in x's dtype. `precision` ("fp32", "fp16",
+    "bf16") casts x and the weights; by default x's dtype decides. Unbatched (2-d) inputs are not accepted.
+    """
+    import torch
+
+    from lstminfer.kernels.rnn import PackedRNN, pack_rnn, rnn_forward
+
+    dtype = getattr(torch, DTYPES[precision]) if precision else x.dtype
+    if isinstance(module_or_weights, PackedRNN):
+        packed = module_or_weights
+        if packed.dtype != dtype or packed.device != x.device:
+            raise ValueError(f"packed weights are {packed.dtype} on {packed.device}; input is {dtype} on {x.device}")
+    else:
+        module = _plain_rnn(module_or_weights)
+        if module is None:
+            raise TypeError(f"fused_rnn takes a plain nn.LSTM / nn.GRU or a PackedRNN, "
+                            f"not {type(module_or_weights).__name__}")
+        packed = pack_rnn(module, x.device, dtype)
+    x = x.to(dtype)
+    h0 = c0 = None
+    if hx is not None:
+        if packed.kind == "lstm":
+            h0, c0 = hx
+            c0 = c0.to(dtype)
+        else:
+            h0 = hx
+        h0 = h0.to(dtype)
+    outs = rnn_forward(packed, x, h0, c0, workspace=workspace)
+    return (outs[0], (outs[1], outs[2])) if packed.kind == "lstm" else (outs[0], outs[1])
+
+
+class FusedRunner(Runner):
+    """The fused Triton kernel, launched eagerly on `self.stream`."""
+
+    name = "fused"
+    devices = ("cuda", "cpu")
+    precisions = ("fp32", "fp16", "bf16")
+    install_hint = 'pip install "lstminfer[gpu]"'
+
+    @classmethod
+    def available_impl(cls, device: str) -> tuple[bool, str]:
+        if importlib.util.find_spec("triton") is None:
+            return False, "triton is not installed"
+        if device == "cpu":
+            return (True, "") if _interpreting() else (False, INTERPRETER_REASON)
+        import torch
+
+        if not torch.cuda.is_available():
+            return False, "no CUDA device (this torch build or machine has none)"
+        if _interpreting():
+            return False, "TRITON_INTERPRET=1 is set: unset it to run the kernel on the GPU"
+        return True, ""
+
+    def supports_impl(self) -> tuple[bool, str]:
+        spec = self.model.spec
+        if self.model.module is None or spec is None:
+            return False, "no PyTorch module for this model (the fused kernel reads nn.LSTM / nn.GRU weights)"
+        if _plain_rnn(self.model.module) is None:
+            return False, (f"the model is a {type(self.model.module).__name__}, not a plain nn.LSTM / nn.GRU; "
+                           "the fused kernel runs only those")
+        if spec.proj_size:
+            return False, "LSTM proj_size (projections) is not supported by the fused kernel"
+        return True, ""
+
+    def prepare_impl(self) -> None:
+        import torch
+
+        from lstminfer.kernels.rnn import pack_rnn
+
+        self.dtype = getattr(torch, DTYPES[self.precision])
+        self.packed = pack_rnn(self.model.module, self.device, self.dtype)
+        self.workspace: dict = {}
+        if self.device == "cuda":
+            self.stream = torch.cuda.Stream()
+
+    def upload_impl(self, inputs: dict[str, np.ndarray]) -> list[Any]:
+        import torch
+
+        pin = self.device == "cuda"
+        out = []
+        for name in self.model.input_names:
+            host = torch.from_numpy(np.ascontiguousarray(inputs[name]))
+            if pin:
+                host = host.pin_memory()
+            out.append(host.to(self.device, self.dtype, non_blocking=pin))
+        return out
+
+    def _run(self, device_inputs: list[Any]) -> list[Any]:
+        from lstminfer.kernels.rnn import rnn_forward
+
+        x, *state = device_inputs
+        h0 = state[0] if state else None
+        c0 = state[1] if len(state) > 1 else None
+        return list(rnn_forward(self.packed, x, h0, c0, workspace=self.workspace))
+
+    def execute_impl(self, device_inputs: list[Any]) -> list[Any]:
+        if self.stream is None:
+            return self._run(device_inputs)
+        import torch
+
+        with torch.cuda.stream(self.stream):
+            return self._run(device_inputs)
+
+    def download_impl(self, device_outputs: list[Any]) -> dict[str, np.ndarray]:
+        return {n: t.float().cpu().numpy() for n, t in zip(self.model.output_names, device_outputs)}
+
+    def synchronize(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+
+    def close_impl(self) -> None:
+        self.packed = None
+        self.workspace = {}
+
+    def plan(self, seq_len: int, batch: int) -> Any:
+        from lstminfer.kernels.rnn import plan_for
+
+        return plan_for(self.packed, seq_len, batch)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"tf32": False, "kernel": "lstminfer.kernels.rnn"}
+        if self._prepared:
+            spec = self.model.spec
+            out["path"] = self.plan(self.model.seq_len, self.model.batch).path
+            out["hidden_padded"] = self.packed.hidden_padded
+            out["interpreter"] = self.device == "cpu"
+            out["num_directions"] = spec.num_directions
+        return out
+
+
+class FusedGraphRunner(FusedRunner):
+    """The fused kernel's launch captured once per input shape in a CUDA graph, then replayed."""
+
+    name = "fused-graph"
+    devices = ("cuda",)
+
+    def prepare_impl(self) -> None:
+        super().prepare_impl()
+        self.graphs: dict[tuple, tuple[Any, list[Any], list[Any]]] = {}
+
+    def _graph_for(self, shapes: tuple) -> tuple[Any, list[Any], list[Any]]:
+        import torch
+
+        if shapes not in self.graphs:
+            static_in = [torch.randn(s, device=self.device, dtype=self.dtype) for s in shapes]
+            workspace: dict = {}  # each graph owns its scratch buffers
+            with torch.cuda.stream(self.stream):
+                from lstminfer.kernels.rnn import rnn_forward
+
+                def run() -> list[Any]:
+                    x, *state = static_in
+                    return list(rnn_forward(self.packed, x, *(state + [None] * (2 - len(state))),
+                                            workspace=workspace))
+
+                run()  # compile outside the capture
+            self.stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream):
+                static_out = run()
+            self.graphs[shapes] = (graph, static_in, static_out)
+        return self.graphs[shapes]
+
+    def upload_impl(self, inputs: dict[str, np.ndarray]) -> tuple:
+        import torch
+
+        shapes = tuple(inputs[n].shape for n in self.model.input_names)
+        _, static_in, _ = self._graph_for(shapes)
+        with torch.cuda.stream(self.stream):
+            for buf, n in zip(static_in, self.model.input_names):
+                buf.copy_(torch.from_numpy(np.ascontiguousarray(inputs[n])).pin_memory(), non_blocking=True)
+        return shapes
+
+    def execute_impl(self, shapes: tuple) -> list[Any]:
+        graph, _, static_out = self.graphs[shapes]
+        graph.replay()
+        return static_out
+
+    def close_impl(self) -> None:
+        self.graphs = {}
+        super().close_impl()
