@@ -107,41 +107,17 @@ class TorchGraphRunner(TorchRunner):
     devices = ("cuda",)
 
     def prepare_impl(self) -> None:
+        from lstminfer.backends.cuda_graph import ShapeGraphs
+
         super().prepare_impl()
-        self.graphs: dict[tuple, tuple[Any, list[Any], list[Any]]] = {}
+        self.graphs = ShapeGraphs(self.stream, self.device, self.dtype, super().execute_impl)
 
-    def _graph_for(self, shapes: tuple) -> tuple[Any, list[Any], list[Any]]:
-        import torch
-
-        if shapes not in self.graphs:
-            static_in = [torch.randn(s, device=self.device, dtype=self.dtype) for s in shapes]
-            with torch.cuda.stream(self.stream):
-                for _ in range(2):  # warm up cuDNN's plans outside the capture
-                    self.execute_eager(static_in)
-            self.stream.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream):
-                static_out = self.execute_eager(static_in)
-            self.graphs[shapes] = (graph, static_in, static_out)
-        return self.graphs[shapes]
-
-    def execute_eager(self, device_inputs: list[Any]) -> list[Any]:
-        return super().execute_impl(device_inputs)
-
-    def upload_impl(self, inputs: dict[str, np.ndarray]) -> list[Any]:
-        import torch
-
-        shapes = tuple(inputs[n].shape for n in self.model.input_names)
-        graph, static_in, static_out = self._graph_for(shapes)
-        for buf, n in zip(static_in, self.model.input_names):
-            buf.copy_(torch.from_numpy(inputs[n]), non_blocking=True)
-        return shapes
+    def upload_impl(self, inputs: dict[str, np.ndarray]) -> tuple:
+        return self.graphs.load([inputs[n] for n in self.model.input_names])
 
     def execute_impl(self, shapes: tuple) -> list[Any]:
-        graph, _, static_out = self.graphs[shapes]
-        graph.replay()
-        return static_out
+        return self.graphs.replay(shapes)
 
     def close_impl(self) -> None:
-        self.graphs = {}
+        self.graphs.clear()
         super().close_impl()
