@@ -158,6 +158,8 @@ BACKENDS: dict[str, str] = {
     "tensorrt": "lstminfer.backends.tensorrt_:TensorRTRunner",
     "tensorrt-graph": "lstminfer.backends.tensorrt_:TensorRTGraphRunner",
     "trtexec": "lstminfer.backends.trtexec_:TrtexecRunner",
+    "fused": "lstminfer.backends.fused:FusedRunner",
+    "fused-graph": "lstminfer.backends.fused:FusedGraphRunner",
     "torchscript": "lstminfer.backends.torchscript_:TorchScriptRunner",
 }
 

@@ -1,23 +1,27 @@
 """Triton kernels for whole nn.LSTM / nn.GRU stacks: every layer, direction and time step in one launch.
 
-Layout of the work (docs/fused_kernel.md has the numbers):
+Layout of the work (docs/fused_kernel.md has the numbers and which path each size takes):
 
 * One kernel, ``_rnn_stack_kernel``. Grid ``(batch_tiles, programs)``. Every program of a batch tile loops
   over the layers itself. A layer is two phases:
   1. the input projection of all time steps, hoisted out of the recurrence: ``gx = x @ W_ih^T + b`` for
-     every (t, b), a small matrix product (``tl.dot``, IEEE fp32 or fp16/bf16 with fp32 accumulation),
-     its (time-tile, row-chunk) work items shared round-robin among the programs;
-  2. the recurrence: one *unit* per (direction, row tile). A unit keeps its slice of ``W_hh`` in registers
-     for all time steps, multiplies it with ``h`` by broadcast-multiply-and-sum (batch rows are few: no
-     tensor cores), and keeps ``c`` in registers. When one row tile covers a direction, ``h`` stays in
-     registers too and the units never wait for each other inside a layer.
+     every (t, b), a small matrix product (``tl.dot``, IEEE fp32, or fp16/bf16 with fp32 accumulation),
+     its (column chunk, time tile) work items shared round-robin among the programs. With a single time
+     tile (short sequences) each recurrence unit projects its own columns instead, so nobody waits.
+  2. the recurrence: one *unit* per (direction, row tile). A unit keeps its slice of ``W_hh^T`` in
+     registers for all time steps, whole columns per thread, and multiplies it with ``h`` by
+     broadcast-multiply-and-sum (batch rows are few: no tensor cores, and the sum over k stays inside a
+     thread); ``c`` stays in registers. When one row tile covers a direction, ``h`` stays on chip too and
+     the units never wait for each other inside a layer.
+* Gate columns are interleaved (hidden unit, gate) so one split hands each thread i, f, g, o of its units.
 * Programs of one batch tile meet at grid barriers (an atomic counter in global memory) after the
-  projection and at the end of each layer, and, when a direction is split over several row tiles, after
-  every time step. A grid barrier needs every program resident at once, so it is used on CUDA only with
-  at most one program per multiprocessor; under ``TRITON_INTERPRET=1`` (programs run one after another)
-  the plan is always one program per batch tile, which never waits.
-* ``multi-launch``: hidden sizes whose weights do not fit on chip run the same kernel once per layer for
-  the projection and once per (layer, time step) for the recurrence, with ``h`` and ``c`` in global memory.
+  projection and at the end of each layer. When a direction is split over several row tiles, the tiles
+  also exchange h every step: the launcher poisons the layer outputs, and a reader polls the words it
+  needs until none is poison. Waiting between programs needs every program resident, so it is used on
+  CUDA only, with at most one program per multiprocessor; under ``TRITON_INTERPRET=1`` (programs run one
+  after another) the plan is always one program per batch tile, which never waits.
+* ``multi-launch``: sizes whose programs cannot all be resident run the same kernel once per layer for the
+  projection and once per (layer, time step) for the recurrence, with ``h`` and ``c`` in global memory.
 
 Padding: each direction's hidden units are padded to ``HP`` (a power of two); padded rows have zero
 weights and biases, so their ``h`` and ``c`` stay exactly 0 and the next layer may read them.
@@ -37,6 +41,7 @@ import triton.language as tl
 PATHS = ("single-launch", "multi-launch")
 # Recurrent weights per thread a program keeps in registers for a whole layer (fp32 values).
 WEIGHT_REGISTERS = 128
+POLL_H_MAX_BYTES = 64 << 20
 
 
 @triton.jit
@@ -51,35 +56,61 @@ def _tanh(x):
 
 
 @triton.jit
+def _load_acquire(ptr):
+    """One 32-bit load with acquire semantics at GPU scope (cheaper to poll than an atomic RMW)."""
+    return tl.inline_asm_elementwise("ld.global.acquire.gpu.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+
+
+@triton.jit
 def _grid_barrier(counter_ptr, target):
     """Wait until `target` arrivals were counted at `counter_ptr` (CUDA only: all programs resident)."""
-    tl.debug_barrier()
+    tl.debug_barrier()  # every thread's stores of this program happen before its arrival
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
-    seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    seen = _load_acquire(counter_ptr)
     spins = 0
     # The spin limit (about a second) turns a broken residency assumption into wrong numbers, not a hang.
     while (seen < target) & (spins < 20_000_000):
-        seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        seen = _load_acquire(counter_ptr)
         spins += 1
     tl.debug_barrier()
 
 
 @triton.jit
+def _wait_h(words_ptr, row_stride, rows, BLOCK_B: tl.constexpr, WIDTH: tl.constexpr):
+    """Wait until no word of h[rows, WIDTH] is still the poison 0xFFFFFFFF the launcher filled them with.
+
+    A GPU never computes that NaN (its NaNs are canonical), so each word says itself whether it has been
+    written: no fence and no counter, saving the atomic of a counter barrier. The poll is spread over the
+    threads (its words are only counted); the caller then reloads h in the layout it needs. CUDA only.
+    """
+    offs = tl.arange(0, BLOCK_B)[:, None] * row_stride + tl.arange(0, WIDTH)[None, :]
+    mask = tl.arange(0, BLOCK_B)[:, None] < rows
+    word = tl.load(words_ptr + offs, mask=mask, other=0, volatile=True)
+    spins = 0
+    while (tl.sum((word == -1).to(tl.int32)) > 0) & (spins < 20_000_000):
+        word = tl.load(words_ptr + offs, mask=mask, other=0, volatile=True)
+        spins += 1
+
+
+@triton.jit
 def _project(in_ptr, stride_t, stride_b, stride_k, k_size, w_ptr, bias_ptr, gx_ptr,
-             T, B, b0, first_item, item_step,
+             T, B, b0, first_item, item_step, col_base,
              C: tl.constexpr, K: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):
+             BLOCK_C: tl.constexpr, COL_CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr,
+             DOT_PRECISION: tl.constexpr):
     """gx[t, b, c] = sum_k in[t, b, k] * W_ih^T[k, c] + bias[c] for this batch tile and every t.
 
-    c runs over the C = D * HP * 4 gate columns, (direction, hidden unit, gate) with the gate fastest.
-    Work items are (column chunk, time tile) pairs; this program takes first_item, first_item + item_step...
+    c runs over the C = D * HP * 4 gate columns, (direction, hidden unit, gate) with the gate fastest; this
+    call covers COL_CHUNKS chunks of BLOCK_C columns from col_base. Work items are (column chunk, time tile)
+    pairs; this program takes first_item, first_item + item_step, ...
     Rows m of a time tile are (t, b) pairs of the batch tile: m = t * BLOCK_B + (b - b0).
     """
     m_total = T * BLOCK_B
     m_tiles = tl.cdiv(m_total, BLOCK_M)
-    n_items = m_tiles * (C // BLOCK_C)
+    n_items = m_tiles * COL_CHUNKS
     for item in range(first_item, n_items, item_step):
-        offs_c = (item // m_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
+        offs_c = col_base + (item // m_tiles) * BLOCK_C + tl.arange(0, BLOCK_C)
         offs_m = (item % m_tiles) * BLOCK_M + tl.arange(0, BLOCK_M)
         t = (offs_m // BLOCK_B).to(tl.int64)
         b = b0 + offs_m % BLOCK_B
@@ -129,7 +160,7 @@ def _rnn_stack_kernel(
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K0: tl.constexpr, BLOCK_KR: tl.constexpr,
     HAS_STATE: tl.constexpr, DO_PROJ: tl.constexpr, DO_REC: tl.constexpr,
     GRID_SYNC: tl.constexpr, C_IN_MEMORY: tl.constexpr, H_IN_REGISTERS: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    POLL_H: tl.constexpr, SEQ_SLABS: tl.constexpr, PROJ_BY_UNIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     # Gate columns: 4 per hidden unit, gate fastest. LSTM: i, f, g, o. GRU: r, z, (W_hn h + b_hn), (W_in x + b_in).
     # H_IN_REGISTERS: one program owns all rows of a direction for a whole layer, so h never leaves it.
@@ -145,17 +176,19 @@ def _rnn_stack_kernel(
     n_global = 0  # grid barriers passed so far in this launch
 
     for layer in range(layer_begin, layer_end):
-        seq_in = seq_ptr + ((layer + 1) % 2) * T * B * RT  # the previous layer's output (padded, fp32)
-        seq_out = seq_ptr + (layer % 2) * T * B * RT
+        # layer outputs, padded, fp32: two slabs used in turn, or one per layer when POLL_H polls them
+        seq_in = seq_ptr + ((layer + SEQ_SLABS - 1) % SEQ_SLABS) * T * B * RT
+        seq_out = seq_ptr + (layer % SEQ_SLABS) * T * B * RT
 
-        if DO_PROJ:
+        if DO_PROJ and not PROJ_BY_UNIT:
             if layer == 0:
                 _project(x_ptr, stride_xt, stride_xb, stride_xk, input_size, w_ih0_ptr, bias_ptr, gx_ptr,
-                         T, B, b0, pid, programs, C, K0, BLOCK_B, BLOCK_M, BLOCK_C, BLOCK_K0, DOT_PRECISION)
+                         T, B, b0, pid, programs, 0, C, K0, BLOCK_B, BLOCK_M, BLOCK_C, C // BLOCK_C, BLOCK_K0,
+                         DOT_PRECISION)
             else:
                 _project(seq_in, B * RT, RT, 1, RT, w_ihr_ptr + (layer - 1) * RT * C, bias_ptr + layer * C,
-                         gx_ptr, T, B, b0, pid, programs, C, RT, BLOCK_B, BLOCK_M, BLOCK_C, BLOCK_KR,
-                         DOT_PRECISION)
+                         gx_ptr, T, B, b0, pid, programs, 0, C, RT, BLOCK_B, BLOCK_M, BLOCK_C, C // BLOCK_C,
+                         BLOCK_KR, DOT_PRECISION)
             if GRID_SYNC:
                 n_global += 1
                 _grid_barrier(global_counter, n_global * programs)
@@ -173,6 +206,18 @@ def _rnn_stack_kernel(
                 # inside a thread (no shuffles); it is loaded once per layer and kept for all time steps.
                 w = tl.load(w_hh_ptr + ((layer * D + d) * HP + offs_k[:, None]) * (HP * 4)
                             + n0 * 4 + tl.arange(0, BLOCK_R * 4)[None, :]).to(tl.float32)
+                if PROJ_BY_UNIT:
+                    # one time tile: this unit projects its own columns (W_hh is already on its way), so
+                    # no other program has to be waited for before the recurrence
+                    if layer == 0:
+                        _project(x_ptr, stride_xt, stride_xb, stride_xk, input_size, w_ih0_ptr, bias_ptr,
+                                 gx_ptr, T, B, b0, 0, 1, d * HP * 4 + n0 * 4, C, K0, BLOCK_B, BLOCK_M, BLOCK_C,
+                                 BLOCK_R * 4 // BLOCK_C, BLOCK_K0, DOT_PRECISION)
+                    else:
+                        _project(seq_in, B * RT, RT, 1, RT, w_ihr_ptr + (layer - 1) * RT * C,
+                                 bias_ptr + layer * C, gx_ptr, T, B, b0, 0, 1, d * HP * 4 + n0 * 4, C, RT,
+                                 BLOCK_B, BLOCK_M, BLOCK_C, BLOCK_R * 4 // BLOCK_C, BLOCK_KR, DOT_PRECISION)
+                    tl.debug_barrier()
                 state = ((layer * D + d) * B + offs_b[:, None]) * H + offs_n[None, :]
                 state_ok = b_ok[:, None] & n_ok[None, :]
                 if IS_LSTM:
@@ -180,7 +225,8 @@ def _rnn_stack_kernel(
                         c = tl.load(c0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
                     else:
                         c = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
-                    if C_IN_MEMORY:
+                    # constexpr test outside, run-time test inside: Triton folds the first, not a mixed `and`
+                    if C_IN_MEMORY:  # noqa: SIM102
                         if step_begin > 0:  # multi-launch: c from the previous step's launch
                             c = tl.load(c_state_ptr + ((layer * D + d) * B + offs_b[:, None]) * HP
                                         + offs_n[None, :], mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
@@ -197,14 +243,22 @@ def _rnn_stack_kernel(
                     next_ok = offs_b < tl.where(s + 1 < step_end, B, 0)
                     gx_next = tl.load(gx_rows + t_next * B * C, mask=next_ok[:, None], other=0.0,
                                       cache_modifier=".cg")
-                    if not H_IN_REGISTERS:
+                    if not H_IN_REGISTERS:  # noqa: SIM102 (constexpr, then run-time)
                         if s > step_begin:
-                            if GRID_SYNC:
-                                # the other row tiles of this direction wrote their part of h at step s - 1
-                                passed = (layer - layer_begin) * (step_end - step_begin - 1) + s - step_begin
-                                _grid_barrier(global_counter + 1 + d, passed * R_TILES)
-                            h = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_k,
-                                             D, RT, HP, HAS_STATE, BLOCK_B, HP)
+                            if GRID_SYNC and POLL_H:
+                                # the row tiles of this direction write h of step s - 1 over poisoned words
+                                t_prev = tl.where(d == 0, s - 1, T - s).to(tl.int64)
+                                _wait_h(seq_out.to(tl.pointer_type(tl.int32)) + (t_prev * B + b0) * RT + d * HP,
+                                        RT, B - b0, BLOCK_B, HP)
+                                h = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_k,
+                                                 D, RT, HP, HAS_STATE, BLOCK_B, HP)
+                            else:
+                                if GRID_SYNC:
+                                    # the other row tiles of this direction wrote their part of h at step s - 1
+                                    passed = (layer - layer_begin) * (step_end - step_begin - 1) + s - step_begin
+                                    _grid_barrier(global_counter + 1 + d, passed * R_TILES)
+                                h = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_k,
+                                                 D, RT, HP, HAS_STATE, BLOCK_B, HP)
                     pre = gx + tl.sum(h[:, :, None] * w[None, :, :], axis=1)  # [BLOCK_B, BLOCK_R * 4]
                     even, odd = tl.split(tl.reshape(pre, (BLOCK_B, BLOCK_R, 2, 2)))
                     gate0, gate2 = tl.split(even)
@@ -351,9 +405,11 @@ class Plan:
     r_tiles: int  # row tiles per direction in the recurrence
     programs: int  # programs per batch tile
     block_m: int = 16  # projection: (t, b) rows per work item
-    block_c: int = 128  # projection: gate columns per work item
-    block_k: int = 64  # projection: reduction chunk
+    block_c: int = 64  # projection: gate columns per work item
+    block_k: int = 32  # projection: reduction chunk
     num_warps: int = 4
+    poll_h: bool = True  # split directions poll h over poisoned words (else: counter barrier + reload)
+    proj_by_unit: bool = False  # each recurrence unit projects its own columns (one time tile only)
 
 
 def interpreting() -> bool:
@@ -374,14 +430,17 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
     """
     hp, dirs = packed.hidden_padded, packed.num_directions
     cols = 4 * dirs * hp
+    # unit columns spread over lanes and warps, the k sum inside each thread; at most 4 warps past HP 64
+    # (8 warps of 128 weight registers spilled on sm_90), never more than WEIGHT_REGISTERS weights a thread.
+    max_warps = 8 if hp <= 64 else 4
     r_tiles = 1
-    while hp * 4 * (hp // r_tiles) > WEIGHT_REGISTERS * 32 * 8 and hp // r_tiles > 1:
+    while (4 * hp // r_tiles > 32 * max_warps or hp * 4 * hp // r_tiles > WEIGHT_REGISTERS * 32 * max_warps) \
+            and 4 * hp // r_tiles > 1:
         r_tiles *= 2
-    unit_cols = 4 * hp // r_tiles
-    num_warps = max(1, min(8, unit_cols // 32))
-    block_b = min(_pow2(batch, least=1), max(1, 256 // hp))
+    num_warps = max(1, min(max_warps, 4 * hp // r_tiles // 32))
+    block_b = min(_pow2(batch, least=1), max(1, 128 // hp))  # h is replicated in every thread
     batch_tiles = -(-batch // block_b)
-    block_c = min(cols, 128)
+    block_c = min(cols, 128 if hp <= 64 else 64)
     block_m = 16 if seq_len * block_b <= 16 else 32
     items = -(-seq_len * block_b // block_m) * (cols // block_c)
     on_cuda = packed.device.type == "cuda" and not interpreting()
@@ -393,16 +452,23 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
             path = "single-launch" if resident else "multi-launch"
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}: use one of {PATHS}")
-    if path == "single-launch":
-        if not on_cuda:
-            r_tiles, programs = 1, 1  # the interpreter runs programs one after another: nobody may wait
-        elif r_tiles == 1 and items <= dirs:
-            programs = 1  # a tiny projection: no grid barriers at all
-        else:
-            programs = max(dirs * r_tiles, min(items, 32, _sm_count(packed.device) // batch_tiles))
+    if path == "single-launch" and not on_cuda:
+        r_tiles = 1  # the interpreter runs programs one after another: one program, nobody waits
+    # one time tile: each recurrence unit projects its own columns, so no barrier after the projection
+    proj_by_unit = path == "single-launch" and seq_len * block_b <= block_m
+    if proj_by_unit:
+        block_c = min(64, 4 * hp // r_tiles)
+    if path == "single-launch" and not on_cuda:
+        programs = 1
+    elif path == "single-launch" and not proj_by_unit:
+        programs = max(dirs * r_tiles, min(items, 32, _sm_count(packed.device) // batch_tiles))
     else:
         programs = dirs * r_tiles
-    plan = Plan(path, block_b, r_tiles, programs, block_m, block_c, 64, num_warps)
+    # Triton 3.6 (the H100 machine's) crashed in RemoveLayoutConversions compiling the h poll at HP 256
+    # (2 warps, 16-row tiles); the counter barrier compiles there, so the poll is kept to HP <= 128.
+    poll_h = hp <= 128
+    plan = Plan(path, block_b, r_tiles, programs, block_m, block_c, 32 if hp <= 64 else 16, num_warps,
+                poll_h=poll_h, proj_by_unit=proj_by_unit)
     if overrides:
         plan = Plan(**{**plan.__dict__, **overrides})
     return plan
@@ -444,13 +510,18 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     plan = plan or plan_for(packed, seq_len, batch)
     device, dtype = x.device, x.dtype
     ws = workspace if workspace is not None else {}
-    key = (seq_len, batch)
+    grid_sync = plan.path == "single-launch" and plan.programs > 1
+    # polling h needs one output slab per layer, poisoned before every launch; capped at 64 MB
+    poll_h = (grid_sync and plan.r_tiles > 1 and plan.poll_h
+              and layers * seq_len * batch * rt * 4 <= POLL_H_MAX_BYTES)
+    seq_slabs = layers if poll_h else 2
+    key = (seq_len, batch, plan)
     if ws.get("key") != key:
         batch_tiles = -(-batch // plan.block_b)
         ws.clear()
         ws.update(key=key,
                   gx=torch.empty(seq_len * batch * 4 * rt, device=device, dtype=torch.float32),
-                  seq=torch.empty(2 * seq_len * batch * rt, device=device, dtype=torch.float32),
+                  seq=torch.empty(seq_slabs * seq_len * batch * rt, device=device, dtype=torch.float32),
                   c_state=torch.empty(layers * dirs * batch * hp if plan.path == "multi-launch" else 1,
                                       device=device, dtype=torch.float32),
                   sync=torch.zeros(batch_tiles * (1 + dirs), device=device, dtype=torch.int32))
@@ -463,9 +534,10 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     h0_arg = h0.contiguous() if has_state else hn
     c0_arg = c0.contiguous() if (has_state and lstm) else hn
     batch_tiles = -(-batch // plan.block_b)
-    grid_sync = plan.path == "single-launch" and plan.programs > 1
     if grid_sync:
         ws["sync"].zero_()
+    if poll_h:
+        ws["seq"].view(torch.int32).fill_(-1)
     dot_precision = "ieee"
 
     def launch(programs: int, layer_begin: int, layer_end: int, step_begin: int, step_end: int,
@@ -483,7 +555,8 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
             BLOCK_K0=min(plan.block_k, packed.input_padded), BLOCK_KR=min(plan.block_k, rt),
             HAS_STATE=has_state, DO_PROJ=do_proj, DO_REC=do_rec,
             GRID_SYNC=grid_sync and programs > 1, C_IN_MEMORY=plan.path == "multi-launch",
-            H_IN_REGISTERS=plan.r_tiles == 1 and plan.path == "single-launch",
+            H_IN_REGISTERS=plan.r_tiles == 1 and plan.path == "single-launch", POLL_H=poll_h, SEQ_SLABS=seq_slabs,
+            PROJ_BY_UNIT=do_proj and do_rec and plan.proj_by_unit,
             DOT_PRECISION=dot_precision, num_warps=plan.num_warps,
         )
 

@@ -1,0 +1,298 @@
+"""The fused Triton backend against float64 nn.LSTM / nn.GRU.
+
+Without a CUDA device the kernel runs under Triton's interpreter (TRITON_INTERPRET=1, set below before
+triton is imported); with one, the same checks run on the GPU and the `gpu` tests add the CUDA-only paths
+(grid barriers, fused-graph replay, fp16/bf16).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton", reason="triton is not installed (pip install 'lstminfer[gpu]')")
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from lstminfer.backends.fused import FusedGraphRunner, FusedRunner, fused_rnn  # noqa: E402
+from lstminfer.errors import UserError  # noqa: E402
+from lstminfer.kernels.rnn import pack_rnn, plan_for, rnn_forward  # noqa: E402
+from lstminfer.spec import Model, build_module, spec_of_module  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") else "cpu"
+FP32_ATOL = 2e-5
+
+
+def make(kind, input_size, hidden, layers, bidirectional, batch_first, bias=True, seed=0):
+    torch.manual_seed(seed)
+    cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
+    return cls(input_size, hidden, num_layers=layers, bidirectional=bidirectional, batch_first=batch_first,
+               bias=bias).eval()
+
+
+def random_inputs(module, seq_len, batch, with_state, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    dirs = 2 if module.bidirectional else 1
+    shape = (batch, seq_len, module.input_size) if module.batch_first else (seq_len, batch, module.input_size)
+    x = torch.randn(shape, generator=gen)
+    if not with_state:
+        return x, None
+    h0 = torch.randn(module.num_layers * dirs, batch, module.hidden_size, generator=gen)
+    if isinstance(module, torch.nn.LSTM):
+        return x, (h0, torch.randn(module.num_layers * dirs, batch, module.hidden_size, generator=gen))
+    return x, h0
+
+
+def reference(module, x, hx):
+    """float64 PyTorch on the CPU, flattened to [output, hn(, cn)]."""
+    import copy
+
+    ref = copy.deepcopy(module).double()
+    with torch.no_grad():
+        hx64 = None if hx is None else (tuple(t.double() for t in hx) if isinstance(hx, tuple) else hx.double())
+        out, hidden = ref(x.double(), hx64)
+    return [out, *hidden] if isinstance(hidden, tuple) else [out, hidden]
+
+
+def run_fused(module, x, hx, dtype=torch.float32, device=DEVICE, path=None, **plan_overrides):
+    packed = pack_rnn(module, device, dtype)
+    seq_len, batch = (x.shape[1], x.shape[0]) if module.batch_first else (x.shape[0], x.shape[1])
+    plan = plan_for(packed, seq_len, batch, path=path, **plan_overrides)
+    states = [] if hx is None else ([*hx] if isinstance(hx, tuple) else [hx])
+    args = [t.to(device, dtype) for t in states] + [None] * (2 - len(states))
+    return [t.cpu() for t in rnn_forward(packed, x.to(device, dtype), *args, plan=plan)]
+
+
+def assert_close(got, want, atol):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert tuple(g.shape) == tuple(w.shape)
+        err = (g.double() - w).abs().max().item()
+        assert err <= atol, f"max abs error {err:.3g} > {atol}"
+
+
+# kind, input, hidden, layers, bidirectional, batch_first, seq, batch, with_state
+CASES = [
+    ("lstm", 10, 20, 2, True, False, 1, 3, True),
+    ("lstm", 5, 37, 1, False, True, 9, 2, False),
+    ("lstm", 3, 7, 3, True, True, 9, 1, True),
+    ("lstm", 16, 16, 1, False, False, 9, 5, True),
+    ("gru", 6, 37, 2, True, False, 9, 3, True),
+    ("gru", 4, 16, 1, False, True, 1, 2, False),
+    ("gru", 9, 11, 3, False, False, 9, 2, True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_matches_float64(case):
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    assert_close(run_fused(module, x, hx), reference(module, x, hx), FP32_ATOL)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_multi_launch_path_matches(kind):
+    module = make(kind, 5, 13, 2, True, False)
+    x, hx = random_inputs(module, 4, 3, True)
+    assert_close(run_fused(module, x, hx, path="multi-launch"), reference(module, x, hx), FP32_ATOL)
+
+
+def test_projection_per_unit_matches():
+    """The one-time-tile plan (each unit projects its own gate columns) at a length where it is not the default."""
+    module = make("lstm", 5, 13, 2, True, False)
+    x, hx = random_inputs(module, 3, 2, True)
+    got = run_fused(module, x, hx, proj_by_unit=True, block_c=32)
+    assert_close(got, reference(module, x, hx), FP32_ATOL)
+
+
+def test_plan_keeps_the_h_poll_to_hidden_128():
+    """Triton 3.6 failed to compile the h poll at HP 256; the plan must not ask for it there."""
+    small, large = pack_rnn(make("lstm", 4, 100, 1, False, False)), pack_rnn(make("lstm", 4, 200, 1, False, False))
+    assert plan_for(small, 9, 1).poll_h and not plan_for(large, 9, 1).poll_h
+
+
+def test_no_bias():
+    module = make("lstm", 4, 9, 2, False, False, bias=False)
+    x, hx = random_inputs(module, 5, 2, True)
+    assert_close(run_fused(module, x, hx), reference(module, x, hx), FP32_ATOL)
+
+
+@settings(max_examples=6, deadline=None)
+@given(kind=st.sampled_from(["lstm", "gru"]), input_size=st.integers(1, 12), hidden=st.integers(1, 24),
+       layers=st.integers(1, 2), bi=st.booleans(), seq_len=st.integers(1, 5), batch=st.integers(1, 4),
+       with_state=st.booleans())
+def test_random_specs(kind, input_size, hidden, layers, bi, seq_len, batch, with_state):
+    module = make(kind, input_size, hidden, layers, bi, False)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    assert_close(run_fused(module, x, hx), reference(module, x, hx), FP32_ATOL)
+
+
+def test_fp16_looser():
+    module = make("lstm", 6, 12, 2, True, False)
+    x, hx = random_inputs(module, 5, 2, True)
+    assert_close(run_fused(module, x, hx, dtype=torch.float16), reference(module, x, hx), 5e-3)
+
+
+def test_nan_propagates_like_pytorch():
+    module = make("lstm", 4, 8, 2, True, False)
+    x, hx = random_inputs(module, 4, 3, True)
+    x[1, 0, 2] = float("nan")  # batch row 0 only: the other rows stay finite
+    got, want = run_fused(module, x, hx), reference(module, x, hx)
+    for g, w in zip(got, want):
+        assert torch.equal(torch.isnan(g), torch.isnan(w))
+        finite = ~torch.isnan(w)
+        assert (g.double()[finite] - w[finite]).abs().max().item() <= FP32_ATOL
+
+
+def test_fused_rnn_has_the_module_contract():
+    module = make("lstm", 5, 9, 2, True, True)
+    x, (h0, c0) = random_inputs(module, 3, 2, True)
+    out, (hn, cn) = fused_rnn(module, x.to(DEVICE), (h0.to(DEVICE), c0.to(DEVICE)))
+    assert_close([out.cpu(), hn.cpu(), cn.cpu()], reference(module, x, (h0, c0)), FP32_ATOL)
+    gru = make("gru", 5, 9, 1, False, False)
+    x, h0 = random_inputs(gru, 3, 2, True)
+    out, hn = fused_rnn(gru, x.to(DEVICE), h0.to(DEVICE))
+    assert_close([out.cpu(), hn.cpu()], reference(gru, x, h0), FP32_ATOL)
+    with pytest.raises(TypeError, match="plain nn.LSTM"):
+        fused_rnn(torch.nn.Linear(3, 3), x)
+
+
+def model_for(module, seq_len=4, batch=2, with_state=True):
+    spec = spec_of_module(module)
+    return Model(name="test", spec=spec, module=module, seq_len=seq_len, batch=batch, with_state=with_state)
+
+
+@pytest.mark.parametrize("with_state", [True, False])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_runner_matches_reference(kind, with_state):
+    from lstminfer.spec import ModelSpec
+
+    spec = ModelSpec(kind, 6, 11, 2, bidirectional=True, batch_first=True)
+    model = Model(name="t", spec=spec, module=build_module(spec), seq_len=5, batch=3, with_state=with_state)
+    inputs = model.make_inputs(5, 3, np.random.default_rng(0))
+    with FusedRunner(model, device=DEVICE) as runner:
+        got = runner.infer(inputs)
+        assert runner.describe()["tf32"] is False
+    want = model.reference(inputs)
+    assert list(got) == model.output_names
+    for name in model.output_names:
+        assert got[name].dtype == np.float32
+        assert np.abs(got[name] - want[name]).max() <= FP32_ATOL
+
+
+def test_proj_size_is_refused_by_name():
+    module = torch.nn.LSTM(4, 8, proj_size=3)
+    runner = FusedRunner(model_for(module), device=DEVICE)
+    ok, why = runner.supports()
+    assert not ok and "proj_size" in why
+    with pytest.raises(UserError, match="proj_size"):
+        runner.prepare()
+
+
+def test_wrapped_module_is_refused():
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.GRU(3, 4)
+
+        def forward(self, x, h=None):
+            return self.rnn(x, h)
+
+    runner = FusedRunner(model_for(Wrapper()), device=DEVICE)
+    with pytest.raises(UserError, match="plain nn.LSTM"):
+        runner.prepare()
+
+
+def test_cpu_availability_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    ok, why = FusedRunner.available("cpu")
+    assert not ok and "TRITON_INTERPRET=1" in why
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert FusedRunner.available("cpu") == (True, "")
+    assert FusedGraphRunner.available("cpu")[0] is False  # graphs are CUDA-only
+
+
+def test_cuda_availability_says_why(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    ok, why = FusedRunner.available("cuda")
+    assert not ok and "CUDA" in why
+
+
+def test_backend_module_imports_without_triton():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['triton'] = None; import lstminfer.backends.fused as f; "
+            "print(f.FusedRunner.available('cuda'))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "False" in out.stdout
+
+
+# ---- CUDA only ------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_gpu_matches_float64(case):
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    assert_close(run_fused(module, x, hx, device="cuda"), reference(module, x, hx), FP32_ATOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,hidden,poll_h", [("lstm", 128, True), ("gru", 128, True), ("lstm", 128, False),
+                                                ("lstm", 200, False), ("gru", 200, False)])
+def test_gpu_grid_barrier_paths(kind, hidden, poll_h):
+    """Directions split over several programs: h polled over poisoned words, or a counter barrier per step."""
+    module = make(kind, 33, hidden, 2, True, False)
+    x, hx = random_inputs(module, 12, 3, True)
+    plan = plan_for(pack_rnn(module, "cuda"), 12, 3, poll_h=poll_h)
+    assert plan.r_tiles > 1 and plan.path == "single-launch"
+    assert_close(run_fused(module, x, hx, device="cuda", poll_h=poll_h), reference(module, x, hx), 5e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,hidden", [("lstm", 1024), ("gru", 300)])
+def test_gpu_large_hidden_multi_launch(kind, hidden):
+    module = make(kind, 20, hidden, 2, True, False)
+    x, hx = random_inputs(module, 3, 3, True)
+    assert plan_for(pack_rnn(module, "cuda"), 3, 3).path == "multi-launch"
+    assert_close(run_fused(module, x, hx, device="cuda"), reference(module, x, hx), 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision,dtype,atol", [("fp16", "float16", 5e-3), ("bf16", "bfloat16", 3e-2)])
+def test_gpu_half_precisions(precision, dtype, atol):
+    module = make("lstm", 10, 20, 10, True, False)
+    x, hx = random_inputs(module, 7, 3, True)
+    got = run_fused(module, x, hx, dtype=getattr(torch, dtype), device="cuda")
+    assert all(g.dtype == getattr(torch, dtype) for g in got)
+    assert_close(got, reference(module, x, hx), atol)
+
+
+@pytest.mark.gpu
+def test_gpu_graph_replays_equal_eager():
+    from lstminfer.spec import preset
+
+    p = preset("seed")
+    model = Model(name="seed", spec=p.spec, module=build_module(p.spec), seq_len=p.seq_len, batch=p.batch)
+    rng = np.random.default_rng(3)
+    with FusedRunner(model, device="cuda") as eager, FusedGraphRunner(model, device="cuda") as graphed:
+        for seq_len in (1, 6, 1):  # a new shape captures a new graph; an old one replays
+            inputs = model.make_inputs(seq_len, p.batch, rng)
+            want = model.reference(inputs)
+            a, b = eager.infer(inputs), graphed.infer(inputs)
+            for name in model.output_names:
+                np.testing.assert_array_equal(a[name], b[name])
+                assert np.abs(b[name] - want[name]).max() <= FP32_ATOL
+        assert len(graphed.graphs) == 2
