@@ -332,8 +332,9 @@ def test_tensorrt_runner_availability_never_raises() -> None:
 
 def test_runners_need_an_onnx_file() -> None:
     model = Model("seed", ModelSpec(), seq_len=1, batch=3)
-    assert TensorRTRunner(model, "cuda").supports() == (False, "needs the model's ONNX file (lstminfer exports it "
-                                                                "first)")
+    ok, why = TensorRTRunner(model, "cuda").supports()
+    assert not ok and why.startswith("the model has no ONNX file")
+    assert not TensorRTRunner.applies_to(model)
     assert TensorRTRunner(model, "cuda", "int8").supports()[0] is False
 
 

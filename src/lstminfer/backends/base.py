@@ -147,6 +147,19 @@ class Runner:
         raise NotImplementedError
 
 
+class OnnxFileRunner(Runner):
+    """A backend that runs the model's ONNX file (exported by lstminfer, or the user's own)."""
+
+    @classmethod
+    def applies_to(cls, model: Model) -> bool:
+        return model.onnx_path is not None
+
+    def supports_impl(self) -> tuple[bool, str]:
+        if self.model.onnx_path is None:
+            return False, "the model has no ONNX file (export failed or was refused, e.g. proj_size)"
+        return True, ""
+
+
 # ---- registry -----------------------------------------------------------------------------------
 # name -> "module:Class"; imported lazily so that `import lstminfer` never pulls in heavy libraries.
 BACKENDS: dict[str, str] = {

@@ -54,3 +54,28 @@ class ShapeGraphs:
 
     def clear(self) -> None:
         self.graphs = {}
+
+
+class GraphReplay:
+    """Mixin for a Runner: capture its eager computation per input shape, replay it on every query.
+
+    The subclass's ``capture_target(static_inputs) -> outputs`` is what gets captured; ``upload`` copies
+    the host inputs into that shape's static buffers, ``execute`` replays the graph.
+    """
+
+    def capture_target(self, static_inputs: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def prepare_impl(self) -> None:
+        super().prepare_impl()  # type: ignore[misc]
+        self.graphs = ShapeGraphs(self.stream, self.device, self.dtype, self.capture_target)
+
+    def upload_impl(self, inputs: dict[str, np.ndarray]) -> tuple:
+        return self.graphs.load([np.ascontiguousarray(inputs[n]) for n in self.model.input_names])
+
+    def execute_impl(self, shapes: tuple) -> list[Any]:
+        return self.graphs.replay(shapes)
+
+    def close_impl(self) -> None:
+        self.graphs.clear()
+        super().close_impl()  # type: ignore[misc]

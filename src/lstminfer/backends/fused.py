@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from lstminfer.backends.base import Runner
+from lstminfer.backends.cuda_graph import GraphReplay
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 INTERPRETER_REASON = "CPU runs need TRITON_INTERPRET=1 (Triton's interpreter); use a CUDA GPU"
@@ -83,13 +84,18 @@ class FusedRunner(Runner):
             return False, "triton is not installed"
         if device == "cpu":
             return (True, "") if _interpreting() else (False, INTERPRETER_REASON)
-        import torch
+        from lstminfer.backends.torch_ import cuda_available
 
-        if not torch.cuda.is_available():
-            return False, "no CUDA device (this torch build or machine has none)"
+        ok, why = cuda_available()
+        if not ok:
+            return ok, why
         if _interpreting():
             return False, "TRITON_INTERPRET=1 is set: unset it to run the kernel on the GPU"
         return True, ""
+
+    @classmethod
+    def applies_to(cls, model: Any) -> bool:
+        return model.module is not None and _plain_rnn(model.module) is not None
 
     def supports_impl(self) -> tuple[bool, str]:
         spec = self.model.spec
@@ -116,14 +122,9 @@ class FusedRunner(Runner):
     def upload_impl(self, inputs: dict[str, np.ndarray]) -> list[Any]:
         import torch
 
-        pin = self.device == "cuda"
-        out = []
-        for name in self.model.input_names:
-            host = torch.from_numpy(np.ascontiguousarray(inputs[name]))
-            if pin:
-                host = host.pin_memory()
-            out.append(host.to(self.device, self.dtype, non_blocking=pin))
-        return out
+        # Pageable copies, as the torch runner makes: pinning per call would cost a host allocation per query.
+        return [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device, self.dtype, non_blocking=True)
+                for n in self.model.input_names]
 
     def _run(self, device_inputs: list[Any]) -> list[Any]:
         from lstminfer.kernels.rnn import rnn_forward
@@ -168,53 +169,19 @@ class FusedRunner(Runner):
         return out
 
 
-class FusedGraphRunner(FusedRunner):
+class FusedGraphRunner(GraphReplay, FusedRunner):
     """The fused kernel's launch captured once per input shape in a CUDA graph, then replayed."""
 
     name = "fused-graph"
     devices = ("cuda",)
 
     def prepare_impl(self) -> None:
+        self.workspaces: dict[tuple, dict] = {}  # each graph owns its scratch buffers
         super().prepare_impl()
-        self.graphs: dict[tuple, tuple[Any, list[Any], list[Any]]] = {}
 
-    def _graph_for(self, shapes: tuple) -> tuple[Any, list[Any], list[Any]]:
-        import torch
+    def capture_target(self, static_inputs: list[Any]) -> list[Any]:
+        from lstminfer.kernels.rnn import rnn_forward
 
-        if shapes not in self.graphs:
-            static_in = [torch.randn(s, device=self.device, dtype=self.dtype) for s in shapes]
-            workspace: dict = {}  # each graph owns its scratch buffers
-            with torch.cuda.stream(self.stream):
-                from lstminfer.kernels.rnn import rnn_forward
-
-                def run() -> list[Any]:
-                    x, *state = static_in
-                    return list(rnn_forward(self.packed, x, *(state + [None] * (2 - len(state))),
-                                            workspace=workspace))
-
-                run()  # compile outside the capture
-            self.stream.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=self.stream):
-                static_out = run()
-            self.graphs[shapes] = (graph, static_in, static_out)
-        return self.graphs[shapes]
-
-    def upload_impl(self, inputs: dict[str, np.ndarray]) -> tuple:
-        import torch
-
-        shapes = tuple(inputs[n].shape for n in self.model.input_names)
-        _, static_in, _ = self._graph_for(shapes)
-        with torch.cuda.stream(self.stream):
-            for buf, n in zip(static_in, self.model.input_names):
-                buf.copy_(torch.from_numpy(np.ascontiguousarray(inputs[n])).pin_memory(), non_blocking=True)
-        return shapes
-
-    def execute_impl(self, shapes: tuple) -> list[Any]:
-        graph, _, static_out = self.graphs[shapes]
-        graph.replay()
-        return static_out
-
-    def close_impl(self) -> None:
-        self.graphs = {}
-        super().close_impl()
+        workspace = self.workspaces.setdefault(tuple(t.shape for t in static_inputs), {})
+        x, *state = static_inputs
+        return list(rnn_forward(self.packed, x, *(state + [None] * (2 - len(state))), workspace=workspace))

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lstminfer.backends.base import Runner
+from lstminfer.backends.base import OnnxFileRunner
 
 
 def _ort() -> Any:
@@ -16,7 +16,7 @@ def _ort() -> Any:
     return onnxruntime
 
 
-class OrtRunner(Runner):
+class OrtRunner(OnnxFileRunner):
     """An InferenceSession on the model's ONNX file with one execution provider.
 
     ONNX Runtime synchronizes inside ``run``, so its GPU runners are timed with the host clock
@@ -40,15 +40,6 @@ class OrtRunner(Runner):
             from lstminfer.backends.torch_ import cuda_available
 
             return cuda_available()
-        return True, ""
-
-    @classmethod
-    def applies_to(cls, model: Any) -> bool:
-        return model.onnx_path is not None
-
-    def supports_impl(self) -> tuple[bool, str]:
-        if self.model.onnx_path is None:
-            return False, "the model has no ONNX file (export failed or was refused)"
         return True, ""
 
     def provider_options(self) -> dict[str, Any]:

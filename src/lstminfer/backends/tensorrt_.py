@@ -22,11 +22,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lstminfer import tensorrt_build as tb
-from lstminfer.backends.base import Runner
+from lstminfer.backends.base import OnnxFileRunner
 from lstminfer.errors import UserError
 
 
-class TensorRTRunner(Runner):
+class TensorRTRunner(OnnxFileRunner):
     name: ClassVar[str] = "tensorrt"
     devices: ClassVar[tuple[str, ...]] = ("cuda",)
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "bf16")
@@ -45,15 +45,6 @@ class TensorRTRunner(Runner):
             import tensorrt  # noqa: F401
         except Exception as err:  # a broken install (missing libnvinfer) must not crash the listing
             return False, f"import tensorrt failed: {err}"
-        return True, ""
-
-    @classmethod
-    def applies_to(cls, model: Any) -> bool:
-        return model.onnx_path is not None
-
-    def supports_impl(self) -> tuple[bool, str]:
-        if self.model.onnx_path is None:
-            return False, "needs the model's ONNX file (lstminfer exports it first)"
         return True, ""
 
     # ---- life cycle ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from lstminfer.backends.base import Runner
+from lstminfer.backends.cuda_graph import GraphReplay
 from lstminfer.spec import call_rnn
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -100,24 +101,11 @@ class TorchRunner(Runner):
         return out
 
 
-class TorchGraphRunner(TorchRunner):
+class TorchGraphRunner(GraphReplay, TorchRunner):
     """cuDNN's kernels captured once per input shape in a CUDA graph, then replayed."""
 
     name = "torch-graph"
     devices = ("cuda",)
 
-    def prepare_impl(self) -> None:
-        from lstminfer.backends.cuda_graph import ShapeGraphs
-
-        super().prepare_impl()
-        self.graphs = ShapeGraphs(self.stream, self.device, self.dtype, super().execute_impl)
-
-    def upload_impl(self, inputs: dict[str, np.ndarray]) -> tuple:
-        return self.graphs.load([inputs[n] for n in self.model.input_names])
-
-    def execute_impl(self, shapes: tuple) -> list[Any]:
-        return self.graphs.replay(shapes)
-
-    def close_impl(self) -> None:
-        self.graphs.clear()
-        super().close_impl()
+    def capture_target(self, static_inputs: list[Any]) -> list[Any]:
+        return TorchRunner.execute_impl(self, static_inputs)
