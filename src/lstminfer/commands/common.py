@@ -171,8 +171,8 @@ def stdout_console() -> Any:
 
 
 # Text columns; numbers are right-aligned.  The second line: `inspect`'s tables.
-LEFT_COLUMNS = ("backend", "verified", "install", "device", "precision", "verdict", "note", "reason", "points", "reference",
-                "name", "dtype", "shape", "role", "op", "where", "direction", "attributes", "node", "onnxruntime",
+LEFT_COLUMNS = ("backend", "verified", "install", "device", "precision", "verdict", "note", "reason", "points",
+                "reference", "name", "dtype", "shape", "role", "op", "where", "direction", "attributes", "node", "onnxruntime",
                 "tensorrt", "onnx-reference", "stream")
 
 
