@@ -172,8 +172,8 @@ def stdout_console() -> Any:
 
 # Text columns; numbers are right-aligned.  The second line: `inspect`'s tables.
 LEFT_COLUMNS = ("backend", "verified", "install", "device", "precision", "verdict", "note", "reason", "points",
-                "reference", "name", "dtype", "shape", "role", "op", "where", "direction", "attributes", "node", "onnxruntime",
-                "tensorrt", "onnx-reference", "stream")
+                "reference", "name", "dtype", "shape", "role", "op", "where", "direction", "attributes", "node",
+                "onnxruntime", "tensorrt", "onnx-reference", "stream")
 
 
 def print_table(title: str, rows: Sequence[dict[str, Any]], console: Any = None) -> None:
