@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py            # the table of docs/fused_kernel.md
     PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --sweep    # plus launch-plan variants
+    PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --only A --no-cudnn --sweep --sweep-only A   # A alone
 
 Timing: CUDA events around every call on one stream, median of --iters calls after --warmup calls; the same
 weights and inputs every call, no L2 flush (the weights of these models live in L2, as in trtexec).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import statistics
 from dataclasses import dataclass
 
@@ -96,7 +98,7 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
     xd, h0d, c0d = (t.to(dev, dtype) for t in (x, h0, c0))
     stream = torch.cuda.Stream()
     row: dict = {"workload": w.name}
-    if overrides is None:
+    if overrides is None and not args.no_cudnn:
         cudnn = copy.deepcopy(module).to(dev, dtype)
         cudnn.flatten_parameters()  # one contiguous weight buffer, or cuDNN compacts the weights every call
         with torch.inference_mode():
@@ -119,12 +121,18 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
 
 
 SWEEP = {
-    "A seed seq1": [dict(proj_by_unit=False, block_c=128, programs=2),
-                    dict(proj_by_unit=False, block_c=128, programs=1)],
+    "A seed seq1": [dict(pipeline=False), dict(block_b=2), dict(block_b=1)],
     "B seed seq100": [dict(block_c=64), dict(block_c=128, block_m=16), dict(block_c=64, programs=64)],
     "H 64->128 fp32": [dict(poll_h=False), dict(programs=16), dict(block_m=64, programs=16)],
     "H 64->128 bf16": [dict(poll_h=False)],
 }
+# the seed model at other short lengths: layer pipeline against the default plan (where to switch)
+SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n), [dict(pipeline=True),
+                                                                                    dict(pipeline=False)])
+             for n in (3,)]
+# the pipeline's cost per layer: the seed model cut to 1 and 5 layers (launch + first layer, then the slope)
+SEQ_SWEEP += [(dataclasses.replace(WORKLOADS[0], name=f"A seed {n} layers", num_layers=n), [dict(pipeline=True)])
+              for n in (1, 5)]
 
 
 def main() -> None:
@@ -132,13 +140,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--sweep", action="store_true", help="also time launch-plan variants")
+    parser.add_argument("--only", default="", help="comma-separated workload name prefixes (default: all)")
+    parser.add_argument("--no-cudnn", action="store_true", help="time the fused kernel only")
+    parser.add_argument("--sweep-only", default="", help="comma-separated workload name prefixes to sweep")
     args = parser.parse_args()
+    only = [p.strip() for p in args.only.split(",") if p.strip()]
+    workloads = [w for w in WORKLOADS if not only or any(w.name.startswith(p) for p in only)]
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
           f"median of {args.iters} calls after {args.warmup}, CUDA events, TF32 off, no L2 flush")
     rows = []
-    for w in WORKLOADS:
+    for w in workloads:
         try:
             rows.append(bench(w, args))
         except Exception as err:  # report and go on: one broken workload must not hide the others
@@ -148,20 +161,25 @@ def main() -> None:
             "| target us | max abs err vs fp64 | plan |")
     print(head)
     print("|" + "---|" * 9)
-    for w, r in zip(WORKLOADS, rows):
+    for w, r in zip(workloads, rows):
         if r is None:
             print(f"| {w.name} | failed | | | | | | | |")
             continue
         p = r["plan"]
-        print(f"| {w.name} | {r['cudnn']:.1f} | {r['cudnn-graph']:.1f} | {r['fused']:.1f} | {r['fused-graph']:.1f} "
-              f"| {r['cudnn-graph'] / r['fused-graph']:.1f}x | {w.target_us:.0f} "
+        cudnn, cudnn_graph = r.get("cudnn", float("nan")), r.get("cudnn-graph", float("nan"))
+        print(f"| {w.name} | {cudnn:.1f} | {cudnn_graph:.1f} | {r['fused']:.1f} | {r['fused-graph']:.1f} "
+              f"| {cudnn_graph / r['fused-graph']:.1f}x | {w.target_us:.0f} "
               f"{'met' if r['fused-graph'] <= w.target_us else 'MISSED'} | {r['err']:.1e} "
-              f"| {p.path} r_tiles={p.r_tiles} programs={p.programs} warps={p.num_warps} block_c={p.block_c} |")
+              f"| {p.path}{' pipeline' if p.pipeline else ''} r_tiles={p.r_tiles} programs={p.programs} "
+              f"warps={p.num_warps} block_c={p.block_c} |")
     if args.sweep:
         print("\n| workload | variant | fused us | fused-graph us | err |")
         print("|---|---|---|---|---|")
-        for w in WORKLOADS:
-            for ov in SWEEP.get(w.name, []):
+        picks = [p.strip() for p in args.sweep_only.split(",") if p.strip()]
+        for w, variants in [(w, SWEEP.get(w.name, [])) for w in WORKLOADS] + SEQ_SWEEP:
+            if picks and not any(w.name.startswith(p) for p in picks):
+                continue
+            for ov in variants:
                 try:
                     r = bench(w, args, ov)
                     print(f"| {w.name} | {ov} | {r['fused']:.1f} | {r['fused-graph']:.1f} | {r['err']:.1e} |",

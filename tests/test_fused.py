@@ -118,6 +118,48 @@ def test_plan_keeps_the_h_poll_to_hidden_128():
     assert plan_for(small, 9, 1).poll_h and not plan_for(large, 9, 1).poll_h
 
 
+# kind, input, hidden, layers, bidirectional, batch_first, seq, batch, with_state
+PIPELINE_CASES = [
+    ("lstm", 10, 20, 3, True, False, 1, 3, True),
+    ("lstm", 10, 20, 3, True, True, 3, 3, False),
+    ("gru", 6, 13, 2, True, False, 3, 5, True),
+    ("gru", 4, 16, 3, False, True, 4, 2, False),
+    ("lstm", 6, 50, 2, False, False, 3, 2, True),
+]
+
+
+def run_repeated(module, x, hx, calls=3, device=DEVICE, dtype=torch.float32, **plan_overrides):
+    """Several calls on one workspace (the pipeline alternates its two slab sets); each result is checked."""
+    packed = pack_rnn(module, device, dtype)
+    seq_len, batch = (x.shape[1], x.shape[0]) if module.batch_first else (x.shape[0], x.shape[1])
+    plan = plan_for(packed, seq_len, batch, **plan_overrides)
+    states = [] if hx is None else ([*hx] if isinstance(hx, tuple) else [hx])
+    args = [t.to(device, dtype) for t in states] + [None] * (2 - len(states))
+    workspace: dict = {}
+    results = [[t.cpu() for t in rnn_forward(packed, x.to(device, dtype), *args, plan=plan, workspace=workspace)]
+               for _ in range(calls)]
+    return plan, results
+
+
+@pytest.mark.parametrize("case", PIPELINE_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_pipeline_matches_float64(case):
+    """One program per (layer, direction), input polled; under the interpreter programs run in layer order."""
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    plan, results = run_repeated(module, x, hx, pipeline=True)
+    assert plan.pipeline and plan.programs == layers * (2 if bi else 1)
+    for got in results:
+        assert_close(got, reference(module, x, hx), FP32_ATOL)
+
+
+def test_pipeline_plan_is_cuda_only_and_refused_where_it_does_not_fit():
+    packed = pack_rnn(make("lstm", 10, 20, 10, True, False))
+    assert not plan_for(packed, 1, 3).pipeline  # the interpreter (or CPU) never waits by default
+    with pytest.raises(ValueError, match="pipeline"):
+        plan_for(pack_rnn(make("lstm", 10, 37, 2, True, False)), 1, 3, pipeline=True)  # 128 + 64 weights
+
+
 def test_no_bias():
     module = make("lstm", 4, 9, 2, False, False, bias=False)
     x, hx = random_inputs(module, 5, 2, True)
@@ -296,3 +338,54 @@ def test_gpu_graph_replays_equal_eager():
                 np.testing.assert_array_equal(a[name], b[name])
                 assert np.abs(b[name] - want[name]).max() <= FP32_ATOL
         assert len(graphed.graphs) == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("with_state", [True, False])
+@pytest.mark.parametrize("kind,seq_len", [("lstm", 1), ("lstm", 3), ("gru", 1), ("gru", 3)])
+def test_gpu_pipeline_seed_model(kind, seq_len, with_state):
+    """The seed model (10-layer bi-LSTM 10->20, batch 3) and a GRU twin on the layer pipeline, repeated calls."""
+    module = make(kind, 10, 20, 10, True, False, seed=seq_len)
+    x, hx = random_inputs(module, seq_len, 3, with_state, seed=seq_len + 7)
+    plan, results = run_repeated(module, x, hx, calls=4, device="cuda", pipeline=True)
+    assert plan.pipeline
+    for got in results:
+        assert_close(got, reference(module, x, hx), FP32_ATOL)
+    if seq_len == 1:
+        assert plan_for(pack_rnn(module, "cuda"), 1, 3).pipeline  # the default plan for workload A
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("block_b", [1, 2])
+@pytest.mark.parametrize("kind,seq_len,with_state", [("lstm", 1, True), ("gru", 3, False)])
+def test_gpu_pipeline_batch_tiles(kind, seq_len, with_state, block_b):
+    """Fewer batch rows per program (more programs): each program's step is shorter."""
+    module = make(kind, 10, 20, 10, True, False, seed=block_b)
+    x, hx = random_inputs(module, seq_len, 3, with_state, seed=block_b + 3)
+    plan, results = run_repeated(module, x, hx, calls=3, device="cuda", pipeline=True, block_b=block_b)
+    assert plan.pipeline and plan.block_b == block_b
+    for got in results:
+        assert_close(got, reference(module, x, hx), FP32_ATOL)
+
+
+@pytest.mark.gpu
+def test_gpu_pipeline_graph_replays():
+    """Replays of a captured pipeline launch (no fill between them) give the eager result every time."""
+    module = make("lstm", 10, 20, 10, True, False)
+    packed = pack_rnn(module, "cuda")
+    ws: dict = {}
+    x, (h0, c0) = random_inputs(module, 1, 3, True)
+    xd, h0d, c0d = x.cuda(), h0.cuda(), c0.cuda()
+    want = reference(module, x, (h0, c0))
+    eager = [t.clone() for t in rnn_forward(packed, xd, h0d, c0d, workspace=ws)]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = rnn_forward(packed, xd, h0d, c0d, workspace=ws)
+    for _ in range(5):
+        for t in static:
+            t.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        for g, e in zip(static, eager):
+            assert torch.equal(g, e)
+    assert_close([t.cpu() for t in static], want, FP32_ATOL)

@@ -20,6 +20,9 @@ Layout of the work (docs/fused_kernel.md has the numbers and which path each siz
   needs until none is poison. Waiting between programs needs every program resident, so it is used on
   CUDA only, with at most one program per multiprocessor; under ``TRITON_INTERPRET=1`` (programs run one
   after another) the plan is always one program per batch tile, which never waits.
+* Layer pipeline (``_rnn_pipe_kernel``, short sequences, small hidden sizes): one program per (layer, direction)
+  with all its weights in registers from kernel start; it polls the previous layer's output step by step
+  (poisoned words again, in two sets used by alternate launches, so no fill between launches).
 * ``multi-launch``: sizes whose programs cannot all be resident run the same kernel once per layer for the
   projection and once per (layer, time step) for the recurrence, with ``h`` and ``c`` in global memory.
 
@@ -42,6 +45,11 @@ PATHS = ("single-launch", "multi-launch")
 # Recurrent weights per thread a program keeps in registers for a whole layer (fp32 values).
 WEIGHT_REGISTERS = 128
 POLL_H_MAX_BYTES = 64 << 20
+# Longest sequence for which the layer pipeline (one program per layer and direction) is the default plan
+# (H100, seed model: faster at seq 1 and 3, slower at seq 10), and the most W_ih + W_hh weights per thread
+# it is the default with (96 compiles without spills on sm_90; 128 spills at HP 64).
+PIPELINE_MAX_SEQ = 3
+PIPELINE_WEIGHTS = 96
 
 
 @triton.jit
@@ -298,6 +306,137 @@ def _rnn_stack_kernel(
                 tl.debug_barrier()
 
 
+@triton.jit
+def _pipe_input(in_ptr, stride_t, stride_b, stride_k, k_size, t, offs_b, b_ok,
+                K: tl.constexpr, POLL: tl.constexpr):
+    """One time step of a layer's input [BLOCK_B, K]: x itself (layer 0), or one volatile read of the previous
+    layer's output slab as int32 words (the caller checks them for poison)."""
+    offs_k = tl.arange(0, K)
+    ptrs = in_ptr + t * stride_t + offs_b[:, None] * stride_b + offs_k[None, :] * stride_k
+    if POLL:
+        return tl.load(ptrs.to(tl.pointer_type(tl.int32)), mask=b_ok[:, None], other=0, volatile=True)
+    else:
+        return tl.load(ptrs, mask=b_ok[:, None] & (offs_k < k_size)[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _pipe_layer(in_ptr, stride_t, stride_b, stride_k, k_size, w_in_ptr, w_hh_ptr, bias_ptr,
+                h0_ptr, c0_ptr, seq_out, out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
+                T, B, H, layer, d, num_layers, offs_b, b_ok,
+                IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, K: tl.constexpr, RT: tl.constexpr,
+                BLOCK_B: tl.constexpr, HAS_STATE: tl.constexpr, POLL: tl.constexpr):
+    """All time steps of one (layer, direction), weights in registers, input polled step by step."""
+    C: tl.constexpr = RT * 4
+    offs_n = tl.arange(0, HP)
+    cols = tl.arange(0, HP * 4)
+    offs_k = tl.arange(0, K)
+    # every weight this program needs, loaded at kernel start: the loads of all programs overlap
+    w_in = tl.load(w_in_ptr + offs_k[:, None] * C + d * HP * 4 + cols[None, :]).to(tl.float32)
+    w_h = tl.load(w_hh_ptr + ((layer * D + d) * HP + offs_n[:, None]) * (HP * 4) + cols[None, :]).to(tl.float32)
+    bias = tl.load(bias_ptr + layer * C + d * HP * 4 + cols)
+    state = ((layer * D + d) * B + offs_b[:, None]) * H + offs_n[None, :]
+    state_ok = b_ok[:, None] & (offs_n < H)[None, :]
+    if HAS_STATE:
+        h = tl.load(h0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
+        c = tl.load(c0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros((BLOCK_B, HP), dtype=tl.float32)
+        c = tl.zeros((BLOCK_B, HP), dtype=tl.float32)
+    t0 = tl.where(d == 0, 0, T - 1).to(tl.int64)
+    xin = _pipe_input(in_ptr, stride_t, stride_b, stride_k, k_size, t0, offs_b, b_ok, K, POLL)
+    for s in range(0, T):
+        t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
+        # the recurrent half does not depend on the input: it is done before the wait
+        hw = bias[None, :] + tl.sum(h[:, :, None] * w_h[None, :, :], axis=1)  # [BLOCK_B, HP * 4]
+        if POLL:
+            # the previous layer writes its output over words poisoned with 0xFFFFFFFF (a NaN no GPU computes):
+            # a word that is no longer poison holds its final value, so the polled words are the input itself
+            spins = 0
+            while (tl.sum((xin == -1).to(tl.int32)) > 0) & (spins < 20_000_000):
+                xin = _pipe_input(in_ptr, stride_t, stride_b, stride_k, k_size, t, offs_b, b_ok, K, POLL)
+                spins += 1
+            x = xin.to(tl.float32, bitcast=True)
+        else:
+            x = xin
+        # prefetch the next step's input (for a bidirectional stack it is already written)
+        t_next = tl.where(d == 0, s + 1, T - 2 - s).to(tl.int64)
+        t_next = tl.where(s + 1 < T, t_next, t).to(tl.int64)
+        xin = _pipe_input(in_ptr, stride_t, stride_b, stride_k, k_size, t_next, offs_b, b_ok, K, POLL)
+        pre = hw + tl.sum(x[:, :, None] * w_in[None, :, :], axis=1)
+        even, odd = tl.split(tl.reshape(pre, (BLOCK_B, HP, 2, 2)))
+        gate0, gate2 = tl.split(even)
+        gate1, gate3 = tl.split(odd)
+        if IS_LSTM:
+            c = _sigmoid(gate1) * c + _sigmoid(gate0) * _tanh(gate2)
+            h_new = _sigmoid(gate3) * _tanh(c)
+        else:
+            z = _sigmoid(gate1)
+            n = _tanh(gate3 + _sigmoid(gate0) * gate2)
+            h_new = (1.0 - z) * n + z * h
+        if layer == num_layers - 1:
+            tl.store(out_ptr + t * stride_ot + offs_b[:, None] * stride_ob + (d * H + offs_n[None, :]) * stride_ok,
+                     h_new.to(out_ptr.dtype.element_ty), mask=state_ok)
+        else:
+            tl.store(seq_out + (t * B + offs_b[:, None]) * RT + d * HP + offs_n[None, :], h_new,
+                     mask=b_ok[:, None])
+        h = h_new
+    tl.store(hn_ptr + state, h.to(hn_ptr.dtype.element_ty), mask=state_ok)
+    if IS_LSTM:
+        tl.store(cn_ptr + state, c.to(cn_ptr.dtype.element_ty), mask=state_ok)
+
+
+@triton.jit
+def _rnn_pipe_kernel(
+    x_ptr, stride_xt, stride_xb, stride_xk,
+    h0_ptr, c0_ptr,
+    w_ih0_ptr, w_ihr_ptr, w_hh_ptr, bias_ptr,
+    seq_ptr, count_ptr,
+    out_ptr, stride_ot, stride_ob, stride_ok,
+    hn_ptr, cn_ptr,
+    T, B, input_size, H, num_layers,
+    IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, K0: tl.constexpr, RT: tl.constexpr,
+    BLOCK_B: tl.constexpr, HAS_STATE: tl.constexpr,
+):
+    """Layer pipeline for short sequences: program (layer, direction), all of them resident (CUDA), or run
+    in program order (the interpreter, where every input is written before its reader starts).
+
+    Each program loads its W_ih, W_hh and bias into registers at once, then polls the previous layer's output
+    step by step. The slabs come in two sets used by alternate launches; a program re-poisons its own words
+    of the other set after its work, so the next launch (stream-ordered after this one) finds them poisoned and
+    no fill is needed between launches. count_ptr holds one launch counter per program (only it touches it).
+    """
+    pid_b = tl.program_id(0)
+    pid = tl.program_id(1)
+    layer = pid // D
+    d = pid % D
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    b_ok = offs_b < B
+    cell = count_ptr + pid_b * tl.num_programs(1) + pid
+    launch = tl.load(cell)
+    slab = T * B * RT
+    set_size = (num_layers - 1) * slab
+    seq_use = seq_ptr + (launch % 2) * set_size
+    seq_other = seq_ptr + (1 - launch % 2) * set_size
+    if layer == 0:
+        _pipe_layer(x_ptr, stride_xt, stride_xb, stride_xk, input_size, w_ih0_ptr, w_hh_ptr, bias_ptr,
+                    h0_ptr, c0_ptr, seq_use, out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
+                    T, B, H, layer, d, num_layers, offs_b, b_ok,
+                    IS_LSTM, D, HP, K0, RT, BLOCK_B, HAS_STATE, False)
+    else:
+        _pipe_layer(seq_use + (layer - 1) * slab, B * RT, RT, 1, RT, w_ihr_ptr + (layer - 1) * RT * RT * 4,
+                    w_hh_ptr, bias_ptr, h0_ptr, c0_ptr, seq_use + layer * slab,
+                    out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
+                    T, B, H, layer, d, num_layers, offs_b, b_ok,
+                    IS_LSTM, D, HP, RT, RT, BLOCK_B, HAS_STATE, True)
+    if layer < num_layers - 1:
+        # poison this program's words of the other set for the next launch (nobody reads that set now)
+        mine = seq_other.to(tl.pointer_type(tl.int32)) + layer * slab + offs_b[:, None] * RT + d * HP \
+            + tl.arange(0, HP)[None, :]
+        for t in range(0, T):
+            tl.store(mine + t * B * RT, tl.full((BLOCK_B, HP), -1, tl.int32), mask=b_ok[:, None])
+    tl.store(cell, launch + 1)
+
+
 # ---- weights -------------------------------------------------------------------------------------
 
 
@@ -410,6 +549,7 @@ class Plan:
     num_warps: int = 4
     poll_h: bool = True  # split directions poll h over poisoned words (else: counter barrier + reload)
     proj_by_unit: bool = False  # each recurrence unit projects its own columns (one time tile only)
+    pipeline: bool = False  # one program per (layer, direction), weights in registers, input polled
 
 
 def interpreting() -> bool:
@@ -467,9 +607,29 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
     # Triton 3.6 (the H100 machine's) crashed in RemoveLayoutConversions compiling the h poll at HP 256
     # (2 warps, 16-row tiles); the counter barrier compiles there, so the poll is kept to HP <= 128.
     poll_h = hp <= 128
+    # Layer pipeline: every (layer, direction) its own program with all its weights in registers (whole
+    # columns per thread: at most WEIGHT_REGISTERS of W_ih and W_hh), all of them resident; CUDA only.
+    k_in = max(packed.input_padded, dirs * hp if packed.num_layers > 1 else 0)
+    pipe_tiles = -(-batch // overrides.get("block_b", block_b))
+    pipeline_fits = (r_tiles == 1 and k_in + hp <= WEIGHT_REGISTERS
+                     and pipe_tiles * packed.num_layers * dirs <= (_sm_count(packed.device) if on_cuda else 1 << 30))
+    pipeline = (on_cuda and path == "single-launch" and pipeline_fits and seq_len <= PIPELINE_MAX_SEQ
+                and k_in + hp <= PIPELINE_WEIGHTS and overrides.get("pipeline", True))
+    if pipeline:
+        programs = packed.num_layers * dirs
+        if seq_len == 1:
+            # fewer batch rows per program shorten each program's step (A: 4 rows 20.9 us, 2 rows 17.2, 1 row
+            # 16.1), as long as every program stays resident. Not at seq > 1: Triton compiles the time loop
+            # at one row into 4x the instructions, with spills.
+            while block_b > 1 and -(-batch // (block_b // 2)) * programs <= _sm_count(packed.device):
+                block_b //= 2
     plan = Plan(path, block_b, r_tiles, programs, block_m, block_c, 32 if hp <= 64 else 16, num_warps,
-                poll_h=poll_h, proj_by_unit=proj_by_unit)
+                poll_h=poll_h, proj_by_unit=proj_by_unit, pipeline=pipeline)
     if overrides:
+        if overrides.get("pipeline") and not plan.pipeline:
+            if not pipeline_fits or path != "single-launch":
+                raise ValueError("the layer pipeline does not fit this size (weights per thread or residency)")
+            overrides = {"programs": packed.num_layers * dirs, "r_tiles": 1, **overrides}
         plan = Plan(**{**plan.__dict__, **overrides})
     return plan
 
@@ -515,6 +675,8 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     poll_h = (grid_sync and plan.r_tiles > 1 and plan.poll_h
               and layers * seq_len * batch * rt * 4 <= POLL_H_MAX_BYTES)
     seq_slabs = layers if poll_h else 2
+    if plan.pipeline:
+        return _pipeline_forward(packed, x, h0, c0, plan, ws, seq_len, batch, stride_xt, stride_xb, stride_xk)
     key = (seq_len, batch, plan)
     if ws.get("key") != key:
         batch_tiles = -(-batch // plan.block_b)
@@ -568,4 +730,43 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
             launch(m_items, layer, layer + 1, 0, seq_len, True, False)
             for step in range(seq_len):
                 launch(dirs * plan.r_tiles, layer, layer + 1, step, step + 1, False, True)
+    return (out, hn, cn) if lstm else (out, hn)
+
+
+def _pipeline_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | None,
+                      plan: Plan, ws: dict[str, torch.Tensor], seq_len: int, batch: int,
+                      stride_xt: int, stride_xb: int, stride_xk: int) -> tuple[torch.Tensor, ...]:
+    """Launch _rnn_pipe_kernel: one program per (batch tile, layer, direction), no fill between launches."""
+    lstm = packed.kind == "lstm"
+    hidden, layers, dirs, hp = packed.hidden_size, packed.num_layers, packed.num_directions, packed.hidden_padded
+    rt = dirs * hp
+    device, dtype = x.device, x.dtype
+    batch_tiles = -(-batch // plan.block_b)
+    key = (seq_len, batch, plan)
+    if ws.get("key") != key:
+        ws.clear()
+        # two sets of layer-output slabs, poisoned once here; each launch re-poisons the set it did not use
+        ws.update(key=key,
+                  seq=torch.full((max(1, 2 * (layers - 1) * seq_len * batch * rt),), -1, device=device,
+                                 dtype=torch.int32),
+                  count=torch.zeros(batch_tiles * layers * dirs, device=device, dtype=torch.int32))
+    state_shape = (layers * dirs, batch, hidden)
+    y_width = dirs * hidden
+    out = torch.empty((batch, seq_len, y_width) if packed.batch_first else (seq_len, batch, y_width),
+                      device=device, dtype=dtype)
+    stride_ot, stride_ob = (out.stride(1), out.stride(0)) if packed.batch_first else (out.stride(0), out.stride(1))
+    hn = torch.empty(state_shape, device=device, dtype=dtype)
+    cn = torch.empty(state_shape, device=device, dtype=dtype) if lstm else hn
+    has_state = h0 is not None
+    h0_arg = h0.contiguous() if has_state else hn
+    c0_arg = c0.contiguous() if (has_state and lstm) else hn
+    _rnn_pipe_kernel[(batch_tiles, layers * dirs)](
+        x, stride_xt, stride_xb, stride_xk, h0_arg, c0_arg,
+        packed.w_ih0, packed.w_ihr, packed.w_hh, packed.bias,
+        ws["seq"].view(torch.float32), ws["count"],
+        out, stride_ot, stride_ob, out.stride(2), hn, cn,
+        seq_len, batch, packed.input_size, hidden, layers,
+        IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt, BLOCK_B=plan.block_b,
+        HAS_STATE=has_state, num_warps=plan.num_warps,
+    )
     return (out, hn, cn) if lstm else (out, hn)
