@@ -12,6 +12,7 @@ from lstminfer.verify import verdicts, verify
 pytestmark = pytest.mark.gpu
 
 CUDA = [BackendChoice("torch", "cuda", True, "", ""), BackendChoice("torch-graph", "cuda", True, "", "")]
+FUSED = [BackendChoice("fused", "cuda", True, "", ""), BackendChoice("fused-graph", "cuda", True, "", "")]
 
 
 def _seed():
@@ -41,3 +42,11 @@ def test_cuda_bench_uses_events():
         assert r["clock"] == "cuda-events" and r["tf32"] is False
         assert 0 < r["gpu_compute_ms"]["median"] <= r["latency_ms"]["median"]
         assert r["h2d_ms"]["median"] > 0 and r["d2h_ms"]["median"] > 0
+
+
+def test_fused_runners_verify_through_the_runner_interface():
+    """Runner.infer at several shapes: catches copies or reads racing the kernel on another stream."""
+    pytest.importorskip("triton")
+    records = verify(_seed(), FUSED, [(1, 3), (1, 5), (64, 3), (1, 3)], onnx_reference=False)
+    v = verdicts(records)
+    assert v == {"fused[cuda]": "passed", "fused-graph[cuda]": "passed"}, v

@@ -95,21 +95,11 @@ def _clock_for(runner: Runner) -> Any:
     return _CudaClock(runner.stream) if _clock_kind(runner) == "cuda-events" else _HostClock()
 
 
-def _stream_context(runner: Runner) -> Any:
-    if runner.device == "cuda" and runner.stream is not None:
-        import torch
-
-        return torch.cuda.stream(runner.stream)
-    import contextlib
-
-    return contextlib.nullcontext()
-
-
 def time_queries(runner: Runner, inputs: dict[str, np.ndarray], config: BenchConfig,
                  on_query: Callable[[int, float], None] | None = None) -> list[QueryRecord]:
     """Run warm-up then timed queries; return the timed queries' raw stamps."""
     records: list[QueryRecord] = []
-    with _stream_context(runner):
+    with runner.on_stream():
         clock = _clock_for(runner)
         resident = runner.upload(inputs) if config.no_data_transfers else None
         start = time.perf_counter()

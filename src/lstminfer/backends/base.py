@@ -12,6 +12,7 @@ H2D / compute / D2H brackets.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -97,7 +98,16 @@ class Runner:
         """Host arrays in, host float arrays out (names from the model's outputs)."""
         if not self._prepared:
             self.prepare()
-        return self.download(self.execute(self.upload(inputs)))
+        with self.on_stream():  # all three stages on one stream: no copy races a kernel on another
+            return self.download(self.execute(self.upload(inputs)))
+
+    def on_stream(self) -> Any:
+        """A context that makes the runner's stream current (nothing for CPU runners)."""
+        if self.stream is None:
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.cuda.stream(self.stream)
 
     def upload(self, inputs: dict[str, np.ndarray]) -> Any:
         return self.upload_impl(inputs)

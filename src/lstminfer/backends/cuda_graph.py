@@ -55,6 +55,9 @@ class ShapeGraphs:
     def clear(self) -> None:
         self.graphs = {}
 
+    def __len__(self) -> int:
+        return len(self.graphs)
+
 
 class GraphReplay:
     """Mixin for a Runner: capture its eager computation per input shape, replay it on every query.
