@@ -64,6 +64,22 @@ def _tanh(x):
 
 
 @triton.jit
+def _gates(pre, BLOCK_B: tl.constexpr, N: tl.constexpr):
+    """Split interleaved (unit, gate) columns [BLOCK_B, N * 4] into the four gates, each [BLOCK_B, N]."""
+    even, odd = tl.split(tl.reshape(pre, (BLOCK_B, N, 2, 2)))
+    gate0, gate2 = tl.split(even)
+    gate1, gate3 = tl.split(odd)
+    return gate0, gate1, gate2, gate3
+
+
+@triton.jit
+def _lstm_cell(gate0, gate1, gate2, gate3, c):
+    """PyTorch's LSTM cell on gates i, f, g, o: returns (h, c)."""
+    c = _sigmoid(gate1) * c + _sigmoid(gate0) * _tanh(gate2)
+    return _sigmoid(gate3) * _tanh(c), c
+
+
+@triton.jit
 def _load_acquire(ptr):
     """One 32-bit load with acquire semantics at GPU scope (cheaper to poll than an atomic RMW)."""
     return tl.inline_asm_elementwise("ld.global.acquire.gpu.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
@@ -268,12 +284,9 @@ def _rnn_stack_kernel(
                                 h = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_k,
                                                  D, RT, HP, HAS_STATE, BLOCK_B, HP)
                     pre = gx + tl.sum(h[:, :, None] * w[None, :, :], axis=1)  # [BLOCK_B, BLOCK_R * 4]
-                    even, odd = tl.split(tl.reshape(pre, (BLOCK_B, BLOCK_R, 2, 2)))
-                    gate0, gate2 = tl.split(even)
-                    gate1, gate3 = tl.split(odd)
+                    gate0, gate1, gate2, gate3 = _gates(pre, BLOCK_B, BLOCK_R)
                     if IS_LSTM:
-                        c = _sigmoid(gate1) * c + _sigmoid(gate0) * _tanh(gate2)
-                        h_new = _sigmoid(gate3) * _tanh(c)
+                        h_new, c = _lstm_cell(gate0, gate1, gate2, gate3, c)
                     else:
                         # PyTorch's GRU: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); h' = (1 - z) n + z h
                         z = _sigmoid(gate1)
@@ -363,12 +376,9 @@ def _pipe_layer(in_ptr, stride_t, stride_b, stride_k, k_size, w_in_ptr, w_hh_ptr
         t_next = tl.where(s + 1 < T, t_next, t).to(tl.int64)
         xin = _pipe_input(in_ptr, stride_t, stride_b, stride_k, k_size, t_next, offs_b, b_ok, K, POLL)
         pre = hw + tl.sum(x[:, :, None] * w_in[None, :, :], axis=1)
-        even, odd = tl.split(tl.reshape(pre, (BLOCK_B, HP, 2, 2)))
-        gate0, gate2 = tl.split(even)
-        gate1, gate3 = tl.split(odd)
+        gate0, gate1, gate2, gate3 = _gates(pre, BLOCK_B, HP)
         if IS_LSTM:
-            c = _sigmoid(gate1) * c + _sigmoid(gate0) * _tanh(gate2)
-            h_new = _sigmoid(gate3) * _tanh(c)
+            h_new, c = _lstm_cell(gate0, gate1, gate2, gate3, c)
         else:
             z = _sigmoid(gate1)
             n = _tanh(gate3 + _sigmoid(gate0) * gate2)
