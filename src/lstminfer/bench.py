@@ -126,9 +126,8 @@ def time_queries(runner: Runner, inputs: dict[str, np.ndarray], config: BenchCon
             if timed_start is None:
                 timed_start = host0
             t0, t1, t2, t3 = clock.resolve([m0, m1, m2, m3])
-            enq_start = t1 + 0.0
             records.append(QueryRecord(
-                start_enq=enq_start, end_enq=enq_start + (enq1 - enq0) * 1000.0,
+                start_enq=t1, end_enq=t1 + (enq1 - enq0) * 1000.0,
                 start_h2d=t0, end_h2d=t1, start_compute=t1, end_compute=t2,
                 start_d2h=t2, end_d2h=t3, host_ms=(host1 - host0) * 1000.0,
             ))

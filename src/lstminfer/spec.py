@@ -8,6 +8,7 @@ import importlib.util
 import json
 import sys
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -255,13 +256,15 @@ class Model:
 
         if self.module is None:
             raise UserError(f"model {self.name} has no PyTorch module to use as the reference")
-        ref = getattr(self, "_ref64", None)
-        if ref is None:
-            ref = self._ref64 = copy.deepcopy(self.module).double().eval()
         with torch.no_grad():
             args = [torch.from_numpy(inputs[n]).double() for n in self.input_names]
-            outputs = call_rnn(ref, self.spec.kind if self.spec else "lstm", args)
+            outputs = call_rnn(self._module64, self.spec.kind if self.spec else "lstm", args)
         return {n: t.numpy() for n, t in zip(self.output_names, outputs)}
+
+    @cached_property
+    def _module64(self) -> Any:
+        """A float64 copy of the module, made once."""
+        return copy.deepcopy(self.module).double().eval()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "spec": self.spec.to_dict() if self.spec else None,

@@ -147,7 +147,9 @@ class Runner:
         pass
 
     def synchronize(self) -> None:
-        """Wait for work queued on this runner's device (no-op on CPU)."""
+        """Wait for work queued on this runner's stream (no-op on CPU)."""
+        if self.stream is not None:
+            self.stream.synchronize()
 
     def describe(self) -> dict[str, Any]:
         """Extra facts recorded with every result (e.g. tf32, provider, engine file)."""

@@ -12,12 +12,10 @@ import importlib.util
 import os
 from typing import Any
 
-import numpy as np
-
 from lstminfer.backends.base import Runner
 from lstminfer.backends.cuda_graph import GraphReplay
+from lstminfer.backends.torch_ import TorchTensors, cuda_available, torch_dtype
 
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 INTERPRETER_REASON = "CPU runs need TRITON_INTERPRET=1 (Triton's interpreter); use a CUDA GPU"
 
 
@@ -42,11 +40,10 @@ def fused_rnn(module_or_weights: Any, x: Any, hx: Any = None, precision: str | N
     `(output, (hn, cn))` for an LSTM and `(output, hn)` for a GRU, in x's dtype. `precision` ("fp32", "fp16",
     "bf16") casts x and the weights; by default x's dtype decides. Unbatched (2-d) inputs are not accepted.
     """
-    import torch
 
     from lstminfer.kernels.rnn import PackedRNN, pack_rnn, rnn_forward
 
-    dtype = getattr(torch, DTYPES[precision]) if precision else x.dtype
+    dtype = torch_dtype(precision) if precision else x.dtype
     if isinstance(module_or_weights, PackedRNN):
         packed = module_or_weights
         if packed.dtype != dtype or packed.device != x.device:
@@ -70,7 +67,7 @@ def fused_rnn(module_or_weights: Any, x: Any, hx: Any = None, precision: str | N
     return (outs[0], (outs[1], outs[2])) if packed.kind == "lstm" else (outs[0], outs[1])
 
 
-class FusedRunner(Runner):
+class FusedRunner(TorchTensors, Runner):
     """The fused Triton kernel, launched eagerly on `self.stream`."""
 
     name = "fused"
@@ -84,8 +81,6 @@ class FusedRunner(Runner):
             return False, "triton is not installed"
         if device == "cpu":
             return (True, "") if _interpreting() else (False, INTERPRETER_REASON)
-        from lstminfer.backends.torch_ import cuda_available
-
         ok, why = cuda_available()
         if not ok:
             return ok, why
@@ -113,41 +108,22 @@ class FusedRunner(Runner):
 
         from lstminfer.kernels.rnn import pack_rnn
 
-        self.dtype = getattr(torch, DTYPES[self.precision])
+        self.dtype = torch_dtype(self.precision)
         self.packed = pack_rnn(self.model.module, self.device, self.dtype)
         self.workspace: dict = {}
         if self.device == "cuda":
             self.stream = torch.cuda.Stream()
 
-    def upload_impl(self, inputs: dict[str, np.ndarray]) -> list[Any]:
-        import torch
-
-        # Pageable copies, as the torch runner makes: pinning per call would cost a host allocation per query.
-        return [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device, self.dtype, non_blocking=True)
-                for n in self.model.input_names]
-
-    def _run(self, device_inputs: list[Any]) -> list[Any]:
+    def _run(self, device_inputs: list[Any], workspace: dict) -> list[Any]:
         from lstminfer.kernels.rnn import rnn_forward
 
         x, *state = device_inputs
         h0 = state[0] if state else None
         c0 = state[1] if len(state) > 1 else None
-        return list(rnn_forward(self.packed, x, h0, c0, workspace=self.workspace))
+        return list(rnn_forward(self.packed, x, h0, c0, workspace=workspace))
 
     def execute_impl(self, device_inputs: list[Any]) -> list[Any]:
-        if self.stream is None:
-            return self._run(device_inputs)
-        import torch
-
-        with torch.cuda.stream(self.stream):
-            return self._run(device_inputs)
-
-    def download_impl(self, device_outputs: list[Any]) -> dict[str, np.ndarray]:
-        return {n: t.float().cpu().numpy() for n, t in zip(self.model.output_names, device_outputs)}
-
-    def synchronize(self) -> None:
-        if self.stream is not None:
-            self.stream.synchronize()
+        return self._run(device_inputs, self.workspace)  # on the current stream: the runner's (Runner.on_stream)
 
     def close_impl(self) -> None:
         self.packed = None
@@ -180,8 +156,4 @@ class FusedGraphRunner(GraphReplay, FusedRunner):
         super().prepare_impl()
 
     def capture_target(self, static_inputs: list[Any]) -> list[Any]:
-        from lstminfer.kernels.rnn import rnn_forward
-
-        workspace = self.workspaces.setdefault(tuple(t.shape for t in static_inputs), {})
-        x, *state = static_inputs
-        return list(rnn_forward(self.packed, x, *(state + [None] * (2 - len(state))), workspace=workspace))
+        return self._run(static_inputs, self.workspaces.setdefault(tuple(t.shape for t in static_inputs), {}))

@@ -132,10 +132,6 @@ class TensorRTRunner(OnnxFileRunner):
         self.stream.synchronize()
         return {name: self._host[name][:n].float().numpy().reshape(shape).copy() for name, (n, shape) in views.items()}
 
-    def synchronize(self) -> None:
-        if self.stream is not None:
-            self.stream.synchronize()
-
     def close_impl(self) -> None:
         for attr in ("context", "engine", "_runtime", "_device", "_host"):
             if hasattr(self, attr):

@@ -28,7 +28,24 @@ def cuda_available() -> tuple[bool, str]:
     return True, ""
 
 
-class TorchRunner(Runner):
+class TorchTensors:
+    """Runner mixin: host arrays -> tensors on the runner's device and dtype, outputs back as float32 arrays.
+
+    Pageable copies (no per-call pinning, which would cost a host allocation per query), on the current
+    stream, which `Runner.infer` and `bench` make the runner's own.
+    """
+
+    def upload_impl(self, inputs: dict[str, np.ndarray]) -> list[Any]:
+        import torch
+
+        return [torch.from_numpy(np.ascontiguousarray(inputs[n])).to(self.device, self.dtype, non_blocking=True)
+                for n in self.model.input_names]
+
+    def download_impl(self, device_outputs: list[Any]) -> dict[str, np.ndarray]:
+        return {n: t.float().cpu().numpy() for n, t in zip(self.model.output_names, device_outputs)}
+
+
+class TorchRunner(TorchTensors, Runner):
     """The model as PyTorch runs it: nn.LSTM / nn.GRU (cuDNN on CUDA), eager."""
 
     name = "torch"
@@ -70,24 +87,11 @@ class TorchRunner(Runner):
             torch.backends.cuda.matmul.allow_tf32 = self.tf32
             self.stream = torch.cuda.Stream()
 
-    def upload_impl(self, inputs: dict[str, np.ndarray]) -> list[Any]:
-        import torch
-
-        return [torch.from_numpy(inputs[n]).to(self.device, self.dtype, non_blocking=True)
-                for n in self.model.input_names]
-
     def execute_impl(self, device_inputs: list[Any]) -> list[Any]:
         import torch
 
         with torch.inference_mode():
             return call_rnn(self.module, self.kind, device_inputs)
-
-    def download_impl(self, device_outputs: list[Any]) -> dict[str, np.ndarray]:
-        return {n: t.float().cpu().numpy() for n, t in zip(self.model.output_names, device_outputs)}
-
-    def synchronize(self) -> None:
-        if self.stream is not None:
-            self.stream.synchronize()
 
     def close_impl(self) -> None:
         self.module = None

@@ -59,9 +59,5 @@ class TorchScriptRunner(Runner):
         return {n: t.detach().float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
                 for n, t in zip(self.model.output_names, device_outputs)}
 
-    def synchronize(self) -> None:
-        if self.stream is not None:
-            self.stream.synchronize()
-
     def close_impl(self) -> None:
         self.module = None

@@ -73,6 +73,14 @@ def _gates(pre, BLOCK_B: tl.constexpr, N: tl.constexpr):
 
 
 @triton.jit
+def _gru_cell(gate0, gate1, gate2, gate3, h_old):
+    """PyTorch's GRU on gates r, z, (W_hn h + b_hn), (W_in x + b_in): n = tanh(x_n + r * h_n); h' = (1 - z) n + z h."""
+    z = _sigmoid(gate1)
+    n = _tanh(gate3 + _sigmoid(gate0) * gate2)
+    return (1.0 - z) * n + z * h_old
+
+
+@triton.jit
 def _lstm_cell(gate0, gate1, gate2, gate3, c):
     """PyTorch's LSTM cell on gates i, f, g, o: returns (h, c)."""
     c = _sigmoid(gate1) * c + _sigmoid(gate0) * _tanh(gate2)
@@ -288,15 +296,12 @@ def _rnn_stack_kernel(
                     if IS_LSTM:
                         h_new, c = _lstm_cell(gate0, gate1, gate2, gate3, c)
                     else:
-                        # PyTorch's GRU: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); h' = (1 - z) n + z h
-                        z = _sigmoid(gate1)
-                        n = _tanh(gate3 + _sigmoid(gate0) * gate2)
                         if R_TILES == 1:
                             h_old = h
                         else:
                             h_old = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_n,
                                                  D, RT, HP, HAS_STATE, BLOCK_B, BLOCK_R)
-                        h_new = (1.0 - z) * n + z * h_old
+                        h_new = _gru_cell(gate0, gate1, gate2, gate3, h_old)
                     tl.store(seq_out + (t * B + offs_b[:, None]) * RT + d * HP + offs_n[None, :], h_new,
                              mask=b_ok[:, None])
                     if layer == num_layers - 1:
@@ -380,9 +385,7 @@ def _pipe_layer(in_ptr, stride_t, stride_b, stride_k, k_size, w_in_ptr, w_hh_ptr
         if IS_LSTM:
             h_new, c = _lstm_cell(gate0, gate1, gate2, gate3, c)
         else:
-            z = _sigmoid(gate1)
-            n = _tanh(gate3 + _sigmoid(gate0) * gate2)
-            h_new = (1.0 - z) * n + z * h
+            h_new = _gru_cell(gate0, gate1, gate2, gate3, h)
         if layer == num_layers - 1:
             tl.store(out_ptr + t * stride_ot + offs_b[:, None] * stride_ob + (d * H + offs_n[None, :]) * stride_ok,
                      h_new.to(out_ptr.dtype.element_ty), mask=state_ok)
