@@ -650,6 +650,18 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
 # ---- launcher ------------------------------------------------------------------------------------
 
 
+def _new_outputs(packed: PackedRNN, seq_len: int, batch: int, state_shape: tuple, device: Any,
+                 dtype: Any) -> tuple:
+    """output (in PyTorch's layout) with its time and batch strides, hn, and cn (hn again for a GRU)."""
+    y_width = packed.num_directions * packed.hidden_size
+    out = torch.empty((batch, seq_len, y_width) if packed.batch_first else (seq_len, batch, y_width),
+                      device=device, dtype=dtype)
+    stride_ot, stride_ob = (out.stride(1), out.stride(0)) if packed.batch_first else (out.stride(0), out.stride(1))
+    hn = torch.empty(state_shape, device=device, dtype=dtype)
+    cn = torch.empty(state_shape, device=device, dtype=dtype) if packed.kind == "lstm" else hn
+    return out, stride_ot, stride_ob, hn, cn
+
+
 def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = None,
                 c0: torch.Tensor | None = None, plan: Plan | None = None,
                 workspace: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
@@ -700,12 +712,7 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
                   c_state=torch.empty(layers * dirs * batch * hp if plan.path == "multi-launch" else 1,
                                       device=device, dtype=torch.float32),
                   sync=torch.zeros(batch_tiles * (1 + dirs), device=device, dtype=torch.int32))
-    y_width = dirs * hidden
-    out = torch.empty((batch, seq_len, y_width) if packed.batch_first else (seq_len, batch, y_width),
-                      device=device, dtype=dtype)
-    stride_ot, stride_ob = (out.stride(1), out.stride(0)) if packed.batch_first else (out.stride(0), out.stride(1))
-    hn = torch.empty(state_shape, device=device, dtype=dtype)
-    cn = torch.empty(state_shape, device=device, dtype=dtype) if lstm else hn
+    out, stride_ot, stride_ob, hn, cn = _new_outputs(packed, seq_len, batch, state_shape, device, dtype)
     h0_arg = h0.contiguous() if has_state else hn
     c0_arg = c0.contiguous() if (has_state and lstm) else hn
     batch_tiles = -(-batch // plan.block_b)
@@ -764,12 +771,7 @@ def _pipeline_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | Non
                                  dtype=torch.int32),
                   count=torch.zeros(batch_tiles * layers * dirs, device=device, dtype=torch.int32))
     state_shape = (layers * dirs, batch, hidden)
-    y_width = dirs * hidden
-    out = torch.empty((batch, seq_len, y_width) if packed.batch_first else (seq_len, batch, y_width),
-                      device=device, dtype=dtype)
-    stride_ot, stride_ob = (out.stride(1), out.stride(0)) if packed.batch_first else (out.stride(0), out.stride(1))
-    hn = torch.empty(state_shape, device=device, dtype=dtype)
-    cn = torch.empty(state_shape, device=device, dtype=dtype) if lstm else hn
+    out, stride_ot, stride_ob, hn, cn = _new_outputs(packed, seq_len, batch, state_shape, device, dtype)
     has_state = h0 is not None
     h0_arg = h0.contiguous() if has_state else hn
     c0_arg = c0.contiguous() if (has_state and lstm) else hn
