@@ -105,8 +105,9 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
             run_cudnn = lambda: cudnn(xd, (h0d, c0d))  # noqa: E731
             row["cudnn"] = time_calls(run_cudnn, args.warmup, args.iters, stream)
             row["cudnn-graph"] = time_calls(graphed(run_cudnn, stream), args.warmup, args.iters, stream)
-    packed = pack_rnn(module, dev, dtype)
-    plan = plan_for(packed, w.seq_len, w.batch, **(overrides or {}))
+    overrides = dict(overrides or {})
+    packed = pack_rnn(module, dev, dtype, **{k: overrides.pop(k) for k in ("wide_weights",) if k in overrides})
+    plan = plan_for(packed, w.seq_len, w.batch, **overrides)
     workspace: dict = {}
     run_fused = lambda: rnn_forward(packed, xd, h0d, c0d, plan=plan, workspace=workspace)  # noqa: E731
     with torch.cuda.stream(stream):
@@ -121,15 +122,18 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
 
 
 SWEEP = {
-    "A seed seq1": [dict(pipeline=False), dict(block_b=2), dict(block_b=1)],
-    "B seed seq100": [dict(block_c=64), dict(block_c=128, block_m=16), dict(block_c=64, programs=64)],
-    "H 64->128 fp32": [dict(poll_h=False), dict(programs=16), dict(block_m=64, programs=16)],
-    "H 64->128 bf16": [dict(poll_h=False)],
+    "A seed seq1": [dict(pipeline=False), dict(block_b=2)],
+    # v6 (one warp per batch row) against v5's plan (4-row tiles over 4 warps)
+    "B seed seq100": [dict(block_b=4, num_warps=4, block_m=32, block_c=128, programs=26),
+                      dict(block_b=1, num_warps=1, block_m=16, block_c=64, programs=40)],
+    "H 64->128 fp32": [dict(poll_h=False), dict(programs=16)],
+    "H 64->128 bf16": [dict(wide_weights=False), dict(poll_h=False)],
+    "H 64->128 fp16": [dict(wide_weights=False)],
 }
-# the seed model at other short lengths: layer pipeline against the default plan (where to switch)
+# the seed model at other lengths: layer pipeline against the stack kernel (where to switch)
 SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n), [dict(pipeline=True),
                                                                                     dict(pipeline=False)])
-             for n in (3,)]
+             for n in (3, 10)]
 # the pipeline's cost per layer: the seed model cut to 1 and 5 layers (launch + first layer, then the slope)
 SEQ_SWEEP += [(dataclasses.replace(WORKLOADS[0], name=f"A seed {n} layers", num_layers=n), [dict(pipeline=True)])
               for n in (1, 5)]

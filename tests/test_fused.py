@@ -112,6 +112,19 @@ def test_projection_per_unit_matches():
     assert_close(got, reference(module, x, hx), FP32_ATOL)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_wide_weights_hold_the_16_bit_values(dtype):
+    """fp16/bf16 weights stored wide are the 16-bit values exactly, in float32; the bias stays float32 either way."""
+    module = make("gru", 6, 37, 2, True, False)
+    wide, narrow = pack_rnn(module, "cpu", dtype, wide_weights=True), pack_rnn(module, "cpu", dtype, wide_weights=False)
+    assert wide.dtype == narrow.dtype == dtype
+    for name in ("w_ih0", "w_ihr", "w_hh"):
+        w, n = getattr(wide, name), getattr(narrow, name)
+        assert w.dtype == torch.float32 and n.dtype == dtype
+        assert torch.equal(w, n.float()) and torch.equal(w.to(dtype).float(), w)
+    assert torch.equal(wide.bias, narrow.bias) and wide.bias.dtype == torch.float32
+
+
 def test_plan_keeps_the_h_poll_to_hidden_128():
     """Triton 3.6 failed to compile the h poll at HP 256; the plan must not ask for it there."""
     small, large = pack_rnn(make("lstm", 4, 100, 1, False, False)), pack_rnn(make("lstm", 4, 200, 1, False, False))
@@ -301,6 +314,18 @@ def test_gpu_grid_barrier_paths(kind, hidden, poll_h):
     plan = plan_for(pack_rnn(module, "cuda"), 12, 3, poll_h=poll_h)
     assert plan.r_tiles > 1 and plan.path == "single-launch"
     assert_close(run_fused(module, x, hx, device="cuda", poll_h=poll_h), reference(module, x, hx), 5e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,hidden,rows", [("lstm", 20, 1), ("gru", 20, 1), ("lstm", 11, 2), ("gru", 7, 2)])
+def test_gpu_one_warp_per_row_plan(kind, hidden, rows):
+    """Long sequences at HP <= 32: one warp per (batch tile, direction), 32 // HP rows a tile (workload B's plan)."""
+    module = make(kind, 10, hidden, 3, True, kind == "gru")
+    x, hx = random_inputs(module, 40, 3, True)
+    plan = plan_for(pack_rnn(module, "cuda"), 40, 3)
+    assert (plan.num_warps, plan.block_b, plan.pipeline) == (1, rows, False)
+    assert plan_for(pack_rnn(module, "cuda"), 5, 3).num_warps != 1  # a unit projecting alone: more warps
+    assert_close(run_fused(module, x, hx, device="cuda"), reference(module, x, hx), FP32_ATOL)
 
 
 @pytest.mark.gpu

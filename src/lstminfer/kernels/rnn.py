@@ -14,10 +14,13 @@ Layout of the work (docs/fused_kernel.md has the numbers and which path each siz
      thread); ``c`` stays in registers. When one row tile covers a direction, ``h`` stays on chip too and
      the units never wait for each other inside a layer.
 * Gate columns are interleaved (hidden unit, gate) so one split hands each thread i, f, g, o of its units.
+* Batch rows are independent: for HP <= 32 and longer sequences a program is one warp for one batch row and
+  direction, so each row's steps run on their own multiprocessor (see plan_for).
 * Programs of one batch tile meet at grid barriers (an atomic counter in global memory) after the
   projection and at the end of each layer. When a direction is split over several row tiles, the tiles
   also exchange h every step: the launcher poisons the layer outputs, and a reader polls the words it
-  needs until none is poison. Waiting between programs needs every program resident, so it is used on
+  needs (each thread its own words, in PTX) until none is poison; the words are then h. Waiting between
+  programs needs every program resident, so it is used on
   CUDA only, with at most one program per multiprocessor; under ``TRITON_INTERPRET=1`` (programs run one
   after another) the plan is always one program per batch tile, which never waits.
 * Layer pipeline (``_rnn_pipe_kernel``, short sequences, small hidden sizes): one program per (layer, direction)
@@ -50,6 +53,11 @@ POLL_H_MAX_BYTES = 64 << 20
 # it is the default with (96 compiles without spills on sm_90; 128 spills at HP 64).
 PIPELINE_MAX_SEQ = 3
 PIPELINE_WEIGHTS = 96
+# the one-warp-per-row plan (HP <= 32) from this many (time step, row) pairs per batch tile: below it a unit
+# projects its own columns, too slow on one warp
+SMALL_ROWS_MIN_SEQ = 16
+# fp16/bf16 weights kept as float32 tensors of the rounded values (see pack_rnn)
+WIDE_WEIGHTS = True
 
 
 @triton.jit
@@ -95,6 +103,18 @@ def _load_acquire(ptr):
 
 
 @triton.jit
+def _pin(x, ON_GPU: tl.constexpr):
+    """An identity in PTX, so that a layout conversion after it stays after it. Used on the polled h: Triton
+    3.9 otherwise carried h across the step loop in the broadcast layout and spilled (216 bytes of stack at
+    HP 128). Triton 3.6 ignored it on the loop-carried h of workload B (its layout pass moves elementwise asm
+    too), so it is no general fix. The interpreter runs no PTX."""
+    if ON_GPU:
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=False, pack=1)
+    else:
+        return x
+
+
+@triton.jit
 def _grid_barrier(counter_ptr, target):
     """Wait until `target` arrivals were counted at `counter_ptr` (CUDA only: all programs resident)."""
     tl.debug_barrier()  # every thread's stores of this program happen before its arrival
@@ -109,20 +129,43 @@ def _grid_barrier(counter_ptr, target):
 
 
 @triton.jit
+def _spin_load(ptrs, mask):
+    """Each thread loads its words until none is the poison 0xFFFFFFFF (masked-off words: 0). CUDA only.
+
+    The spin is per thread, in PTX: no reduction over the program and no barrier per poll. It gives up
+    after 20 M polls, so a broken residency assumption gives wrong numbers instead of a hang.
+    """
+    return tl.inline_asm_elementwise(
+        """{
+        .reg .pred %p<3>;
+        .reg .u32 %n;
+        mov.b32 $0, 0;
+        mov.u32 %n, 0;
+        setp.eq.s32 %p0, $2, 0;
+        @%p0 bra DONE${:uid};
+        SPIN${:uid}:
+        ld.volatile.global.b32 $0, [$1];
+        add.u32 %n, %n, 1;
+        setp.eq.s32 %p1, $0, -1;
+        setp.lt.u32 %p2, %n, 20000000;
+        and.pred %p1, %p1, %p2;
+        @%p1 bra SPIN${:uid};
+        DONE${:uid}:
+        }""",
+        "=r,l,r", [ptrs, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _wait_h(words_ptr, row_stride, rows, BLOCK_B: tl.constexpr, WIDTH: tl.constexpr):
-    """Wait until no word of h[rows, WIDTH] is still the poison 0xFFFFFFFF the launcher filled them with.
+    """Wait until no word of h[rows, WIDTH] is still the poison 0xFFFFFFFF the launcher filled them with,
+    and return the words: once none is poison they are h. CUDA only.
 
     A GPU never computes that NaN (its NaNs are canonical), so each word says itself whether it has been
-    written: no fence and no counter, saving the atomic of a counter barrier. The poll is spread over the
-    threads (its words are only counted); the caller then reloads h in the layout it needs. CUDA only.
+    written: no fence and no counter, saving the atomic of a counter barrier; the caller bitcasts the words
+    instead of reading h again.
     """
     offs = tl.arange(0, BLOCK_B)[:, None] * row_stride + tl.arange(0, WIDTH)[None, :]
-    mask = tl.arange(0, BLOCK_B)[:, None] < rows
-    word = tl.load(words_ptr + offs, mask=mask, other=0, volatile=True)
-    spins = 0
-    while (tl.sum((word == -1).to(tl.int32)) > 0) & (spins < 20_000_000):
-        word = tl.load(words_ptr + offs, mask=mask, other=0, volatile=True)
-        spins += 1
+    return _spin_load(words_ptr + offs, tl.arange(0, BLOCK_B)[:, None] < rows)
 
 
 @triton.jit
@@ -193,6 +236,7 @@ def _rnn_stack_kernel(
     HAS_STATE: tl.constexpr, DO_PROJ: tl.constexpr, DO_REC: tl.constexpr,
     GRID_SYNC: tl.constexpr, C_IN_MEMORY: tl.constexpr, H_IN_REGISTERS: tl.constexpr,
     POLL_H: tl.constexpr, SEQ_SLABS: tl.constexpr, PROJ_BY_UNIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    ON_GPU: tl.constexpr,
 ):
     # Gate columns: 4 per hidden unit, gate fastest. LSTM: i, f, g, o. GRU: r, z, (W_hn h + b_hn), (W_in x + b_in).
     # H_IN_REGISTERS: one program owns all rows of a direction for a whole layer, so h never leaves it.
@@ -280,10 +324,9 @@ def _rnn_stack_kernel(
                             if GRID_SYNC and POLL_H:
                                 # the row tiles of this direction write h of step s - 1 over poisoned words
                                 t_prev = tl.where(d == 0, s - 1, T - s).to(tl.int64)
-                                _wait_h(seq_out.to(tl.pointer_type(tl.int32)) + (t_prev * B + b0) * RT + d * HP,
-                                        RT, B - b0, BLOCK_B, HP)
-                                h = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_k,
-                                                 D, RT, HP, HAS_STATE, BLOCK_B, HP)
+                                words = _wait_h(seq_out.to(tl.pointer_type(tl.int32)) + (t_prev * B + b0) * RT
+                                                + d * HP, RT, B - b0, BLOCK_B, HP)
+                                h = words.to(tl.float32, bitcast=True)
                             else:
                                 if GRID_SYNC:
                                     # the other row tiles of this direction wrote their part of h at step s - 1
@@ -291,6 +334,8 @@ def _rnn_stack_kernel(
                                     _grid_barrier(global_counter + 1 + d, passed * R_TILES)
                                 h = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_k,
                                                  D, RT, HP, HAS_STATE, BLOCK_B, HP)
+                    if not H_IN_REGISTERS:
+                        h = _pin(h, ON_GPU)  # h arrives distributed over the threads: broadcast it here, not earlier
                     pre = gx + tl.sum(h[:, :, None] * w[None, :, :], axis=1)  # [BLOCK_B, BLOCK_R * 4]
                     gate0, gate1, gate2, gate3 = _gates(pre, BLOCK_B, BLOCK_R)
                     if IS_LSTM:
@@ -459,7 +504,8 @@ class PackedRNN:
 
     Columns c = (direction * HP + hidden unit) * 4 + gate slot, so one hidden unit's four gates sit side by
     side. Slots: LSTM i, f, g, o; GRU r, z, "W_hn h + b_hn", "W_in x + b_in" (r multiplies the third).
-    w_ih0 [K0, C], w_ihr [max(L-1, 1), D*HP, C], w_hh [L, D, HP, HP*4] in `dtype`; bias [L, C] float32
+    w_ih0 [K0, C], w_ihr [max(L-1, 1), D*HP, C], w_hh [L, D, HP, HP*4] with values of `dtype` (stored as float32
+    with wide weights, see pack_rnn); bias [L, C] float32
     (b_ih + b_hh folded where PyTorch adds them).
     """
 
@@ -486,8 +532,14 @@ def _pow2(n: int, least: int = 16) -> int:
     return max(least, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
 
-def pack_rnn(module: torch.nn.Module, device: Any = "cpu", dtype: torch.dtype = torch.float32) -> PackedRNN:
-    """Pad, transpose and interleave a plain nn.LSTM / nn.GRU's parameters once (no proj_size)."""
+def pack_rnn(module: torch.nn.Module, device: Any = "cpu", dtype: torch.dtype = torch.float32,
+             wide_weights: bool = WIDE_WEIGHTS) -> PackedRNN:
+    """Pad, transpose and interleave a plain nn.LSTM / nn.GRU's parameters once (no proj_size).
+
+    For fp16/bf16, `wide_weights` stores the weights rounded to `dtype` in float32 tensors: the same values,
+    products and fp32 sums as 16-bit storage, on the fp32 code path (the recurrence is latency bound, so
+    16-bit storage saves nothing and its tensor-core projection measured slower on the H100).
+    """
     if not isinstance(module, (torch.nn.LSTM, torch.nn.GRU)):
         raise TypeError(f"expected nn.LSTM or nn.GRU, got {type(module).__name__}")
     if getattr(module, "proj_size", 0):
@@ -537,7 +589,8 @@ def pack_rnn(module: torch.nn.Module, device: Any = "cpu", dtype: torch.dtype = 
                                 w[:, src * hidden:(src + 1) * hidden].T
 
     def put(t: torch.Tensor, dt: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-        return t.reshape(shape).to(device=device, dtype=dt).contiguous()
+        t = t.reshape(shape).to(dtype=dt)  # rounded to dt, then widened to float32 if asked
+        return t.to(device=device, dtype=torch.float32 if wide_weights else dt).contiguous()
 
     c = rt * 4
     return PackedRNN("lstm" if lstm else "gru", module.input_size, hidden, layers, dirs, module.batch_first,
@@ -592,16 +645,29 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
         r_tiles *= 2
     num_warps = max(1, min(max_warps, 4 * hp // r_tiles // 32))
     block_b = min(_pow2(batch, least=1), max(1, 128 // hp))  # h is replicated in every thread
-    batch_tiles = -(-batch // block_b)
     block_c = min(cols, 128 if hp <= 64 else 64)
     block_m = 16 if seq_len * block_b <= 16 else 32
-    items = -(-seq_len * block_b // block_m) * (cols // block_c)
     on_cuda = packed.device.type == "cuda" and not interpreting()
+    sms = _sm_count(packed.device) if on_cuda else 1 << 30
+    # One warp per direction and batch row (HP <= 32: a unit's W_hh^T is at most 128 weights a thread): batch
+    # rows are independent, so each row's step runs on its own multiprocessor with a quarter of the
+    # multiply-adds of a 4-row tile, and barriers inside one warp cost little (B: 497 -> 352 us). The cell
+    # then has exactly one element a thread: with fewer (a 1-row tile over 4 warps), Triton 3.6 computed the
+    # cell of every unit in every thread (330 MUFU a step) and ran 10x slower. Only where the projection is
+    # shared by the programs (more than one time tile): a single warp projecting its unit's own columns made
+    # the seed model slower at seq 10 (121 vs 99 us); the switch at SMALL_ROWS_MIN_SEQ is not tuned further.
+    small_rows = max(1, 32 // hp)
+    if (on_cuda and r_tiles == 1 and hp <= 32 and seq_len * small_rows > SMALL_ROWS_MIN_SEQ
+            and -(-batch // small_rows) * dirs <= sms):
+        block_b, num_warps = min(block_b, small_rows), 1
+        block_m, block_c = 16, min(cols, 64)
+    batch_tiles = -(-batch // block_b)
+    items = -(-seq_len * block_b // block_m) * (cols // block_c)
     if path is None:
         if not on_cuda:
             path = "single-launch"
         else:
-            resident = batch_tiles * dirs * r_tiles <= _sm_count(packed.device)
+            resident = batch_tiles * dirs * r_tiles <= sms
             path = "single-launch" if resident else "multi-launch"
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}: use one of {PATHS}")
@@ -614,7 +680,7 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
     if path == "single-launch" and not on_cuda:
         programs = 1
     elif path == "single-launch" and not proj_by_unit:
-        programs = max(dirs * r_tiles, min(items, 32, _sm_count(packed.device) // batch_tiles))
+        programs = max(dirs * r_tiles, min(items, 32, sms // batch_tiles))
     else:
         programs = dirs * r_tiles
     # Triton 3.6 (the H100 machine's) crashed in RemoveLayoutConversions compiling the h poll at HP 256
@@ -623,18 +689,19 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
     # Layer pipeline: every (layer, direction) its own program with all its weights in registers (whole
     # columns per thread: at most WEIGHT_REGISTERS of W_ih and W_hh), all of them resident; CUDA only.
     k_in = max(packed.input_padded, dirs * hp if packed.num_layers > 1 else 0)
-    pipe_tiles = -(-batch // overrides.get("block_b", block_b))
+    pipe_block_b = overrides.get("block_b", min(_pow2(batch, least=1), max(1, 128 // hp)))
     pipeline_fits = (r_tiles == 1 and k_in + hp <= WEIGHT_REGISTERS
-                     and pipe_tiles * packed.num_layers * dirs <= (_sm_count(packed.device) if on_cuda else 1 << 30))
+                     and -(-batch // pipe_block_b) * packed.num_layers * dirs <= sms)
     pipeline = (on_cuda and path == "single-launch" and pipeline_fits and seq_len <= PIPELINE_MAX_SEQ
                 and k_in + hp <= PIPELINE_WEIGHTS and overrides.get("pipeline", True))
     if pipeline:
         programs = packed.num_layers * dirs
+        block_b, num_warps = pipe_block_b, max(1, min(max_warps, 4 * hp // 32))
         if seq_len == 1:
             # fewer batch rows per program shorten each program's step (A: 4 rows 20.9 us, 2 rows 17.2, 1 row
             # 16.1), as long as every program stays resident. Not at seq > 1: Triton compiles the time loop
             # at one row into 4x the instructions, with spills.
-            while block_b > 1 and -(-batch // (block_b // 2)) * programs <= _sm_count(packed.device):
+            while block_b > 1 and -(-batch // (block_b // 2)) * programs <= sms:
                 block_b //= 2
     plan = Plan(path, block_b, r_tiles, programs, block_m, block_c, 32 if hp <= 64 else 16, num_warps,
                 poll_h=poll_h, proj_by_unit=proj_by_unit, pipeline=pipeline)
@@ -642,7 +709,8 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
         if overrides.get("pipeline") and not plan.pipeline:
             if not pipeline_fits or path != "single-launch":
                 raise ValueError("the layer pipeline does not fit this size (weights per thread or residency)")
-            overrides = {"programs": packed.num_layers * dirs, "r_tiles": 1, **overrides}
+            overrides = {"programs": packed.num_layers * dirs, "r_tiles": 1, "block_b": pipe_block_b,
+                         "num_warps": max(1, min(max_warps, 4 * hp // 32)), **overrides}
         plan = Plan(**{**plan.__dict__, **overrides})
     return plan
 
@@ -739,7 +807,7 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
             GRID_SYNC=grid_sync and programs > 1, C_IN_MEMORY=plan.path == "multi-launch",
             H_IN_REGISTERS=plan.r_tiles == 1 and plan.path == "single-launch", POLL_H=poll_h, SEQ_SLABS=seq_slabs,
             PROJ_BY_UNIT=do_proj and do_rec and plan.proj_by_unit,
-            DOT_PRECISION=dot_precision, num_warps=plan.num_warps,
+            DOT_PRECISION=dot_precision, ON_GPU=not interpreting(), num_warps=plan.num_warps,
         )
 
     if plan.path == "single-launch":
