@@ -122,13 +122,14 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
 
 
 SWEEP = {
-    "A seed seq1": [dict(pipeline=False), dict(block_b=2)],
-    # v6 (one warp per batch row) against v5's plan (4-row tiles over 4 warps)
-    "B seed seq100": [dict(block_b=4, num_warps=4, block_m=32, block_c=128, programs=26),
-                      dict(block_b=1, num_warps=1, block_m=16, block_c=64, programs=40)],
-    "H 64->128 fp32": [dict(poll_h=False), dict(programs=16)],
-    "H 64->128 bf16": [dict(wide_weights=False), dict(poll_h=False)],
-    "H 64->128 fp16": [dict(wide_weights=False)],
+    "A seed seq1": [dict(pipeline=False), dict(fast_math=False), dict(k_chain=16), dict(k_chain=64)],
+    # v7 (one warp per batch row, fast sigmoid/tanh, late projection read) against v5's plan
+    "B seed seq100": [dict(block_b=4, num_warps=4, block_m=32, block_c=128, programs=26), dict(fast_math=False),
+                      dict(k_chain=16)],
+    "H 64->128 fp32": [dict(poll_h=False), dict(fast_math=False), dict(k_chain=16), dict(k_chain=64),
+                       dict(k_chain=128)],
+    "H 64->128 bf16": [dict(wide_weights=True)],
+    "H 64->128 fp16": [dict(wide_weights=True)],
 }
 # the seed model at other lengths: layer pipeline against the stack kernel (where to switch)
 SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n), [dict(pipeline=True),

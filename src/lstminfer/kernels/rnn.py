@@ -16,6 +16,9 @@ Layout of the work (docs/fused_kernel.md has the numbers and which path each siz
 * Gate columns are interleaved (hidden unit, gate) so one split hands each thread i, f, g, o of its units.
 * Batch rows are independent: for HP <= 32 and longer sequences a program is one warp for one batch row and
   direction, so each row's steps run on their own multiprocessor (see plan_for).
+* A step is a chain of dependent latencies, so on CUDA sigmoid and tanh use ``ex2.approx.ftz`` and
+  ``rcp.approx.ftz`` (no range fix-ups around them), the sum over k runs as independent chains of
+  ``k_chain`` FMAs, and the next step's projection is read into registers the current one has freed.
 * Programs of one batch tile meet at grid barriers (an atomic counter in global memory) after the
   projection and at the end of each layer. When a direction is split over several row tiles, the tiles
   also exchange h every step: the launcher poisons the layer outputs, and a reader polls the words it
@@ -56,19 +59,39 @@ PIPELINE_WEIGHTS = 96
 # the one-warp-per-row plan (HP <= 32) from this many (time step, row) pairs per batch tile: below it a unit
 # projects its own columns, too slow on one warp
 SMALL_ROWS_MIN_SEQ = 16
-# fp16/bf16 weights kept as float32 tensors of the rounded values (see pack_rnn)
-WIDE_WEIGHTS = True
+# fp16/bf16 weights as float32 tensors of the rounded values (see pack_rnn): off, 16-bit measured faster
+WIDE_WEIGHTS = False
 
 
 @triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
+def _recip(x, FAST: tl.constexpr):
+    # FAST (CUDA): rcp.approx.ftz, one MUFU; else the IEEE-rounded-ish div.full (range checks around the MUFU)
+    if FAST:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return 1.0 / x
 
 
 @triton.jit
-def _tanh(x):
+def _exp(x, FAST: tl.constexpr):
+    # FAST (CUDA): ex2.approx.ftz (results below 2^-126 flush to 0: no rescaling around the MUFU)
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x * 1.4426950408889634],
+                                         dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.exp(x)
+
+
+@triton.jit
+def _sigmoid(x, FAST: tl.constexpr = False):
+    return _recip(1.0 + _exp(-x, FAST), FAST)
+
+
+@triton.jit
+def _tanh(x, FAST: tl.constexpr = False):
     # 2*sigmoid(2x) - 1: exact limits at +-inf, NaN stays NaN, absolute error ~1e-7 near 0.
-    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+    return 2.0 * _recip(1.0 + _exp(-2.0 * x, FAST), FAST) - 1.0
 
 
 @triton.jit
@@ -81,18 +104,18 @@ def _gates(pre, BLOCK_B: tl.constexpr, N: tl.constexpr):
 
 
 @triton.jit
-def _gru_cell(gate0, gate1, gate2, gate3, h_old):
+def _gru_cell(gate0, gate1, gate2, gate3, h_old, FAST: tl.constexpr = False):
     """PyTorch's GRU on gates r, z, (W_hn h + b_hn), (W_in x + b_in): n = tanh(x_n + r * h_n); h' = (1 - z) n + z h."""
-    z = _sigmoid(gate1)
-    n = _tanh(gate3 + _sigmoid(gate0) * gate2)
+    z = _sigmoid(gate1, FAST)
+    n = _tanh(gate3 + _sigmoid(gate0, FAST) * gate2, FAST)
     return (1.0 - z) * n + z * h_old
 
 
 @triton.jit
-def _lstm_cell(gate0, gate1, gate2, gate3, c):
+def _lstm_cell(gate0, gate1, gate2, gate3, c, FAST: tl.constexpr = False):
     """PyTorch's LSTM cell on gates i, f, g, o: returns (h, c)."""
-    c = _sigmoid(gate1) * c + _sigmoid(gate0) * _tanh(gate2)
-    return _sigmoid(gate3) * _tanh(c), c
+    c = _sigmoid(gate1, FAST) * c + _sigmoid(gate0, FAST) * _tanh(gate2, FAST)
+    return _sigmoid(gate3, FAST) * _tanh(c, FAST), c
 
 
 @triton.jit
@@ -202,6 +225,28 @@ def _project(in_ptr, stride_t, stride_b, stride_k, k_size, w_ptr, bias_ptr, gx_p
 
 
 @triton.jit
+def _load_gx(gx_rows, s, step_end, d, T, B, C: tl.constexpr, offs_b):
+    """The projection of step s of direction d for this unit's rows and columns (0 past step_end)."""
+    t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
+    ok = offs_b < tl.where(s < step_end, B, 0)
+    return tl.load(gx_rows + t * B * C, mask=ok[:, None], other=0.0, cache_modifier=".cg")
+
+
+@triton.jit
+def _rows_times(a, w, BLOCK_B: tl.constexpr, K: tl.constexpr, C: tl.constexpr, CHAIN: tl.constexpr):
+    """sum_k a[b, k] * w[k, c] for a few rows, by broadcast-multiply-and-sum with k inside each thread, split
+    into independent partial sums over CHAIN values of k each: dependent FMA chains of CHAIN, not K
+    (workload H, k = 128: 83.5 -> 73.1 us with chains of 32)."""
+    if K > CHAIN:
+        PARTS: tl.constexpr = K // CHAIN
+        ak = tl.reshape(a, (BLOCK_B, PARTS, CHAIN))
+        wk = tl.reshape(w, (PARTS, CHAIN, C))
+        return tl.sum(tl.sum(ak[:, :, :, None] * wk[None, :, :, :], axis=2), axis=1)
+    else:
+        return tl.sum(a[:, :, None] * w[None, :, :], axis=1)
+
+
+@triton.jit
 def _load_prev_h(h0_ptr, seq_ptr, s, T, B, H, layer, d, offs_b, offs_k,
                  D: tl.constexpr, RT: tl.constexpr, HP: tl.constexpr, HAS_STATE: tl.constexpr,
                  BLOCK_B: tl.constexpr, WIDTH: tl.constexpr):
@@ -236,7 +281,7 @@ def _rnn_stack_kernel(
     HAS_STATE: tl.constexpr, DO_PROJ: tl.constexpr, DO_REC: tl.constexpr,
     GRID_SYNC: tl.constexpr, C_IN_MEMORY: tl.constexpr, H_IN_REGISTERS: tl.constexpr,
     POLL_H: tl.constexpr, SEQ_SLABS: tl.constexpr, PROJ_BY_UNIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    ON_GPU: tl.constexpr,
+    ON_GPU: tl.constexpr, FAST_MATH: tl.constexpr, K_CHAIN: tl.constexpr,
 ):
     # Gate columns: 4 per hidden unit, gate fastest. LSTM: i, f, g, o. GRU: r, z, (W_hn h + b_hn), (W_in x + b_in).
     # H_IN_REGISTERS: one program owns all rows of a direction for a whole layer, so h never leaves it.
@@ -310,15 +355,9 @@ def _rnn_stack_kernel(
                                  D, RT, HP, HAS_STATE, BLOCK_B, HP)
                 h_new = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
                 gx_rows = gx_ptr + offs_b[:, None] * C + offs_c[None, :]
-                t = tl.where(d == 0, step_begin, T - 1 - step_begin).to(tl.int64)
-                gx = tl.load(gx_rows + t * B * C, mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
+                gx = _load_gx(gx_rows, step_begin, step_end, d, T, B, C, offs_b)
                 for s in range(step_begin, step_end):
                     t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
-                    # prefetch the next step's projection: it does not depend on h
-                    t_next = tl.where(d == 0, s + 1, T - 2 - s).to(tl.int64)
-                    next_ok = offs_b < tl.where(s + 1 < step_end, B, 0)
-                    gx_next = tl.load(gx_rows + t_next * B * C, mask=next_ok[:, None], other=0.0,
-                                      cache_modifier=".cg")
                     if not H_IN_REGISTERS:  # noqa: SIM102 (constexpr, then run-time)
                         if s > step_begin:
                             if GRID_SYNC and POLL_H:
@@ -336,17 +375,23 @@ def _rnn_stack_kernel(
                                                  D, RT, HP, HAS_STATE, BLOCK_B, HP)
                     if not H_IN_REGISTERS:
                         h = _pin(h, ON_GPU)  # h arrives distributed over the threads: broadcast it here, not earlier
-                    pre = gx + tl.sum(h[:, :, None] * w[None, :, :], axis=1)  # [BLOCK_B, BLOCK_R * 4]
+                    pre = gx + _rows_times(h, w, BLOCK_B, HP, BLOCK_R * 4, K_CHAIN)  # [BLOCK_B, BLOCK_R * 4]
+                    # the next step's projection (it does not depend on h), read into this one's registers
+                    # now that they are free: read before this step's was used, it made every step wait for
+                    # it at the end of the loop (a register move), a whole L2 round trip a step
+                    gx = _load_gx(gx_rows, s + 1, step_end, d, T, B, C, offs_b)
+                    if IS_LSTM:
+                        state_in = c
+                    elif R_TILES == 1:
+                        state_in = h
+                    else:
+                        state_in = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_n,
+                                                D, RT, HP, HAS_STATE, BLOCK_B, BLOCK_R)
                     gate0, gate1, gate2, gate3 = _gates(pre, BLOCK_B, BLOCK_R)
                     if IS_LSTM:
-                        h_new, c = _lstm_cell(gate0, gate1, gate2, gate3, c)
+                        h_new, c = _lstm_cell(gate0, gate1, gate2, gate3, c, FAST_MATH)
                     else:
-                        if R_TILES == 1:
-                            h_old = h
-                        else:
-                            h_old = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_n,
-                                                 D, RT, HP, HAS_STATE, BLOCK_B, BLOCK_R)
-                        h_new = _gru_cell(gate0, gate1, gate2, gate3, h_old)
+                        h_new = _gru_cell(gate0, gate1, gate2, gate3, state_in, FAST_MATH)
                     tl.store(seq_out + (t * B + offs_b[:, None]) * RT + d * HP + offs_n[None, :], h_new,
                              mask=b_ok[:, None])
                     if layer == num_layers - 1:
@@ -355,7 +400,6 @@ def _rnn_stack_kernel(
                                  h_new.to(out_ptr.dtype.element_ty), mask=state_ok)
                     if H_IN_REGISTERS:
                         h = h_new
-                    gx = gx_next
                 tl.store(hn_ptr + state, h_new.to(hn_ptr.dtype.element_ty), mask=state_ok)
                 if IS_LSTM:
                     tl.store(cn_ptr + state, c.to(cn_ptr.dtype.element_ty), mask=state_ok)
@@ -387,7 +431,8 @@ def _pipe_layer(in_ptr, stride_t, stride_b, stride_k, k_size, w_in_ptr, w_hh_ptr
                 h0_ptr, c0_ptr, seq_out, out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
                 T, B, H, layer, d, num_layers, offs_b, b_ok,
                 IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, K: tl.constexpr, RT: tl.constexpr,
-                BLOCK_B: tl.constexpr, HAS_STATE: tl.constexpr, POLL: tl.constexpr):
+                BLOCK_B: tl.constexpr, HAS_STATE: tl.constexpr, POLL: tl.constexpr, FAST_MATH: tl.constexpr,
+                K_CHAIN: tl.constexpr):
     """All time steps of one (layer, direction), weights in registers, input polled step by step."""
     C: tl.constexpr = RT * 4
     offs_n = tl.arange(0, HP)
@@ -410,7 +455,7 @@ def _pipe_layer(in_ptr, stride_t, stride_b, stride_k, k_size, w_in_ptr, w_hh_ptr
     for s in range(0, T):
         t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
         # the recurrent half does not depend on the input: it is done before the wait
-        hw = bias[None, :] + tl.sum(h[:, :, None] * w_h[None, :, :], axis=1)  # [BLOCK_B, HP * 4]
+        hw = bias[None, :] + _rows_times(h, w_h, BLOCK_B, HP, HP * 4, K_CHAIN)  # [BLOCK_B, HP * 4]
         if POLL:
             # the previous layer writes its output over words poisoned with 0xFFFFFFFF (a NaN no GPU computes):
             # a word that is no longer poison holds its final value, so the polled words are the input itself
@@ -425,12 +470,12 @@ def _pipe_layer(in_ptr, stride_t, stride_b, stride_k, k_size, w_in_ptr, w_hh_ptr
         t_next = tl.where(d == 0, s + 1, T - 2 - s).to(tl.int64)
         t_next = tl.where(s + 1 < T, t_next, t).to(tl.int64)
         xin = _pipe_input(in_ptr, stride_t, stride_b, stride_k, k_size, t_next, offs_b, b_ok, K, POLL)
-        pre = hw + tl.sum(x[:, :, None] * w_in[None, :, :], axis=1)
+        pre = hw + _rows_times(x, w_in, BLOCK_B, K, HP * 4, K_CHAIN)
         gate0, gate1, gate2, gate3 = _gates(pre, BLOCK_B, HP)
         if IS_LSTM:
-            h_new, c = _lstm_cell(gate0, gate1, gate2, gate3, c)
+            h_new, c = _lstm_cell(gate0, gate1, gate2, gate3, c, FAST_MATH)
         else:
-            h_new = _gru_cell(gate0, gate1, gate2, gate3, h)
+            h_new = _gru_cell(gate0, gate1, gate2, gate3, h, FAST_MATH)
         if layer == num_layers - 1:
             tl.store(out_ptr + t * stride_ot + offs_b[:, None] * stride_ob + (d * H + offs_n[None, :]) * stride_ok,
                      h_new.to(out_ptr.dtype.element_ty), mask=state_ok)
@@ -453,7 +498,7 @@ def _rnn_pipe_kernel(
     hn_ptr, cn_ptr,
     T, B, input_size, H, num_layers,
     IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, K0: tl.constexpr, RT: tl.constexpr,
-    BLOCK_B: tl.constexpr, HAS_STATE: tl.constexpr,
+    BLOCK_B: tl.constexpr, HAS_STATE: tl.constexpr, FAST_MATH: tl.constexpr, K_CHAIN: tl.constexpr,
 ):
     """Layer pipeline for short sequences: program (layer, direction), all of them resident (CUDA), or run
     in program order (the interpreter, where every input is written before its reader starts).
@@ -479,13 +524,13 @@ def _rnn_pipe_kernel(
         _pipe_layer(x_ptr, stride_xt, stride_xb, stride_xk, input_size, w_ih0_ptr, w_hh_ptr, bias_ptr,
                     h0_ptr, c0_ptr, seq_use, out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
                     T, B, H, layer, d, num_layers, offs_b, b_ok,
-                    IS_LSTM, D, HP, K0, RT, BLOCK_B, HAS_STATE, False)
+                    IS_LSTM, D, HP, K0, RT, BLOCK_B, HAS_STATE, False, FAST_MATH, K_CHAIN)
     else:
         _pipe_layer(seq_use + (layer - 1) * slab, B * RT, RT, 1, RT, w_ihr_ptr + (layer - 1) * RT * RT * 4,
                     w_hh_ptr, bias_ptr, h0_ptr, c0_ptr, seq_use + layer * slab,
                     out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
                     T, B, H, layer, d, num_layers, offs_b, b_ok,
-                    IS_LSTM, D, HP, RT, RT, BLOCK_B, HAS_STATE, True)
+                    IS_LSTM, D, HP, RT, RT, BLOCK_B, HAS_STATE, True, FAST_MATH, K_CHAIN)
     if layer < num_layers - 1:
         # poison this program's words of the other set for the next launch (nobody reads that set now)
         mine = seq_other.to(tl.pointer_type(tl.int32)) + layer * slab + offs_b[:, None] * RT + d * HP \
@@ -537,8 +582,8 @@ def pack_rnn(module: torch.nn.Module, device: Any = "cpu", dtype: torch.dtype = 
     """Pad, transpose and interleave a plain nn.LSTM / nn.GRU's parameters once (no proj_size).
 
     For fp16/bf16, `wide_weights` stores the weights rounded to `dtype` in float32 tensors: the same values,
-    products and fp32 sums as 16-bit storage, on the fp32 code path (the recurrence is latency bound, so
-    16-bit storage saves nothing and its tensor-core projection measured slower on the H100).
+    products and fp32 sums as 16-bit storage, on the fp32 code path. Which is faster moved with the kernel
+    (H100, workload H: wide 83.8 vs 88.1 us in v6; 16-bit 71.1 vs 73.4 us in v7), so the default is 16-bit.
     """
     if not isinstance(module, (torch.nn.LSTM, torch.nn.GRU)):
         raise TypeError(f"expected nn.LSTM or nn.GRU, got {type(module).__name__}")
@@ -616,6 +661,8 @@ class Plan:
     poll_h: bool = True  # split directions poll h over poisoned words (else: counter barrier + reload)
     proj_by_unit: bool = False  # each recurrence unit projects its own columns (one time tile only)
     pipeline: bool = False  # one program per (layer, direction), weights in registers, input polled
+    fast_math: bool = True  # sigmoid/tanh from ex2.approx.ftz and rcp.approx.ftz (CUDA only)
+    k_chain: int = 32  # products summed over k in independent chains of this many (see _rows_times)
 
 
 def interpreting() -> bool:
@@ -807,7 +854,8 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
             GRID_SYNC=grid_sync and programs > 1, C_IN_MEMORY=plan.path == "multi-launch",
             H_IN_REGISTERS=plan.r_tiles == 1 and plan.path == "single-launch", POLL_H=poll_h, SEQ_SLABS=seq_slabs,
             PROJ_BY_UNIT=do_proj and do_rec and plan.proj_by_unit,
-            DOT_PRECISION=dot_precision, ON_GPU=not interpreting(), num_warps=plan.num_warps,
+            DOT_PRECISION=dot_precision, ON_GPU=not interpreting(), FAST_MATH=plan.fast_math and not interpreting(),
+            K_CHAIN=plan.k_chain, num_warps=plan.num_warps,
         )
 
     if plan.path == "single-launch":
@@ -850,6 +898,7 @@ def _pipeline_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | Non
         out, stride_ot, stride_ob, out.stride(2), hn, cn,
         seq_len, batch, packed.input_size, hidden, layers,
         IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt, BLOCK_B=plan.block_b,
-        HAS_STATE=has_state, num_warps=plan.num_warps,
+        HAS_STATE=has_state, FAST_MATH=plan.fast_math and not interpreting(), K_CHAIN=plan.k_chain,
+        num_warps=plan.num_warps,
     )
     return (out, hn, cn) if lstm else (out, hn)
