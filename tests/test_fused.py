@@ -394,6 +394,27 @@ def test_gpu_pipeline_batch_tiles(kind, seq_len, with_state, block_b):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("seq_len", [1, 40])
+def test_gpu_cached_launcher_matches_a_fresh_launch(seq_len):
+    """Eager calls on one workspace reuse the compiled kernel's launcher; their results equal a first launch's."""
+    module = make("lstm", 10, 20, 3, True, False)
+    packed = pack_rnn(module, "cuda")
+    x, (h0, c0) = random_inputs(module, seq_len, 3, True)
+    args = [t.cuda() for t in (x, h0, c0)]
+    fresh = rnn_forward(packed, *args)
+    ws: dict = {}
+    for _ in range(3):
+        for got, want in zip(rnn_forward(packed, *args, workspace=ws), fresh):
+            assert torch.equal(got, want)
+    assert len(ws["launchers"]) == 1
+    odd = torch.randn(seq_len * 3 * 10 + 1, device="cuda")[1:].view(seq_len, 3, 10)  # not 16-byte aligned
+    odd.copy_(args[0])
+    for got, want in zip(rnn_forward(packed, odd, *args[1:], workspace=ws), fresh):
+        assert torch.equal(got, want)
+    assert len(ws["launchers"]) == 2  # another specialization, another launcher
+
+
+@pytest.mark.gpu
 def test_gpu_pipeline_graph_replays():
     """Replays of a captured pipeline launch (no fill between them) give the eager result every time."""
     module = make("lstm", 10, 20, 10, True, False)
