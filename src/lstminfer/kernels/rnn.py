@@ -65,7 +65,7 @@ WIDE_WEIGHTS = False
 
 @triton.jit
 def _recip(x, FAST: tl.constexpr):
-    # FAST (CUDA): rcp.approx.ftz, one MUFU; else the IEEE-rounded-ish div.full (range checks around the MUFU)
+    # FAST (CUDA): rcp.approx.ftz, one MUFU; else Triton's division (div.full.f32: range checks around the MUFU)
     if FAST:
         return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
                                          is_pure=True, pack=1)
@@ -808,7 +808,8 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     """Run the whole stack: (output, hn[, cn]) with nn.LSTM / nn.GRU's shapes, in x's dtype.
 
     x is [T, B, I] (or [B, T, I] when packed.batch_first) on packed's device; h0/c0 [L*D, B, H] or None.
-    `workspace` (a dict kept by the caller) lets repeated calls of one shape reuse the scratch buffers.
+    `workspace` (a dict kept by the caller) lets repeated calls of one shape reuse the scratch buffers and, for
+    eager CUDA calls, the compiled kernel's launcher (see _launch).
     """
     if x.dim() != 3:
         raise ValueError(f"expected a 3-d input, got shape {tuple(x.shape)}")
