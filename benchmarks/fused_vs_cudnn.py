@@ -13,10 +13,15 @@ nn.LSTM (max abs error printed).
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import dataclasses
+import re
 import statistics
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -91,6 +96,61 @@ def max_error(got, ref) -> float:
     return max((g.double().cpu() - r).abs().max().item() for g, r in zip(got, (out, hn, cn)))
 
 
+# ---- what the compiler made of it (--sass): registers, spills, and the instruction mix of each loop ----------
+
+LOOP_OPS = ("BAR", "FFMA", "FMUL", "FADD", "MUFU", "SHFL", "LDS", "STS", "STSM", "LDG", "STG", "LDL", "STL")
+
+
+def loop_summaries(sass: str, shortest: int = 40, longest: int = 1000) -> list[str]:
+    """One line per loop of a cuobjdump -sass listing (a backward branch and the instructions it spans):
+    its length and how many of LOOP_OPS it holds. The step loop of a kernel is the one to read."""
+    code = [(int(m.group(1), 16), m.group(2).strip())
+            for m in re.finditer(r"/\*([0-9a-f]{4,6})\*/\s+([^;]*);", sass)]
+    lines = []
+    for addr, text in code:
+        branch = re.search(r"\bBRA (0x[0-9a-f]+)", text)
+        if not branch or int(branch.group(1), 16) >= addr:
+            continue
+        body = [t for a, t in code if int(branch.group(1), 16) <= a <= addr]
+        if not shortest <= len(body) <= longest:
+            continue
+        ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in body)
+        lines.append(f"loop of {len(body)}: " + " ".join(f"{op} {ops[op]}" for op in LOOP_OPS if ops[op]))
+    return lines
+
+
+def compiled_kernels() -> list:
+    """Every kernel Triton has compiled in this process for the two fused kernels (Triton's own caches)."""
+    from lstminfer.kernels import rnn
+
+    found = []
+    for fn in (rnn._rnn_stack_kernel, rnn._rnn_pipe_kernel):
+        for cache in getattr(fn, "device_caches", {}).values():
+            found.extend((fn.fn.__name__, k) for k in cache[0].values())
+    return found
+
+
+def report_sass(label: str, seen: set, out_dir: Path) -> None:
+    """Print registers, spills and loop summaries of kernels compiled since the last call; keep their SASS."""
+    import triton
+
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    for name, kernel in compiled_kernels():
+        if id(kernel) in seen:
+            continue
+        seen.add(id(kernel))
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as cubin:
+            cubin.write(kernel.asm["cubin"])
+            cubin.flush()
+            sass = subprocess.run([str(cuobjdump), "-sass", cubin.name], capture_output=True, text=True).stdout
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-')}-{len(seen)}.sass"
+        path.write_text(sass)
+        print(f"#   {label}: {name} registers {kernel.n_regs}, spills {kernel.n_spills}; {path}", flush=True)
+        for line in loop_summaries(sass):
+            print(f"#     {line}", flush=True)
+
+
 def bench(w: Workload, args, overrides: dict | None = None) -> dict:
     dev = torch.device("cuda")
     dtype = DTYPES[w.precision]
@@ -118,6 +178,8 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
     row["fused"] = time_calls(run_fused, args.warmup, args.iters, stream)
     replay = graphed(run_fused, stream)
     row["fused-graph"] = time_calls(replay, args.warmup, args.iters, stream)
+    if args.sass:
+        report_sass(f"{w.name} {overrides or 'default'}", args.sass_seen, Path(args.sass))
     return row
 
 
@@ -148,7 +210,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated workload name prefixes (default: all)")
     parser.add_argument("--no-cudnn", action="store_true", help="time the fused kernel only")
     parser.add_argument("--sweep-only", default="", help="comma-separated workload name prefixes to sweep")
+    parser.add_argument("--sass", metavar="DIR", default="",
+                        help="after each timing, print registers, spills and the loops' instruction mix of the "
+                             "kernels it compiled, and keep their SASS in DIR")
     args = parser.parse_args()
+    args.sass_seen = set()
     only = [p.strip() for p in args.only.split(",") if p.strip()]
     workloads = [w for w in WORKLOADS if not only or any(w.name.startswith(p) for p in only)]
     torch.backends.cudnn.allow_tf32 = False

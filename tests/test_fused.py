@@ -435,3 +435,34 @@ def test_gpu_pipeline_graph_replays():
         for g, e in zip(static, eager):
             assert torch.equal(g, e)
     assert_close([t.cpu() for t in static], want, FP32_ATOL)
+
+
+def _benchmark_module():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fused_vs_cudnn.py"
+    spec = importlib.util.spec_from_file_location("fused_vs_cudnn", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_loop_summaries_count_the_instructions_a_backward_branch_spans():
+    """The benchmark's --sass report: one line per loop, predicated instructions counted by their opcode."""
+    listing = "\n".join(f"        /*{addr:04x}*/   {text} ;   /* 0x0000 */" for addr, text in [
+        (0x00, "MOV R1, c[0x0][0x28]"),
+        (0x10, "@P0 BRA 0x60"),  # forward: not a loop
+        (0x20, "LDS.128 R4, [UR4]"),
+        (0x30, "FFMA R8, R4, R5, R8"),
+        (0x40, "@!P1 FFMA R9, R6, R7, R9"),
+        (0x50, "MUFU.EX2 R10, R8"),
+        (0x60, "BAR.SYNC.DEFER_BLOCKING 0x0"),
+        (0x70, "@P2 STG.E desc[UR6][R2.64], R10"),
+        (0x80, "@P3 BRA 0x20"),
+        (0x90, "EXIT"),
+    ])
+    lines = _benchmark_module().loop_summaries(listing, shortest=2)
+    assert lines == ["loop of 7: BAR 1 FFMA 2 MUFU 1 LDS 1 STG 1"]
