@@ -123,6 +123,10 @@ def test_wide_weights_hold_the_16_bit_values(dtype):
         assert w.dtype == torch.float32 and n.dtype == dtype
         assert torch.equal(w, n.float()) and torch.equal(w.to(dtype).float(), w)
     assert torch.equal(wide.bias, narrow.bias) and wide.bias.dtype == torch.float32
+    # against the module itself: layer 0, forward, reset gate (slot 0 of every unit's four columns)
+    hidden = module.hidden_size
+    want = module.weight_hh_l0.detach()[:hidden].T.to(dtype).float()
+    assert torch.equal(wide.w_hh[0, 0, :hidden, 0:4 * hidden:4], want)
 
 
 def test_plan_keeps_the_h_poll_to_hidden_128():

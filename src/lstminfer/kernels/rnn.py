@@ -691,7 +691,8 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
             and 4 * hp // r_tiles > 1:
         r_tiles *= 2
     num_warps = max(1, min(max_warps, 4 * hp // r_tiles // 32))
-    block_b = min(_pow2(batch, least=1), max(1, 128 // hp))  # h is replicated in every thread
+    full_rows = min(_pow2(batch, least=1), max(1, 128 // hp))  # h is replicated in every thread
+    block_b = full_rows
     block_c = min(cols, 128 if hp <= 64 else 64)
     block_m = 16 if seq_len * block_b <= 16 else 32
     on_cuda = packed.device.type == "cuda" and not interpreting()
@@ -736,14 +737,15 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
     # Layer pipeline: every (layer, direction) its own program with all its weights in registers (whole
     # columns per thread: at most WEIGHT_REGISTERS of W_ih and W_hh), all of them resident; CUDA only.
     k_in = max(packed.input_padded, dirs * hp if packed.num_layers > 1 else 0)
-    pipe_block_b = overrides.get("block_b", min(_pow2(batch, least=1), max(1, 128 // hp)))
+    pipe_block_b = overrides.get("block_b", full_rows)
+    pipe_warps = max(1, min(max_warps, 4 * hp // 32))
     pipeline_fits = (r_tiles == 1 and k_in + hp <= WEIGHT_REGISTERS
                      and -(-batch // pipe_block_b) * packed.num_layers * dirs <= sms)
     pipeline = (on_cuda and path == "single-launch" and pipeline_fits and seq_len <= PIPELINE_MAX_SEQ
                 and k_in + hp <= PIPELINE_WEIGHTS and overrides.get("pipeline", True))
     if pipeline:
         programs = packed.num_layers * dirs
-        block_b, num_warps = pipe_block_b, max(1, min(max_warps, 4 * hp // 32))
+        block_b, num_warps = pipe_block_b, pipe_warps
         if seq_len == 1:
             # fewer batch rows per program shorten each program's step (A: 4 rows 20.9 us, 2 rows 17.2, 1 row
             # 16.1), as long as every program stays resident. Not at seq > 1: Triton compiles the time loop
@@ -757,7 +759,7 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
             if not pipeline_fits or path != "single-launch":
                 raise ValueError("the layer pipeline does not fit this size (weights per thread or residency)")
             overrides = {"programs": packed.num_layers * dirs, "r_tiles": 1, "block_b": pipe_block_b,
-                         "num_warps": max(1, min(max_warps, 4 * hp // 32)), **overrides}
+                         "num_warps": pipe_warps, **overrides}
         plan = Plan(**{**plan.__dict__, **overrides})
     return plan
 
@@ -836,16 +838,33 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     plan = plan or plan_for(packed, seq_len, batch)
     device, dtype = x.device, x.dtype
     ws = workspace if workspace is not None else {}
+    fast_math = plan.fast_math and not interpreting()
+    batch_tiles = -(-batch // plan.block_b)
+    out, stride_ot, stride_ob, hn, cn = _new_outputs(packed, seq_len, batch, state_shape, device, dtype)
+    inputs = (x, stride_xt, stride_xb, stride_xk, h0.contiguous() if has_state else hn,
+              c0.contiguous() if (has_state and lstm) else hn, packed.w_ih0, packed.w_ihr, packed.w_hh, packed.bias)
+    outputs = (out, stride_ot, stride_ob, out.stride(2), hn, cn, seq_len, batch, packed.input_size, hidden, layers)
+    key = (seq_len, batch, plan)
+    if plan.pipeline:
+        if ws.get("key") != key:
+            ws.clear()
+            # two sets of layer-output slabs, poisoned once here; each launch re-poisons the set it did not use
+            ws.update(key=key,
+                      seq=torch.full((max(1, 2 * (layers - 1) * seq_len * batch * rt),), -1, device=device,
+                                     dtype=torch.int32),
+                      count=torch.zeros(batch_tiles * layers * dirs, device=device, dtype=torch.int32))
+        # one program per (batch tile, layer, direction), no fill between launches
+        _launch(_rnn_pipe_kernel, (batch_tiles, layers * dirs, 1), ws, plan.num_warps,
+                *inputs, ws["seq"].view(torch.float32), ws["count"], *outputs,
+                IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt, BLOCK_B=plan.block_b,
+                HAS_STATE=has_state, FAST_MATH=fast_math, K_CHAIN=plan.k_chain)
+        return (out, hn, cn) if lstm else (out, hn)
     grid_sync = plan.path == "single-launch" and plan.programs > 1
     # polling h needs one output slab per layer, poisoned before every launch; capped at 64 MB
     poll_h = (grid_sync and plan.r_tiles > 1 and plan.poll_h
               and layers * seq_len * batch * rt * 4 <= POLL_H_MAX_BYTES)
     seq_slabs = layers if poll_h else 2
-    if plan.pipeline:
-        return _pipeline_forward(packed, x, h0, c0, plan, ws, seq_len, batch, stride_xt, stride_xb, stride_xk)
-    key = (seq_len, batch, plan)
     if ws.get("key") != key:
-        batch_tiles = -(-batch // plan.block_b)
         ws.clear()
         ws.update(key=key,
                   gx=torch.empty(seq_len * batch * 4 * rt, device=device, dtype=torch.float32),
@@ -853,25 +872,16 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
                   c_state=torch.empty(layers * dirs * batch * hp if plan.path == "multi-launch" else 1,
                                       device=device, dtype=torch.float32),
                   sync=torch.zeros(batch_tiles * (1 + dirs), device=device, dtype=torch.int32))
-    out, stride_ot, stride_ob, hn, cn = _new_outputs(packed, seq_len, batch, state_shape, device, dtype)
-    h0_arg = h0.contiguous() if has_state else hn
-    c0_arg = c0.contiguous() if (has_state and lstm) else hn
-    batch_tiles = -(-batch // plan.block_b)
     if grid_sync:
         ws["sync"].zero_()
     if poll_h:
         ws["seq"].view(torch.int32).fill_(-1)
-    dot_precision = "ieee"
 
     def launch(programs: int, layer_begin: int, layer_end: int, step_begin: int, step_end: int,
                do_proj: bool, do_rec: bool) -> None:
         _launch(
             _rnn_stack_kernel, (batch_tiles, programs, 1), ws, plan.num_warps,
-            x, stride_xt, stride_xb, stride_xk, h0_arg, c0_arg,
-            packed.w_ih0, packed.w_ihr, packed.w_hh, packed.bias,
-            ws["gx"], ws["seq"], ws["c_state"], ws["sync"],
-            out, stride_ot, stride_ob, out.stride(2), hn, cn,
-            seq_len, batch, packed.input_size, hidden, layers,
+            *inputs, ws["gx"], ws["seq"], ws["c_state"], ws["sync"], *outputs,
             layer_begin, layer_end, step_begin, step_end,
             IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt,
             BLOCK_B=plan.block_b, R_TILES=plan.r_tiles, BLOCK_R=hp // plan.r_tiles,
@@ -881,8 +891,7 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
             GRID_SYNC=grid_sync and programs > 1, C_IN_MEMORY=plan.path == "multi-launch",
             H_IN_REGISTERS=plan.r_tiles == 1 and plan.path == "single-launch", POLL_H=poll_h, SEQ_SLABS=seq_slabs,
             PROJ_BY_UNIT=do_proj and do_rec and plan.proj_by_unit,
-            DOT_PRECISION=dot_precision, ON_GPU=not interpreting(), FAST_MATH=plan.fast_math and not interpreting(),
-            K_CHAIN=plan.k_chain,
+            DOT_PRECISION="ieee", ON_GPU=not interpreting(), FAST_MATH=fast_math, K_CHAIN=plan.k_chain,
         )
 
     if plan.path == "single-launch":
@@ -895,37 +904,3 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
                 launch(dirs * plan.r_tiles, layer, layer + 1, step, step + 1, False, True)
     return (out, hn, cn) if lstm else (out, hn)
 
-
-def _pipeline_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | None,
-                      plan: Plan, ws: dict[str, torch.Tensor], seq_len: int, batch: int,
-                      stride_xt: int, stride_xb: int, stride_xk: int) -> tuple[torch.Tensor, ...]:
-    """Launch _rnn_pipe_kernel: one program per (batch tile, layer, direction), no fill between launches."""
-    lstm = packed.kind == "lstm"
-    hidden, layers, dirs, hp = packed.hidden_size, packed.num_layers, packed.num_directions, packed.hidden_padded
-    rt = dirs * hp
-    device, dtype = x.device, x.dtype
-    batch_tiles = -(-batch // plan.block_b)
-    key = (seq_len, batch, plan)
-    if ws.get("key") != key:
-        ws.clear()
-        # two sets of layer-output slabs, poisoned once here; each launch re-poisons the set it did not use
-        ws.update(key=key,
-                  seq=torch.full((max(1, 2 * (layers - 1) * seq_len * batch * rt),), -1, device=device,
-                                 dtype=torch.int32),
-                  count=torch.zeros(batch_tiles * layers * dirs, device=device, dtype=torch.int32))
-    state_shape = (layers * dirs, batch, hidden)
-    out, stride_ot, stride_ob, hn, cn = _new_outputs(packed, seq_len, batch, state_shape, device, dtype)
-    has_state = h0 is not None
-    h0_arg = h0.contiguous() if has_state else hn
-    c0_arg = c0.contiguous() if (has_state and lstm) else hn
-    _launch(
-        _rnn_pipe_kernel, (batch_tiles, layers * dirs, 1), ws, plan.num_warps,
-        x, stride_xt, stride_xb, stride_xk, h0_arg, c0_arg,
-        packed.w_ih0, packed.w_ihr, packed.w_hh, packed.bias,
-        ws["seq"].view(torch.float32), ws["count"],
-        out, stride_ot, stride_ob, out.stride(2), hn, cn,
-        seq_len, batch, packed.input_size, hidden, layers,
-        IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt, BLOCK_B=plan.block_b,
-        HAS_STATE=has_state, FAST_MATH=plan.fast_math and not interpreting(), K_CHAIN=plan.k_chain,
-    )
-    return (out, hn, cn) if lstm else (out, hn)
