@@ -120,11 +120,11 @@ def loop_summaries(sass: str, shortest: int = 40, longest: int = 1000) -> list[s
 
 
 def compiled_kernels() -> list:
-    """Every kernel Triton has compiled in this process for the two fused kernels (Triton's own caches)."""
+    """Every kernel Triton has compiled in this process for the fused kernels (Triton's own caches)."""
     from lstminfer.kernels import rnn
 
     found = []
-    for fn in (rnn._rnn_stack_kernel, rnn._rnn_pipe_kernel):
+    for fn in (rnn._rnn_stack_kernel, rnn._rnn_pipe_kernel, rnn._rnn_relay_kernel):
         for cache in getattr(fn, "device_caches", {}).values():
             found.extend((fn.fn.__name__, k) for k in cache[0].values())
     return found
@@ -184,10 +184,11 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
 
 
 SWEEP = {
-    "A seed seq1": [dict(pipeline=False), dict(fast_math=False), dict(k_chain=16), dict(k_chain=64)],
+    "A seed seq1": [dict(pipeline=False), dict(fast_math=False), dict(k_chain=16), dict(k_chain=64),
+                    dict(exact_k=False)],
     # v7 (one warp per batch row, fast sigmoid/tanh, late projection read) against v5's plan
     "B seed seq100": [dict(block_b=4, num_warps=4, block_m=32, block_c=128, programs=26), dict(fast_math=False),
-                      dict(k_chain=16)],
+                      dict(k_chain=16), dict(exact_k=False), dict(relay=True)],
     "H 64->128 fp32": [dict(poll_h=False), dict(fast_math=False), dict(k_chain=16), dict(k_chain=64),
                        dict(k_chain=128)],
     "H 64->128 bf16": [dict(wide_weights=True)],
@@ -197,6 +198,10 @@ SWEEP = {
 SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n), [dict(pipeline=True),
                                                                                     dict(pipeline=False)])
              for n in (3, 10)]
+# cost per step and per layer of the stack and relay kernels: the seed model at seq 50 and 200 (with B: a line
+# through 3 points), hence RELAY_MAX_SEQ
+SEQ_SWEEP += [(dataclasses.replace(WORKLOADS[1], name=f"B seed seq{n}", seq_len=n),
+               [{}, dict(relay=True), dict(relay=False)]) for n in (50, 200)]
 # the pipeline's cost per layer: the seed model cut to 1 and 5 layers (launch + first layer, then the slope)
 SEQ_SWEEP += [(dataclasses.replace(WORKLOADS[0], name=f"A seed {n} layers", num_layers=n), [dict(pipeline=True)])
               for n in (1, 5)]

@@ -104,6 +104,14 @@ def test_multi_launch_path_matches(kind):
     assert_close(run_fused(module, x, hx, path="multi-launch"), reference(module, x, hx), FP32_ATOL)
 
 
+@pytest.mark.parametrize("exact_k", [True, False])
+def test_sums_over_padding_or_not_agree(exact_k):
+    """exact_k skips the padded k of every sum (hidden 20 of 32, input 10 of 16); both must match float64."""
+    module = make("lstm", 10, 20, 2, True, False)
+    x, hx = random_inputs(module, 5, 3, True)
+    assert_close(run_fused(module, x, hx, exact_k=exact_k), reference(module, x, hx), FP32_ATOL)
+
+
 def test_projection_per_unit_matches():
     """The one-time-tile plan (each unit projects its own gate columns) at a length where it is not the default."""
     module = make("lstm", 5, 13, 2, True, False)
@@ -175,6 +183,33 @@ def test_pipeline_plan_is_cuda_only_and_refused_where_it_does_not_fit():
     assert not plan_for(packed, 1, 3).pipeline  # the interpreter (or CPU) never waits by default
     with pytest.raises(ValueError, match="pipeline"):
         plan_for(pack_rnn(make("lstm", 10, 37, 2, True, False)), 1, 3, pipeline=True)  # 128 + 64 weights
+
+
+RELAY_CASES = [
+    ("lstm", 10, 20, 3, True, False, 7, 3, True),
+    ("gru", 5, 13, 2, True, True, 6, 2, False),
+    ("lstm", 3, 7, 2, False, False, 5, 2, True),
+    ("gru", 9, 11, 1, False, False, 4, 3, True),
+]
+
+
+@pytest.mark.parametrize("case", RELAY_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_relay_matches_float64(case):
+    """Units and helpers (projection row by row); under the interpreter one program does both, layer by layer.
+    Repeated calls alternate the two poisoned sets of the workspace."""
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    plan, results = run_repeated(module, x, hx, relay=True)
+    assert plan.relay and plan.num_warps == 1
+    for got in results:
+        assert_close(got, reference(module, x, hx), FP32_ATOL)
+
+
+def test_relay_plan_is_cuda_only_and_refused_where_it_does_not_fit():
+    assert not plan_for(pack_rnn(make("lstm", 10, 20, 10, True, False)), 100, 3).relay  # CPU: never by default
+    with pytest.raises(ValueError, match="relay kernel does not fit"):
+        plan_for(pack_rnn(make("lstm", 10, 37, 2, True, False)), 50, 3, relay=True)  # hidden padded to 64
 
 
 def test_no_bias():
@@ -321,15 +356,53 @@ def test_gpu_grid_barrier_paths(kind, hidden, poll_h):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("relay", [True, False])
 @pytest.mark.parametrize("kind,hidden,rows", [("lstm", 20, 1), ("gru", 20, 1), ("lstm", 11, 2), ("gru", 7, 2)])
-def test_gpu_one_warp_per_row_plan(kind, hidden, rows):
-    """Long sequences at HP <= 32: one warp per (batch tile, direction), 32 // HP rows a tile (workload B's plan)."""
+def test_gpu_one_warp_per_row_plan(kind, hidden, rows, relay):
+    """Long sequences at HP <= 32: one warp per (batch tile, direction), 32 // HP rows a tile (workload B's plan);
+    by default with the relay kernel, else the stack kernel's shared projection and grid barriers."""
     module = make(kind, 10, hidden, 3, True, kind == "gru")
     x, hx = random_inputs(module, 40, 3, True)
-    plan = plan_for(pack_rnn(module, "cuda"), 40, 3)
-    assert (plan.num_warps, plan.block_b, plan.pipeline) == (1, rows, False)
+    plan = plan_for(pack_rnn(module, "cuda"), 40, 3, relay=relay)
+    assert (plan.num_warps, plan.block_b, plan.pipeline, plan.relay) == (1, rows, False, relay)
     assert plan_for(pack_rnn(module, "cuda"), 5, 3).num_warps != 1  # a unit projecting alone: more warps
-    assert_close(run_fused(module, x, hx, device="cuda"), reference(module, x, hx), FP32_ATOL)
+    assert_close(run_fused(module, x, hx, device="cuda", relay=relay), reference(module, x, hx), FP32_ATOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("with_state", [True, False])
+@pytest.mark.parametrize("kind,seq_len", [("lstm", 100), ("lstm", 25), ("gru", 24)])
+def test_gpu_relay_seed_model(kind, seq_len, with_state):
+    """The seed model (10-layer bi-LSTM 10->20, batch 3) and a GRU twin on the relay kernel, repeated calls."""
+    module = make(kind, 10, 20, 10, True, False, seed=seq_len)
+    x, hx = random_inputs(module, seq_len, 3, with_state, seed=seq_len + 7)
+    plan, results = run_repeated(module, x, hx, calls=4, device="cuda", relay=True)
+    assert plan.relay
+    assert plan_for(pack_rnn(module, "cuda"), seq_len, 3).relay == (seq_len <= 64)  # the default up to seq 64
+    for got in results:
+        assert_close(got, reference(module, x, hx), FP32_ATOL)
+
+
+@pytest.mark.gpu
+def test_gpu_relay_graph_replays():
+    """Replays of a captured relay launch (no fill between them: the sets alternate) give the eager result."""
+    module = make("lstm", 10, 20, 10, True, False)
+    packed = pack_rnn(module, "cuda")
+    ws: dict = {}
+    x, (h0, c0) = random_inputs(module, 30, 3, True)
+    xd, h0d, c0d = x.cuda(), h0.cuda(), c0.cuda()
+    eager = [t.clone() for t in rnn_forward(packed, xd, h0d, c0d, workspace=ws)]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = rnn_forward(packed, xd, h0d, c0d, workspace=ws)
+    for _ in range(5):
+        for t in static:
+            t.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        for g, e in zip(static, eager):
+            assert torch.equal(g, e)
+    assert_close([t.cpu() for t in static], reference(module, x, (h0, c0)), FP32_ATOL)
 
 
 @pytest.mark.gpu

@@ -59,6 +59,12 @@ PIPELINE_WEIGHTS = 96
 # the one-warp-per-row plan (HP <= 32) from this many (time step, row) pairs per batch tile: below it a unit
 # projects its own columns, too slow on one warp
 SMALL_ROWS_MIN_SEQ = 16
+# the relay kernel: helper programs per batch tile (at most), the most workspace it may take, and the longest
+# sequence it is the default for (H100, seed model: 155 vs 165 us at seq 50, 298 vs 273 at 100, 580 vs 502 at
+# 200; its layer handoff is cheaper and its step slower than the stack kernel's)
+RELAY_HELPERS = 16
+RELAY_MAX_BYTES = 256 << 20
+RELAY_MAX_SEQ = 64
 # fp16/bf16 weights as float32 tensors of the rounded values (see pack_rnn): off, 16-bit measured faster
 WIDE_WEIGHTS = False
 
@@ -74,24 +80,25 @@ def _recip(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def _exp(x, FAST: tl.constexpr):
-    # FAST (CUDA): ex2.approx.ftz (results below 2^-126 flush to 0: no rescaling around the MUFU)
+def _exp_neg(x, SCALE: tl.constexpr, FAST: tl.constexpr):
+    """exp(-SCALE * x). FAST (CUDA): one multiply and ex2.approx.ftz (results below 2^-126 flush to 0: no
+    rescaling around the MUFU); the negation and scale folded into the multiply save a dependent instruction."""
     if FAST:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x * 1.4426950408889634],
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x * (-SCALE * 1.4426950408889634)],
                                          dtype=tl.float32, is_pure=True, pack=1)
     else:
-        return tl.exp(x)
+        return tl.exp(x * -SCALE)
 
 
 @triton.jit
 def _sigmoid(x, FAST: tl.constexpr = False):
-    return _recip(1.0 + _exp(-x, FAST), FAST)
+    return _recip(1.0 + _exp_neg(x, 1.0, FAST), FAST)
 
 
 @triton.jit
 def _tanh(x, FAST: tl.constexpr = False):
     # 2*sigmoid(2x) - 1: exact limits at +-inf, NaN stays NaN, absolute error ~1e-7 near 0.
-    return 2.0 * _recip(1.0 + _exp(-2.0 * x, FAST), FAST) - 1.0
+    return 2.0 * _recip(1.0 + _exp_neg(x, 2.0, FAST), FAST) - 1.0
 
 
 @triton.jit
@@ -116,6 +123,17 @@ def _lstm_cell(gate0, gate1, gate2, gate3, c, FAST: tl.constexpr = False):
     """PyTorch's LSTM cell on gates i, f, g, o: returns (h, c)."""
     c = _sigmoid(gate1, FAST) * c + _sigmoid(gate0, FAST) * _tanh(gate2, FAST)
     return _sigmoid(gate3, FAST) * _tanh(c, FAST), c
+
+
+@triton.jit
+def _cell(pre, c, h_old, IS_LSTM: tl.constexpr, BLOCK_B: tl.constexpr, N: tl.constexpr, FAST: tl.constexpr):
+    """(h, c) from the interleaved pre-activations [BLOCK_B, N * 4]; h_old is used by a GRU, c by an LSTM."""
+    gate0, gate1, gate2, gate3 = _gates(pre, BLOCK_B, N)
+    if IS_LSTM:
+        h, c = _lstm_cell(gate0, gate1, gate2, gate3, c, FAST)
+    else:
+        h = _gru_cell(gate0, gate1, gate2, gate3, h_old, FAST)
+    return h, c
 
 
 @triton.jit
@@ -233,17 +251,28 @@ def _load_gx(gx_rows, s, step_end, d, T, B, C: tl.constexpr, offs_b):
 
 
 @triton.jit
-def _rows_times(a, w, BLOCK_B: tl.constexpr, K: tl.constexpr, C: tl.constexpr, CHAIN: tl.constexpr):
+def _rows_times(a, w, BLOCK_B: tl.constexpr, K: tl.constexpr, C: tl.constexpr, CHAIN: tl.constexpr,
+                SEG: tl.constexpr, REAL: tl.constexpr):
     """sum_k a[b, k] * w[k, c] for a few rows, by broadcast-multiply-and-sum with k inside each thread, split
     into independent partial sums over CHAIN values of k each: dependent FMA chains of CHAIN, not K
-    (workload H, k = 128: 83.5 -> 73.1 us with chains of 32)."""
+    (workload H, k = 128: 83.5 -> 73.1 us with chains of 32).
+
+    Only k with k % SEG < REAL are summed (k runs over segments of SEG holding REAL real values and padding):
+    the products of padding are replaced by -0.0, and since x + -0.0 == x for every x the compiler issues no
+    instruction for them (the seed model: 20 of 32 k a step).
+    """
     if K > CHAIN:
         PARTS: tl.constexpr = K // CHAIN
-        ak = tl.reshape(a, (BLOCK_B, PARTS, CHAIN))
-        wk = tl.reshape(w, (PARTS, CHAIN, C))
-        return tl.sum(tl.sum(ak[:, :, :, None] * wk[None, :, :, :], axis=2), axis=1)
+        prod = tl.reshape(a, (BLOCK_B, PARTS, CHAIN))[:, :, :, None] * tl.reshape(w, (PARTS, CHAIN, C))[None, :, :, :]
+        if REAL < SEG:
+            real = tl.reshape(tl.arange(0, K) % SEG < REAL, (PARTS, CHAIN))
+            prod = tl.where(real[None, :, :, None], prod, -0.0)
+        return tl.sum(tl.sum(prod, axis=2), axis=1)
     else:
-        return tl.sum(a[:, :, None] * w[None, :, :], axis=1)
+        prod = a[:, :, None] * w[None, :, :]
+        if REAL < SEG:
+            prod = tl.where((tl.arange(0, K) % SEG < REAL)[None, :, None], prod, -0.0)
+        return tl.sum(prod, axis=1)
 
 
 @triton.jit
@@ -266,6 +295,29 @@ def _load_prev_h(h0_ptr, seq_ptr, s, T, B, H, layer, d, offs_b, offs_k,
 
 
 @triton.jit
+def _step(h, h_old, c, gx, w, s, s_read, step_end, gx_rows, seq_out, out_ptr, stride_ot, stride_ob, stride_ok,
+          T, B, H, d, is_last, offs_b, b_ok, offs_n, state_ok,
+          IS_LSTM: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr, C: tl.constexpr, BLOCK_B: tl.constexpr,
+          BLOCK_R: tl.constexpr, K_CHAIN: tl.constexpr, H_SUM: tl.constexpr, FAST_MATH: tl.constexpr):
+    """Time step s of a recurrence unit: h [BLOCK_B, HP] (broadcast), its own units' h_old (GRU) and c (LSTM),
+    gx the step's projection. Stores h and returns (h, c, the projection of step s_read).
+
+    The projection of step s_read (it does not depend on h) is read into gx's registers once they are free:
+    read before gx was used, every step waited for it at the end of the loop (a register move), a whole L2
+    round trip a step.
+    """
+    t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
+    pre = gx + _rows_times(h, w, BLOCK_B, HP, BLOCK_R * 4, K_CHAIN, HP, H_SUM)  # [BLOCK_B, BLOCK_R * 4]
+    gx = _load_gx(gx_rows, s_read, step_end, d, T, B, C, offs_b)
+    h, c = _cell(pre, c, h_old, IS_LSTM, BLOCK_B, BLOCK_R, FAST_MATH)
+    tl.store(seq_out + (t * B + offs_b[:, None]) * RT + d * HP + offs_n[None, :], h, mask=b_ok[:, None])
+    if is_last:
+        tl.store(out_ptr + t * stride_ot + offs_b[:, None] * stride_ob + (d * H + offs_n[None, :]) * stride_ok,
+                 h.to(out_ptr.dtype.element_ty), mask=state_ok)
+    return h, c, gx
+
+
+@triton.jit
 def _rnn_stack_kernel(
     x_ptr, stride_xt, stride_xb, stride_xk,
     h0_ptr, c0_ptr,
@@ -281,7 +333,7 @@ def _rnn_stack_kernel(
     HAS_STATE: tl.constexpr, DO_PROJ: tl.constexpr, DO_REC: tl.constexpr,
     GRID_SYNC: tl.constexpr, C_IN_MEMORY: tl.constexpr, H_IN_REGISTERS: tl.constexpr,
     POLL_H: tl.constexpr, SEQ_SLABS: tl.constexpr, PROJ_BY_UNIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    ON_GPU: tl.constexpr, FAST_MATH: tl.constexpr, K_CHAIN: tl.constexpr,
+    ON_GPU: tl.constexpr, FAST_MATH: tl.constexpr, K_CHAIN: tl.constexpr, H_SUM: tl.constexpr,
 ):
     # Gate columns: 4 per hidden unit, gate fastest. LSTM: i, f, g, o. GRU: r, z, (W_hn h + b_hn), (W_in x + b_in).
     # H_IN_REGISTERS: one program owns all rows of a direction for a whole layer, so h never leaves it.
@@ -341,23 +393,21 @@ def _rnn_stack_kernel(
                     tl.debug_barrier()
                 state = ((layer * D + d) * B + offs_b[:, None]) * H + offs_n[None, :]
                 state_ok = b_ok[:, None] & n_ok[None, :]
-                if IS_LSTM:
-                    if HAS_STATE:
-                        c = tl.load(c0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
-                    else:
-                        c = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
-                    # constexpr test outside, run-time test inside: Triton folds the first, not a mixed `and`
-                    if C_IN_MEMORY:  # noqa: SIM102
-                        if step_begin > 0:  # multi-launch: c from the previous step's launch
-                            c = tl.load(c_state_ptr + ((layer * D + d) * B + offs_b[:, None]) * HP
-                                        + offs_n[None, :], mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
+                c = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)  # (a GRU carries it unused)
+                if IS_LSTM and HAS_STATE:
+                    c = tl.load(c0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
+                # constexpr test outside, run-time test inside: Triton folds the first, not a mixed `and`
+                if IS_LSTM and C_IN_MEMORY:  # noqa: SIM102
+                    if step_begin > 0:  # multi-launch: c from the previous step's launch
+                        c = tl.load(c_state_ptr + ((layer * D + d) * B + offs_b[:, None]) * HP
+                                    + offs_n[None, :], mask=b_ok[:, None], other=0.0, cache_modifier=".cg")
                 h = _load_prev_h(h0_ptr, seq_out, step_begin, T, B, H, layer, d, offs_b, offs_k,
                                  D, RT, HP, HAS_STATE, BLOCK_B, HP)
                 h_new = tl.zeros((BLOCK_B, BLOCK_R), dtype=tl.float32)
                 gx_rows = gx_ptr + offs_b[:, None] * C + offs_c[None, :]
                 gx = _load_gx(gx_rows, step_begin, step_end, d, T, B, C, offs_b)
+                is_last = layer == num_layers - 1
                 for s in range(step_begin, step_end):
-                    t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
                     if not H_IN_REGISTERS:  # noqa: SIM102 (constexpr, then run-time)
                         if s > step_begin:
                             if GRID_SYNC and POLL_H:
@@ -373,31 +423,16 @@ def _rnn_stack_kernel(
                                     _grid_barrier(global_counter + 1 + d, passed * R_TILES)
                                 h = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_k,
                                                  D, RT, HP, HAS_STATE, BLOCK_B, HP)
-                    if not H_IN_REGISTERS:
-                        h = _pin(h, ON_GPU)  # h arrives distributed over the threads: broadcast it here, not earlier
-                    pre = gx + _rows_times(h, w, BLOCK_B, HP, BLOCK_R * 4, K_CHAIN)  # [BLOCK_B, BLOCK_R * 4]
-                    # the next step's projection (it does not depend on h), read into this one's registers
-                    # now that they are free: read before this step's was used, it made every step wait for
-                    # it at the end of the loop (a register move), a whole L2 round trip a step
-                    gx = _load_gx(gx_rows, s + 1, step_end, d, T, B, C, offs_b)
-                    if IS_LSTM:
-                        state_in = c
-                    elif R_TILES == 1:
-                        state_in = h
-                    else:
-                        state_in = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_n,
-                                                D, RT, HP, HAS_STATE, BLOCK_B, BLOCK_R)
-                    gate0, gate1, gate2, gate3 = _gates(pre, BLOCK_B, BLOCK_R)
-                    if IS_LSTM:
-                        h_new, c = _lstm_cell(gate0, gate1, gate2, gate3, c, FAST_MATH)
-                    else:
-                        h_new = _gru_cell(gate0, gate1, gate2, gate3, state_in, FAST_MATH)
-                    tl.store(seq_out + (t * B + offs_b[:, None]) * RT + d * HP + offs_n[None, :], h_new,
-                             mask=b_ok[:, None])
-                    if layer == num_layers - 1:
-                        tl.store(out_ptr + t * stride_ot + offs_b[:, None] * stride_ob
-                                 + (d * H + offs_n[None, :]) * stride_ok,
-                                 h_new.to(out_ptr.dtype.element_ty), mask=state_ok)
+                        h = _pin(h, ON_GPU)  # h arrives distributed over the threads: broadcast it here
+                    if IS_LSTM or R_TILES == 1:
+                        h_old = h
+                    else:  # a GRU cell needs its own units' h, in the cell's layout
+                        h_old = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_n,
+                                             D, RT, HP, HAS_STATE, BLOCK_B, BLOCK_R)
+                    h_new, c, gx = _step(h, h_old, c, gx, w, s, s + 1, step_end, gx_rows, seq_out, out_ptr,
+                                         stride_ot, stride_ob, stride_ok, T, B, H, d, is_last, offs_b, b_ok,
+                                         offs_n, state_ok, IS_LSTM, HP, RT, C, BLOCK_B, BLOCK_R, K_CHAIN, H_SUM,
+                                         FAST_MATH)
                     if H_IN_REGISTERS:
                         h = h_new
                 tl.store(hn_ptr + state, h_new.to(hn_ptr.dtype.element_ty), mask=state_ok)
@@ -432,8 +467,9 @@ def _pipe_layer(in_ptr, stride_t, stride_b, stride_k, k_size, w_in_ptr, w_hh_ptr
                 T, B, H, layer, d, num_layers, offs_b, b_ok,
                 IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, K: tl.constexpr, RT: tl.constexpr,
                 BLOCK_B: tl.constexpr, HAS_STATE: tl.constexpr, POLL: tl.constexpr, FAST_MATH: tl.constexpr,
-                K_CHAIN: tl.constexpr):
-    """All time steps of one (layer, direction), weights in registers, input polled step by step."""
+                K_CHAIN: tl.constexpr, K_SEG: tl.constexpr, K_SUM: tl.constexpr, H_SUM: tl.constexpr):
+    """All time steps of one (layer, direction), weights in registers, input polled step by step. Of the
+    input's k, those with k % K_SEG < K_SUM are summed; of h's, those below H_SUM."""
     C: tl.constexpr = RT * 4
     offs_n = tl.arange(0, HP)
     cols = tl.arange(0, HP * 4)
@@ -455,7 +491,7 @@ def _pipe_layer(in_ptr, stride_t, stride_b, stride_k, k_size, w_in_ptr, w_hh_ptr
     for s in range(0, T):
         t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
         # the recurrent half does not depend on the input: it is done before the wait
-        hw = bias[None, :] + _rows_times(h, w_h, BLOCK_B, HP, HP * 4, K_CHAIN)  # [BLOCK_B, HP * 4]
+        hw = bias[None, :] + _rows_times(h, w_h, BLOCK_B, HP, HP * 4, K_CHAIN, HP, H_SUM)  # [BLOCK_B, HP * 4]
         if POLL:
             # the previous layer writes its output over words poisoned with 0xFFFFFFFF (a NaN no GPU computes):
             # a word that is no longer poison holds its final value, so the polled words are the input itself
@@ -470,7 +506,7 @@ def _pipe_layer(in_ptr, stride_t, stride_b, stride_k, k_size, w_in_ptr, w_hh_ptr
         t_next = tl.where(d == 0, s + 1, T - 2 - s).to(tl.int64)
         t_next = tl.where(s + 1 < T, t_next, t).to(tl.int64)
         xin = _pipe_input(in_ptr, stride_t, stride_b, stride_k, k_size, t_next, offs_b, b_ok, K, POLL)
-        pre = hw + _rows_times(x, w_in, BLOCK_B, K, HP * 4, K_CHAIN)
+        pre = hw + _rows_times(x, w_in, BLOCK_B, K, HP * 4, K_CHAIN, K_SEG, K_SUM)
         gate0, gate1, gate2, gate3 = _gates(pre, BLOCK_B, HP)
         if IS_LSTM:
             h_new, c = _lstm_cell(gate0, gate1, gate2, gate3, c, FAST_MATH)
@@ -499,6 +535,7 @@ def _rnn_pipe_kernel(
     T, B, input_size, H, num_layers,
     IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, K0: tl.constexpr, RT: tl.constexpr,
     BLOCK_B: tl.constexpr, HAS_STATE: tl.constexpr, FAST_MATH: tl.constexpr, K_CHAIN: tl.constexpr,
+    I_SUM: tl.constexpr, H_SUM: tl.constexpr,
 ):
     """Layer pipeline for short sequences: program (layer, direction), all of them resident (CUDA), or run
     in program order (the interpreter, where every input is written before its reader starts).
@@ -524,13 +561,13 @@ def _rnn_pipe_kernel(
         _pipe_layer(x_ptr, stride_xt, stride_xb, stride_xk, input_size, w_ih0_ptr, w_hh_ptr, bias_ptr,
                     h0_ptr, c0_ptr, seq_use, out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
                     T, B, H, layer, d, num_layers, offs_b, b_ok,
-                    IS_LSTM, D, HP, K0, RT, BLOCK_B, HAS_STATE, False, FAST_MATH, K_CHAIN)
+                    IS_LSTM, D, HP, K0, RT, BLOCK_B, HAS_STATE, False, FAST_MATH, K_CHAIN, K0, I_SUM, H_SUM)
     else:
         _pipe_layer(seq_use + (layer - 1) * slab, B * RT, RT, 1, RT, w_ihr_ptr + (layer - 1) * RT * RT * 4,
                     w_hh_ptr, bias_ptr, h0_ptr, c0_ptr, seq_use + layer * slab,
                     out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
                     T, B, H, layer, d, num_layers, offs_b, b_ok,
-                    IS_LSTM, D, HP, RT, RT, BLOCK_B, HAS_STATE, True, FAST_MATH, K_CHAIN)
+                    IS_LSTM, D, HP, RT, RT, BLOCK_B, HAS_STATE, True, FAST_MATH, K_CHAIN, HP, H_SUM, H_SUM)
     if layer < num_layers - 1:
         # poison this program's words of the other set for the next launch (nobody reads that set now)
         mine = seq_other.to(tl.pointer_type(tl.int32)) + layer * slab + offs_b[:, None] * RT + d * HP \
@@ -538,6 +575,204 @@ def _rnn_pipe_kernel(
         for t in range(0, T):
             tl.store(mine + t * B * RT, tl.full((BLOCK_B, HP), -1, tl.int32), mask=b_ok[:, None])
     tl.store(cell, launch + 1)
+
+
+# ---- relay kernel: layers handed over row by row --------------------------------------------------
+
+
+@triton.jit
+def _load_relaxed(ptrs):
+    """One 32-bit load a word, relaxed at GPU scope (Triton's volatile loads are system scope). CUDA only."""
+    return tl.inline_asm_elementwise("ld.relaxed.gpu.global.b32 $0, [$1];", "=r,l", [ptrs], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+
+
+@triton.jit
+def _row_order(j, T, D: tl.constexpr):
+    """The time step whose layer output is complete j-th: in order for one direction; from the middle out for
+    two (the forward direction writes t = 0, 1, ..., the backward one t = T - 1, T - 2, ...)."""
+    if D == 2:
+        jj = j + T % 2
+        k = jj // 2
+        return tl.where(jj % 2 == 0, (T - 1) // 2 - k, T // 2 + k)
+    else:
+        return tl.full([], 0, tl.int32) + j  # a tensor for the interpreter too, where j is a Python int
+
+
+@triton.jit
+def _relay_rows(in_ptr, in_other, stride_t, stride_b, stride_k, k_size, w_ptr, bias_ptr, gx_set, gx_other, layer,
+                T, B, offs_b, b_ok, d_first, d_step, j_first, j_step,
+                D: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr, K: tl.constexpr, K_SEG: tl.constexpr,
+                K_SUM: tl.constexpr, BLOCK_B: tl.constexpr, K_CHAIN: tl.constexpr, POLL: tl.constexpr):
+    """A helper's rows of one layer's projection: gx[layer, t, b, direction d's columns] = in[t, b, :] @ W + b
+    for d in d_first::d_step and the rows j_first::j_step of _row_order. With POLL, in is the previous layer's
+    output, polled until no word of the row is poison."""
+    C: tl.constexpr = RT * 4
+    COLS: tl.constexpr = HP * 4
+    cols = tl.arange(0, COLS)
+    offs_i = tl.arange(0, K)
+    for d in range(d_first, D, d_step):
+        # this direction's W_ih^T [K, COLS] and bias, kept for all its rows
+        w = tl.load(w_ptr + offs_i[:, None] * C + d * COLS + cols[None, :]).to(tl.float32)
+        bias = tl.load(bias_ptr + layer * C + d * COLS + cols)
+        for j in range(j_first, T, j_step):
+            t = _row_order(j, T, D).to(tl.int64)
+            offs = t * stride_t + offs_b[:, None] * stride_b + offs_i[None, :] * stride_k
+            ptrs = in_ptr + offs
+            if POLL:
+                # rows past the batch poll row b0 (always written) and read as 0
+                row = tl.where(b_ok[:, None], ptrs, ptrs - (offs_b[:, None] - tl.min(offs_b, axis=0)) * stride_b)
+                row = row.to(tl.pointer_type(tl.int32))
+                words = _load_relaxed(row)
+                spins = 0
+                while (tl.sum(tl.sum((words == -1).to(tl.int32), axis=1), axis=0) > 0) & (spins < 20_000_000):
+                    words = _load_relaxed(row)
+                    spins += 1
+                xin = tl.where(b_ok[:, None], words.to(tl.float32, bitcast=True), 0.0)
+                if d == d_first:
+                    # the same row of the other set, poisoned for the next launch (one helper a row does it:
+                    # the units, which write this set's rows, then need no second store a step)
+                    tl.store((in_other + offs).to(tl.pointer_type(tl.int32)),
+                             tl.full((BLOCK_B, K), -1, tl.int32), mask=b_ok[:, None])
+            else:
+                xin = tl.load(ptrs, mask=b_ok[:, None] & (offs_i < k_size)[None, :], other=0.0).to(tl.float32)
+            acc = bias[None, :] + _rows_times(xin, w, BLOCK_B, K, COLS, K_CHAIN, K_SEG, K_SUM)
+            at = ((layer * T + t) * B + offs_b[:, None]) * C + d * COLS + cols[None, :]
+            tl.store(gx_set + at, acc, mask=b_ok[:, None])
+            tl.store(gx_other.to(tl.pointer_type(tl.int32)) + at, tl.full((BLOCK_B, COLS), -1, tl.int32),
+                     mask=b_ok[:, None])
+
+
+@triton.jit
+def _relay_unit(h0_ptr, c0_ptr, w_hh_ptr, gx_set, seq_set, out_ptr, stride_ot, stride_ob, stride_ok,
+                hn_ptr, cn_ptr, layer, d, T, B, H, num_layers, offs_b, b_ok,
+                IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr,
+                BLOCK_B: tl.constexpr, HAS_STATE: tl.constexpr, ON_GPU: tl.constexpr, FAST_MATH: tl.constexpr,
+                K_CHAIN: tl.constexpr, H_SUM: tl.constexpr):
+    """All steps of one (layer, direction): W_hh^T, h and c in registers, gx rows checked for poison at use."""
+    C: tl.constexpr = RT * 4
+    COLS: tl.constexpr = HP * 4
+    offs_n = tl.arange(0, HP)
+    cols = tl.arange(0, COLS)
+    w = tl.load(w_hh_ptr + ((layer * D + d) * HP + offs_n[:, None]) * COLS + cols[None, :]).to(tl.float32)
+    state = ((layer * D + d) * B + offs_b[:, None]) * H + offs_n[None, :]
+    state_ok = b_ok[:, None] & (offs_n < H)[None, :]
+    h = tl.zeros((BLOCK_B, HP), dtype=tl.float32)
+    c = tl.zeros((BLOCK_B, HP), dtype=tl.float32)
+    if HAS_STATE:
+        h = tl.load(h0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
+        if IS_LSTM:
+            c = tl.load(c0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
+    gx_rows = (gx_set + (layer * T * B + offs_b[:, None]) * C + d * COLS + cols[None, :]).to(tl.pointer_type(tl.int32))
+    y_at = (layer * T * B + offs_b[:, None]) * RT + d * HP + offs_n[None, :]
+    is_last = layer == num_layers - 1
+    t = tl.where(d == 0, 0, T - 1).to(tl.int64)
+    words = tl.load(gx_rows + t * B * C, mask=b_ok[:, None], other=0, cache_modifier=".cg")
+    s = 0
+    while s < T:
+        t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
+        pre = words.to(tl.float32, bitcast=True) + _rows_times(h, w, BLOCK_B, HP, COLS, K_CHAIN, HP, H_SUM)
+        # the next step's row, read into the registers this one's has just freed
+        t_next = tl.where(d == 0, s + 1, T - 2 - s).to(tl.int64)
+        next_words = tl.load(gx_rows + t_next * B * C, mask=(offs_b < tl.where(s + 1 < T, B, 0))[:, None], other=0,
+                             cache_modifier=".cg")
+        # speculate: keep the step only if no word of its row was poison, else read the row again and redo it.
+        # Testing `pre` too (a poisoned word gives NaN) keeps the test after the multiply-adds: on the words
+        # alone it was scheduled first and every step waited there for the row's load (and a per-thread spin
+        # at use, in PTX, cost 0.47 us a step instead of 0.28).
+        bad = tl.sum(tl.sum(((words == -1) & (pre != pre)).to(tl.int32), axis=1), axis=0) > 0
+        if bad:
+            next_words = tl.load(gx_rows + t * B * C, mask=b_ok[:, None], other=0, cache_modifier=".cg")
+        ok = bad == 0
+        words = next_words
+        s_next = tl.where(ok, s + 1, s)
+        h_new, c_new = _cell(pre, c, h, IS_LSTM, BLOCK_B, HP, FAST_MATH)
+        keep = (offs_b < tl.where(ok, B, 0))[:, None]
+        if is_last:
+            tl.store(out_ptr + t * stride_ot + offs_b[:, None] * stride_ob + (d * H + offs_n[None, :]) * stride_ok,
+                     h_new.to(out_ptr.dtype.element_ty), mask=state_ok & keep)
+        else:
+            tl.store(seq_set + y_at + t * B * RT, h_new, mask=keep)
+        h = tl.where(ok, h_new, h)
+        c = tl.where(ok, c_new, c)
+        s = s_next
+    tl.store(hn_ptr + state, h.to(hn_ptr.dtype.element_ty), mask=state_ok)
+    if IS_LSTM:
+        tl.store(cn_ptr + state, c.to(cn_ptr.dtype.element_ty), mask=state_ok)
+
+
+@triton.jit
+def _rnn_relay_kernel(
+    x_ptr, stride_xt, stride_xb, stride_xk,
+    h0_ptr, c0_ptr,
+    w_ih0_ptr, w_ihr_ptr, w_hh_ptr, bias_ptr,
+    gx_ptr, seq_ptr, count_ptr,
+    out_ptr, stride_ot, stride_ob, stride_ok,
+    hn_ptr, cn_ptr,
+    T, B, input_size, H, num_layers,
+    IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, K0: tl.constexpr, RT: tl.constexpr,
+    BLOCK_B: tl.constexpr, HAS_STATE: tl.constexpr, ON_GPU: tl.constexpr, FAST_MATH: tl.constexpr,
+    K_CHAIN: tl.constexpr, I_SUM: tl.constexpr, H_SUM: tl.constexpr,
+):
+    """One warp-sized program per direction (a *unit*, the recurrence of every layer) and *helpers* that
+    project each layer's input row by row as the previous layer completes it; nobody waits at a barrier.
+
+    Grid (batch tiles, programs). On CUDA programs 0..D-1 are the units and the others helpers, each
+    helper fixed to one direction; under the interpreter one program (programs == 1) does, layer after
+    layer, every helper's rows and then every unit's steps. A helper takes the rows of a layer in the
+    order the previous layer completes them (_row_order), polls the row (both directions' h at step t)
+    until no word is poison, and writes the row's projection gx. A unit reads gx of step s + 1 during step
+    s, computes the step with it and keeps the result only if no word was poison (else it reads the row
+    again and redoes the step), so it waits only at the start of a layer, for the first rows.
+    Bidirectional layers thus start as soon as the other direction of the previous layer ends: ~1.4 us a
+    layer on the seed model instead of ~4.7 us for a shared projection and two grid barriers. Its step is
+    slower, though (0.28 vs 0.23 us, not understood: same instructions plus the check), so the plan uses it
+    up to RELAY_MAX_SEQ steps.
+
+    gx [2, L, T, B, C] and the layer outputs [2, L - 1, T, B, RT] (int32 words) come in two sets used by
+    alternate launches (count_ptr: one launch counter per program); whoever writes a word of this
+    launch's set also poisons the same word of the other set, for the next launch, stream-ordered after
+    this one. The workspace poisons both sets once.
+    """
+    C: tl.constexpr = RT * 4
+    pid_b = tl.program_id(0)
+    pid = tl.program_id(1)
+    programs = tl.num_programs(1)
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    b_ok = offs_b < B
+    cell_ptr = count_ptr + pid_b * programs + pid
+    launch = tl.load(cell_ptr)
+    gx_size = num_layers * T * B * C
+    seq_size = tl.maximum(num_layers - 1, 1) * T * B * RT
+    gx_set = gx_ptr + (launch % 2) * gx_size
+    gx_other = gx_ptr + (1 - launch % 2) * gx_size
+    seq_set = seq_ptr + (launch % 2) * seq_size
+    seq_other = seq_ptr + (1 - launch % 2) * seq_size
+    serial = programs == 1
+    helper = serial | (pid >= D)
+    unit = serial | (pid < D)
+    # a helper's direction and rows (every one of each under the interpreter)
+    d_first = tl.where(serial, 0, (pid - D) % D)
+    d_step = tl.where(serial, 1, D)
+    j_first = tl.where(serial, 0, (pid - D) // D)
+    j_step = tl.where(serial, 1, (programs - D) // D)
+    if helper:
+        _relay_rows(x_ptr, x_ptr, stride_xt, stride_xb, stride_xk, input_size, w_ih0_ptr, bias_ptr, gx_set, gx_other, 0,
+                    T, B, offs_b, b_ok, d_first, d_step, j_first, j_step,
+                    D, HP, RT, K0, K0, I_SUM, BLOCK_B, K_CHAIN, False)
+    for layer in range(0, num_layers):
+        if unit:
+            for d in range(tl.where(serial, 0, pid), D, tl.where(serial, 1, D)):
+                _relay_unit(h0_ptr, c0_ptr, w_hh_ptr, gx_set, seq_set, out_ptr, stride_ot, stride_ob,
+                            stride_ok, hn_ptr, cn_ptr, layer, d, T, B, H, num_layers, offs_b, b_ok,
+                            IS_LSTM, D, HP, RT, BLOCK_B, HAS_STATE, ON_GPU, FAST_MATH, K_CHAIN, H_SUM)
+        if helper and layer + 1 < num_layers:
+            # the next layer's rows, as this one completes them (serially: after this layer's units)
+            _relay_rows(seq_set + layer * T * B * RT, seq_other + layer * T * B * RT, B * RT, RT, 1, RT,
+                        w_ihr_ptr + layer * RT * C, bias_ptr,
+                        gx_set, gx_other, layer + 1, T, B, offs_b, b_ok, d_first, d_step, j_first, j_step,
+                        D, HP, RT, RT, HP, H_SUM, BLOCK_B, K_CHAIN, ON_GPU)
+    tl.store(cell_ptr, launch + 1)
 
 
 # ---- weights -------------------------------------------------------------------------------------
@@ -661,8 +896,10 @@ class Plan:
     poll_h: bool = True  # split directions poll h over poisoned words (else: counter barrier + reload)
     proj_by_unit: bool = False  # each recurrence unit projects its own columns (one time tile only)
     pipeline: bool = False  # one program per (layer, direction), weights in registers, input polled
+    relay: bool = False  # one-warp units and helpers that project each layer row by row (_rnn_relay_kernel)
     fast_math: bool = True  # sigmoid/tanh from ex2.approx.ftz and rcp.approx.ftz (CUDA only)
     k_chain: int = 32  # products summed over k in independent chains of this many (see _rows_times)
+    exact_k: bool = True  # sum over the real k only, not the padding (see _rows_times)
 
 
 def interpreting() -> bool:
@@ -752,14 +989,32 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
             # at one row into 4x the instructions, with spills.
             while block_b > 1 and -(-batch // (block_b // 2)) * programs <= sms:
                 block_b //= 2
+    # Relay: the one-warp plan with the projection done row by row by helper programs as the previous layer
+    # completes each row, instead of shared by all programs between two grid barriers; CUDA only by default.
+    relay_rows = min(full_rows, small_rows)
+    relay_tiles = -(-batch // relay_rows)
+    relay_programs = dirs * (1 + max(1, min(RELAY_HELPERS // dirs, sms // relay_tiles // dirs - 1)))
+    relay_bytes = 8 * seq_len * batch * (packed.num_layers * cols + max(packed.num_layers - 1, 1) * dirs * hp)
+    relay_fits = (r_tiles == 1 and hp <= 32 and packed.input_padded <= 64 and relay_bytes <= RELAY_MAX_BYTES
+                  and relay_tiles * relay_programs <= sms)
+    relay = (on_cuda and path == "single-launch" and not pipeline and num_warps == 1 and relay_fits
+             and seq_len <= RELAY_MAX_SEQ and overrides.get("relay", True))
+    if relay:
+        programs = relay_programs
     plan = Plan(path, block_b, r_tiles, programs, block_m, block_c, 32 if hp <= 64 else 16, num_warps,
-                poll_h=poll_h, proj_by_unit=proj_by_unit, pipeline=pipeline)
+                poll_h=poll_h, proj_by_unit=proj_by_unit, pipeline=pipeline, relay=relay)
     if overrides:
         if overrides.get("pipeline") and not plan.pipeline:
             if not pipeline_fits or path != "single-launch":
                 raise ValueError("the layer pipeline does not fit this size (weights per thread or residency)")
             overrides = {"programs": packed.num_layers * dirs, "r_tiles": 1, "block_b": pipe_block_b,
                          "num_warps": pipe_warps, **overrides}
+        if overrides.get("relay") and not plan.relay:
+            if not relay_fits or path != "single-launch":
+                raise ValueError("the relay kernel does not fit this size (hidden or input over 32/64, "
+                                 "workspace or residency)")
+            overrides = {"programs": relay_programs if on_cuda else 1, "r_tiles": 1, "block_b": relay_rows,
+                         "num_warps": 1, "pipeline": False, **overrides}
         plan = Plan(**{**plan.__dict__, **overrides})
     return plan
 
@@ -839,6 +1094,8 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     device, dtype = x.device, x.dtype
     ws = workspace if workspace is not None else {}
     fast_math = plan.fast_math and not interpreting()
+    # real k of the sums: hidden units per direction, input features of layer 0
+    h_sum, i_sum = (hidden, packed.input_size) if plan.exact_k else (hp, packed.input_padded)
     batch_tiles = -(-batch // plan.block_b)
     out, stride_ot, stride_ob, hn, cn = _new_outputs(packed, seq_len, batch, state_shape, device, dtype)
     inputs = (x, stride_xt, stride_xb, stride_xk, h0.contiguous() if has_state else hn,
@@ -857,7 +1114,22 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
         _launch(_rnn_pipe_kernel, (batch_tiles, layers * dirs, 1), ws, plan.num_warps,
                 *inputs, ws["seq"].view(torch.float32), ws["count"], *outputs,
                 IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt, BLOCK_B=plan.block_b,
-                HAS_STATE=has_state, FAST_MATH=fast_math, K_CHAIN=plan.k_chain)
+                HAS_STATE=has_state, FAST_MATH=fast_math, K_CHAIN=plan.k_chain, I_SUM=i_sum, H_SUM=h_sum)
+        return (out, hn, cn) if lstm else (out, hn)
+    if plan.relay:
+        if ws.get("key") != key:
+            ws.clear()
+            # two sets of gx rows and layer outputs, poisoned once here; each launch poisons the other set
+            ws.update(key=key,
+                      gx=torch.full((2 * layers * seq_len * batch * 4 * rt,), -1, device=device, dtype=torch.int32),
+                      seq=torch.full((2 * max(layers - 1, 1) * seq_len * batch * rt,), -1, device=device,
+                                     dtype=torch.int32),
+                      count=torch.zeros(batch_tiles * plan.programs, device=device, dtype=torch.int32))
+        _launch(_rnn_relay_kernel, (batch_tiles, plan.programs, 1), ws, plan.num_warps,
+                *inputs, ws["gx"].view(torch.float32), ws["seq"].view(torch.float32), ws["count"], *outputs,
+                IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt, BLOCK_B=plan.block_b,
+                HAS_STATE=has_state, ON_GPU=not interpreting(), FAST_MATH=fast_math, K_CHAIN=plan.k_chain,
+                I_SUM=i_sum, H_SUM=h_sum, )
         return (out, hn, cn) if lstm else (out, hn)
     grid_sync = plan.path == "single-launch" and plan.programs > 1
     # polling h needs one output slab per layer, poisoned before every launch; capped at 64 MB
@@ -892,6 +1164,7 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
             H_IN_REGISTERS=plan.r_tiles == 1 and plan.path == "single-launch", POLL_H=poll_h, SEQ_SLABS=seq_slabs,
             PROJ_BY_UNIT=do_proj and do_rec and plan.proj_by_unit,
             DOT_PRECISION="ieee", ON_GPU=not interpreting(), FAST_MATH=fast_math, K_CHAIN=plan.k_chain,
+            H_SUM=h_sum,
         )
 
     if plan.path == "single-launch":
