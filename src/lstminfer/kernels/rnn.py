@@ -29,6 +29,11 @@ Layout of the work (docs/fused_kernel.md has the numbers and which path each siz
 * Layer pipeline (``_rnn_pipe_kernel``, short sequences, small hidden sizes): one program per (layer, direction)
   with all its weights in registers from kernel start; it polls the previous layer's output step by step
   (poisoned words again, in two sets used by alternate launches, so no fill between launches).
+* Relay (``_rnn_relay_kernel``, the one-warp plan at medium lengths): per batch tile one warp per direction
+  runs the recurrence of every layer while helper programs project the next layer's input row by row as
+  the current layer completes the rows; no grid barrier, a layer hands over to the next in ~1 L2 round
+  trip. Poisoned words again (two sets used by alternate launches); a unit speculates that its row is
+  there and redoes the step if a word was poison.
 * ``multi-launch``: sizes whose programs cannot all be resident run the same kernel once per layer for the
   projection and once per (layer, time step) for the recurrence, with ``h`` and ``c`` in global memory.
 
@@ -899,7 +904,7 @@ class Plan:
     relay: bool = False  # one-warp units and helpers that project each layer row by row (_rnn_relay_kernel)
     fast_math: bool = True  # sigmoid/tanh from ex2.approx.ftz and rcp.approx.ftz (CUDA only)
     k_chain: int = 32  # products summed over k in independent chains of this many (see _rows_times)
-    exact_k: bool = True  # sum over the real k only, not the padding (see _rows_times)
+    exact_k: bool = True  # sum over the real k only, not the padding (_rows_times; the pipeline always sums it)
 
 
 def interpreting() -> bool:
@@ -1114,7 +1119,10 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
         _launch(_rnn_pipe_kernel, (batch_tiles, layers * dirs, 1), ws, plan.num_warps,
                 *inputs, ws["seq"].view(torch.float32), ws["count"], *outputs,
                 IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt, BLOCK_B=plan.block_b,
-                HAS_STATE=has_state, FAST_MATH=fast_math, K_CHAIN=plan.k_chain, I_SUM=i_sum, H_SUM=h_sum)
+                HAS_STATE=has_state, FAST_MATH=fast_math, K_CHAIN=plan.k_chain,
+                # sums over padding too: with the padding skipped, 5-8 % of repeated seed-model calls returned
+                # NaN (a poisoned input word read after its poll; H100, Triton 3.6), not understood
+                I_SUM=packed.input_padded, H_SUM=hp)
         return (out, hn, cn) if lstm else (out, hn)
     if plan.relay:
         if ws.get("key") != key:
