@@ -384,28 +384,6 @@ def test_gpu_relay_seed_model(kind, seq_len, with_state):
 
 
 @pytest.mark.gpu
-def test_gpu_relay_graph_replays():
-    """Replays of a captured relay launch (no fill between them: the sets alternate) give the eager result."""
-    module = make("lstm", 10, 20, 10, True, False)
-    packed = pack_rnn(module, "cuda")
-    ws: dict = {}
-    x, (h0, c0) = random_inputs(module, 30, 3, True)
-    xd, h0d, c0d = x.cuda(), h0.cuda(), c0.cuda()
-    eager = [t.clone() for t in rnn_forward(packed, xd, h0d, c0d, workspace=ws)]
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static = rnn_forward(packed, xd, h0d, c0d, workspace=ws)
-    for _ in range(5):
-        for t in static:
-            t.fill_(float("nan"))
-        graph.replay()
-        torch.cuda.synchronize()
-        for g, e in zip(static, eager):
-            assert torch.equal(g, e)
-    assert_close([t.cpu() for t in static], reference(module, x, (h0, c0)), FP32_ATOL)
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("kind,hidden", [("lstm", 1024), ("gru", 300)])
 def test_gpu_large_hidden_multi_launch(kind, hidden):
     module = make(kind, 20, hidden, 2, True, False)
@@ -506,12 +484,15 @@ def test_gpu_cached_launcher_matches_a_fresh_launch(seq_len):
 
 
 @pytest.mark.gpu
-def test_gpu_pipeline_graph_replays():
-    """Replays of a captured pipeline launch (no fill between them) give the eager result every time."""
+@pytest.mark.parametrize("seq_len,kernel", [(1, "pipeline"), (30, "relay")])
+def test_gpu_graph_replays_of_the_polling_kernels(seq_len, kernel):
+    """Replays of a captured layer-pipeline or relay launch (no fill between them: their two poisoned sets
+    alternate) give the eager result every time."""
     module = make("lstm", 10, 20, 10, True, False)
     packed = pack_rnn(module, "cuda")
+    assert getattr(plan_for(packed, seq_len, 3), kernel)  # the default plan at this length
     ws: dict = {}
-    x, (h0, c0) = random_inputs(module, 1, 3, True)
+    x, (h0, c0) = random_inputs(module, seq_len, 3, True)
     xd, h0d, c0d = x.cuda(), h0.cuda(), c0.cuda()
     want = reference(module, x, (h0, c0))
     eager = [t.clone() for t in rnn_forward(packed, xd, h0d, c0d, workspace=ws)]
