@@ -731,8 +731,9 @@ def _rnn_relay_kernel(
     again and redoes the step), so it waits only at the start of a layer, for the first rows.
     Bidirectional layers thus start as soon as the other direction of the previous layer ends: ~1.4 us a
     layer on the seed model instead of ~4.7 us for a shared projection and two grid barriers. Its step is
-    slower, though (0.28 vs 0.23 us, not understood: same instructions plus the check), so the plan uses it
-    up to RELAY_MAX_SEQ steps.
+    slower, though (0.28 vs 0.23 us), so the plan uses it up to RELAY_MAX_SEQ steps: in Triton 3.6's SASS
+    the conditional re-read below gives the row's words two definitions, so they are moved into the loop's
+    registers at the end of each step and the moves wait for the load (docs/fused_kernel.md, v8).
 
     gx [2, L, T, B, C] and the layer outputs [2, L - 1, T, B, RT] (int32 words) come in two sets used by
     alternate launches (count_ptr: one launch counter per program); whoever writes a word of this
