@@ -142,6 +142,21 @@ def _cell(pre, c, h_old, IS_LSTM: tl.constexpr, BLOCK_B: tl.constexpr, N: tl.con
 
 
 @triton.jit
+def _store_out(out_ptr, t, stride_ot, stride_ob, stride_ok, d, H, offs_b, offs_n, h, mask):
+    """h of step t, direction d, into the user's output (its layout and dtype)."""
+    tl.store(out_ptr + t * stride_ot + offs_b[:, None] * stride_ob + (d * H + offs_n[None, :]) * stride_ok,
+             h.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _store_state(hn_ptr, cn_ptr, state, h, c, state_ok, IS_LSTM: tl.constexpr):
+    """The final h (and c) of a (layer, direction) into hn (and cn)."""
+    tl.store(hn_ptr + state, h.to(hn_ptr.dtype.element_ty), mask=state_ok)
+    if IS_LSTM:
+        tl.store(cn_ptr + state, c.to(cn_ptr.dtype.element_ty), mask=state_ok)
+
+
+@triton.jit
 def _load_acquire(ptr):
     """One 32-bit load with acquire semantics at GPU scope (cheaper to poll than an atomic RMW)."""
     return tl.inline_asm_elementwise("ld.global.acquire.gpu.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
@@ -300,25 +315,24 @@ def _load_prev_h(h0_ptr, seq_ptr, s, T, B, H, layer, d, offs_b, offs_k,
 
 
 @triton.jit
-def _step(h, h_old, c, gx, w, s, s_read, step_end, gx_rows, seq_out, out_ptr, stride_ot, stride_ob, stride_ok,
+def _step(h, h_old, c, gx, w, s, step_end, gx_rows, seq_out, out_ptr, stride_ot, stride_ob, stride_ok,
           T, B, H, d, is_last, offs_b, b_ok, offs_n, state_ok,
           IS_LSTM: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr, C: tl.constexpr, BLOCK_B: tl.constexpr,
           BLOCK_R: tl.constexpr, K_CHAIN: tl.constexpr, H_SUM: tl.constexpr, FAST_MATH: tl.constexpr):
     """Time step s of a recurrence unit: h [BLOCK_B, HP] (broadcast), its own units' h_old (GRU) and c (LSTM),
-    gx the step's projection. Stores h and returns (h, c, the projection of step s_read).
+    gx the step's projection. Stores h and returns (h, c, the projection of step s + 1).
 
-    The projection of step s_read (it does not depend on h) is read into gx's registers once they are free:
+    The projection of step s + 1 (it does not depend on h) is read into gx's registers once they are free:
     read before gx was used, every step waited for it at the end of the loop (a register move), a whole L2
     round trip a step.
     """
     t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
     pre = gx + _rows_times(h, w, BLOCK_B, HP, BLOCK_R * 4, K_CHAIN, HP, H_SUM)  # [BLOCK_B, BLOCK_R * 4]
-    gx = _load_gx(gx_rows, s_read, step_end, d, T, B, C, offs_b)
+    gx = _load_gx(gx_rows, s + 1, step_end, d, T, B, C, offs_b)
     h, c = _cell(pre, c, h_old, IS_LSTM, BLOCK_B, BLOCK_R, FAST_MATH)
     tl.store(seq_out + (t * B + offs_b[:, None]) * RT + d * HP + offs_n[None, :], h, mask=b_ok[:, None])
     if is_last:
-        tl.store(out_ptr + t * stride_ot + offs_b[:, None] * stride_ob + (d * H + offs_n[None, :]) * stride_ok,
-                 h.to(out_ptr.dtype.element_ty), mask=state_ok)
+        _store_out(out_ptr, t, stride_ot, stride_ob, stride_ok, d, H, offs_b, offs_n, h, state_ok)
     return h, c, gx
 
 
@@ -434,18 +448,16 @@ def _rnn_stack_kernel(
                     else:  # a GRU cell needs its own units' h, in the cell's layout
                         h_old = _load_prev_h(h0_ptr, seq_out, s, T, B, H, layer, d, offs_b, offs_n,
                                              D, RT, HP, HAS_STATE, BLOCK_B, BLOCK_R)
-                    h_new, c, gx = _step(h, h_old, c, gx, w, s, s + 1, step_end, gx_rows, seq_out, out_ptr,
+                    h_new, c, gx = _step(h, h_old, c, gx, w, s, step_end, gx_rows, seq_out, out_ptr,
                                          stride_ot, stride_ob, stride_ok, T, B, H, d, is_last, offs_b, b_ok,
                                          offs_n, state_ok, IS_LSTM, HP, RT, C, BLOCK_B, BLOCK_R, K_CHAIN, H_SUM,
                                          FAST_MATH)
                     if H_IN_REGISTERS:
                         h = h_new
-                tl.store(hn_ptr + state, h_new.to(hn_ptr.dtype.element_ty), mask=state_ok)
-                if IS_LSTM:
-                    tl.store(cn_ptr + state, c.to(cn_ptr.dtype.element_ty), mask=state_ok)
-                    if C_IN_MEMORY:
-                        tl.store(c_state_ptr + ((layer * D + d) * B + offs_b[:, None]) * HP + offs_n[None, :],
-                                 c, mask=b_ok[:, None])
+                _store_state(hn_ptr, cn_ptr, state, h_new, c, state_ok, IS_LSTM)
+                if IS_LSTM and C_IN_MEMORY:
+                    tl.store(c_state_ptr + ((layer * D + d) * B + offs_b[:, None]) * HP + offs_n[None, :],
+                             c, mask=b_ok[:, None])
             if GRID_SYNC:
                 n_global += 1
                 _grid_barrier(global_counter, n_global * programs)
@@ -512,21 +524,14 @@ def _pipe_layer(in_ptr, stride_t, stride_b, stride_k, k_size, w_in_ptr, w_hh_ptr
         t_next = tl.where(s + 1 < T, t_next, t).to(tl.int64)
         xin = _pipe_input(in_ptr, stride_t, stride_b, stride_k, k_size, t_next, offs_b, b_ok, K, POLL)
         pre = hw + _rows_times(x, w_in, BLOCK_B, K, HP * 4, K_CHAIN, K_SEG, K_SUM)
-        gate0, gate1, gate2, gate3 = _gates(pre, BLOCK_B, HP)
-        if IS_LSTM:
-            h_new, c = _lstm_cell(gate0, gate1, gate2, gate3, c, FAST_MATH)
-        else:
-            h_new = _gru_cell(gate0, gate1, gate2, gate3, h, FAST_MATH)
+        h_new, c = _cell(pre, c, h, IS_LSTM, BLOCK_B, HP, FAST_MATH)
         if layer == num_layers - 1:
-            tl.store(out_ptr + t * stride_ot + offs_b[:, None] * stride_ob + (d * H + offs_n[None, :]) * stride_ok,
-                     h_new.to(out_ptr.dtype.element_ty), mask=state_ok)
+            _store_out(out_ptr, t, stride_ot, stride_ob, stride_ok, d, H, offs_b, offs_n, h_new, state_ok)
         else:
             tl.store(seq_out + (t * B + offs_b[:, None]) * RT + d * HP + offs_n[None, :], h_new,
                      mask=b_ok[:, None])
         h = h_new
-    tl.store(hn_ptr + state, h.to(hn_ptr.dtype.element_ty), mask=state_ok)
-    if IS_LSTM:
-        tl.store(cn_ptr + state, c.to(cn_ptr.dtype.element_ty), mask=state_ok)
+    _store_state(hn_ptr, cn_ptr, state, h, c, state_ok, IS_LSTM)
 
 
 @triton.jit
@@ -694,16 +699,13 @@ def _relay_unit(h0_ptr, c0_ptr, w_hh_ptr, gx_set, seq_set, out_ptr, stride_ot, s
         h_new, c_new = _cell(pre, c, h, IS_LSTM, BLOCK_B, HP, FAST_MATH)
         keep = (offs_b < tl.where(ok, B, 0))[:, None]
         if is_last:
-            tl.store(out_ptr + t * stride_ot + offs_b[:, None] * stride_ob + (d * H + offs_n[None, :]) * stride_ok,
-                     h_new.to(out_ptr.dtype.element_ty), mask=state_ok & keep)
+            _store_out(out_ptr, t, stride_ot, stride_ob, stride_ok, d, H, offs_b, offs_n, h_new, state_ok & keep)
         else:
             tl.store(seq_set + y_at + t * B * RT, h_new, mask=keep)
         h = tl.where(ok, h_new, h)
         c = tl.where(ok, c_new, c)
         s = s_next
-    tl.store(hn_ptr + state, h.to(hn_ptr.dtype.element_ty), mask=state_ok)
-    if IS_LSTM:
-        tl.store(cn_ptr + state, c.to(cn_ptr.dtype.element_ty), mask=state_ok)
+    _store_state(hn_ptr, cn_ptr, state, h, c, state_ok, IS_LSTM)
 
 
 @triton.jit
