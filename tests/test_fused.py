@@ -166,16 +166,23 @@ def run_repeated(module, x, hx, calls=3, device=DEVICE, dtype=torch.float32, **p
     return plan, results
 
 
-@pytest.mark.parametrize("case", PIPELINE_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_pipeline_matches_float64(case):
-    """One program per (layer, direction), input polled; under the interpreter programs run in layer order."""
+def check_repeated_case(case, **plan_overrides):
+    """run_repeated on a CASES-style spec; every call checked against float64. Returns the plan."""
     kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
     module = make(kind, input_size, hidden, layers, bi, bf)
     x, hx = random_inputs(module, seq_len, batch, with_state)
-    plan, results = run_repeated(module, x, hx, pipeline=True)
-    assert plan.pipeline and plan.programs == layers * (2 if bi else 1)
+    plan, results = run_repeated(module, x, hx, **plan_overrides)
     for got in results:
         assert_close(got, reference(module, x, hx), FP32_ATOL)
+    return plan
+
+
+@pytest.mark.parametrize("case", PIPELINE_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_pipeline_matches_float64(case):
+    """One program per (layer, direction), input polled; under the interpreter programs run in layer order."""
+    plan = check_repeated_case(case, pipeline=True)
+    layers, bi = case[3], case[4]
+    assert plan.pipeline and plan.programs == layers * (2 if bi else 1)
 
 
 def test_pipeline_plan_is_cuda_only_and_refused_where_it_does_not_fit():
@@ -197,13 +204,8 @@ RELAY_CASES = [
 def test_relay_matches_float64(case):
     """Units and helpers (projection row by row); under the interpreter one program does both, layer by layer.
     Repeated calls alternate the two poisoned sets of the workspace."""
-    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
-    module = make(kind, input_size, hidden, layers, bi, bf)
-    x, hx = random_inputs(module, seq_len, batch, with_state)
-    plan, results = run_repeated(module, x, hx, relay=True)
+    plan = check_repeated_case(case, relay=True)
     assert plan.relay and plan.num_warps == 1
-    for got in results:
-        assert_close(got, reference(module, x, hx), FP32_ATOL)
 
 
 def test_relay_plan_is_cuda_only_and_refused_where_it_does_not_fit():
