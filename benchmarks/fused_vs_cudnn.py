@@ -201,7 +201,7 @@ SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n
 # cost per step and per layer of the stack and relay kernels: the seed model at seq 50 and 200 (with B: a line
 # through 3 points), hence RELAY_MAX_SEQ
 SEQ_SWEEP += [(dataclasses.replace(WORKLOADS[1], name=f"B seed seq{n}", seq_len=n),
-               [{}, dict(relay=True), dict(relay=False)]) for n in (50, 200)]
+               [dict(relay=True), dict(relay=False)]) for n in (50, 200)]  # one of the two is the default
 # the pipeline's cost per layer: the seed model cut to 1 and 5 layers (launch + first layer, then the slope)
 SEQ_SWEEP += [(dataclasses.replace(WORKLOADS[0], name=f"A seed {n} layers", num_layers=n), [dict(pipeline=True)])
               for n in (1, 5)]
