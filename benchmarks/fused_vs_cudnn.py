@@ -146,6 +146,8 @@ def report_sass(label: str, seen: set, out_dir: Path) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-')}-{len(seen)}.sass"
         path.write_text(sass)
+        for stage in ("ttgir", "ptx"):  # what Triton handed to ptxas, for reading the SASS against
+            path.with_suffix(f".{stage}").write_text(kernel.asm[stage])
         print(f"#   {label}: {name} registers {kernel.n_regs}, spills {kernel.n_spills}; {path}", flush=True)
         for line in loop_summaries(sass):
             print(f"#     {line}", flush=True)
@@ -186,9 +188,9 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
 SWEEP = {
     "A seed seq1": [dict(pipeline=False), dict(fast_math=False), dict(k_chain=16), dict(k_chain=64),
                     dict(exact_k=False)],
-    # v7 (one warp per batch row, fast sigmoid/tanh, late projection read) against v5's plan
-    "B seed seq100": [dict(block_b=4, num_warps=4, block_m=32, block_c=128, programs=26), dict(fast_math=False),
-                      dict(k_chain=16), dict(exact_k=False), dict(relay=True)],
+    # the relay kernel (default) against its exact sums, fast sigmoid/tanh and the stack kernel (v7), and v5's plan
+    "B seed seq100": [dict(relay=False, block_b=4, num_warps=4, block_m=32, block_c=128, programs=26),
+                      dict(fast_math=False), dict(k_chain=16), dict(exact_k=False), dict(relay=False)],
     "H 64->128 fp32": [dict(poll_h=False), dict(fast_math=False), dict(k_chain=16), dict(k_chain=64),
                        dict(k_chain=128)],
     "H 64->128 bf16": [dict(wide_weights=True)],
@@ -199,7 +201,7 @@ SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n
                                                                                     dict(pipeline=False)])
              for n in (3, 10)]
 # cost per step and per layer of the stack and relay kernels: the seed model at seq 50 and 200 (with B: a line
-# through 3 points), hence RELAY_MAX_SEQ
+# through 3 points)
 SEQ_SWEEP += [(dataclasses.replace(WORKLOADS[1], name=f"B seed seq{n}", seq_len=n),
                [dict(relay=True), dict(relay=False)]) for n in (50, 200)]  # one of the two is the default
 # the pipeline's cost per layer: the seed model cut to 1 and 5 layers (launch + first layer, then the slope)

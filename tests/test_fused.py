@@ -208,6 +208,21 @@ def test_relay_matches_float64(case):
     assert plan.relay and plan.num_warps == 1
 
 
+def test_relay_counters_are_zero_between_calls():
+    """Each unit zeroes its layer's arrival counter after the wait (else the next call would start early);
+    each program counts its launches, whose parity picks the poisoned set."""
+    module = make("lstm", 10, 20, 2, True, False)
+    x, hx = random_inputs(module, 5, 3, True)
+    packed = pack_rnn(module)
+    plan = plan_for(packed, 5, 3, relay=True)
+    ws: dict = {}
+    for call in range(1, 4):
+        rnn_forward(packed, x, *hx, plan=plan, workspace=ws)
+        launches, ready = ws["count"][:3 * plan.programs], ws["count"][3 * plan.programs:]
+        assert launches.tolist() == [call] * 3 * plan.programs
+        assert ready.numel() == 3 * 2 * 2 and not ready.any()
+
+
 def test_relay_plan_is_cuda_only_and_refused_where_it_does_not_fit():
     assert not plan_for(pack_rnn(make("lstm", 10, 20, 10, True, False)), 100, 3).relay  # CPU: never by default
     with pytest.raises(ValueError, match="relay kernel does not fit"):
@@ -373,14 +388,14 @@ def test_gpu_one_warp_per_row_plan(kind, hidden, rows, relay):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("with_state", [True, False])
-@pytest.mark.parametrize("kind,seq_len", [("lstm", 100), ("lstm", 25), ("gru", 24)])
+@pytest.mark.parametrize("kind,seq_len", [("lstm", 100), ("lstm", 25), ("gru", 24), ("lstm", 300)])
 def test_gpu_relay_seed_model(kind, seq_len, with_state):
     """The seed model (10-layer bi-LSTM 10->20, batch 3) and a GRU twin on the relay kernel, repeated calls."""
     module = make(kind, 10, 20, 10, True, False, seed=seq_len)
     x, hx = random_inputs(module, seq_len, 3, with_state, seed=seq_len + 7)
     plan, results = run_repeated(module, x, hx, calls=4, device="cuda", relay=True)
     assert plan.relay
-    assert plan_for(pack_rnn(module, "cuda"), seq_len, 3).relay == (seq_len <= 64)  # the default up to seq 64
+    assert plan_for(pack_rnn(module, "cuda"), seq_len, 3).relay  # the default at every length past 16
     for got in results:
         assert_close(got, reference(module, x, hx), FP32_ATOL)
 

@@ -29,11 +29,11 @@ Layout of the work (docs/fused_kernel.md has the numbers and which path each siz
 * Layer pipeline (``_rnn_pipe_kernel``, short sequences, small hidden sizes): one program per (layer, direction)
   with all its weights in registers from kernel start; it polls the previous layer's output step by step
   (poisoned words again, in two sets used by alternate launches, so no fill between launches).
-* Relay (``_rnn_relay_kernel``, the one-warp plan at medium lengths): per batch tile one warp per direction
+* Relay (``_rnn_relay_kernel``, the one-warp plan past seq 16): per batch tile one warp per direction
   runs the recurrence of every layer while helper programs project the next layer's input row by row as
-  the current layer completes the rows; no grid barrier, a layer hands over to the next in ~1 L2 round
-  trip. Poisoned words again (two sets used by alternate launches); a unit speculates that its row is
-  there and redoes the step if a word was poison.
+  the current layer completes the rows (polled as poisoned words, in two sets used by alternate launches)
+  and count their rows done; a unit starts a layer when the count is complete. No grid barrier: a layer
+  hands over to the next in ~1.9 us instead of ~4.7.
 * ``multi-launch``: sizes whose programs cannot all be resident run the same kernel once per layer for the
   projection and once per (layer, time step) for the recurrence, with ``h`` and ``c`` in global memory.
 
@@ -64,12 +64,11 @@ PIPELINE_WEIGHTS = 96
 # the one-warp-per-row plan (HP <= 32) from this many (time step, row) pairs per batch tile: below it a unit
 # projects its own columns, too slow on one warp
 SMALL_ROWS_MIN_SEQ = 16
-# the relay kernel: helper programs per batch tile (at most), the most workspace it may take, and the longest
-# sequence it is the default for (H100, seed model: 155 vs 165 us at seq 50, 298 vs 273 at 100, 580 vs 502 at
-# 200; its layer handoff is cheaper and its step slower than the stack kernel's)
+# the relay kernel: helper programs per batch tile (at most; more were no faster) and the most workspace it
+# may take. Where it fits it is the one-warp plan's kernel at every length (H100, seed model: 129 vs 164 us at
+# seq 50, 231 vs 273 at 100, 442 vs 500 at 200 against the stack kernel)
 RELAY_HELPERS = 16
 RELAY_MAX_BYTES = 256 << 20
-RELAY_MAX_SEQ = 64
 # fp16/bf16 weights as float32 tensors of the rounded values (see pack_rnn): off, 16-bit measured faster
 WIDE_WEIGHTS = False
 
@@ -176,17 +175,32 @@ def _pin(x, ON_GPU: tl.constexpr):
 
 
 @triton.jit
-def _grid_barrier(counter_ptr, target):
-    """Wait until `target` arrivals were counted at `counter_ptr` (CUDA only: all programs resident)."""
+def _arrive(counter_ptr):
+    """Count this program's arrival at `counter_ptr`, after every store its threads made before."""
     tl.debug_barrier()  # every thread's stores of this program happen before its arrival
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
-    seen = _load_acquire(counter_ptr)
-    spins = 0
-    # The spin limit (about a second) turns a broken residency assumption into wrong numbers, not a hang.
-    while (seen < target) & (spins < 20_000_000):
+
+
+@triton.jit
+def _wait_count(counter_ptr, target, ON_GPU: tl.constexpr):
+    """Wait until `target` arrivals were counted at `counter_ptr`; loads after it see what they published.
+    The spin limit (about a second) turns a broken residency assumption into wrong numbers, not a hang.
+    Under the interpreter (programs run one after another) the count is complete or never will be."""
+    if ON_GPU:
         seen = _load_acquire(counter_ptr)
-        spins += 1
+        spins = 0
+        while (seen < target) & (spins < 20_000_000):
+            seen = _load_acquire(counter_ptr)
+            spins += 1
     tl.debug_barrier()
+
+
+@triton.jit
+def _grid_barrier(counter_ptr, target):
+    """Wait until `target` arrivals were counted at `counter_ptr`, this one's included (CUDA only: all
+    programs resident)."""
+    _arrive(counter_ptr)
+    _wait_count(counter_ptr, target, True)
 
 
 @triton.jit
@@ -318,7 +332,8 @@ def _load_prev_h(h0_ptr, seq_ptr, s, T, B, H, layer, d, offs_b, offs_k,
 def _step(h, h_old, c, gx, w, s, step_end, gx_rows, seq_out, out_ptr, stride_ot, stride_ob, stride_ok,
           T, B, H, d, is_last, offs_b, b_ok, offs_n, state_ok,
           IS_LSTM: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr, C: tl.constexpr, BLOCK_B: tl.constexpr,
-          BLOCK_R: tl.constexpr, K_CHAIN: tl.constexpr, H_SUM: tl.constexpr, FAST_MATH: tl.constexpr):
+          BLOCK_R: tl.constexpr, K_CHAIN: tl.constexpr, H_SUM: tl.constexpr, FAST_MATH: tl.constexpr,
+          AHEAD: tl.constexpr = 1):
     """Time step s of a recurrence unit: h [BLOCK_B, HP] (broadcast), its own units' h_old (GRU) and c (LSTM),
     gx the step's projection. Stores h and returns (h, c, the projection of step s + 1).
 
@@ -328,7 +343,7 @@ def _step(h, h_old, c, gx, w, s, step_end, gx_rows, seq_out, out_ptr, stride_ot,
     """
     t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
     pre = gx + _rows_times(h, w, BLOCK_B, HP, BLOCK_R * 4, K_CHAIN, HP, H_SUM)  # [BLOCK_B, BLOCK_R * 4]
-    gx = _load_gx(gx_rows, s + 1, step_end, d, T, B, C, offs_b)
+    gx = _load_gx(gx_rows, s + AHEAD, step_end, d, T, B, C, offs_b)
     h, c = _cell(pre, c, h_old, IS_LSTM, BLOCK_B, BLOCK_R, FAST_MATH)
     tl.store(seq_out + (t * B + offs_b[:, None]) * RT + d * HP + offs_n[None, :], h, mask=b_ok[:, None])
     if is_last:
@@ -610,13 +625,13 @@ def _row_order(j, T, D: tl.constexpr):
 
 
 @triton.jit
-def _relay_rows(in_ptr, in_other, stride_t, stride_b, stride_k, k_size, w_ptr, bias_ptr, gx_set, gx_other, layer,
+def _relay_rows(in_ptr, in_other, stride_t, stride_b, stride_k, k_size, w_ptr, bias_ptr, gx_ptr, ready_ptr, layer,
                 T, B, offs_b, b_ok, d_first, d_step, j_first, j_step,
                 D: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr, K: tl.constexpr, K_SEG: tl.constexpr,
                 K_SUM: tl.constexpr, BLOCK_B: tl.constexpr, K_CHAIN: tl.constexpr, POLL: tl.constexpr):
     """A helper's rows of one layer's projection: gx[layer, t, b, direction d's columns] = in[t, b, :] @ W + b
-    for d in d_first::d_step and the rows j_first::j_step of _row_order. With POLL, in is the previous layer's
-    output, polled until no word of the row is poison."""
+    for d in d_first::d_step and the rows j_first::j_step of _row_order, then one arrival at ready[layer, d].
+    With POLL, in is the previous layer's output, polled until no word of the row is poison."""
     C: tl.constexpr = RT * 4
     COLS: tl.constexpr = HP * 4
     cols = tl.arange(0, COLS)
@@ -647,19 +662,20 @@ def _relay_rows(in_ptr, in_other, stride_t, stride_b, stride_k, k_size, w_ptr, b
             else:
                 xin = tl.load(ptrs, mask=b_ok[:, None] & (offs_i < k_size)[None, :], other=0.0).to(tl.float32)
             acc = bias[None, :] + _rows_times(xin, w, BLOCK_B, K, COLS, K_CHAIN, K_SEG, K_SUM)
-            at = ((layer * T + t) * B + offs_b[:, None]) * C + d * COLS + cols[None, :]
-            tl.store(gx_set + at, acc, mask=b_ok[:, None])
-            tl.store(gx_other.to(tl.pointer_type(tl.int32)) + at, tl.full((BLOCK_B, COLS), -1, tl.int32),
+            tl.store(gx_ptr + ((layer * T + t) * B + offs_b[:, None]) * C + d * COLS + cols[None, :], acc,
                      mask=b_ok[:, None])
+        # one arrival a helper, after all its rows: the unit waits for all of them anyway
+        _arrive(ready_ptr + layer * D + d)
 
 
 @triton.jit
-def _relay_unit(h0_ptr, c0_ptr, w_hh_ptr, gx_set, seq_set, out_ptr, stride_ot, stride_ob, stride_ok,
-                hn_ptr, cn_ptr, layer, d, T, B, H, num_layers, offs_b, b_ok,
+def _relay_unit(h0_ptr, c0_ptr, w_hh_ptr, gx_ptr, ready_ptr, helpers, seq_set, out_ptr, stride_ot, stride_ob,
+                stride_ok, hn_ptr, cn_ptr, layer, d, T, B, H, num_layers, offs_b, b_ok,
                 IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr,
                 BLOCK_B: tl.constexpr, HAS_STATE: tl.constexpr, ON_GPU: tl.constexpr, FAST_MATH: tl.constexpr,
                 K_CHAIN: tl.constexpr, H_SUM: tl.constexpr):
-    """All steps of one (layer, direction): W_hh^T, h and c in registers, gx rows checked for poison at use."""
+    """All steps of one (layer, direction), once every helper has counted its rows of the layer's projection:
+    the stack kernel's step (_step), with nothing to check at each step."""
     C: tl.constexpr = RT * 4
     COLS: tl.constexpr = HP * 4
     offs_n = tl.arange(0, HP)
@@ -673,38 +689,28 @@ def _relay_unit(h0_ptr, c0_ptr, w_hh_ptr, gx_set, seq_set, out_ptr, stride_ot, s
         h = tl.load(h0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
         if IS_LSTM:
             c = tl.load(c0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
-    gx_rows = (gx_set + (layer * T * B + offs_b[:, None]) * C + d * COLS + cols[None, :]).to(tl.pointer_type(tl.int32))
-    y_at = (layer * T * B + offs_b[:, None]) * RT + d * HP + offs_n[None, :]
+    ready = ready_ptr + layer * D + d
+    _wait_count(ready, helpers, ON_GPU)
+    tl.store(ready, 0)  # every helper's count of this launch is in: zero for the next one
+    seq_out = seq_set + layer * T * B * RT
     is_last = layer == num_layers - 1
-    t = tl.where(d == 0, 0, T - 1).to(tl.int64)
-    words = tl.load(gx_rows + t * B * C, mask=b_ok[:, None], other=0, cache_modifier=".cg")
-    s = 0
-    while s < T:
-        t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
-        pre = words.to(tl.float32, bitcast=True) + _rows_times(h, w, BLOCK_B, HP, COLS, K_CHAIN, HP, H_SUM)
-        # the next step's row, read into the registers this one's has just freed
-        t_next = tl.where(d == 0, s + 1, T - 2 - s).to(tl.int64)
-        next_words = tl.load(gx_rows + t_next * B * C, mask=(offs_b < tl.where(s + 1 < T, B, 0))[:, None], other=0,
-                             cache_modifier=".cg")
-        # speculate: keep the step only if no word of its row was poison, else read the row again and redo it.
-        # Testing `pre` too (a poisoned word gives NaN) keeps the test after the multiply-adds: on the words
-        # alone it was scheduled first and every step waited there for the row's load (and a per-thread spin
-        # at use, in PTX, cost 0.47 us a step instead of 0.28).
-        bad = tl.sum(tl.sum(((words == -1) & (pre != pre)).to(tl.int32), axis=1), axis=0) > 0
-        if bad:
-            next_words = tl.load(gx_rows + t * B * C, mask=b_ok[:, None], other=0, cache_modifier=".cg")
-        ok = bad == 0
-        words = next_words
-        s_next = tl.where(ok, s + 1, s)
-        h_new, c_new = _cell(pre, c, h, IS_LSTM, BLOCK_B, HP, FAST_MATH)
-        keep = (offs_b < tl.where(ok, B, 0))[:, None]
-        if is_last:
-            _store_out(out_ptr, t, stride_ot, stride_ob, stride_ok, d, H, offs_b, offs_n, h_new, state_ok & keep)
-        else:
-            tl.store(seq_set + y_at + t * B * RT, h_new, mask=keep)
-        h = tl.where(ok, h_new, h)
-        c = tl.where(ok, c_new, c)
-        s = s_next
+    gx_rows = gx_ptr + (layer * T * B + offs_b[:, None]) * C + d * COLS + cols[None, :]
+    # two steps a turn, each reading the projection of two steps later into its own registers: read one step
+    # ahead, the step waited for it (B 239.6 -> 230.5 us), and a loop-carried pair of registers would end each
+    # turn with a move that waits for the read
+    gx = _load_gx(gx_rows, 0, T, d, T, B, C, offs_b)
+    gy = _load_gx(gx_rows, 1, T, d, T, B, C, offs_b)
+    for s in range(0, T - 1, 2):
+        h, c, gx = _step(h, h, c, gx, w, s, T, gx_rows, seq_out, out_ptr, stride_ot, stride_ob, stride_ok, T, B, H, d,
+                         is_last, offs_b, b_ok, offs_n, state_ok, IS_LSTM, HP, RT, C, BLOCK_B, HP, K_CHAIN, H_SUM,
+                         FAST_MATH, 2)
+        h, c, gy = _step(h, h, c, gy, w, s + 1, T, gx_rows, seq_out, out_ptr, stride_ot, stride_ob, stride_ok, T, B, H,
+                         d, is_last, offs_b, b_ok, offs_n, state_ok, IS_LSTM, HP, RT, C, BLOCK_B, HP, K_CHAIN, H_SUM,
+                         FAST_MATH, 2)
+    if T % 2 == 1:
+        h, c, gx = _step(h, h, c, gx, w, T - 1, T, gx_rows, seq_out, out_ptr, stride_ot, stride_ob, stride_ok, T, B,
+                         H, d, is_last, offs_b, b_ok, offs_n, state_ok, IS_LSTM, HP, RT, C, BLOCK_B, HP, K_CHAIN,
+                         H_SUM, FAST_MATH, 2)
     _store_state(hn_ptr, cn_ptr, state, h, c, state_ok, IS_LSTM)
 
 
@@ -722,25 +728,24 @@ def _rnn_relay_kernel(
     K_CHAIN: tl.constexpr, I_SUM: tl.constexpr, H_SUM: tl.constexpr,
 ):
     """One warp-sized program per direction (a *unit*, the recurrence of every layer) and *helpers* that
-    project each layer's input row by row as the previous layer completes it; nobody waits at a barrier.
+    project each layer's input row by row as the previous layer completes it; nobody waits at a grid barrier.
 
     Grid (batch tiles, programs). On CUDA programs 0..D-1 are the units and the others helpers, each
     helper fixed to one direction; under the interpreter one program (programs == 1) does, layer after
     layer, every helper's rows and then every unit's steps. A helper takes the rows of a layer in the
     order the previous layer completes them (_row_order), polls the row (both directions' h at step t)
-    until no word is poison, and writes the row's projection gx. A unit reads gx of step s + 1 during step
-    s, computes the step with it and keeps the result only if no word was poison (else it reads the row
-    again and redoes the step), so it waits only at the start of a layer, for the first rows.
-    Bidirectional layers thus start as soon as the other direction of the previous layer ends: ~1.4 us a
-    layer on the seed model instead of ~4.7 us for a shared projection and two grid barriers. Its step is
-    slower, though (0.28 vs 0.23 us), so the plan uses it up to RELAY_MAX_SEQ steps: in Triton 3.6's SASS
-    the conditional re-read below gives the row's words two definitions, so they are moved into the loop's
-    registers at the end of each step and the moves wait for the load (docs/fused_kernel.md, v8).
+    until no word is poison and writes the row's projection gx; after its last row of a layer it arrives at
+    ready[layer, direction]. A unit starts a layer once every helper of its direction has arrived and then
+    runs the stack kernel's step (_step) with nothing to check. A bidirectional layer's rows are all
+    complete only when the slower direction of the previous layer ends, so waiting for all of them costs
+    only the projection of the last ones: ~1.9 us a layer on the seed model (launch included) instead of
+    ~4.7 us for a shared projection and two grid barriers. (v8 checked each row for poison at use instead,
+    speculating and redoing the step: that check cost 0.06 us of a 0.23 us step.)
 
-    gx [2, L, T, B, C] and the layer outputs [2, L - 1, T, B, RT] (int32 words) come in two sets used by
-    alternate launches (count_ptr: one launch counter per program); whoever writes a word of this
-    launch's set also poisons the same word of the other set, for the next launch, stream-ordered after
-    this one. The workspace poisons both sets once.
+    count_ptr holds one launch counter per program, then ready [batch tiles, L, D]: zero between launches
+    (each unit zeroes its own after the wait). The layer outputs [2, L, T, B, RT] (int32 words) come in two
+    sets used by alternate launches: whoever reads a row of this launch's set poisons the same row of the
+    other set, for the next launch, stream-ordered after this one. The workspace poisons both sets once.
     """
     C: tl.constexpr = RT * 4
     pid_b = tl.program_id(0)
@@ -749,11 +754,9 @@ def _rnn_relay_kernel(
     offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     b_ok = offs_b < B
     cell_ptr = count_ptr + pid_b * programs + pid
+    ready_ptr = count_ptr + tl.num_programs(0) * programs + pid_b * num_layers * D
     launch = tl.load(cell_ptr)
-    gx_size = num_layers * T * B * C
-    seq_size = tl.maximum(num_layers - 1, 1) * T * B * RT
-    gx_set = gx_ptr + (launch % 2) * gx_size
-    gx_other = gx_ptr + (1 - launch % 2) * gx_size
+    seq_size = num_layers * T * B * RT
     seq_set = seq_ptr + (launch % 2) * seq_size
     seq_other = seq_ptr + (1 - launch % 2) * seq_size
     serial = programs == 1
@@ -765,21 +768,20 @@ def _rnn_relay_kernel(
     j_first = tl.where(serial, 0, (pid - D) // D)
     j_step = tl.where(serial, 1, (programs - D) // D)
     if helper:
-        _relay_rows(x_ptr, x_ptr, stride_xt, stride_xb, stride_xk, input_size, w_ih0_ptr, bias_ptr, gx_set, gx_other, 0,
-                    T, B, offs_b, b_ok, d_first, d_step, j_first, j_step,
+        _relay_rows(x_ptr, x_ptr, stride_xt, stride_xb, stride_xk, input_size, w_ih0_ptr, bias_ptr, gx_ptr,
+                    ready_ptr, 0, T, B, offs_b, b_ok, d_first, d_step, j_first, j_step,
                     D, HP, RT, K0, K0, I_SUM, BLOCK_B, K_CHAIN, False)
     for layer in range(0, num_layers):
         if unit:
             for d in range(tl.where(serial, 0, pid), D, tl.where(serial, 1, D)):
-                _relay_unit(h0_ptr, c0_ptr, w_hh_ptr, gx_set, seq_set, out_ptr, stride_ot, stride_ob,
+                _relay_unit(h0_ptr, c0_ptr, w_hh_ptr, gx_ptr, ready_ptr, j_step, seq_set, out_ptr, stride_ot, stride_ob,
                             stride_ok, hn_ptr, cn_ptr, layer, d, T, B, H, num_layers, offs_b, b_ok,
                             IS_LSTM, D, HP, RT, BLOCK_B, HAS_STATE, ON_GPU, FAST_MATH, K_CHAIN, H_SUM)
         if helper and layer + 1 < num_layers:
             # the next layer's rows, as this one completes them (serially: after this layer's units)
             _relay_rows(seq_set + layer * T * B * RT, seq_other + layer * T * B * RT, B * RT, RT, 1, RT,
-                        w_ihr_ptr + layer * RT * C, bias_ptr,
-                        gx_set, gx_other, layer + 1, T, B, offs_b, b_ok, d_first, d_step, j_first, j_step,
-                        D, HP, RT, RT, HP, H_SUM, BLOCK_B, K_CHAIN, ON_GPU)
+                        w_ihr_ptr + layer * RT * C, bias_ptr, gx_ptr, ready_ptr, layer + 1, T, B, offs_b, b_ok,
+                        d_first, d_step, j_first, j_step, D, HP, RT, RT, HP, H_SUM, BLOCK_B, K_CHAIN, ON_GPU)
     tl.store(cell_ptr, launch + 1)
 
 
@@ -1002,11 +1004,11 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
     relay_rows = min(full_rows, small_rows)
     relay_tiles = -(-batch // relay_rows)
     relay_programs = dirs * (1 + max(1, min(RELAY_HELPERS // dirs, sms // relay_tiles // dirs - 1)))
-    relay_bytes = 8 * seq_len * batch * (packed.num_layers * cols + max(packed.num_layers - 1, 1) * dirs * hp)
+    relay_bytes = 4 * seq_len * batch * packed.num_layers * (cols + 2 * dirs * hp)  # gx and two output sets
     relay_fits = (r_tiles == 1 and hp <= 32 and packed.input_padded <= 64 and relay_bytes <= RELAY_MAX_BYTES
                   and relay_tiles * relay_programs <= sms)
     relay = (on_cuda and path == "single-launch" and not pipeline and num_warps == 1 and relay_fits
-             and seq_len <= RELAY_MAX_SEQ and overrides.get("relay", True))
+             and overrides.get("relay", True))
     if relay:
         programs = relay_programs
     plan = Plan(path, block_b, r_tiles, programs, block_m, block_c, 32 if hp <= 64 else 16, num_warps,
@@ -1130,17 +1132,18 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     if plan.relay:
         if ws.get("key") != key:
             ws.clear()
-            # two sets of gx rows and layer outputs, poisoned once here; each launch poisons the other set
+            # two sets of layer outputs, poisoned once here (each launch poisons the other set); launch and
+            # row counters, zero between launches
             ws.update(key=key,
-                      gx=torch.full((2 * layers * seq_len * batch * 4 * rt,), -1, device=device, dtype=torch.int32),
-                      seq=torch.full((2 * max(layers - 1, 1) * seq_len * batch * rt,), -1, device=device,
-                                     dtype=torch.int32),
-                      count=torch.zeros(batch_tiles * plan.programs, device=device, dtype=torch.int32))
+                      gx=torch.empty(layers * seq_len * batch * 4 * rt, device=device, dtype=torch.float32),
+                      seq=torch.full((2 * layers * seq_len * batch * rt,), -1, device=device, dtype=torch.int32),
+                      count=torch.zeros(batch_tiles * (plan.programs + layers * dirs), device=device,
+                                        dtype=torch.int32))
         _launch(_rnn_relay_kernel, (batch_tiles, plan.programs, 1), ws, plan.num_warps,
-                *inputs, ws["gx"].view(torch.float32), ws["seq"].view(torch.float32), ws["count"], *outputs,
+                *inputs, ws["gx"], ws["seq"].view(torch.float32), ws["count"], *outputs,
                 IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt, BLOCK_B=plan.block_b,
                 HAS_STATE=has_state, ON_GPU=not interpreting(), FAST_MATH=fast_math, K_CHAIN=plan.k_chain,
-                I_SUM=i_sum, H_SUM=h_sum, )
+                I_SUM=i_sum, H_SUM=h_sum)
         return (out, hn, cn) if lstm else (out, hn)
     grid_sync = plan.path == "single-launch" and plan.programs > 1
     # polling h needs one output slab per layer, poisoned before every launch; capped at 64 MB
