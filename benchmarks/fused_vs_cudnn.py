@@ -248,8 +248,8 @@ def main() -> None:
         print(f"| {w.name} | {cudnn:.1f} | {cudnn_graph:.1f} | {r['fused']:.1f} | {r['fused-graph']:.1f} "
               f"| {cudnn_graph / r['fused-graph']:.1f}x | {w.target_us:.0f} "
               f"{'met' if r['fused-graph'] <= w.target_us else 'MISSED'} | {r['err']:.1e} "
-              f"| {p.path}{' pipeline' if p.pipeline else ''} r_tiles={p.r_tiles} programs={p.programs} "
-              f"warps={p.num_warps} block_c={p.block_c} |")
+              f"| {p.path}{' pipeline' if p.pipeline else ''}{' relay' if p.relay else ''} r_tiles={p.r_tiles} "
+              f"programs={p.programs} warps={p.num_warps} block_c={p.block_c} |")
     if args.sweep:
         print("\n| workload | variant | fused us | fused-graph us | err |")
         print("|---|---|---|---|---|")
