@@ -401,6 +401,16 @@ def test_gpu_relay_seed_model(kind, seq_len, with_state):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("case", RELAY_CASES + [("lstm", 4, 9, 2, False, True, 1, 5, True),
+                                                ("gru", 6, 16, 3, False, False, 2, 4, False)],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_gpu_relay_matches_float64(case):
+    """The interpreter's relay cases on the GPU, where units and helpers run at once and wait for each other:
+    one direction (a helper then trails the only unit), batch_first, 2-row tiles, 1 and 2 steps."""
+    assert check_repeated_case(case, device="cuda", relay=True).relay
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("kind,hidden", [("lstm", 1024), ("gru", 300)])
 def test_gpu_large_hidden_multi_launch(kind, hidden):
     module = make(kind, 20, hidden, 2, True, False)
