@@ -156,6 +156,23 @@ def _store_state(hn_ptr, cn_ptr, state, h, c, state_ok, IS_LSTM: tl.constexpr):
 
 
 @triton.jit
+def _load_state(h0_ptr, c0_ptr, layer, d, B, H, offs_b, b_ok, D: tl.constexpr, HP: tl.constexpr,
+                BLOCK_B: tl.constexpr, IS_LSTM: tl.constexpr, HAS_STATE: tl.constexpr):
+    """The initial h and c [BLOCK_B, HP] of (layer, direction d) from h0/c0 (zeros without state), with their
+    offsets in h0/hn and mask: (state, state_ok, h, c)."""
+    offs_n = tl.arange(0, HP)
+    state = ((layer * D + d) * B + offs_b[:, None]) * H + offs_n[None, :]
+    state_ok = b_ok[:, None] & (offs_n < H)[None, :]
+    h = tl.zeros((BLOCK_B, HP), dtype=tl.float32)
+    c = tl.zeros((BLOCK_B, HP), dtype=tl.float32)
+    if HAS_STATE:
+        h = tl.load(h0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
+        if IS_LSTM:
+            c = tl.load(c0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
+    return state, state_ok, h, c
+
+
+@triton.jit
 def _load_acquire(ptr):
     """One 32-bit load with acquire semantics at GPU scope (cheaper to poll than an atomic RMW)."""
     return tl.inline_asm_elementwise("ld.global.acquire.gpu.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
@@ -510,14 +527,8 @@ def _pipe_layer(in_ptr, stride_t, stride_b, stride_k, k_size, w_in_ptr, w_hh_ptr
     w_in = tl.load(w_in_ptr + offs_k[:, None] * C + d * HP * 4 + cols[None, :]).to(tl.float32)
     w_h = tl.load(w_hh_ptr + ((layer * D + d) * HP + offs_n[:, None]) * (HP * 4) + cols[None, :]).to(tl.float32)
     bias = tl.load(bias_ptr + layer * C + d * HP * 4 + cols)
-    state = ((layer * D + d) * B + offs_b[:, None]) * H + offs_n[None, :]
-    state_ok = b_ok[:, None] & (offs_n < H)[None, :]
-    if HAS_STATE:
-        h = tl.load(h0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
-        c = tl.load(c0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros((BLOCK_B, HP), dtype=tl.float32)
-        c = tl.zeros((BLOCK_B, HP), dtype=tl.float32)
+    state, state_ok, h, c = _load_state(h0_ptr, c0_ptr, layer, d, B, H, offs_b, b_ok, D, HP, BLOCK_B, IS_LSTM,
+                                        HAS_STATE)
     t0 = tl.where(d == 0, 0, T - 1).to(tl.int64)
     xin = _pipe_input(in_ptr, stride_t, stride_b, stride_k, k_size, t0, offs_b, b_ok, K, POLL)
     for s in range(0, T):
@@ -681,14 +692,8 @@ def _relay_unit(h0_ptr, c0_ptr, w_hh_ptr, gx_ptr, ready_ptr, helpers, seq_set, o
     offs_n = tl.arange(0, HP)
     cols = tl.arange(0, COLS)
     w = tl.load(w_hh_ptr + ((layer * D + d) * HP + offs_n[:, None]) * COLS + cols[None, :]).to(tl.float32)
-    state = ((layer * D + d) * B + offs_b[:, None]) * H + offs_n[None, :]
-    state_ok = b_ok[:, None] & (offs_n < H)[None, :]
-    h = tl.zeros((BLOCK_B, HP), dtype=tl.float32)
-    c = tl.zeros((BLOCK_B, HP), dtype=tl.float32)
-    if HAS_STATE:
-        h = tl.load(h0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
-        if IS_LSTM:
-            c = tl.load(c0_ptr + state, mask=state_ok, other=0.0).to(tl.float32)
+    state, state_ok, h, c = _load_state(h0_ptr, c0_ptr, layer, d, B, H, offs_b, b_ok, D, HP, BLOCK_B, IS_LSTM,
+                                        HAS_STATE)
     ready = ready_ptr + layer * D + d
     _wait_count(ready, helpers, ON_GPU)
     tl.store(ready, 0)  # every helper's count of this launch is in: zero for the next one
