@@ -1,0 +1,173 @@
+"""rnn_forward: outputs, workspace and the launches of the kernel a Plan names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .packing import PackedRNN
+from .pipeline import _rnn_pipe_kernel
+from .plan import POLL_H_MAX_BYTES, Plan, interpreting, plan_for
+from .relay import _rnn_relay_kernel
+from .stack import _rnn_stack_kernel
+
+
+def _new_outputs(packed: PackedRNN, seq_len: int, batch: int, state_shape: tuple, device: Any,
+                 dtype: Any) -> tuple:
+    """output (in PyTorch's layout) with its time and batch strides, hn, and cn (hn again for a GRU)."""
+    y_width = packed.num_directions * packed.hidden_size
+    out = torch.empty((batch, seq_len, y_width) if packed.batch_first else (seq_len, batch, y_width),
+                      device=device, dtype=dtype)
+    stride_ot, stride_ob = (out.stride(1), out.stride(0)) if packed.batch_first else (out.stride(0), out.stride(1))
+    hn = torch.empty(state_shape, device=device, dtype=dtype)
+    cn = torch.empty(state_shape, device=device, dtype=dtype) if packed.kind == "lstm" else hn
+    return out, stride_ot, stride_ob, hn, cn
+
+
+def _launch(kernel: Any, grid: tuple[int, int, int], ws: dict, num_warps: int, *args: Any, **constexprs: Any) -> None:
+    """kernel[grid](*args, **constexprs, num_warps=num_warps); eager CUDA calls reuse the compiled kernel's
+    launcher, cached in `ws`.
+
+    Triton's per-call binding and specialization cost ~20 of the ~50 us of host time a launch takes (H100
+    machine, Triton 3.6), and an eager call's GPU time includes it. The cache key holds what Triton
+    specializes on: the constexprs, each int argument itself, and each tensor's dtype and 16-byte alignment.
+    Launches under CUDA-graph capture, and the first of each key, take Triton's own path. The arguments after
+    `args` in the kernel's signature are its constexprs; the grid has three entries.
+    """
+    if interpreting() or torch.cuda.is_current_stream_capturing():
+        kernel[grid](*args, **constexprs, num_warps=num_warps)
+        return
+    key = (kernel.fn.__name__, grid, num_warps, *constexprs.values(),
+           *((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor) else a for a in args))
+    launchers = ws.setdefault("launchers", {})
+    entry = launchers.get(key)
+    if entry is None:
+        compiled = kernel[grid](*args, **constexprs, num_warps=num_warps)
+        launchers[key] = (compiled[grid], tuple(constexprs[p.name] for p in kernel.params[len(args):]))
+    else:
+        run, tail = entry
+        run(*args, *tail)
+
+
+def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = None,
+                c0: torch.Tensor | None = None, plan: Plan | None = None,
+                workspace: dict[str, Any] | None = None) -> tuple[torch.Tensor, ...]:
+    """Run the whole stack: (output, hn[, cn]) with nn.LSTM / nn.GRU's shapes, in x's dtype.
+
+    x is [T, B, I] (or [B, T, I] when packed.batch_first) on packed's device; h0/c0 [L*D, B, H] or None.
+    `workspace` (a dict kept by the caller) lets repeated calls of one shape reuse the scratch buffers and, for
+    eager CUDA calls, the compiled kernel's launcher (see _launch).
+    """
+    if x.dim() != 3:
+        raise ValueError(f"expected a 3-d input, got shape {tuple(x.shape)}")
+    if packed.batch_first:
+        batch, seq_len, width = x.shape
+        stride_xb, stride_xt, stride_xk = x.stride()
+    else:
+        seq_len, batch, width = x.shape
+        stride_xt, stride_xb, stride_xk = x.stride()
+    if width != packed.input_size:
+        raise ValueError(f"input has {width} features, the model expects {packed.input_size}")
+    if seq_len == 0 or batch == 0:
+        raise ValueError("empty input (sequence length or batch 0)")
+    lstm = packed.kind == "lstm"
+    hidden, layers, dirs, hp = packed.hidden_size, packed.num_layers, packed.num_directions, packed.hidden_padded
+    rt = dirs * hp
+    state_shape = (layers * dirs, batch, hidden)
+    for name, st in (("h0", h0), ("c0", c0)):
+        if st is not None and tuple(st.shape) != state_shape:
+            raise ValueError(f"{name} has shape {tuple(st.shape)}, expected {state_shape}")
+    has_state = h0 is not None
+    if lstm and has_state != (c0 is not None):
+        raise ValueError("give both h0 and c0, or neither")
+    plan = plan or plan_for(packed, seq_len, batch)
+    device, dtype = x.device, x.dtype
+    ws = workspace if workspace is not None else {}
+    fast_math = plan.fast_math and not interpreting()
+    # real k of the sums: hidden units per direction, input features of layer 0
+    h_sum, i_sum = (hidden, packed.input_size) if plan.exact_k else (hp, packed.input_padded)
+    batch_tiles = -(-batch // plan.block_b)
+    out, stride_ot, stride_ob, hn, cn = _new_outputs(packed, seq_len, batch, state_shape, device, dtype)
+    inputs = (x, stride_xt, stride_xb, stride_xk, h0.contiguous() if has_state else hn,
+              c0.contiguous() if (has_state and lstm) else hn, packed.w_ih0, packed.w_ihr, packed.w_hh, packed.bias)
+    outputs = (out, stride_ot, stride_ob, out.stride(2), hn, cn, seq_len, batch, packed.input_size, hidden, layers)
+    key = (seq_len, batch, plan)
+    if plan.pipeline:
+        if ws.get("key") != key:
+            ws.clear()
+            # two sets of layer-output slabs, poisoned once here; each launch re-poisons the set it did not use
+            ws.update(key=key,
+                      seq=torch.full((max(1, 2 * (layers - 1) * seq_len * batch * rt),), -1, device=device,
+                                     dtype=torch.int32),
+                      count=torch.zeros(batch_tiles * layers * dirs, device=device, dtype=torch.int32))
+        # one program per (batch tile, layer, direction), no fill between launches
+        _launch(_rnn_pipe_kernel, (batch_tiles, layers * dirs, 1), ws, plan.num_warps,
+                *inputs, ws["seq"].view(torch.float32), ws["count"], *outputs,
+                IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt, BLOCK_B=plan.block_b,
+                HAS_STATE=has_state, FAST_MATH=fast_math, K_CHAIN=plan.k_chain,
+                # sums over padding too: with the padding skipped, 5-8 % of repeated seed-model calls returned
+                # NaN (a poisoned input word read after its poll; H100, Triton 3.6), not understood
+                I_SUM=packed.input_padded, H_SUM=hp)
+        return (out, hn, cn) if lstm else (out, hn)
+    if plan.relay:
+        if ws.get("key") != key:
+            ws.clear()
+            # two sets of layer outputs, poisoned once here (each launch poisons the other set); launch and
+            # row counters, zero between launches
+            ws.update(key=key,
+                      gx=torch.empty(layers * seq_len * batch * 4 * rt, device=device, dtype=torch.float32),
+                      seq=torch.full((2 * layers * seq_len * batch * rt,), -1, device=device, dtype=torch.int32),
+                      count=torch.zeros(batch_tiles * (plan.programs + layers * dirs), device=device,
+                                        dtype=torch.int32))
+        _launch(_rnn_relay_kernel, (batch_tiles, plan.programs, 1), ws, plan.num_warps,
+                *inputs, ws["gx"], ws["seq"].view(torch.float32), ws["count"], *outputs,
+                IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt, BLOCK_B=plan.block_b,
+                HAS_STATE=has_state, ON_GPU=not interpreting(), FAST_MATH=fast_math, K_CHAIN=plan.k_chain,
+                I_SUM=i_sum, H_SUM=h_sum)
+        return (out, hn, cn) if lstm else (out, hn)
+    grid_sync = plan.path == "single-launch" and plan.programs > 1
+    # polling h needs one output slab per layer, poisoned before every launch; capped at 64 MB
+    poll_h = (grid_sync and plan.r_tiles > 1 and plan.poll_h
+              and layers * seq_len * batch * rt * 4 <= POLL_H_MAX_BYTES)
+    seq_slabs = layers if poll_h else 2
+    if ws.get("key") != key:
+        ws.clear()
+        ws.update(key=key,
+                  gx=torch.empty(seq_len * batch * 4 * rt, device=device, dtype=torch.float32),
+                  seq=torch.empty(seq_slabs * seq_len * batch * rt, device=device, dtype=torch.float32),
+                  c_state=torch.empty(layers * dirs * batch * hp if plan.path == "multi-launch" else 1,
+                                      device=device, dtype=torch.float32),
+                  sync=torch.zeros(batch_tiles * (1 + dirs), device=device, dtype=torch.int32))
+    if grid_sync:
+        ws["sync"].zero_()
+    if poll_h:
+        ws["seq"].view(torch.int32).fill_(-1)
+
+    def launch(programs: int, layer_begin: int, layer_end: int, step_begin: int, step_end: int,
+               do_proj: bool, do_rec: bool) -> None:
+        _launch(
+            _rnn_stack_kernel, (batch_tiles, programs, 1), ws, plan.num_warps,
+            *inputs, ws["gx"], ws["seq"], ws["c_state"], ws["sync"], *outputs,
+            layer_begin, layer_end, step_begin, step_end,
+            IS_LSTM=lstm, D=dirs, HP=hp, K0=packed.input_padded, RT=rt,
+            BLOCK_B=plan.block_b, R_TILES=plan.r_tiles, BLOCK_R=hp // plan.r_tiles,
+            BLOCK_M=plan.block_m, BLOCK_C=plan.block_c,
+            BLOCK_K0=min(plan.block_k, packed.input_padded), BLOCK_KR=min(plan.block_k, rt),
+            HAS_STATE=has_state, DO_PROJ=do_proj, DO_REC=do_rec,
+            GRID_SYNC=grid_sync and programs > 1, C_IN_MEMORY=plan.path == "multi-launch",
+            H_IN_REGISTERS=plan.r_tiles == 1 and plan.path == "single-launch", POLL_H=poll_h, SEQ_SLABS=seq_slabs,
+            PROJ_BY_UNIT=do_proj and do_rec and plan.proj_by_unit,
+            DOT_PRECISION="ieee", ON_GPU=not interpreting(), FAST_MATH=fast_math, K_CHAIN=plan.k_chain,
+            H_SUM=h_sum,
+        )
+
+    if plan.path == "single-launch":
+        launch(plan.programs, 0, layers, 0, seq_len, True, True)
+    else:
+        m_items = -(-seq_len * plan.block_b // plan.block_m) * (4 * rt // plan.block_c)
+        for layer in range(layers):
+            launch(m_items, layer, layer + 1, 0, seq_len, True, False)
+            for step in range(seq_len):
+                launch(dirs * plan.r_tiles, layer, layer + 1, step, step + 1, False, True)
+    return (out, hn, cn) if lstm else (out, hn)

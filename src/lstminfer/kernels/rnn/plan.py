@@ -1,0 +1,167 @@
+"""Launch policy: which kernel runs a call and its tile sizes, a pure function of the sizes and the device."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .packing import PackedRNN, _pow2
+
+PATHS = ("single-launch", "multi-launch")
+# Recurrent weights per thread a program keeps in registers for a whole layer (fp32 values).
+WEIGHT_REGISTERS = 128
+POLL_H_MAX_BYTES = 64 << 20
+# Longest sequence for which the layer pipeline (one program per layer and direction) is the default plan
+# (H100, seed model: faster at seq 1 and 3, slower at seq 10), and the most W_ih + W_hh weights per thread
+# it is the default with (96 compiles without spills on sm_90; 128 spills at HP 64).
+PIPELINE_MAX_SEQ = 3
+PIPELINE_WEIGHTS = 96
+# the one-warp-per-row plan (HP <= 32) from this many (time step, row) pairs per batch tile: below it a unit
+# projects its own columns, too slow on one warp
+SMALL_ROWS_MIN_SEQ = 16
+# the relay kernel: helper programs per batch tile (at most; more were no faster) and the most workspace it
+# may take. Where it fits it is the one-warp plan's kernel at every length (H100, seed model: 129 vs 164 us at
+# seq 50, 231 vs 273 at 100, 442 vs 500 at 200 against the stack kernel)
+RELAY_HELPERS = 16
+RELAY_MAX_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one call is launched (a pure function of the sizes and the device; see plan_for)."""
+
+    path: str  # "single-launch" or "multi-launch"
+    block_b: int  # batch rows per program
+    r_tiles: int  # row tiles per direction in the recurrence
+    programs: int  # programs per batch tile
+    block_m: int = 16  # projection: (t, b) rows per work item
+    block_c: int = 64  # projection: gate columns per work item
+    block_k: int = 32  # projection: reduction chunk
+    num_warps: int = 4
+    poll_h: bool = True  # split directions poll h over poisoned words (else: counter barrier + reload)
+    proj_by_unit: bool = False  # each recurrence unit projects its own columns (one time tile only)
+    pipeline: bool = False  # one program per (layer, direction), weights in registers, input polled
+    relay: bool = False  # one-warp units and helpers that project each layer row by row (_rnn_relay_kernel)
+    fast_math: bool = True  # sigmoid/tanh from ex2.approx.ftz and rcp.approx.ftz (CUDA only)
+    k_chain: int = 32  # products summed over k in independent chains of this many (see _rows_times)
+    exact_k: bool = True  # sum over the real k only, not the padding (_rows_times; the pipeline always sums it)
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = None, **overrides: Any) -> Plan:
+    """Pick the path and tile sizes.
+
+    A recurrence unit (one direction's row tile) keeps W_hh^T [HP, 4 * HP / r_tiles] in registers, whole
+    columns per thread; r_tiles is the fewest that keeps that under WEIGHT_REGISTERS per thread at
+    num_warps <= 8. With r_tiles == 1, h stays in registers. On CUDA every program of a batch tile must be
+    resident (grid barriers), so at most one per multiprocessor; otherwise, and on request, multi-launch.
+    """
+    hp, dirs = packed.hidden_padded, packed.num_directions
+    cols = 4 * dirs * hp
+    # unit columns spread over lanes and warps, the k sum inside each thread; at most 4 warps past HP 64
+    # (8 warps of 128 weight registers spilled on sm_90), never more than WEIGHT_REGISTERS weights a thread.
+    max_warps = 8 if hp <= 64 else 4
+    r_tiles = 1
+    while (4 * hp // r_tiles > 32 * max_warps or hp * 4 * hp // r_tiles > WEIGHT_REGISTERS * 32 * max_warps) \
+            and 4 * hp // r_tiles > 1:
+        r_tiles *= 2
+    num_warps = max(1, min(max_warps, 4 * hp // r_tiles // 32))
+    full_rows = min(_pow2(batch, least=1), max(1, 128 // hp))  # h is replicated in every thread
+    block_b = full_rows
+    block_c = min(cols, 128 if hp <= 64 else 64)
+    block_m = 16 if seq_len * block_b <= 16 else 32
+    on_cuda = packed.device.type == "cuda" and not interpreting()
+    sms = _sm_count(packed.device) if on_cuda else 1 << 30
+    # One warp per direction and batch row (HP <= 32: a unit's W_hh^T is at most 128 weights a thread): batch
+    # rows are independent, so each row's step runs on its own multiprocessor with a quarter of the
+    # multiply-adds of a 4-row tile, and barriers inside one warp cost little (B: 497 -> 352 us). The cell
+    # then has exactly one element a thread: with fewer (a 1-row tile over 4 warps), Triton 3.6 computed the
+    # cell of every unit in every thread (330 MUFU a step) and ran 10x slower. Only where the projection is
+    # shared by the programs (more than one time tile): a single warp projecting its unit's own columns made
+    # the seed model slower at seq 10 (121 vs 99 us); the switch at SMALL_ROWS_MIN_SEQ is not tuned further.
+    small_rows = max(1, 32 // hp)
+    if (on_cuda and r_tiles == 1 and hp <= 32 and seq_len * small_rows > SMALL_ROWS_MIN_SEQ
+            and -(-batch // small_rows) * dirs <= sms):
+        block_b, num_warps = min(block_b, small_rows), 1
+        block_m, block_c = 16, min(cols, 64)
+    batch_tiles = -(-batch // block_b)
+    items = -(-seq_len * block_b // block_m) * (cols // block_c)
+    if path is None:
+        if not on_cuda:
+            path = "single-launch"
+        else:
+            resident = batch_tiles * dirs * r_tiles <= sms
+            path = "single-launch" if resident else "multi-launch"
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}: use one of {PATHS}")
+    if path == "single-launch" and not on_cuda:
+        r_tiles = 1  # the interpreter runs programs one after another: one program, nobody waits
+    # one time tile: each recurrence unit projects its own columns, so no barrier after the projection
+    proj_by_unit = path == "single-launch" and seq_len * block_b <= block_m
+    if proj_by_unit:
+        block_c = min(64, 4 * hp // r_tiles)
+    if path == "single-launch" and not on_cuda:
+        programs = 1
+    elif path == "single-launch" and not proj_by_unit:
+        programs = max(dirs * r_tiles, min(items, 32, sms // batch_tiles))
+    else:
+        programs = dirs * r_tiles
+    # Triton 3.6 (the H100 machine's) crashed in RemoveLayoutConversions compiling the h poll at HP 256
+    # (2 warps, 16-row tiles); the counter barrier compiles there, so the poll is kept to HP <= 128.
+    poll_h = hp <= 128
+    # Layer pipeline: every (layer, direction) its own program with all its weights in registers (whole
+    # columns per thread: at most WEIGHT_REGISTERS of W_ih and W_hh), all of them resident; CUDA only.
+    k_in = max(packed.input_padded, dirs * hp if packed.num_layers > 1 else 0)
+    pipe_block_b = overrides.get("block_b", full_rows)
+    pipe_warps = max(1, min(max_warps, 4 * hp // 32))
+    pipeline_fits = (r_tiles == 1 and k_in + hp <= WEIGHT_REGISTERS
+                     and -(-batch // pipe_block_b) * packed.num_layers * dirs <= sms)
+    pipeline = (on_cuda and path == "single-launch" and pipeline_fits and seq_len <= PIPELINE_MAX_SEQ
+                and k_in + hp <= PIPELINE_WEIGHTS and overrides.get("pipeline", True))
+    if pipeline:
+        programs = packed.num_layers * dirs
+        block_b, num_warps = pipe_block_b, pipe_warps
+        if seq_len == 1:
+            # fewer batch rows per program shorten each program's step (A: 4 rows 20.9 us, 2 rows 17.2, 1 row
+            # 16.1), as long as every program stays resident. Not at seq > 1: Triton compiles the time loop
+            # at one row into 4x the instructions, with spills.
+            while block_b > 1 and -(-batch // (block_b // 2)) * programs <= sms:
+                block_b //= 2
+    # Relay: the one-warp plan with the projection done row by row by helper programs as the previous layer
+    # completes each row, instead of shared by all programs between two grid barriers; CUDA only by default.
+    relay_rows = min(full_rows, small_rows)
+    relay_tiles = -(-batch // relay_rows)
+    relay_programs = dirs * (1 + max(1, min(RELAY_HELPERS // dirs, sms // relay_tiles // dirs - 1)))
+    relay_bytes = 4 * seq_len * batch * packed.num_layers * (cols + 2 * dirs * hp)  # gx and two output sets
+    relay_fits = (r_tiles == 1 and hp <= 32 and packed.input_padded <= 64 and relay_bytes <= RELAY_MAX_BYTES
+                  and relay_tiles * relay_programs <= sms)
+    relay = (on_cuda and path == "single-launch" and not pipeline and num_warps == 1 and relay_fits
+             and overrides.get("relay", True))
+    if relay:
+        programs = relay_programs
+    plan = Plan(path, block_b, r_tiles, programs, block_m, block_c, 32 if hp <= 64 else 16, num_warps,
+                poll_h=poll_h, proj_by_unit=proj_by_unit, pipeline=pipeline, relay=relay)
+    if overrides:
+        if overrides.get("pipeline") and not plan.pipeline:
+            if not pipeline_fits or path != "single-launch":
+                raise ValueError("the layer pipeline does not fit this size (weights per thread or residency)")
+            overrides = {"programs": packed.num_layers * dirs, "r_tiles": 1, "block_b": pipe_block_b,
+                         "num_warps": pipe_warps, **overrides}
+        if overrides.get("relay") and not plan.relay:
+            if not relay_fits or path != "single-launch":
+                raise ValueError("the relay kernel does not fit this size (hidden or input over 32/64, "
+                                 "workspace or residency)")
+            overrides = {"programs": relay_programs if on_cuda else 1, "r_tiles": 1, "block_b": relay_rows,
+                         "num_warps": 1, "pipeline": False, **overrides}
+        plan = Plan(**{**plan.__dict__, **overrides})
+    return plan
