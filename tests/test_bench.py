@@ -9,9 +9,10 @@ import pytest
 
 from lstminfer.backends import base
 from lstminfer.backends.base import BackendChoice, Runner
-from lstminfer.bench import BenchConfig, bench, comparison, time_queries
 from lstminfer.errors import UserError
-from lstminfer.spec import Model, ModelSpec, build_module
+from lstminfer.measure.bench import BenchConfig, bench, comparison, time_queries
+from lstminfer.model.base import Model
+from lstminfer.model.spec import ModelSpec, build_module
 
 
 class _SleepRunner(Runner):

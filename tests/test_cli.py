@@ -161,9 +161,9 @@ def test_failure_halfway_keeps_written_artifacts(cli, tmp_path):
 
 
 def test_verification_failure_exits_1(cli, tmp_path):
-    from lstminfer.verify import Tolerance
+    from lstminfer.measure.verify import Tolerance
 
-    with mock.patch.dict("lstminfer.verify.TOLERANCES", {"fp32": Tolerance(0.0, 0.0)}):
+    with mock.patch.dict("lstminfer.measure.verify.TOLERANCES", {"fp32": Tolerance(0.0, 0.0)}):
         code, out, _ = cli("verify", "--kind", "lstm", "--input-size", "3", "--hidden-size", "4", "--num-layers", "3",
                            "--backends", "onnxruntime", "--out", tmp_path)
     assert code == 1 and "FAILED" in out

@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lstminfer.errors import UserError
-from lstminfer.export import ExportCheckFailed, check_points, export_model
-from lstminfer.onnx_ref import Float64Reference
-from lstminfer.spec import Model, ModelSpec, build_module, preset
+from lstminfer.model.base import Model
+from lstminfer.model.spec import ModelSpec, build_module, preset
+from lstminfer.onnx.export import ExportCheckFailed, check_points, export_model
+from lstminfer.onnx.oracle import Float64Reference
 
 specs = st.builds(
     ModelSpec,
@@ -125,7 +126,7 @@ def test_auto_falls_back_to_direct_and_says_so(tmp_path):
 
 def test_frozen_sequence_axis_is_caught(tmp_path):
     """A graph that only works at the example length (the dynamo failure mode) fails the export check."""
-    from lstminfer import export as export_mod
+    from lstminfer.onnx import export as export_mod
 
     model = _model(ModelSpec("lstm", 3, 4, 1, bidirectional=True), seq_len=3)
     real = export_mod.export_direct

@@ -23,7 +23,8 @@ from hypothesis import strategies as st  # noqa: E402
 from lstminfer.backends.fused import FusedGraphRunner, FusedRunner, fused_rnn  # noqa: E402
 from lstminfer.errors import UserError  # noqa: E402
 from lstminfer.kernels.rnn import pack_rnn, plan_for, rnn_forward  # noqa: E402
-from lstminfer.spec import Model, build_module, spec_of_module  # noqa: E402
+from lstminfer.model.base import Model  # noqa: E402
+from lstminfer.model.spec import build_module, spec_of_module  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") else "cpu"
 FP32_ATOL = 2e-5
@@ -284,7 +285,7 @@ def model_for(module, seq_len=4, batch=2, with_state=True):
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_runner_matches_reference(kind, with_state):
-    from lstminfer.spec import ModelSpec
+    from lstminfer.model.spec import ModelSpec
 
     spec = ModelSpec(kind, 6, 11, 2, bidirectional=True, batch_first=True)
     model = Model(name="t", spec=spec, module=build_module(spec), seq_len=5, batch=3, with_state=with_state)
@@ -432,7 +433,7 @@ def test_gpu_half_precisions(precision, dtype, atol):
 
 @pytest.mark.gpu
 def test_gpu_graph_replays_equal_eager():
-    from lstminfer.spec import preset
+    from lstminfer.model.spec import preset
 
     p = preset("seed")
     model = Model(name="seed", spec=p.spec, module=build_module(p.spec), seq_len=p.seq_len, batch=p.batch)

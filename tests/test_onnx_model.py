@@ -10,16 +10,10 @@ from hypothesis import strategies as st
 
 from _recurrent_files import FEATURES, HIDDEN, export_vad, if_proto, lstm_proto, no_rnn_proto, save
 from lstminfer.errors import UserError
-from lstminfer.onnx_model import (
-    FileModel,
-    TensorInfo,
-    find_state_pairs,
-    inspect_file,
-    load_model_file,
-    load_onnx,
-    parse_shapes,
-    parse_values,
-)
+from lstminfer.model.file import FileModel, load_model_file
+from lstminfer.onnx.inspect import TensorInfo, find_state_pairs, inspect_file
+from lstminfer.onnx.load import load_onnx
+from lstminfer.onnx.shapes import parse_shapes, parse_values
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lstminfer.errors import UserError
-from lstminfer.report import (
+from lstminfer.report.render import (
     fastest_by_point,
     fastest_rows,
     load_inputs,

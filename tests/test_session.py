@@ -11,7 +11,7 @@ import pytest
 import lstminfer
 from _recurrent_files import FEATURES, HIDDEN, export_vad, lstm_proto, save
 from lstminfer.errors import UserError
-from lstminfer.spec import ModelSpec
+from lstminfer.model.spec import ModelSpec
 
 SCALARS = {"sr": 16000, "gain": 1.0}
 CHUNKS = (1, 3, 5, 4)  # uneven on purpose: 13 steps

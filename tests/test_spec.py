@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from lstminfer.errors import UserError
-from lstminfer.spec import Model, ModelSpec, build_module, load_user_module, preset, spec_of_module
+from lstminfer.model.base import Model
+from lstminfer.model.spec import ModelSpec, build_module, preset, spec_of_module
+from lstminfer.model.user import load_user_module
 
 
 def test_seed_preset_is_the_tutorials_model():

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lstminfer.stats import QueryRecord, median, percentile, performance_summary, summarize
+from lstminfer.measure.stats import QueryRecord, median, percentile, performance_summary, summarize
 
 
 def test_nearest_rank_percentiles_by_hand():

@@ -9,13 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lstminfer.sweep as sweep_mod
+import lstminfer.measure.sweep as sweep_mod
 from lstminfer.backends.base import BackendChoice
-from lstminfer.bench import BenchConfig
 from lstminfer.errors import UserError
-from lstminfer.results import load_results
-from lstminfer.spec import Model, ModelSpec, build_module
-from lstminfer.sweep import Grid, Point, done_points, run_sweep, trim_unfinished
+from lstminfer.measure.bench import BenchConfig
+from lstminfer.measure.store import load_results
+from lstminfer.measure.sweep import Grid, Point, done_points, run_sweep, trim_unfinished
+from lstminfer.model.base import Model
+from lstminfer.model.spec import ModelSpec, build_module
 
 TINY = ["--kind", "lstm", "--input-size", "4", "--hidden-size", "8", "--num-layers", "1"]
 FAST = ["--duration", "0.02", "--warmup", "0", "--iterations", "3"]

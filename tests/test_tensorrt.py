@@ -16,11 +16,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from lstminfer import tensorrt_build as tb
-from lstminfer.backends.tensorrt_ import TensorRTGraphRunner, TensorRTRunner
-from lstminfer.backends.trtexec_ import TrtexecRunner
+from lstminfer.backends.tensorrt import TensorRTGraphRunner, TensorRTRunner
+from lstminfer.backends.trtexec import TrtexecRunner
 from lstminfer.errors import UserError
-from lstminfer.spec import Model, ModelSpec
+from lstminfer.model.base import Model
+from lstminfer.model.spec import ModelSpec
+from lstminfer.tensorrt import build as tb
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -75,7 +76,7 @@ def test_profile_bench_shape_and_max(lstm_onnx: Path) -> None:
 
 
 def test_profile_overrides_in_trtexec_syntax(lstm_onnx: Path) -> None:
-    from lstminfer.trtexec import parse_shapes
+    from lstminfer.tensorrt.trtexec import parse_shapes
 
     p = tb.derive_profile(lstm_onnx, max_shapes=parse_shapes("input:100x8x10"))
     assert p.max["input"] == (100, 8, 10) and p.max["h0"] == (20, 64, 20)  # only the named input changes
@@ -453,8 +454,8 @@ def test_build_cli_without_tensorrt(cli, lstm_onnx: Path, tmp_path: Path) -> Non
 @needs_tensorrt
 @pytest.mark.parametrize("cls", [TensorRTRunner, TensorRTGraphRunner])
 def test_tensorrt_runner_matches_reference(cls, tmp_path: Path) -> None:
-    from lstminfer.export import export_model
-    from lstminfer.spec import build_module
+    from lstminfer.model.spec import build_module
+    from lstminfer.onnx.export import export_model
 
     spec = ModelSpec("lstm", 8, 16, 2, bidirectional=True)
     model = Model("small", spec, module=build_module(spec), seq_len=5, batch=3)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from lstminfer.backends.base import BackendChoice
-from lstminfer.bench import BenchConfig, bench
-from lstminfer.spec import Model, build_module, preset
-from lstminfer.verify import verdicts, verify
+from lstminfer.measure.bench import BenchConfig, bench
+from lstminfer.measure.verify import verdicts, verify
+from lstminfer.model.base import Model
+from lstminfer.model.spec import build_module, preset
 
 pytestmark = pytest.mark.gpu
 

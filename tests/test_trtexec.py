@@ -17,9 +17,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lstminfer import stats, trtexec
 from lstminfer.errors import UserError
-from lstminfer.tensorrt_build import Profile
+from lstminfer.measure import stats
+from lstminfer.tensorrt import trtexec
+from lstminfer.tensorrt.build import Profile
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FP32_LOG = FIXTURES / "trtexec_8.6.1_fp32_tutorial.log"

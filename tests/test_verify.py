@@ -7,11 +7,12 @@ import pytest
 
 from lstminfer.backends import base
 from lstminfer.backends.base import BackendChoice
-from lstminfer.backends.torch_ import TorchRunner
+from lstminfer.backends.pytorch import TorchRunner
 from lstminfer.errors import UserError
-from lstminfer.export import export_model
-from lstminfer.spec import Model, ModelSpec, build_module
-from lstminfer.verify import REL_FLOOR, Tolerance, compare, default_points, parse_points, verdicts, verify
+from lstminfer.measure.verify import REL_FLOOR, Tolerance, compare, default_points, parse_points, verdicts, verify
+from lstminfer.model.base import Model
+from lstminfer.model.spec import ModelSpec, build_module
+from lstminfer.onnx.export import export_model
 
 
 def test_compare_fails_only_when_both_tolerances_are_exceeded():

@@ -11,7 +11,7 @@ __all__ = ["Session", "UserError", "__version__"]
 def __getattr__(name: str) -> Any:
     # Session pulls in numpy and the model readers: imported on first use, so `import lstminfer` stays light.
     if name == "Session":
-        from lstminfer.session import Session
+        from lstminfer.measure.stream import Session
 
         return Session
     raise AttributeError(f"module 'lstminfer' has no attribute {name!r}")

@@ -22,7 +22,7 @@ import numpy as np
 from lstminfer.errors import BackendUnavailable, UserError
 
 if TYPE_CHECKING:
-    from lstminfer.spec import Model
+    from lstminfer.model.base import Model
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -175,17 +175,17 @@ class OnnxFileRunner(Runner):
 # ---- registry -----------------------------------------------------------------------------------
 # name -> "module:Class"; imported lazily so that `import lstminfer` never pulls in heavy libraries.
 BACKENDS: dict[str, str] = {
-    "torch": "lstminfer.backends.torch_:TorchRunner",
-    "torch-graph": "lstminfer.backends.torch_:TorchGraphRunner",
-    "onnxruntime": "lstminfer.backends.onnxruntime_:OrtCpuRunner",
-    "onnxruntime-cuda": "lstminfer.backends.onnxruntime_:OrtCudaRunner",
-    "onnxruntime-trt": "lstminfer.backends.onnxruntime_:OrtTensorrtRunner",
-    "tensorrt": "lstminfer.backends.tensorrt_:TensorRTRunner",
-    "tensorrt-graph": "lstminfer.backends.tensorrt_:TensorRTGraphRunner",
-    "trtexec": "lstminfer.backends.trtexec_:TrtexecRunner",
+    "torch": "lstminfer.backends.pytorch:TorchRunner",
+    "torch-graph": "lstminfer.backends.pytorch:TorchGraphRunner",
+    "onnxruntime": "lstminfer.backends.onnxrt:OrtCpuRunner",
+    "onnxruntime-cuda": "lstminfer.backends.onnxrt:OrtCudaRunner",
+    "onnxruntime-trt": "lstminfer.backends.onnxrt:OrtTensorrtRunner",
+    "tensorrt": "lstminfer.backends.tensorrt:TensorRTRunner",
+    "tensorrt-graph": "lstminfer.backends.tensorrt:TensorRTGraphRunner",
+    "trtexec": "lstminfer.backends.trtexec:TrtexecRunner",
     "fused": "lstminfer.backends.fused:FusedRunner",
     "fused-graph": "lstminfer.backends.fused:FusedGraphRunner",
-    "torchscript": "lstminfer.backends.torchscript_:TorchScriptRunner",
+    "torchscript": "lstminfer.backends.torchscript:TorchScriptRunner",
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from lstminfer.backends.base import Runner
 from lstminfer.backends.cuda_graph import GraphReplay
-from lstminfer.backends.torch_ import TorchTensors, cuda_available, torch_dtype
+from lstminfer.backends.pytorch import TorchTensors, cuda_available, torch_dtype
 
 INTERPRETER_REASON = "CPU runs need TRITON_INTERPRET=1 (Triton's interpreter); use a CUDA GPU"
 

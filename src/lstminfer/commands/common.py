@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from lstminfer.errors import UserError
-from lstminfer.spec import PRESETS, Model, ModelSpec, build_module, load_user_module, preset, spec_of_module
+from lstminfer.model.base import Model
+from lstminfer.model.spec import PRESETS, ModelSpec, build_module, preset, spec_of_module
+from lstminfer.model.user import load_user_module
 
 SIZE_FLAGS = ("kind", "input_size", "hidden_size", "num_layers", "bidirectional", "batch_first", "bias", "proj_size")
 
@@ -115,7 +117,9 @@ def model_from_args(args: argparse.Namespace) -> Model:
 
 def file_model_from_args(args: argparse.Namespace) -> Model:
     """A FileModel for FILE (ONNX or TorchScript) with --shapes / --input / --inputs / --state / --onnx."""
-    from lstminfer.onnx_model import load_model_file, parse_state, parse_values
+    from lstminfer.model.file import load_model_file
+    from lstminfer.onnx.inspect import parse_state
+    from lstminfer.onnx.shapes import parse_values
 
     sizes = [k for k in SIZE_FLAGS if getattr(args, k, None) is not None]
     clash = [f for f, on in (("--preset", getattr(args, "preset", None)), ("--model", getattr(args, "model", None)),
@@ -152,7 +156,7 @@ def parse_int_list(text: str, flag: str) -> list[int]:
 
 def write_json_output(path: str | None, value: Any) -> None:
     if path:
-        from lstminfer.results import write_json_atomic
+        from lstminfer.measure.store import write_json_atomic
 
         write_json_atomic(Path(path), value)
 

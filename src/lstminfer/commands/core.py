@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from lstminfer.backends.base import list_backends, select_backends
-from lstminfer.bench import BenchConfig, bench
 from lstminfer.commands.common import (
     add_backend_args,
     add_model_args,
@@ -20,10 +19,11 @@ from lstminfer.commands.common import (
     stderr_console,
     write_json_output,
 )
-from lstminfer.export import EXPORTERS, export_model
-from lstminfer.report import bench_rows, verify_rows, write_report
-from lstminfer.results import ensure_writable_dir, new_results, write_json_atomic
-from lstminfer.verify import any_failed, default_points, parse_points, verify
+from lstminfer.measure.bench import BenchConfig, bench
+from lstminfer.measure.store import ensure_writable_dir, new_results, write_json_atomic
+from lstminfer.measure.verify import any_failed, default_points, parse_points, verify
+from lstminfer.onnx.export import EXPORTERS, export_model
+from lstminfer.report.render import bench_rows, verify_rows, write_report
 
 
 def register(subparsers: Any) -> None:

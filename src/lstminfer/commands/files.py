@@ -48,7 +48,8 @@ def register(subparsers: Any) -> None:
 
 # ---- inspect --------------------------------------------------------------------------------------------------
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from lstminfer.onnx_model import inspect_file, is_torchscript_path
+    from lstminfer.onnx.inspect import inspect_file
+    from lstminfer.onnx.torchscript import is_torchscript_path
 
     if is_torchscript_path(args.file):
         raise UserError(f"{args.file} is TorchScript: inspect reads ONNX; inspect its ONNX export, or run it with "
@@ -96,7 +97,7 @@ def _ort_cpu_check(path: str) -> str:
         import onnxruntime as ort
     except ImportError:
         return "not checked (onnxruntime is not installed)"
-    from lstminfer.onnx_model import _ort_message
+    from lstminfer.onnx.load import _ort_message
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
@@ -164,7 +165,7 @@ def _chunk_axes(session: Any, chunk: int) -> tuple[int, int, tuple[int, ...]]:
 def stream_one(session: Any, chunk: int, chunks: int, warmup: int, batch: int, chunk_ms: float | None,
                rng: np.random.Generator) -> dict[str, Any]:
     """Time `chunks` consecutive steps of one stream (after `warmup` untimed ones); host clock per step."""
-    from lstminfer.stats import summarize
+    from lstminfer.measure.stats import summarize
 
     seq_axis, batch_axis, shape = _chunk_axes(session, chunk)
     shape = list(shape)
@@ -214,8 +215,9 @@ def _stream_backends(args: argparse.Namespace, model: Any) -> list[tuple[str, st
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from lstminfer.onnx_model import load_model_file, parse_values
-    from lstminfer.session import Session, refuse_unstreamable
+    from lstminfer.measure.stream import Session, refuse_unstreamable
+    from lstminfer.model.file import load_model_file
+    from lstminfer.onnx.shapes import parse_values
 
     for flag, value in (("--chunk", args.chunk), ("--chunks", args.chunks), ("--batch", args.batch)):
         if value <= 0:

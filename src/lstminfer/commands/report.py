@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from lstminfer.backends.base import PRECISIONS, select_backends
-from lstminfer.bench import BenchConfig
 from lstminfer.commands.common import (
     add_backend_args,
     add_model_args,
@@ -22,9 +21,10 @@ from lstminfer.commands.common import (
 )
 from lstminfer.commands.core import _options, _prepare_model, add_timing_args
 from lstminfer.errors import UserError
-from lstminfer.export import EXPORTERS
-from lstminfer.report import FORMATS, fastest_rows, load_inputs, wins_summary, write_report
-from lstminfer.results import ensure_writable_dir, load_results
+from lstminfer.measure.bench import BenchConfig
+from lstminfer.measure.store import ensure_writable_dir, load_results
+from lstminfer.onnx.export import EXPORTERS
+from lstminfer.report.render import FORMATS, fastest_rows, load_inputs, wins_summary, write_report
 
 
 def register(subparsers: Any) -> None:
@@ -80,7 +80,7 @@ def _progress_bar() -> Any:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
-    from lstminfer.sweep import SWEEP_FILE, Grid, check_target, run_sweep, summarize_point
+    from lstminfer.measure.sweep import SWEEP_FILE, Grid, check_target, run_sweep, summarize_point
 
     grid = Grid(seq_lens=tuple(parse_int_list(args.seq_lens, "seq-len")),
                 batches=tuple(parse_int_list(args.batches, "batch")),

@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lstminfer import tensorrt_build as tb
-from lstminfer import trtexec
 from lstminfer.commands.common import print_table, stdout_console, write_json_output
 from lstminfer.errors import UserError
-from lstminfer.results import SCHEMA_VERSION, load_results, write_json_atomic
+from lstminfer.measure.store import SCHEMA_VERSION, load_results, write_json_atomic
+from lstminfer.tensorrt import build as tb
+from lstminfer.tensorrt import trtexec
 
 
 def register(subparsers: Any) -> None:

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from lstminfer.errors import UserError
-from lstminfer.results import ensure_writable_dir, read_json, write_json_atomic, write_text_atomic
-from lstminfer.trtexec import Shapes, format_dims, format_shapes
+from lstminfer.measure.store import ensure_writable_dir, read_json, write_json_atomic, write_text_atomic
+from lstminfer.tensorrt.trtexec import Shapes, format_dims, format_shapes
 
 DEFAULT_MAX_SEQ_LEN = 512
 DEFAULT_MAX_BATCH = 64

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lstminfer.report import backend_label, fastest_by_point, timed_records
+from lstminfer.report.render import backend_label, fastest_by_point, timed_records
 
 DPI = 110
 PLOT_NAMES = ("latency", "throughput", "speedup", "accuracy")

@@ -37,7 +37,7 @@ class OrtRunner(OnnxFileRunner):
             providers = ", ".join(ort.get_available_providers())
             return False, f"{cls.provider} is not in this onnxruntime build ({providers})"
         if device == "cuda":
-            from lstminfer.backends.torch_ import cuda_available
+            from lstminfer.backends.pytorch import cuda_available
 
             return cuda_available()
         return True, ""
@@ -95,7 +95,7 @@ class OrtTensorrtRunner(OrtRunner):
     install_hint = 'pip install onnxruntime-gpu "lstminfer[tensorrt]"'
 
     def provider_options(self) -> dict[str, Any]:
-        from lstminfer.tensorrt_build import default_cache_dir, derive_profile, ort_tensorrt_provider_options
+        from lstminfer.tensorrt.build import default_cache_dir, derive_profile, ort_tensorrt_provider_options
 
         profile = derive_profile(self.model.onnx_path, self.model.seq_len, self.model.batch)
         cache_dir = default_cache_dir(self.options.get("out_dir") or Path(self.model.onnx_path).parent)

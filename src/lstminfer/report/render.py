@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lstminfer.bench import comparison
 from lstminfer.errors import UserError
-from lstminfer.results import ensure_writable_dir, load_results, read_json, write_text_atomic
-from lstminfer.verify import verdicts
+from lstminfer.measure.bench import comparison
+from lstminfer.measure.store import ensure_writable_dir, load_results, read_json, write_text_atomic
+from lstminfer.measure.verify import verdicts
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -477,7 +477,7 @@ def write_report(results: dict[str, Any], path: str | Path, fmt: str = "md") -> 
 
     Plots are named `<report stem>-<plot>.png`; every file is written atomically.  Returns `path`.
     """
-    from lstminfer.plots import PLOT_NAMES, make_plots  # matplotlib only when a report is written
+    from lstminfer.report.plots import PLOT_NAMES, make_plots  # matplotlib only when a report is written
 
     if fmt not in FORMATS:
         raise UserError(f"unknown report format {fmt!r}: use md or html")

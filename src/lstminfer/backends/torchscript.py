@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from lstminfer.backends.base import Runner
-from lstminfer.backends.torch_ import cuda_available
+from lstminfer.backends.pytorch import cuda_available
 
 
 class TorchScriptRunner(Runner):
@@ -34,7 +34,7 @@ class TorchScriptRunner(Runner):
     def prepare_impl(self) -> None:
         import torch
 
-        from lstminfer.onnx_model import load_torchscript
+        from lstminfer.onnx.torchscript import load_torchscript
 
         self.module = load_torchscript(self.model.script_path, self.device)
         if self.device == "cuda":
@@ -49,7 +49,7 @@ class TorchScriptRunner(Runner):
     def execute_impl(self, device_inputs: dict[str, Any]) -> list[Any]:
         import torch
 
-        from lstminfer.onnx_model import flatten_outputs, script_inputs
+        from lstminfer.onnx.torchscript import flatten_outputs, script_inputs
 
         with torch.inference_mode():
             return flatten_outputs(self.module(*script_inputs(self.model, device_inputs)))

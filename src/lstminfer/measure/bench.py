@@ -24,8 +24,8 @@ import numpy as np
 
 from lstminfer.backends.base import BackendChoice, Runner, runner_class
 from lstminfer.errors import UserError
-from lstminfer.spec import Model
-from lstminfer.stats import QueryRecord, performance_summary
+from lstminfer.measure.stats import QueryRecord, performance_summary
+from lstminfer.model.base import Model
 
 
 @dataclass
@@ -139,7 +139,7 @@ def time_queries(runner: Runner, inputs: dict[str, np.ndarray], config: BenchCon
 
 
 def bench_record(runner: Runner, records: Sequence[QueryRecord], config: BenchConfig) -> dict[str, Any]:
-    """The JSON record of one benchmark (schema in results.py)."""
+    """The JSON record of one benchmark (schema in docs/reports.md)."""
     summary = performance_summary(records)
     host = summary.host
     rec: dict[str, Any] = {

@@ -16,7 +16,7 @@ import numpy as np
 
 from lstminfer.backends.base import BackendChoice, runner_class
 from lstminfer.errors import UserError
-from lstminfer.spec import Model
+from lstminfer.model.base import Model
 
 REL_FLOOR = 1e-3
 
@@ -148,7 +148,7 @@ def _check_onnx_reference(model: Model, feeds: list, references: list, reference
     """onnx.reference on a float64 copy of the exported file vs the float64 PyTorch reference."""
     import onnx
 
-    from lstminfer.onnx_ref import Float64Reference, applicable
+    from lstminfer.onnx.oracle import Float64Reference, applicable
 
     proto = onnx.load(str(model.onnx_path))
     base = {"backend": "onnx-reference", "device": "cpu", "precision": "fp64", "reference": reference_name}

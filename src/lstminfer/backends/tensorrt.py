@@ -1,12 +1,12 @@
 """TensorRT engines (TensorRT 10/11 Python API, named I/O tensors, ``execute_async_v3``); torch owns memory and streams.
 
-``prepare`` finds or builds the engine (``tensorrt_build.ensure_engine``: cache, sidecar checks), then
+``prepare`` finds or builds the engine (``lstminfer.tensorrt.build.ensure_engine``: cache, sidecar checks), then
 allocates one device buffer per I/O tensor sized for the profile's max shapes, and pinned host buffers
 to copy through, as trtexec does. Per call: ``upload`` = H2D copies, ``execute`` = ``set_input_shape`` +
 the enqueue, ``download`` = D2H copies and the only synchronization. All three run on ``self.stream``.
 
 Runner options (``bench``/``verify`` pass them through): ``out_dir``/``cache_dir``, ``profile`` (a
-tensorrt_build.Profile), ``max_seq_len``, ``max_batch``, ``workspace_mb``, ``tf32`` (default on, as in
+lstminfer.tensorrt.build.Profile), ``max_seq_len``, ``max_batch``, ``workspace_mb``, ``tf32`` (default on, as in
 TensorRT; the CLI passes its ``--tf32`` flag, off unless given).
 
 Not yet run against a real TensorRT: see docs/tensorrt.md.
@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from lstminfer import tensorrt_build as tb
 from lstminfer.backends.base import OnnxFileRunner
 from lstminfer.errors import UserError
+from lstminfer.tensorrt import build as tb
 
 
 class TensorRTRunner(OnnxFileRunner):

@@ -9,7 +9,7 @@ import numpy as np
 
 from lstminfer.backends.base import Runner
 from lstminfer.backends.cuda_graph import GraphReplay
-from lstminfer.spec import call_rnn
+from lstminfer.model.spec import call_rnn
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 

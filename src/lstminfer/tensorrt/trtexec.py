@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lstminfer.errors import UserError
-from lstminfer.stats import UNSTABLE_CV_PERCENT, QueryRecord, performance_summary
+from lstminfer.measure.stats import UNSTABLE_CV_PERCENT, QueryRecord, performance_summary
 
 if TYPE_CHECKING:
-    from lstminfer.tensorrt_build import Profile
+    from lstminfer.tensorrt.build import Profile
 
 Shapes = dict[str, tuple[int, ...]]
 
@@ -447,7 +447,7 @@ def _gpu_cv_from_warnings(warnings: Sequence[str]) -> float | None:
 def to_bench_record(log: TrtexecLog | None = None, times: Sequence[QueryRecord] | None = None,
                     model: str | None = None, seq_len: int | None = None, batch: int | None = None,
                     precision: str | None = None) -> dict[str, Any]:
-    """One bench record (schema in results.py) from a trtexec log and/or its --exportTimes queries.
+    """One bench record (schema in docs/reports.md) from a trtexec log and/or its --exportTimes queries.
 
     The log's printed numbers are used as printed; the queries add what the log does not print
     (every metric's CV, each query's latency). Given only the queries, lstminfer.stats summarizes them.

@@ -1,18 +1,10 @@
-"""What model we run: a ModelSpec (sizes), presets, users' own modules, and the Model handle backends get."""
+"""The sizes of an LSTM/GRU stack (ModelSpec), the presets, and building the PyTorch module from them."""
 
 from __future__ import annotations
 
-import copy
-import importlib
-import importlib.util
 import json
-import sys
-from dataclasses import asdict, dataclass, field, fields
-from functools import cached_property
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields
 from typing import Any
-
-import numpy as np
 
 from lstminfer.errors import UserError
 
@@ -152,124 +144,6 @@ def spec_of_module(module: Any) -> ModelSpec | None:
         bidirectional=rnn.bidirectional, batch_first=rnn.batch_first, bias=rnn.bias,
         proj_size=getattr(rnn, "proj_size", 0),
     )
-
-
-def _import_factory(ref: str) -> Any:
-    """`path/to/file.py:factory` or `package.module:factory` -> the callable."""
-    target, sep, attr = ref.rpartition(":")
-    if not sep or not target or not attr:
-        raise UserError(f"--model {ref!r}: expected FILE.py:factory or package.module:factory")
-    if target.endswith(".py") or "/" in target:
-        path = Path(target)
-        if not path.is_file():
-            raise UserError(f"--model: file {target} does not exist")
-        mod_spec = importlib.util.spec_from_file_location(f"lstminfer_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.modules[mod_spec.name] = module
-        try:
-            mod_spec.loader.exec_module(module)
-        except Exception as err:
-            raise UserError(f"--model: importing {target} failed: {type(err).__name__}: {err}") from err
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as err:
-            raise UserError(f"--model: cannot import module {target!r} ({err}); check the name and sys.path") from err
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise UserError(f"--model: {target} has no callable {attr!r}")
-    return factory
-
-
-def load_user_module(ref: str, weights: str | None = None) -> Any:
-    """Call a user's factory, check it returns an nn.Module, and load a state_dict (weights_only) into it."""
-    import torch
-
-    factory = _import_factory(ref)
-    try:
-        module = factory()
-    except Exception as err:
-        raise UserError(f"--model: calling {ref} failed: {type(err).__name__}: {err}") from err
-    if not isinstance(module, torch.nn.Module):
-        raise UserError(f"--model: {ref} returned {type(module).__name__}, not a torch.nn.Module")
-    if weights:
-        load_weights(module, weights)
-    return module.float().eval()
-
-
-def load_weights(module: Any, weights: str) -> None:
-    import torch
-
-    path = Path(weights)
-    if not path.is_file():
-        raise UserError(f"--weights: file {weights} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise UserError(f"--weights: {weights} is not a state_dict torch.load can read safely "
-                        f"(weights_only=True): {str(err).splitlines()[0]}") from err
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise UserError(f"--weights: {weights} holds a {type(state).__name__}, not a state_dict")
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:
-        first = " ".join(str(err).split())[:300]
-        raise UserError(f"--weights: {weights} does not fit the model: {first}") from err
-
-
-@dataclass
-class Model:
-    """What every backend is handed: the PyTorch module (when there is one), its spec, the ONNX file.
-
-    Inputs and outputs are named as in the ONNX export (`input`, `h0`, `c0` -> `output`, `hn`, `cn`).
-    Subclasses (e.g. a user's ONNX file) override `make_inputs` and `reference`.
-    """
-
-    name: str
-    spec: ModelSpec | None = None
-    module: Any = None  # float32 eval-mode torch.nn.Module, on the CPU
-    onnx_path: Path | None = None
-    seq_len: int = 1  # the example / default bench shape
-    batch: int = 1
-    with_state: bool = True  # feed h0/c0 (the tutorial does)
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def input_names(self) -> list[str]:
-        names = self.spec.input_names
-        return names if self.with_state else names[:1]
-
-    @property
-    def output_names(self) -> list[str]:
-        return self.spec.output_names
-
-    def make_inputs(self, seq_len: int, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Fresh standard-normal float32 inputs at one point."""
-        shapes = self.spec.shapes(seq_len, batch)
-        return {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in self.input_names}
-
-    def reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Float64 PyTorch on the CPU: the oracle every backend is compared with."""
-        import torch
-
-        if self.module is None:
-            raise UserError(f"model {self.name} has no PyTorch module to use as the reference")
-        with torch.no_grad():
-            args = [torch.from_numpy(inputs[n]).double() for n in self.input_names]
-            outputs = call_rnn(self._module64, self.spec.kind if self.spec else "lstm", args)
-        return {n: t.numpy() for n, t in zip(self.output_names, outputs)}
-
-    @cached_property
-    def _module64(self) -> Any:
-        """A float64 copy of the module, made once."""
-        return copy.deepcopy(self.module).double().eval()
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "spec": self.spec.to_dict() if self.spec else None,
-                "onnx": str(self.onnx_path) if self.onnx_path else None,
-                "seq_len": self.seq_len, "batch": self.batch, "with_state": self.with_state, **self.metadata}
 
 
 def call_rnn(module: Any, kind: str, args: list[Any]) -> list[Any]:

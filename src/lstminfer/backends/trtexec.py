@@ -17,11 +17,11 @@ import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
-from lstminfer import tensorrt_build as tb
-from lstminfer import trtexec
 from lstminfer.backends.base import Runner
 from lstminfer.errors import UserError
-from lstminfer.results import ensure_writable_dir, write_text_atomic
+from lstminfer.measure.store import ensure_writable_dir, write_text_atomic
+from lstminfer.tensorrt import build as tb
+from lstminfer.tensorrt import trtexec
 
 TIMEOUT_S = 3600  # an LSTM engine build can take minutes; a hung trtexec should not hang a sweep forever
 

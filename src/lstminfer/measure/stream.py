@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from lstminfer.errors import UserError
-from lstminfer.spec import Model, ModelSpec, build_module, call_rnn
+from lstminfer.model.base import Model
+from lstminfer.model.spec import ModelSpec, build_module, call_rnn
 
 TORCH_BACKENDS = ("torch", "torchscript")
 ORT_BACKENDS = {"onnxruntime": ("CPUExecutionProvider", "cpu"), "onnxruntime-cuda": ("CUDAExecutionProvider", "cuda")}
@@ -33,7 +34,7 @@ def _as_model(source: Any, shapes: Any, inputs: dict[str, Any] | None, onnx: Any
     if isinstance(source, ModelSpec):
         return Model(name=source.describe(), spec=source, module=build_module(source), seq_len=1, batch=1)
     if isinstance(source, (str, Path)):
-        from lstminfer.onnx_model import load_model_file
+        from lstminfer.model.file import load_model_file
 
         scalars = {k: v for k, v in (inputs or {}).items() if np.ndim(v) == 0}
         arrays = {k: np.asarray(v) for k, v in (inputs or {}).items() if np.ndim(v) > 0}
@@ -46,7 +47,7 @@ def _as_model(source: Any, shapes: Any, inputs: dict[str, Any] | None, onnx: Any
 
 def state_pairs_of(model: Model, given: Any = None) -> list[tuple[str, str]]:
     """(input, output) pairs: given, else the file's own (found by name), else a spec's h0->hn (, c0->cn)."""
-    from lstminfer.onnx_model import find_state_pairs, parse_state
+    from lstminfer.onnx.inspect import find_state_pairs, parse_state
 
     if given:
         return [(p.input, p.output) for p in parse_state(given, model.input_names, model.output_names or None)]
@@ -203,7 +204,7 @@ def _engine_for(session: Session, precision: str) -> Any:
         if model.onnx_path is None:
             if model.module is None:
                 raise UserError(f"backend {name} needs an ONNX file: give --onnx FILE.onnx with a TorchScript file")
-            from lstminfer.export import export_model
+            from lstminfer.onnx.export import export_model
 
             session._tmp = tempfile.TemporaryDirectory(prefix="lstminfer-session-")
             export_model(model, Path(session._tmp.name) / "model.onnx")
@@ -230,7 +231,7 @@ class _OrtEngine:
         try:
             self.sess = ort.InferenceSession(str(session.model.onnx_path), sess_options=opts, providers=[provider])
         except Exception as err:
-            from lstminfer.onnx_model import _ort_message
+            from lstminfer.onnx.load import _ort_message
 
             raise UserError(f"ONNX Runtime refuses {session.model.name}: {_ort_message(err)}") from err
         self.output_names = [o.name for o in self.sess.get_outputs()]
@@ -253,7 +254,7 @@ class _OrtEngine:
         try:
             self.sess.run_with_iobinding(binding)
         except Exception as err:
-            from lstminfer.onnx_model import _ort_message
+            from lstminfer.onnx.load import _ort_message
 
             raise UserError(f"ONNX Runtime cannot run this chunk: {_ort_message(err)}") from err
         values = dict(zip(self.output_names, binding.get_outputs()))
@@ -283,7 +284,7 @@ class _TorchEngine:
         if name == "torchscript":
             if getattr(model, "script_path", None) is None:
                 raise UserError("backend torchscript needs a TorchScript file (.pt saved with torch.jit.save)")
-            from lstminfer.onnx_model import load_torchscript
+            from lstminfer.onnx.torchscript import load_torchscript
 
             self.module = load_torchscript(model.script_path, self.device)
         else:
@@ -307,7 +308,7 @@ class _TorchEngine:
         tensors.update(state)
         with torch.inference_mode():
             if self.script:
-                from lstminfer.onnx_model import flatten_outputs, script_inputs
+                from lstminfer.onnx.torchscript import flatten_outputs, script_inputs
 
                 outs = flatten_outputs(self.module(*script_inputs(model, tensors)))
                 model._ensure_output_names(len(outs))

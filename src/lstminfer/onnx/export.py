@@ -21,8 +21,9 @@ import numpy as np
 
 from lstminfer import __version__
 from lstminfer.errors import UserError
-from lstminfer.results import write_text_atomic
-from lstminfer.spec import Model, ModelSpec, call_rnn, spec_of_module
+from lstminfer.measure.store import write_text_atomic
+from lstminfer.model.base import Model
+from lstminfer.model.spec import ModelSpec, call_rnn, spec_of_module
 
 EXPORTERS = ("auto", "torchscript", "direct")
 OPSET = 17

@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from lstminfer.backends.base import PRECISIONS, BackendChoice
-from lstminfer.bench import BenchConfig, bench
 from lstminfer.errors import UserError
-from lstminfer.results import append_jsonl, machine_info
-from lstminfer.spec import Model
-from lstminfer.verify import verify
+from lstminfer.measure.bench import BenchConfig, bench
+from lstminfer.measure.store import append_jsonl, machine_info
+from lstminfer.measure.verify import verify
+from lstminfer.model.base import Model
 
 SWEEP_FILE = "sweep.jsonl"
 POINT_ENDS = ("bench", "error")  # the line kinds that close a point
