@@ -180,6 +180,7 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "lstminfer.backends.onnxrt:OrtCpuRunner",
     "onnxruntime-cuda": "lstminfer.backends.onnxrt:OrtCudaRunner",
     "onnxruntime-trt": "lstminfer.backends.onnxrt:OrtTensorrtRunner",
+    "openvino": "lstminfer.backends.openvino:OpenVinoRunner",
     "tensorrt": "lstminfer.backends.tensorrt:TensorRTRunner",
     "tensorrt-graph": "lstminfer.backends.tensorrt:TensorRTGraphRunner",
     "trtexec": "lstminfer.backends.trtexec:TrtexecRunner",
