@@ -34,10 +34,11 @@ def _ov() -> Any:
     return openvino
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    # OpenVINO's messages start with "Exception from src/...cpp:123:" lines; the reason is the last line.
-    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+def _reason(err: BaseException) -> str:
+    """The last line of OpenVINO's message that is not C++ location or framing (its reason)."""
+    framing = ("Exception from", "Check '", "FrontEnd API failed", "Summary:")
+    lines = [line.strip(" -") for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(framing)]
     return (useful or lines or [type(err).__name__])[-1]
 
 
@@ -81,10 +82,11 @@ class OpenVinoRunner(OnnxFileRunner):
         ov = _ov()
         self.core = ov.Core()
         path = self.model.onnx_path
-        try:
-            self.source = self.core.read_model(str(path))
-        except Exception as err:  # OpenVINO raises RuntimeError with a multi-line C++ trace
-            raise UserError(f"OpenVINO cannot read {path}: {_first_line(err)}") from None
+        try:  # the ONNX frontend itself: Core.read_model would also try (and log) every other frontend
+            onnx_frontend = ov.frontend.FrontEndManager().load_by_framework("onnx")
+            self.source = onnx_frontend.convert(onnx_frontend.load(str(path)))
+        except Exception as err:  # OpenVINO raises with a multi-line C++ trace
+            raise UserError(f"OpenVINO cannot read {path}: {_reason(err)}") from None
         self.config: dict[str, Any] = {
             "PERFORMANCE_HINT": self.cpu_mode.upper(),
             "INFERENCE_PRECISION_HINT": HINTS[self.precision],
@@ -117,7 +119,7 @@ class OpenVinoRunner(OnnxFileRunner):
         try:
             return self.core.compile_model(model, "CPU", self.config)
         except Exception as err:
-            raise UserError(f"OpenVINO cannot compile {self.model.onnx_path}: {_first_line(err)}") from None
+            raise UserError(f"OpenVINO cannot compile {self.model.onnx_path}: {_reason(err)}") from None
 
     def _read_back(self, compiled: Any) -> dict[str, Any]:
         ran = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
