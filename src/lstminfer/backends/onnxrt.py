@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,6 +49,8 @@ class OrtRunner(OnnxFileRunner):
     def session_options(self) -> Any:
         opts = _ort().SessionOptions()
         opts.log_severity_level = 3
+        if self.device == "cpu" and self.options.get("threads"):
+            opts.intra_op_num_threads = int(self.options["threads"])
         return opts
 
     def prepare_impl(self) -> None:
@@ -70,7 +73,27 @@ class OrtRunner(OnnxFileRunner):
         self.session = None
 
     def describe(self) -> dict[str, Any]:
-        return {"provider": self.provider, "onnxruntime": _ort().__version__}
+        out: dict[str, Any] = {"provider": self.provider, "onnxruntime": _ort().__version__}
+        if self.device == "cpu" and getattr(self, "session", None) is not None:
+            # Read back; 0 is ORT's default, one intra-op thread per physical core.
+            out["threads"] = self.session.get_session_options().intra_op_num_threads or physical_cores()
+        return out
+
+
+def physical_cores(cpuinfo: str | None = None) -> int:
+    """Physical cores as /proc/cpuinfo lists them (ONNX Runtime's default intra-op thread count)."""
+    try:
+        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return os.cpu_count() or 1
+    cores, physical = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "physical id":
+            physical = value.strip()
+        elif key.strip() == "core id":
+            cores.add((physical, value.strip()))
+    return len(cores) or os.cpu_count() or 1
 
 
 class OrtCpuRunner(OrtRunner):

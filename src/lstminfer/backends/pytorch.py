@@ -81,6 +81,9 @@ class TorchRunner(TorchTensors, Runner):
             if isinstance(sub, torch.nn.RNNBase):
                 sub.flatten_parameters()  # one contiguous weight buffer, as cuDNN wants
         self.kind = self.model.spec.kind if self.model.spec else "lstm"
+        self.threads_before = torch.get_num_threads()  # process-wide: restored in close()
+        if self.device == "cpu" and self.options.get("threads"):
+            torch.set_num_threads(int(self.options["threads"]))
         if self.device == "cuda":
             # fp32 means IEEE fp32: PyTorch lets cuDNN RNNs use TF32 by default (errors near 1e-3).
             torch.backends.cudnn.allow_tf32 = self.tf32
@@ -94,14 +97,20 @@ class TorchRunner(TorchTensors, Runner):
             return call_rnn(self.module, self.kind, device_inputs)
 
     def close_impl(self) -> None:
+        import torch
+
         self.module = None
+        if torch.get_num_threads() != self.threads_before:
+            torch.set_num_threads(self.threads_before)
 
     def describe(self) -> dict[str, Any]:
+        import torch
+
         out: dict[str, Any] = {"tf32": self.tf32} if self.device == "cuda" else {}
         if self.device == "cuda":
-            import torch
-
             out["cudnn"] = torch.backends.cudnn.version()
+        else:
+            out["threads"] = torch.get_num_threads()  # read back: what this runner runs with
         return out
 
 

@@ -63,6 +63,12 @@ def add_backend_args(parser: argparse.ArgumentParser, precision_choices: bool = 
     g.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
     g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     g.add_argument("--tf32", action="store_true", help="let cuDNN/cuBLAS use TF32 for fp32 (off: fp32 is IEEE fp32)")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU backends: torch intra-op threads, ONNX Runtime intra-op threads, OpenVINO inference "
+                        "threads (default: each runtime's own; the count that ran is recorded)")
+    g.add_argument("--cpu-mode", choices=["latency", "throughput"], default="latency",
+                   help="openvino: latency (one infer request) or throughput (the batch split over several "
+                        "requests in flight)")
 
 
 def add_output_args(parser: argparse.ArgumentParser, out_dir: bool = False) -> None:
@@ -135,7 +141,9 @@ def file_model_from_args(args: argparse.Namespace) -> Model:
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"tf32": bool(getattr(args, "tf32", False))}
+    _positive("threads", getattr(args, "threads", None))
+    return {"tf32": bool(getattr(args, "tf32", False)), "threads": getattr(args, "threads", None),
+            "cpu_mode": getattr(args, "cpu_mode", None) or "latency"}
 
 
 def split_list(text: str | None) -> list[str] | None:
