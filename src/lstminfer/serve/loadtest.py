@@ -1,0 +1,305 @@
+"""What perf_analyzer reports, through tritonclient (perf_analyzer itself is not installable from our
+registries, FACTS.md section 7): per concurrency level, latency percentiles and throughput.
+
+Two modes:
+- ``stateless``: `concurrency` workers, each sending one request after the other to ``NAME`` (state in and
+  out explicitly; zero state);
+- ``stream``: `concurrency` streams open at once on ``NAME_stream``, each worker running one stream after the
+  other (START on the first chunk, END on the last, a fresh sequence id per stream).
+
+Every level is bounded in time (``warmup_s + duration_s``) and in count (``max_requests``). Requests that
+complete during the warm-up are not counted. Latency is the client's clock around one ``infer`` call;
+throughput is the counted requests over the counted window. Percentiles are trtexec's (nearest rank,
+``measure/stats.py``), so they read like every other number of ours.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lstminfer.errors import UserError
+from lstminfer.serve.repository import STREAM_SUFFIX
+
+DTYPES = {"TYPE_FP32": ("FP32", "float32"), "TYPE_FP16": ("FP16", "float16"), "TYPE_INT64": ("INT64", "int64"),
+          "TYPE_INT32": ("INT32", "int32")}
+
+
+@dataclass(frozen=True)
+class LoadRecord:
+    """One concurrency level of one mode: the JSON record `lstminfer loadtest --json` writes."""
+
+    mode: str  # stateless | stream
+    model: str
+    protocol: str
+    concurrency: int
+    requests: int  # completed in the counted window
+    failed: int
+    duration_s: float  # the counted window
+    throughput_rps: float
+    latency_ms: dict[str, float]  # p50, p90, p95, p99, mean, min, max
+    seq_len: int
+    batch: int
+    errors: list[str] = field(default_factory=list)  # up to three distinct messages
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def split_url(url: str, protocol: str) -> str:
+    """tritonclient wants host:port: strip a scheme and a trailing slash."""
+    if protocol not in ("http", "grpc"):
+        raise UserError(f"--protocol {protocol!r}: use http or grpc")
+    for scheme in ("http://", "https://", "grpc://"):
+        if url.startswith(scheme):
+            url = url[len(scheme):]
+    url = url.rstrip("/")
+    if ":" not in url:
+        raise UserError(f"server address {url!r} needs a port, e.g. 127.0.0.1:8000 (HTTP) or 127.0.0.1:8001 (gRPC)")
+    return url
+
+
+def client_module(protocol: str) -> Any:
+    try:
+        if protocol == "grpc":
+            import tritonclient.grpc as module
+        else:
+            import tritonclient.http as module
+    except ImportError as err:
+        raise UserError(f"tritonclient[{protocol}] is not installed ({err}): pip install 'lstminfer[serve]'") from None
+    return module
+
+
+def make_client(url: str, protocol: str, timeout_s: float = 30.0) -> Any:
+    module = client_module(protocol)
+    if protocol == "grpc":
+        return module.InferenceServerClient(url)
+    return module.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+
+
+def model_config(client: Any, model: str, protocol: str) -> dict[str, Any]:
+    if protocol == "grpc":
+        return client.get_model_config(model, as_json=True)["config"]
+    return client.get_model_config(model)
+
+
+def served_models(client: Any, protocol: str) -> list[str]:
+    """Names of the ready models."""
+    if protocol == "grpc":
+        index = client.get_model_repository_index(as_json=True).get("models", [])
+    else:
+        index = client.get_model_repository_index()
+    return sorted(m["name"] for m in index if m.get("state", "READY") == "READY")
+
+
+def resolve_model(client: Any, protocol: str, model: str | None) -> tuple[str | None, str | None]:
+    """(stateless model, stream model) for `--model NAME`, or for the one model the server serves."""
+    names = served_models(client, protocol)
+    if model is None:
+        bases = sorted({n[: -len(STREAM_SUFFIX)] if n.endswith(STREAM_SUFFIX) else n for n in names})
+        if len(bases) != 1:
+            raise UserError(f"the server serves {', '.join(names) or 'no ready model'}: choose one with --model")
+        model = bases[0]
+    stateless = model if model in names else None
+    stream = model + STREAM_SUFFIX if model + STREAM_SUFFIX in names else None
+    if stateless is None and stream is None:
+        raise UserError(f"the server has no ready model {model!r} (it serves {', '.join(names) or 'none'})")
+    return stateless, stream
+
+
+def make_inputs(config: dict[str, Any], seq_len: int, batch: int, seed: int = 0) -> dict[str, Any]:
+    """Standard-normal arrays for every input of a model config; -1 dims become `seq_len`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    batched = int(config.get("max_batch_size", 0)) > 0
+    arrays = {}
+    for tensor in config["input"]:
+        dims = [seq_len if int(d) < 0 else int(d) for d in tensor["dims"]]
+        shape = ([batch] if batched else []) + dims
+        dtype = DTYPES.get(tensor["data_type"], ("FP32", "float32"))[1]
+        arrays[tensor["name"]] = rng.standard_normal(shape).astype(dtype)
+    return arrays
+
+
+def _infer_inputs(module: Any, arrays: dict[str, Any]) -> list[Any]:
+    from tritonclient.utils import np_to_triton_dtype
+
+    inputs = []
+    for name, array in arrays.items():
+        tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def _short(err: BaseException) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+class _Tally:
+    """Latencies and failures of the counted window, shared by the workers of one level."""
+
+    def __init__(self, count_from: float, stop_at: float, max_requests: int):
+        self.lock = threading.Lock()
+        self.count_from = count_from
+        self.stop_at = stop_at
+        self.max_requests = max_requests
+        self.latencies: list[float] = []
+        self.failed = 0
+        self.errors: list[str] = []
+        self.sent = 0
+        self.last_done = count_from
+
+    def take(self) -> bool:
+        """Whether a worker may send one more request."""
+        with self.lock:
+            if time.perf_counter() >= self.stop_at or self.sent >= self.max_requests:
+                return False
+            self.sent += 1
+            return True
+
+    def done(self, start: float, end: float, error: BaseException | None) -> None:
+        if start < self.count_from:
+            return
+        with self.lock:
+            self.last_done = max(self.last_done, end)
+            if error is None:
+                self.latencies.append((end - start) * 1e3)
+                return
+            self.failed += 1
+            message = _short(error)
+            if message not in self.errors and len(self.errors) < 3:
+                self.errors.append(message)
+
+
+def _stateless_worker(url: str, protocol: str, model: str, arrays: dict[str, Any], tally: _Tally,
+                      timeout_s: float) -> None:
+    module = client_module(protocol)
+    client = make_client(url, protocol, timeout_s)
+    inputs = _infer_inputs(module, arrays)
+    kwargs = {"client_timeout": timeout_s} if protocol == "grpc" else {}
+    try:
+        while tally.take():
+            start = time.perf_counter()
+            error = None
+            try:
+                client.infer(model, inputs, **kwargs)
+            except Exception as err:  # a failed request is data, not a crash
+                error = err
+            tally.done(start, time.perf_counter(), error)
+    finally:
+        client.close()
+
+
+def _stream_worker(url: str, protocol: str, model: str, arrays: dict[str, Any], tally: _Tally, timeout_s: float,
+                   chunks: int, first_id: int) -> None:
+    module = client_module(protocol)
+    client = make_client(url, protocol, timeout_s)
+    inputs = _infer_inputs(module, arrays)
+    kwargs = {"client_timeout": timeout_s} if protocol == "grpc" else {}
+    sequence_id = first_id
+    try:
+        while True:
+            for k in range(chunks):
+                last = k == chunks - 1
+                if not tally.take():
+                    if k:  # close the open stream so the server frees its state now
+                        try:
+                            client.infer(model, inputs, sequence_id=sequence_id, sequence_end=True, **kwargs)
+                        except Exception:
+                            pass
+                    return
+                start = time.perf_counter()
+                error = None
+                try:
+                    client.infer(model, inputs, sequence_id=sequence_id, sequence_start=k == 0, sequence_end=last,
+                                 **kwargs)
+                except Exception as err:
+                    error = err
+                tally.done(start, time.perf_counter(), error)
+                if error is not None:
+                    break  # this stream is broken: start a new one
+            sequence_id += 1
+    finally:
+        client.close()
+
+
+def run_level(url: str, protocol: str, model: str, mode: str, concurrency: int, *, seq_len: int = 1, batch: int = 1,
+              duration_s: float = 5.0, warmup_s: float = 1.0, max_requests: int = 1_000_000, chunks: int = 20,
+              timeout_s: float = 30.0, first_sequence_id: int = 1) -> LoadRecord:
+    """One concurrency level: `concurrency` workers for `warmup_s + duration_s` or `max_requests` requests."""
+    from lstminfer.measure.stats import summarize
+
+    client = make_client(url, protocol, timeout_s)
+    try:
+        arrays = make_inputs(model_config(client, model, protocol), seq_len, batch)
+    finally:
+        client.close()
+    if mode == "stream":
+        arrays = {n: a for n, a in arrays.items() if n == "input"}
+    begin = time.perf_counter()
+    tally = _Tally(begin + warmup_s, begin + warmup_s + duration_s, max_requests)
+    workers = []
+    for w in range(concurrency):
+        if mode == "stream":
+            target, extra = _stream_worker, (chunks, first_sequence_id + w * 1_000_000)
+        else:
+            target, extra = _stateless_worker, ()
+        workers.append(threading.Thread(target=target, args=(url, protocol, model, arrays, tally, timeout_s, *extra),
+                                        daemon=True, name=f"loadtest-{w}"))
+    for t in workers:
+        t.start()
+    for t in workers:  # each worker stops by itself at stop_at; the join bound covers one hung request
+        t.join(timeout=warmup_s + duration_s + timeout_s + 5)
+    window = max(min(tally.last_done, tally.stop_at) - tally.count_from, 1e-9)
+    if tally.latencies:
+        s = summarize(tally.latencies)
+        latency = {"p50": s.median, "p90": s.p90, "p95": s.p95, "p99": s.p99, "mean": s.mean, "min": s.min,
+                   "max": s.max}
+    else:
+        latency = {}
+    return LoadRecord(mode=mode, model=model, protocol=protocol, concurrency=concurrency,
+                      requests=len(tally.latencies), failed=tally.failed, duration_s=round(window, 4),
+                      throughput_rps=len(tally.latencies) / window, latency_ms=latency, seq_len=seq_len,
+                      batch=batch, errors=tally.errors)
+
+
+def loadtest(url: str, *, protocol: str = "http", model: str | None = None, concurrency: list[int] | None = None,
+             streams: list[int] | None = None, **level_options: Any) -> list[LoadRecord]:
+    """The concurrency sweep of stateless requests, then of streams (`streams`: concurrent stream counts)."""
+    url = split_url(url, protocol)
+    client = make_client(url, protocol)
+    try:
+        if not client.is_server_ready():
+            raise UserError(f"the server at {url} is not ready")
+        stateless, stream = resolve_model(client, protocol, model)
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"cannot reach a Triton server at {url} over {protocol}: {_short(err)}") from None
+    finally:
+        client.close()
+    if streams and stream is None:
+        raise UserError(f"--streams: the server has no stream model {((model or stateless) or '') + STREAM_SUFFIX} "
+                        "(a bidirectional model cannot stream)")
+    records = []
+    if stateless is not None:
+        for level in concurrency or []:
+            records.append(run_level(url, protocol, stateless, "stateless", level, **level_options))
+    # Fresh sequence ids on every run: a stream an earlier run left open (a killed client) is not resumed.
+    next_id = random.randrange(1 << 40, 1 << 56)
+    for level in streams or []:
+        records.append(run_level(url, protocol, stream, "stream", level, first_sequence_id=next_id, **level_options))
+        next_id += level * 1_000_000
+    return records
+
+
+def record_rows(records: list[LoadRecord]) -> list[dict[str, Any]]:
+    """Table rows: one per level."""
+    return [{"mode": r.mode, "model": r.model, "protocol": r.protocol, "concurrency": r.concurrency,
+             "requests": r.requests, "failed": r.failed, "throughput (req/s)": r.throughput_rps,
+             **{f"{k} (ms)": r.latency_ms.get(k) for k in ("p50", "p90", "p95", "p99")}} for r in records]

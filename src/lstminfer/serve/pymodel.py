@@ -1,0 +1,239 @@
+"""The model Triton's Python backend runs: any lstminfer backend behind Triton's batchers.
+
+Triton hands ``execute`` a list of requests (several clients' under the dynamic batcher, several streams'
+chunks under the sequence batcher's ``oldest`` strategy). Requests whose chunks have the same length are
+stacked on the batch axis and run as one call of the backend's Runner, so a GPU backend (fused-graph, say)
+sees one batch; the results are split back per request. A request that cannot run gets its own error
+response; the others in the batch are answered normally.
+
+Streams: the sequence batcher routes every chunk of a stream to this instance, with START on the first
+and END on the last. The state is kept here, per correlation id, in a bounded store whose idle timeout is the
+batcher's (``state.py``), as batch-major host arrays: the Runner interface takes and returns host arrays.
+
+``Handler`` holds the logic and is tested without Triton; ``TritonPythonModel`` adapts it to
+``triton_python_backend_utils``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lstminfer.serve.state import StreamStore, StreamStoreFull, UnknownStream
+
+
+class RequestError(Exception):
+    """This request (only) cannot run; the message goes back to its client."""
+
+
+@dataclass
+class StreamChunk:
+    sequence_id: Any
+    start: bool
+    end: bool
+    input: Any  # [rows, seq, features], batch-major
+
+
+def build_runner(desc: dict[str, Any], version_dir: Path) -> tuple[Any, Any]:
+    """(model, prepared Runner) from a repository's ``lstminfer.json``: the model argument group's values
+    rebuild the model exactly as the serving command built it (same seed, same weights, same file)."""
+    import argparse
+    import dataclasses
+
+    from lstminfer.backends.base import runner_class, select_backends
+    from lstminfer.commands.common import model_from_args
+
+    model = model_from_args(argparse.Namespace(**desc["model_args"]))
+    if desc.get("with_state") and not model.with_state:
+        model = dataclasses.replace(model, with_state=True)  # streams carry the state even with --no-state
+    onnx_path = version_dir / "model.onnx"
+    if onnx_path.is_file():
+        model.onnx_path = onnx_path
+    select_backends([f"{desc['backend']}:{desc['device'].split(':')[0]}"])
+    runner = runner_class(desc["backend"])(model, device=desc["device"].split(":")[0], precision=desc["precision"],
+                                           **(desc.get("backend_options") or {}))
+    runner.prepare()
+    return model, runner
+
+
+class Handler:
+    """Stateless requests and stream chunks through one Runner. Arrays are batch-major numpy arrays."""
+
+    def __init__(self, spec: Any, runner: Any, *, stream: bool, max_streams: int = 64,
+                 idle_timeout_s: float = 60.0, with_state: bool = True):
+        import numpy as np
+
+        self.np = np
+        self.spec = spec
+        self.runner = runner
+        self.stream = stream
+        self.with_state = with_state or stream
+        self.state_in = ["h0", "c0"] if spec.kind == "lstm" else ["h0"]
+        self.state_out = ["hn", "cn"] if spec.kind == "lstm" else ["hn"]
+        self.store = StreamStore(max_streams, idle_timeout_s) if stream else None
+
+    # ---- layout: Triton's tensors are batch-major; the Runner takes the model's own layout ------------------
+    def _to_model(self, name: str, array: Any) -> Any:
+        if name == "input" and self.spec.batch_first:
+            return self.np.ascontiguousarray(array)
+        return self.np.ascontiguousarray(array.transpose(1, 0, 2))
+
+    def _from_model(self, name: str, array: Any) -> Any:
+        if name == "output" and self.spec.batch_first:
+            return self.np.ascontiguousarray(array, dtype=self.np.float32)
+        return self.np.ascontiguousarray(array.transpose(1, 0, 2), dtype=self.np.float32)
+
+    def _run(self, feeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One Runner call for requests of equal chunk length: stacked on the batch axis, split after."""
+        np = self.np
+        rows = [f["input"].shape[0] for f in feeds]
+        inputs = {name: self._to_model(name, np.concatenate([f[name] for f in feeds], axis=0))
+                  for name in feeds[0]}
+        outputs = {name: self._from_model(name, value) for name, value in self.runner.infer(inputs).items()}
+        cuts = np.cumsum(rows)[:-1]
+        split = {name: np.split(value, cuts, axis=0) for name, value in outputs.items()}
+        return [{name: parts[i] for name, parts in split.items()} for i in range(len(feeds))]
+
+    def _check(self, name: str, array: Any, rows: int | None = None) -> None:
+        if array.ndim != 3:
+            raise RequestError(f"{name} must be 3-D [batch, ...], got shape {list(array.shape)}")
+        if rows is not None and array.shape[0] != rows:
+            raise RequestError(f"{name} has {array.shape[0]} rows, the stream started with {rows}")
+
+    def _grouped(self, items: list[tuple[int, dict[str, Any]]]) -> dict[int, Any]:
+        """Run (index, feeds) pairs grouped by chunk length; index -> outputs or the error."""
+        groups: dict[int, list[tuple[int, dict[str, Any]]]] = {}
+        for index, feeds in items:
+            groups.setdefault(feeds["input"].shape[1], []).append((index, feeds))
+        results: dict[int, Any] = {}
+        for members in groups.values():
+            try:
+                outs = self._run([f for _, f in members])
+            except Exception as err:  # the backend refused this group: each of its requests learns why
+                error = RequestError(f"the {self.runner.name} backend failed: {type(err).__name__}: {err}")
+                outs = [error] * len(members)
+            for (index, _), out in zip(members, outs):
+                results[index] = out
+        return results
+
+    # ---- stateless: the state in and out explicitly ---------------------------------------------------------
+    def infer(self, requests: list[dict[str, Any]]) -> list[Any]:
+        """Each request: {input, h0(, c0)} -> {output, hn(, cn)}, or a RequestError."""
+        items, results = [], {}
+        for index, feeds in enumerate(requests):
+            try:
+                for name, array in feeds.items():
+                    self._check(name, array)
+                items.append((index, feeds))
+            except RequestError as err:
+                results[index] = err
+        results.update(self._grouped(items))
+        return [results[i] for i in range(len(requests))]
+
+    # ---- streams: the state kept here --------------------------------------------------------------------
+    def zero_state(self, rows: int) -> dict[str, Any]:
+        states = self.spec.num_layers * self.spec.num_directions
+        width = {"h0": self.spec.state_size, "c0": self.spec.hidden_size}
+        return {n: self.np.zeros((rows, states, width[n]), self.np.float32) for n in self.state_in}
+
+    def step(self, chunks: list[StreamChunk]) -> list[Any]:
+        """Each chunk -> {output} or a RequestError. Two chunks of one stream in a call run in order."""
+        results: dict[int, Any] = {}
+        pending = list(enumerate(chunks))
+        while pending:  # the sequence batcher sends one chunk per stream at a time; this keeps order if not
+            seen, now, later = set(), [], []
+            for index, chunk in pending:
+                (later if chunk.sequence_id in seen else now).append((index, chunk))
+                seen.add(chunk.sequence_id)
+            results.update(self._step_once(now))
+            pending = later
+        return [results[i] for i in range(len(chunks))]
+
+    def _step_once(self, chunks: list[tuple[int, StreamChunk]]) -> dict[int, Any]:
+        results: dict[int, Any] = {}
+        items = []
+        for index, chunk in chunks:
+            try:
+                self._check("input", chunk.input)
+                if chunk.start:
+                    state = self.zero_state(chunk.input.shape[0])
+                else:
+                    try:
+                        state = self.store.get(chunk.sequence_id)
+                    except UnknownStream:
+                        raise RequestError(
+                            f"sequence {chunk.sequence_id} has no state here: it never started, it ended, or it "
+                            f"was idle for more than {self.store.idle_timeout_s:g} s; send its first chunk with "
+                            "START") from None
+                    self._check("input", chunk.input, rows=state["h0"].shape[0])
+                items.append((index, {"input": chunk.input, **state}))
+            except RequestError as err:
+                results[index] = err
+        outs = self._grouped(items)
+        by_index = dict(chunks)
+        for index, out in outs.items():
+            chunk = by_index[index]
+            if isinstance(out, Exception):
+                results[index] = out
+                continue
+            new_state = {i: out[o] for i, o in zip(self.state_in, self.state_out)}
+            try:
+                if chunk.end:
+                    self.store.end(chunk.sequence_id)
+                elif chunk.start:
+                    self.store.start(chunk.sequence_id, new_state)
+                else:
+                    self.store.put(chunk.sequence_id, new_state)
+            except StreamStoreFull as err:
+                results[index] = RequestError(str(err))
+                continue
+            except UnknownStream:
+                results[index] = RequestError(f"sequence {chunk.sequence_id} expired while its chunk ran; restart "
+                                              "it with START")
+                continue
+            results[index] = {"output": out["output"]}
+        return results
+
+
+class TritonPythonModel:
+    """Triton's entry point (``model.py`` in the repository imports this class)."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        desc = json.loads((version_dir / "lstminfer.json").read_text())
+        if args.get("model_instance_kind") == "GPU":
+            import torch
+
+            torch.cuda.set_device(int(args.get("model_instance_device_id", 0)))
+        model, runner = build_runner(desc, version_dir)
+        self.handler = Handler(model.spec, runner, stream=desc["stream"], max_streams=desc["max_streams"],
+                               idle_timeout_s=desc["idle_timeout_s"], with_state=desc["with_state"])
+        self.input_names = [i["name"] for i in json.loads(args["model_config"])["input"]]
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        import triton_python_backend_utils as pb_utils
+
+        def tensor(request: Any, name: str) -> Any:
+            value = pb_utils.get_input_tensor_by_name(request, name)
+            return None if value is None else value.as_numpy()
+
+        if self.handler.stream:
+            chunks = [StreamChunk(request.correlation_id(), bool(tensor(request, "START").reshape(-1)[0]),
+                                  bool(tensor(request, "END").reshape(-1)[0]), tensor(request, "input"))
+                      for request in requests]
+            results = self.handler.step(chunks)
+        else:
+            results = self.handler.infer([{n: tensor(r, n) for n in self.input_names} for r in requests])
+        responses = []
+        for result in results:
+            if isinstance(result, Exception):
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
+            else:
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[pb_utils.Tensor(n, v) for n, v in result.items()]))
+        return responses
+
+    def finalize(self) -> None:
+        self.handler.runner.close()

@@ -1,0 +1,343 @@
+"""Model repositories for Triton Inference Server: ``config.pbtxt``, the model files, ``model.py``.
+
+Every tensor is batch-major on the wire (Triton's batch dimension is the first one): ``input`` is
+``[batch, seq, features]``, states ``h0``/``c0`` and ``hn``/``cn`` are ``[batch, layers x directions, hidden]``,
+``output`` is ``[batch, seq, directions x hidden]``. A repository holds up to two models per lstminfer model:
+
+- ``NAME``: stateless, the state given and returned explicitly (``h0``, ``c0`` in; ``output``, ``hn``, ``cn``
+  out), under Triton's dynamic batcher;
+- ``NAME_stream``: one chunk of a stream per request (``input`` in, ``output`` out), under Triton's sequence
+  batcher (the ``oldest`` strategy batches chunks of different streams; START/END per request). Only for
+  models that can stream: a bidirectional layer needs the future.
+
+Two kinds of repository:
+- ``python``: Triton's Python backend runs ``lstminfer.serve.pymodel`` with any lstminfer backend (onnxruntime,
+  torch, fused, fused-graph, ...); the stream state is kept by the model, keyed by the correlation id
+  (the Python backend has no implicit state).
+- ``onnxruntime`` / ``tensorrt``: a stock Triton with those backends, no lstminfer at serving time. The ONNX
+  file is wrapped to be batch-major; the stream model uses Triton's implicit state for ``h``/``c`` (zero
+  ``initial_state``), and its ``START`` control input also zeroes the state inside the graph.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lstminfer.errors import UserError
+
+PLATFORMS = ("python", "onnxruntime", "tensorrt")
+STREAM_SUFFIX = "_stream"
+MODEL_PY = '''"""Triton Python-backend model written by lstminfer: the logic lives in lstminfer.serve.pymodel."""
+
+from lstminfer.serve.pymodel import TritonPythonModel  # noqa: F401
+'''
+
+
+class Enum(str):
+    """A protobuf enum value: written bare in text format (TYPE_FP32, not "TYPE_FP32")."""
+
+
+@dataclass(frozen=True)
+class TensorConfig:
+    name: str
+    dims: tuple[int, ...]  # without the batch dimension; -1 for the sequence axis
+    data_type: str = "TYPE_FP32"
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "data_type": Enum(self.data_type), "dims": list(self.dims)}
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How Triton batches and places a served model."""
+
+    max_batch: int = 64  # rows per execution (dynamic batching; chunks of streams batched together)
+    queue_delay_us: int = 100  # how long Triton may hold a request to fill a batch
+    instances: int = 1
+    kind: str = "KIND_CPU"  # KIND_GPU for CUDA backends
+    max_streams: int = 64  # streams open at once, per instance
+    idle_timeout_s: float = 60.0  # a stream with no chunk for this long is dropped
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "instances", "max_streams"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
+        if self.queue_delay_us < 0 or self.idle_timeout_s <= 0:
+            raise UserError("--queue-delay-us must be >= 0 and --idle-timeout positive")
+        if self.kind not in ("KIND_CPU", "KIND_GPU"):
+            raise UserError(f"instance kind {self.kind!r}: use KIND_CPU or KIND_GPU")
+
+
+# ---- the tensors of an LSTM/GRU spec, batch-major ----------------------------------------------------------
+def io_tensors(spec: Any, with_state: bool = True) -> tuple[list[TensorConfig], list[TensorConfig]]:
+    """(inputs, outputs) of the stateless model: Triton dims of a ModelSpec, batch dimension left out."""
+    states = spec.num_layers * spec.num_directions
+    inputs = [TensorConfig("input", (-1, spec.input_size))]
+    outputs = [TensorConfig("output", (-1, spec.num_directions * spec.state_size))]
+    if with_state:
+        inputs.append(TensorConfig("h0", (states, spec.state_size)))
+        outputs.append(TensorConfig("hn", (states, spec.state_size)))
+        if spec.kind == "lstm":
+            inputs.append(TensorConfig("c0", (states, spec.hidden_size)))
+            outputs.append(TensorConfig("cn", (states, spec.hidden_size)))
+    return inputs, outputs
+
+
+def state_pairs(spec: Any) -> list[tuple[str, str]]:
+    return [("h0", "hn"), ("c0", "cn")] if spec.kind == "lstm" else [("h0", "hn")]
+
+
+def can_stream(spec: Any) -> tuple[bool, str]:
+    if spec.bidirectional:
+        return False, "it is bidirectional (the backward direction needs the future)"
+    return True, ""
+
+
+# ---- config.pbtxt ------------------------------------------------------------------------------------------
+def _scalar(value: Any) -> str:
+    if isinstance(value, Enum):
+        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a quoted string with escapes protobuf's text format reads
+
+
+def to_pbtxt(config: dict[str, Any], indent: int = 0) -> str:
+    """Protobuf text format of a nested dict (messages: dicts; repeated fields: lists)."""
+    pad = "  " * indent
+    lines = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            lines.append(f"{pad}{key} {{\n{to_pbtxt(value, indent + 1)}{pad}}}")
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            items = [f"{pad}  {{\n{to_pbtxt(v, indent + 2)}{pad}  }}" for v in value]
+            lines.append(f"{pad}{key} [\n" + ",\n".join(items) + f"\n{pad}]")
+        elif isinstance(value, list):
+            lines.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]")
+        else:
+            lines.append(f"{pad}{key}: {_scalar(value)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _instance_group(options: ServeOptions) -> list[dict[str, Any]]:
+    return [{"count": options.instances, "kind": Enum(options.kind)}]
+
+
+def _sequence_batching(options: ServeOptions, controls: list[str], states: list[dict] | None = None) -> dict:
+    kinds = {"START": "CONTROL_SEQUENCE_START", "END": "CONTROL_SEQUENCE_END", "READY": "CONTROL_SEQUENCE_READY"}
+    return {
+        "max_sequence_idle_microseconds": int(options.idle_timeout_s * 1e6),
+        "oldest": {"max_candidate_sequences": options.max_streams,
+                   "max_queue_delay_microseconds": options.queue_delay_us},
+        "control_input": [{"name": c, "control": [{"kind": Enum(kinds[c]), "fp32_false_true": [0, 1]}]}
+                          for c in controls],
+        "state": states,
+    }
+
+
+def python_config(name: str, inputs: list[TensorConfig], outputs: list[TensorConfig], options: ServeOptions,
+                  stream: bool) -> dict[str, Any]:
+    """The Python-backend model: dynamic batching, or the sequence batcher with START/END for streams."""
+    config: dict[str, Any] = {
+        "name": name,
+        "backend": "python",
+        "max_batch_size": options.max_batch,
+        "input": [t.to_config() for t in inputs],
+        "output": [t.to_config() for t in outputs],
+    }
+    if stream:
+        config["sequence_batching"] = _sequence_batching(options, ["START", "END"])
+    else:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": options.queue_delay_us}
+    config["instance_group"] = _instance_group(options)
+    return config
+
+
+def stock_config(name: str, spec: Any, options: ServeOptions, stream: bool, platform: str) -> dict[str, Any]:
+    """A stock Triton model (onnxruntime_onnx or tensorrt_plan) of the batch-major ONNX wrapper."""
+    inputs, outputs = io_tensors(spec, with_state=True)
+    config: dict[str, Any] = {
+        "name": name,
+        "platform": "onnxruntime_onnx" if platform == "onnxruntime" else "tensorrt_plan",
+        "max_batch_size": options.max_batch,
+    }
+    if stream:
+        by_name = {t.name: t for t in inputs + outputs}
+        states = [{"input_name": i, "output_name": o, "data_type": Enum("TYPE_FP32"), "dims": list(by_name[i].dims),
+                   "initial_state": {"name": f"{i}_zeros", "data_type": Enum("TYPE_FP32"),
+                                     "dims": list(by_name[i].dims), "zero_data": True}}
+                  for i, o in state_pairs(spec)]
+        config["input"] = [inputs[0].to_config()]
+        config["output"] = [outputs[0].to_config()]
+        config["sequence_batching"] = _sequence_batching(options, ["START"], states)
+    else:
+        config["input"] = [t.to_config() for t in inputs]
+        config["output"] = [t.to_config() for t in outputs]
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": options.queue_delay_us}
+    config["instance_group"] = _instance_group(options)
+    return config
+
+
+def parse_config(text: str) -> Any:
+    """``config.pbtxt`` into Triton's ``ModelConfig`` protobuf (needs tritonclient[grpc]); raises on a bad one."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+# ---- the batch-major ONNX wrapper -------------------------------------------------------------------------
+def batch_major_onnx(src: str | Path, dst: str | Path, spec: Any, start_input: bool = False) -> Path:
+    """Write `src` (lstminfer's export: ``input`` [seq, batch, F] unless batch_first, states [S, batch, H]) as a
+    graph whose inputs and outputs are all batch-major, for Triton's batching. With `start_input`, a ``START``
+    input [batch, 1] (1.0 on a stream's first chunk) multiplies the incoming state by ``1 - START``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    pairs = state_pairs(spec)
+    state_in = [i for i, _ in pairs]
+    state_out = [o for _, o in pairs]
+    names_in = {i.name for i in graph.input}
+    missing = [n for n in ["input", *state_in] if n not in names_in]
+    if missing:
+        raise UserError(f"{src} has no input {', '.join(missing)}: export it with its state (drop --no-state)")
+    swap_in = ([] if spec.batch_first else ["input"]) + state_in
+    swap_out = ([] if spec.batch_first else ["output"]) + state_out
+    inner = {n: f"{n}__time_major" for n in swap_in + swap_out}
+    for node in graph.node:
+        node.input[:] = [inner.get(n, n) for n in node.input]
+        node.output[:] = [inner.get(n, n) for n in node.output]
+    states = spec.num_layers * spec.num_directions
+    width = {"input": spec.input_size, "output": spec.num_directions * spec.state_size,
+             "h0": spec.state_size, "hn": spec.state_size, "c0": spec.hidden_size, "cn": spec.hidden_size}
+
+    def info(name: str, dims: list) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+    def dims(name: str) -> list:
+        return ["batch", "seq", width[name]] if name in ("input", "output") else ["batch", states, width[name]]
+
+    pre, post = [], []
+    if start_input:
+        graph.initializer.extend([numpy_helper.from_array(_np().array([2], _np().int64), "start__axes"),
+                                  numpy_helper.from_array(_np().array(1.0, _np().float32), "start__one")])
+        pre += [helper.make_node("Unsqueeze", ["START", "start__axes"], ["start__b11"]),
+                helper.make_node("Sub", ["start__one", "start__b11"], ["start__keep"])]
+    for name in swap_in:
+        source = name
+        if start_input and name in state_in:
+            source = f"{name}__kept"
+            pre.append(helper.make_node("Mul", [name, "start__keep"], [source]))
+        pre.append(helper.make_node("Transpose", [source], [inner[name]], perm=[1, 0, 2]))
+    for name in swap_out:
+        post.append(helper.make_node("Transpose", [inner[name]], [name], perm=[1, 0, 2]))
+    nodes = pre + list(graph.node) + post
+    del graph.node[:]
+    graph.node.extend(nodes)
+    new_inputs = [info(i.name, dims(i.name)) if i.name in width else i for i in graph.input]
+    if start_input:
+        new_inputs.append(info("START", ["batch", 1]))
+    del graph.input[:]
+    graph.input.extend(new_inputs)
+    new_outputs = [info(o.name, dims(o.name)) if o.name in width else o for o in graph.output]
+    del graph.output[:]
+    graph.output.extend(new_outputs)
+    del graph.value_info[:]  # shapes inferred for the time-major names no longer hold
+    onnx.checker.check_model(model)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    return Path(dst)
+
+
+def _np() -> Any:
+    import numpy
+
+    return numpy
+
+
+# ---- writing a repository ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServedModel:
+    """What the Python-backend model needs to rebuild the model and its runner in Triton's stub process."""
+
+    name: str
+    model_args: dict[str, Any]  # the model argument group's values (see commands/serve.py)
+    spec: dict[str, Any]  # ModelSpec.to_dict()
+    backend: str = "onnxruntime"
+    device: str = "cpu"
+    precision: str = "fp32"
+    backend_options: dict[str, Any] | None = None
+    with_state: bool = True
+
+    def to_json(self, stream: bool, options: ServeOptions) -> dict[str, Any]:
+        return {"name": self.name, "model_args": self.model_args, "spec": self.spec, "backend": self.backend,
+                "device": self.device, "precision": self.precision, "backend_options": self.backend_options or {},
+                "with_state": self.with_state or stream, "stream": stream,
+                "max_streams": options.max_streams, "idle_timeout_s": options.idle_timeout_s}
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def write_python_models(repo: str | Path, served: ServedModel, spec: Any, options: ServeOptions,
+                        onnx_path: str | Path | None = None, stream: bool | None = None) -> list[str]:
+    """NAME (stateless) and, where the model can stream (`stream` None: when it can), NAME_stream, for the
+    Python backend. Returns the model names written."""
+    repo = Path(repo)
+    if stream is None:
+        stream = can_stream(spec)[0]
+    elif stream and not can_stream(spec)[0]:
+        raise UserError(f"cannot serve streams of {served.name}: {can_stream(spec)[1]}")
+    written = []
+    for is_stream in (False, True) if stream else (False,):
+        name = served.name + (STREAM_SUFFIX if is_stream else "")
+        inputs, outputs = io_tensors(spec, with_state=served.with_state)
+        if is_stream:
+            inputs, outputs = inputs[:1], outputs[:1]
+        config = python_config(name, inputs, outputs, options, stream=is_stream)
+        _write(repo / name / "config.pbtxt", to_pbtxt(config))
+        version = repo / name / "1"
+        _write(version / "model.py", MODEL_PY)
+        _write(version / "lstminfer.json", json.dumps(served.to_json(is_stream, options), indent=2) + "\n")
+        if onnx_path is not None:
+            _write(version / "model.onnx", Path(onnx_path).read_bytes())
+        written.append(name)
+    return written
+
+
+def write_stock_models(repo: str | Path, name: str, spec: Any, onnx_path: str | Path, options: ServeOptions,
+                       platform: str = "onnxruntime", plan_builder: Any = None) -> list[str]:
+    """NAME and NAME_stream for a stock Triton (onnxruntime or tensorrt platform). For tensorrt,
+    `plan_builder(onnx_path, plan_path, spec, options, stream)` builds ``model.plan`` from the wrapper."""
+    if platform not in ("onnxruntime", "tensorrt"):
+        raise UserError(f"unknown platform {platform!r}: choose from {', '.join(PLATFORMS)}")
+    repo = Path(repo)
+    stream = can_stream(spec)[0]
+    written = []
+    for is_stream in (False, True) if stream else (False,):
+        model_name = name + (STREAM_SUFFIX if is_stream else "")
+        version = repo / model_name / "1"
+        wrapper = version / "model.onnx"
+        batch_major_onnx(onnx_path, wrapper, spec, start_input=is_stream)
+        if platform == "tensorrt":
+            plan_builder(wrapper, version / "model.plan", spec, options, is_stream)
+            wrapper.unlink()
+        config = stock_config(model_name, spec, options, stream=is_stream, platform=platform)
+        _write(repo / model_name / "config.pbtxt", to_pbtxt(config))
+        written.append(model_name)
+    return written
