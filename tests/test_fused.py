@@ -17,12 +17,15 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="triton is not installed (pip install 'lstminfer[gpu]')")
 
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from lstminfer.backends.fused import FusedGraphRunner, FusedRunner, fused_rnn  # noqa: E402
 from lstminfer.errors import UserError  # noqa: E402
 from lstminfer.kernels.rnn import pack_rnn, plan_for, rnn_forward  # noqa: E402
+from lstminfer.kernels.rnn.persistent import _poll_h  # noqa: E402
 from lstminfer.model.base import Model  # noqa: E402
 from lstminfer.model.spec import build_module, spec_of_module  # noqa: E402
 
@@ -536,6 +539,136 @@ def test_gpu_graph_replays_of_the_polling_kernels(seq_len, kernel):
         for g, e in zip(static, eager):
             assert torch.equal(g, e)
     assert_close([t.cpu() for t in static], want, FP32_ATOL)
+
+
+# ---- the persistent kernel (per-layer path: a GEMM and one persistent launch per layer) ----------------------
+
+# hidden 40 and 17 leave whole tiles of padding (units no program computes), batch 9 multiplies with tl.dot
+PERSISTENT_CASES = [
+    ("lstm", 5, 20, 2, True, False, 4, 3, True),
+    ("gru", 7, 40, 2, True, True, 3, 2, False),
+    ("lstm", 3, 40, 1, False, True, 5, 1, False),
+    ("gru", 4, 17, 3, False, False, 3, 9, True),
+    ("lstm", 4, 17, 1, True, False, 3, 9, True),
+]
+
+
+@pytest.mark.parametrize("case", PERSISTENT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_persistent_matches_float64(case):
+    """Under the interpreter one program runs every unit's step in turn, reading h through the poisoned slab."""
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    assert_close(run_fused(module, x, hx, path="per-layer"), reference(module, x, hx), FP32_ATOL)
+
+
+def test_persistent_fp16_matches_float64():
+    module = make("lstm", 5, 20, 2, True, False)
+    x, hx = random_inputs(module, 4, 3, True)
+    assert_close(run_fused(module, x, hx, dtype=torch.float16, path="per-layer"), reference(module, x, hx), 5e-3)
+
+
+def test_persistent_plan_fits_the_multiprocessors_and_names_its_kernel():
+    from lstminfer.kernels.rnn.plan import _persistent_plan
+
+    def plan(hidden, bi, batch, dtype=torch.float32, sms=132):
+        return _persistent_plan(pack_rnn(make("lstm", 8, hidden, 1, bi, False), "cpu", dtype), batch, sms, False)
+
+    p = plan(1024, False, 8, torch.float16)  # U: 128 programs of 8 units, batch padded to 16 rows for tl.dot
+    assert (p.kernel, p.block_n, p.r_tiles, p.programs, p.block_b) == ("persistent", 8, 128, 128, 16)
+    p = plan(512, True, 8)  # S: fp32 with 8 rows multiplies without tl.dot, on the real rows
+    assert (p.block_n, p.r_tiles, p.programs, p.block_b) == (8, 64, 128, 8)
+    assert plan(768, False, 16, torch.float16).r_tiles * 8 == 768  # V: no program for the padding to 1024
+    assert plan(300, False, 1).r_tiles * 4 == 304  # tiles cover whole 16-wide k chunks
+    assert plan(1024, True, 320) is None  # 5 batch groups x 2 directions x 16 tiles of 64 > 132
+    assert p.describe()["kernel"] == "persistent" and p.describe()["block_n"] == 8
+    assert plan_for(pack_rnn(make("lstm", 8, 20, 1, False, False), "cpu"), 4, 2).describe()["kernel"] == "stack"
+
+
+@triton.jit
+def _poll_test_kernel(words_ptr, err_ptr, B, KH, spin_limit, ON_GPU: tl.constexpr):
+    _poll_h(words_ptr, 0, B, 64, KH, spin_limit, err_ptr, 4, 64, 2, ON_GPU)
+
+
+@pytest.mark.parametrize("poisoned", [True, False])
+def test_poll_gives_up_on_poison_and_says_so(poisoned):
+    """A wait that never ends (a word left poisoned) stops after spin_limit polls and sets the error word."""
+    words = torch.zeros(3, 64, dtype=torch.int32, device=DEVICE)
+    if poisoned:
+        words[2, 39] = -1
+    words[:, 40:] = -1  # past KH: never read
+    err = torch.zeros(1, dtype=torch.int32, device=DEVICE)
+    _poll_test_kernel[(1,)](words, err, 3, 40, 1000, ON_GPU=DEVICE == "cuda")
+    assert err.item() == int(poisoned)
+
+
+def test_a_stalled_launch_raises_and_clears_its_error_word():
+    from lstminfer.kernels.rnn import KernelStalled, raise_if_stalled
+
+    ws = {"err": torch.ones(1, dtype=torch.int32, device=DEVICE)}
+    with pytest.raises(KernelStalled, match="resident"):
+        raise_if_stalled(ws)
+    raise_if_stalled(ws)  # cleared: the next call is judged on its own
+
+
+def test_fused_rnn_is_a_public_entry_point():
+    import lstminfer.kernels as kernels
+
+    assert kernels.fused_rnn is not None and kernels.pack_rnn is pack_rnn
+
+
+# hidden 256-1024, the issue's shapes cut short: (kind, input, hidden, layers, bi, batch_first, seq, batch, state)
+GPU_PERSISTENT_CASES = [
+    ("lstm", 256, 512, 1, False, False, 30, 1, True),
+    ("lstm", 80, 512, 2, True, True, 20, 8, True),
+    ("gru", 64, 300, 2, True, False, 10, 5, False),
+    ("lstm", 128, 1024, 1, False, False, 20, 8, False),
+    ("gru", 128, 768, 1, False, True, 12, 16, True),
+    ("lstm", 32, 256, 1, False, False, 10, 64, True),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision,atol", [("fp32", 1e-4), ("fp16", 1e-2), ("bf16", 8e-2)])
+@pytest.mark.parametrize("case", GPU_PERSISTENT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_gpu_persistent_matches_float64(case, precision, atol):
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    assert plan_for(pack_rnn(module, "cuda", dtype), seq_len, batch).kernel == "persistent"
+    got = run_fused(module, x, hx, dtype=dtype, device="cuda")
+    assert all(g.dtype == dtype for g in got)
+    assert_close(got, reference(module, x, hx), atol)
+
+
+@pytest.mark.gpu
+def test_gpu_persistent_graph_replays_equal_eager_and_nan_propagates():
+    module = make("lstm", 80, 512, 2, True, False)
+    x, hx = random_inputs(module, 16, 4, True)
+    x[3, 1, 5] = float("nan")  # batch row 1 only
+    packed = pack_rnn(module, "cuda")
+    plan = plan_for(packed, 16, 4)
+    assert plan.kernel == "persistent"
+    args = [x.cuda(), hx[0].cuda(), hx[1].cuda()]
+    eager = rnn_forward(packed, *args, plan=plan)
+    ws: dict = {}
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        rnn_forward(packed, *args, plan=plan, workspace=ws)
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        static = rnn_forward(packed, *args, plan=plan, workspace=ws, check=False)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        for g, e in zip(static, eager):
+            assert torch.equal(torch.isnan(g), torch.isnan(e))
+            assert torch.equal(torch.nan_to_num(g), torch.nan_to_num(e))
+    want = reference(module, x, hx)
+    for g, w in zip(static, want):
+        assert torch.equal(torch.isnan(g.cpu()), torch.isnan(w))
 
 
 def _benchmark_module():

@@ -32,39 +32,11 @@ def _plain_rnn(module: Any) -> Any:
 
 def fused_rnn(module_or_weights: Any, x: Any, hx: Any = None, precision: str | None = None,
               workspace: dict | None = None) -> tuple[Any, Any]:
-    """nn.LSTM / nn.GRU forward through the fused kernel, with the module's own calling convention.
+    """`lstminfer.kernels.rnn.fused_rnn` (the public entry point lives with the kernels; triton imported here
+    on first call)."""
+    from lstminfer.kernels.rnn import fused_rnn as kernel_fused_rnn
 
-    `module_or_weights`: a plain nn.LSTM / nn.GRU (its weights are packed on every call: pack once with
-    `lstminfer.kernels.rnn.pack_rnn` and pass the PackedRNN for repeated calls). `x` on the weights'
-    device, `[T, B, I]` or `[B, T, I]` (batch_first); `hx` None, h0, or (h0, c0). Returns
-    `(output, (hn, cn))` for an LSTM and `(output, hn)` for a GRU, in x's dtype. `precision` ("fp32", "fp16",
-    "bf16") casts x and the weights; by default x's dtype decides. Unbatched (2-d) inputs are not accepted.
-    """
-
-    from lstminfer.kernels.rnn import PackedRNN, pack_rnn, rnn_forward
-
-    dtype = torch_dtype(precision) if precision else x.dtype
-    if isinstance(module_or_weights, PackedRNN):
-        packed = module_or_weights
-        if packed.dtype != dtype or packed.device != x.device:
-            raise ValueError(f"packed weights are {packed.dtype} on {packed.device}; input is {dtype} on {x.device}")
-    else:
-        module = _plain_rnn(module_or_weights)
-        if module is None:
-            raise TypeError(f"fused_rnn takes a plain nn.LSTM / nn.GRU or a PackedRNN, "
-                            f"not {type(module_or_weights).__name__}")
-        packed = pack_rnn(module, x.device, dtype)
-    x = x.to(dtype)
-    h0 = c0 = None
-    if hx is not None:
-        if packed.kind == "lstm":
-            h0, c0 = hx
-            c0 = c0.to(dtype)
-        else:
-            h0 = hx
-        h0 = h0.to(dtype)
-    outs = rnn_forward(packed, x, h0, c0, workspace=workspace)
-    return (outs[0], (outs[1], outs[2])) if packed.kind == "lstm" else (outs[0], outs[1])
+    return kernel_fused_rnn(module_or_weights, x, hx, precision=precision, workspace=workspace)
 
 
 class FusedRunner(TorchTensors, Runner):
@@ -120,7 +92,18 @@ class FusedRunner(TorchTensors, Runner):
         x, *state = device_inputs
         h0 = state[0] if state else None
         c0 = state[1] if len(state) > 1 else None
-        return list(rnn_forward(self.packed, x, h0, c0, workspace=workspace))
+        # a stalled persistent launch is raised at download (an eager check would wait for every kernel)
+        return list(rnn_forward(self.packed, x, h0, c0, workspace=workspace, check=False))
+
+    def _workspaces(self) -> list[dict]:
+        return [self.workspace]
+
+    def download_impl(self, device_outputs: Any) -> Any:
+        from lstminfer.kernels.rnn import raise_if_stalled
+
+        for workspace in self._workspaces():
+            raise_if_stalled(workspace)
+        return super().download_impl(device_outputs)
 
     def execute_impl(self, device_inputs: list[Any]) -> list[Any]:
         return self._run(device_inputs, self.workspace)  # on the current stream: the runner's (Runner.on_stream)
@@ -135,10 +118,11 @@ class FusedRunner(TorchTensors, Runner):
         return plan_for(self.packed, seq_len, batch)
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"tf32": False, "kernel": "lstminfer.kernels.rnn"}
+        out: dict[str, Any] = {"tf32": False, "kernel_module": "lstminfer.kernels.rnn"}
         if self._prepared:
             spec = self.model.spec
-            out["path"] = self.plan(self.model.seq_len, self.model.batch).path
+            # which kernel serves the model's shape and how it is launched (kernel, path, tiles, programs)
+            out.update(self.plan(self.model.seq_len, self.model.batch).describe())
             out["hidden_padded"] = self.packed.hidden_padded
             out["interpreter"] = self.device == "cpu"
             out["num_directions"] = spec.num_directions
@@ -154,6 +138,9 @@ class FusedGraphRunner(GraphReplay, FusedRunner):
     def prepare_impl(self) -> None:
         self.workspaces: dict[tuple, dict] = {}  # each graph owns its scratch buffers
         super().prepare_impl()
+
+    def _workspaces(self) -> list[dict]:
+        return list(self.workspaces.values())
 
     def capture_target(self, static_inputs: list[Any]) -> list[Any]:
         return self._run(static_inputs, self.workspaces.setdefault(tuple(t.shape for t in static_inputs), {}))

@@ -41,11 +41,14 @@ Padding: each direction's hidden units are padded to ``HP`` (a power of two); pa
 weights and biases, so their ``h`` and ``c`` stay exactly 0 and the next layer may read them.
 """
 
-from .launch import rnn_forward
+from .api import fused_rnn
+from .launch import KernelStalled, raise_if_stalled, rnn_forward
 from .packing import WIDE_WEIGHTS, PackedRNN, pack_rnn
+from .persistent import _rnn_persistent_kernel  # noqa: F401
 from .pipeline import _rnn_pipe_kernel  # noqa: F401 (the kernels, for tools that read their compiled code)
-from .plan import PATHS, Plan, interpreting, plan_for
+from .plan import KERNELS, PATHS, Plan, interpreting, plan_for
 from .relay import _rnn_relay_kernel  # noqa: F401
 from .stack import _rnn_stack_kernel  # noqa: F401
 
-__all__ = ["PATHS", "WIDE_WEIGHTS", "PackedRNN", "Plan", "interpreting", "pack_rnn", "plan_for", "rnn_forward"]
+__all__ = ["KERNELS", "PATHS", "WIDE_WEIGHTS", "KernelStalled", "PackedRNN", "Plan", "fused_rnn", "interpreting",
+           "pack_rnn", "plan_for", "raise_if_stalled", "rnn_forward"]

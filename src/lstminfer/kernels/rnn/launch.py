@@ -7,10 +7,30 @@ from typing import Any
 import torch
 
 from .packing import PackedRNN
+from .persistent import _rnn_persistent_kernel
 from .pipeline import _rnn_pipe_kernel
-from .plan import POLL_H_MAX_BYTES, Plan, interpreting, plan_for
+from .plan import POLL_H_MAX_BYTES, SPIN_LIMIT, Plan, interpreting, plan_for
 from .relay import _rnn_relay_kernel
 from .stack import _rnn_stack_kernel
+
+
+class KernelStalled(RuntimeError):
+    """A program of the persistent kernel waited for the others past its spin limit: not every program was
+    resident (another kernel holding multiprocessors?). The call's numbers are wrong and were not returned."""
+
+
+def raise_if_stalled(workspace: dict[str, Any]) -> None:
+    """Raise KernelStalled if a persistent launch that used `workspace` gave up a wait (reads the error word:
+    synchronizes with the stream)."""
+    err = workspace.get("err")
+    if err is None:
+        return
+    if err.is_cuda:
+        torch.cuda.synchronize(err.device)  # the launch may be on any stream
+    if int(err.item()):
+        err.zero_()
+        raise KernelStalled("fused kernel: a persistent program gave up waiting for the others' h (not every "
+                            "program was resident: another kernel holding multiprocessors?); no result returned")
 
 
 def _new_outputs(packed: PackedRNN, seq_len: int, batch: int, state_shape: tuple, device: Any,
@@ -50,14 +70,95 @@ def _launch(kernel: Any, grid: tuple[int, int, int], ws: dict, num_warps: int, *
         run(*args, *tail)
 
 
+class _NoTF32:
+    """IEEE fp32 in cuBLAS for the projection GEMM, whatever the global switch says; restored after."""
+
+    def __enter__(self) -> None:
+        self.saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc: object) -> None:
+        torch.backends.cuda.matmul.allow_tf32 = self.saved
+
+
+def _projection(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """a @ w + bias in fp32 ([rows, C] float32): IEEE fp32 for fp32; for fp16/bf16 the 16-bit products summed
+    in fp32 (cuBLAS with an fp32 output where PyTorch offers it; else the exact fp32 values of the operands)."""
+    if a.dtype == torch.float32:
+        with _NoTF32():
+            return torch.addmm(bias, a, w)
+    if a.is_cuda:
+        try:
+            return torch.addmm(bias, a, w, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):
+            pass
+    with _NoTF32():
+        return torch.addmm(bias, a.float(), w.float())
+
+
+def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | None,
+                        plan: Plan, ws: dict[str, Any], outputs: tuple, fast_math: bool) -> None:
+    """Per layer: the projection GEMM, the slab poisoned (its initial-h slots written), one persistent launch."""
+    out, stride_ot, stride_ob, hn, cn = outputs
+    if packed.batch_first:
+        batch, seq_len, width = x.shape
+        x = x.transpose(0, 1)
+    else:
+        seq_len, batch, width = x.shape
+    lstm = packed.kind == "lstm"
+    hidden, layers, dirs, hp = packed.hidden_size, packed.num_layers, packed.num_directions, packed.hidden_padded
+    rt = dirs * hp
+    kh = plan.r_tiles * plan.block_n  # units computed per direction; the rest of HP stays 0
+    device = x.device
+    key = (seq_len, batch, plan)
+    if ws.get("key") != key:
+        ws.clear()
+        ws.update(key=key, slab=torch.empty((seq_len + 2, batch, dirs, hp), device=device, dtype=packed.dtype),
+                  state=torch.zeros((2, dirs, batch, hp), device=device, dtype=torch.float32),
+                  err=torch.zeros(1, device=device, dtype=torch.int32))
+    slab, state = ws["slab"], ws["state"]
+    words = slab.view(torch.int32 if packed.dtype == torch.float32 else torch.int16)
+    units = -(-batch // plan.block_b) * dirs * plan.r_tiles
+    for layer in range(layers):
+        if layer == 0:
+            gx = _projection(x.reshape(seq_len * batch, width), packed.w_ih0[:width], packed.bias[0])
+        else:
+            gx = _projection(slab[1:seq_len + 1].reshape(seq_len * batch, rt), packed.w_ihr[layer - 1],
+                             packed.bias[layer])
+        words.fill_(-1)
+        if kh < hp:
+            slab[..., kh:] = 0  # units no program computes: zero for the next layer's GEMM
+        state.zero_()
+        slab[0] = 0
+        slab[seq_len + 1] = 0
+        if h0 is not None:
+            mine = slice(layer * dirs, (layer + 1) * dirs)
+            state[0, :, :, :hidden] = h0[mine]
+            if lstm:
+                state[1, :, :, :hidden] = c0[mine]
+            slab[0, :, 0, :hidden] = h0[layer * dirs]
+            if dirs == 2:
+                slab[seq_len + 1, :, 1, :hidden] = h0[layer * dirs + 1]
+        _launch(_rnn_persistent_kernel, (plan.programs, 1, 1), ws, plan.num_warps,
+                gx, packed.w_hh, slab, state, ws["err"], out, stride_ot, stride_ob, out.stride(2), hn, cn,
+                seq_len, batch, hidden, layer, int(layer == layers - 1), units, SPIN_LIMIT,
+                IS_LSTM=lstm, D=dirs, HP=hp, RT=rt, R_TILES=plan.r_tiles, BLOCK_N=plan.block_n,
+                BLOCK_B=plan.block_b, BLOCK_K=plan.block_k, KH=kh,
+                POLL_ROWS=max(1, min(plan.block_b, 8192 // hp)), WORD_BITS=words.element_size() * 8,
+                USE_DOT=plan.block_b >= 16, DOT_PRECISION="ieee" if packed.dtype == torch.float32 else "tf32",
+                ON_GPU=not interpreting(), FAST_MATH=fast_math)
+
+
 def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = None,
                 c0: torch.Tensor | None = None, plan: Plan | None = None,
-                workspace: dict[str, Any] | None = None) -> tuple[torch.Tensor, ...]:
+                workspace: dict[str, Any] | None = None, check: bool = True) -> tuple[torch.Tensor, ...]:
     """Run the whole stack: (output, hn[, cn]) with nn.LSTM / nn.GRU's shapes, in x's dtype.
 
     x is [T, B, I] (or [B, T, I] when packed.batch_first) on packed's device; h0/c0 [L*D, B, H] or None.
     `workspace` (a dict kept by the caller) lets repeated calls of one shape reuse the scratch buffers and, for
-    eager CUDA calls, the compiled kernel's launcher (see _launch).
+    eager CUDA calls, the compiled kernel's launcher (see _launch). A persistent launch that gave up a wait
+    raises KernelStalled: at once when `check` (an eager call waits for the kernel then), else at the
+    caller's raise_if_stalled(workspace) (graph replays; see FusedRunner.download_impl).
     """
     if x.dim() != 3:
         raise ValueError(f"expected a 3-d input, got shape {tuple(x.shape)}")
@@ -93,6 +194,11 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
               c0.contiguous() if (has_state and lstm) else hn, packed.w_ih0, packed.w_ihr, packed.w_hh, packed.bias)
     outputs = (out, stride_ot, stride_ob, out.stride(2), hn, cn, seq_len, batch, packed.input_size, hidden, layers)
     key = (seq_len, batch, plan)
+    if plan.kernel == "persistent":
+        _persistent_forward(packed, x, h0, c0, plan, ws, (out, stride_ot, stride_ob, hn, cn), fast_math)
+        if check and not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            raise_if_stalled(ws)
+        return (out, hn, cn) if lstm else (out, hn)
     if plan.pipeline:
         if ws.get("key") != key:
             ws.clear()

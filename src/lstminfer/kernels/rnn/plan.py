@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .packing import PackedRNN, _pow2
 
-PATHS = ("single-launch", "multi-launch")
+# single-launch: the whole stack in one launch (stack, pipeline or relay kernel); per-layer: per layer one GEMM and
+# one launch of the persistent kernel; multi-launch: the stack kernel once per (layer, time step)
+PATHS = ("single-launch", "per-layer", "multi-launch")
+KERNELS = ("stack", "pipeline", "relay", "persistent")
 # Recurrent weights per thread a program keeps in registers for a whole layer (fp32 values).
 WEIGHT_REGISTERS = 128
 POLL_H_MAX_BYTES = 64 << 20
@@ -27,6 +30,12 @@ SMALL_ROWS_MIN_SEQ = 16
 # seq 50, 231 vs 273 at 100, 442 vs 500 at 200 against the stack kernel)
 RELAY_HELPERS = 16
 RELAY_MAX_BYTES = 256 << 20
+# the persistent kernel (per-layer path): the default from this padded hidden size on; the most batch rows and
+# hidden units a program takes; polls before a wait gives up (each poll is at least an L2 round trip, ~0.3 us)
+PERSISTENT_MIN_HIDDEN = 256
+PERSISTENT_MAX_ROWS = 64
+PERSISTENT_MAX_UNITS = 64
+SPIN_LIMIT = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,21 @@ class Plan:
     fast_math: bool = True  # sigmoid/tanh from ex2.approx.ftz and rcp.approx.ftz (CUDA only)
     k_chain: int = 32  # products summed over k in independent chains of this many (see _rows_times)
     exact_k: bool = True  # sum over the real k only, not the padding (_rows_times; the pipeline always sums it)
+    block_n: int = 0  # persistent kernel: hidden units per program (r_tiles tiles of them per direction)
+    kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
+
+    def __post_init__(self) -> None:
+        kernel = ("persistent" if self.path == "per-layer" else "pipeline" if self.pipeline
+                  else "relay" if self.relay else "stack")
+        object.__setattr__(self, "kernel", kernel)
+
+    def describe(self) -> dict[str, Any]:
+        """The kernel and the fields that shape its launch, for benchmark records."""
+        fields = {"stack": ("r_tiles", "block_b", "programs", "num_warps", "poll_h", "proj_by_unit"),
+                  "pipeline": ("block_b", "programs", "num_warps"),
+                  "relay": ("block_b", "programs", "num_warps"),
+                  "persistent": ("block_b", "block_n", "r_tiles", "programs", "block_k", "num_warps")}[self.kernel]
+        return {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
 
 
 def interpreting() -> bool:
@@ -56,6 +80,31 @@ def interpreting() -> bool:
 
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool) -> Plan | None:
+    """The persistent kernel's plan, or None where its programs cannot all be resident (one per
+    multiprocessor). Every program owns block_n hidden units of one direction and one batch group of block_b
+    rows; block_n is the smallest that fits the programs on the multiprocessors (more programs: fewer weights
+    and fewer multiply-adds each per step). fp16/bf16, or fp32 with more than 8 rows, multiply with tl.dot,
+    which needs 16 rows at least; fp32 with few rows by broadcast-multiply-and-sum over the real rows."""
+    hp, dirs, hidden = packed.hidden_padded, packed.num_directions, packed.hidden_size
+    use_dot = packed.dtype != torch.float32 or batch > 8
+    block_b = min(PERSISTENT_MAX_ROWS, _pow2(batch, least=16 if use_dot else 1))
+    groups = -(-batch // block_b)
+    block_n = 4
+    while True:
+        # tiles of a direction: the real units, rounded so that they cover whole 16-wide k chunks
+        tiles = -(-hidden // block_n)
+        tiles = -(-tiles // max(1, 16 // block_n)) * max(1, 16 // block_n)
+        if groups * dirs * tiles <= sms:
+            break
+        block_n *= 2
+        if block_n > min(PERSISTENT_MAX_UNITS, hp):
+            return None
+    kh = tiles * block_n
+    return Plan("per-layer", block_b, tiles, 1 if serial else groups * dirs * tiles, block_k=32 if kh % 32 == 0 else 16,
+                num_warps=4, block_n=block_n)
 
 
 def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = None, **overrides: Any) -> Plan:
@@ -96,6 +145,14 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
         block_m, block_c = 16, min(cols, 64)
     batch_tiles = -(-batch // block_b)
     items = -(-seq_len * block_b // block_m) * (cols // block_c)
+    persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda)
+    if path is None and on_cuda and persistent is not None and hp >= PERSISTENT_MIN_HIDDEN:
+        path = "per-layer"
+    if path == "per-layer":
+        if persistent is None:
+            raise ValueError(f"the persistent kernel does not fit this size: {dirs} direction(s) x batch {batch} "
+                             f"x hidden {packed.hidden_size} need more programs than the {sms} multiprocessors")
+        return Plan(**{**{k: v for k, v in persistent.__dict__.items() if k != "kernel"}, **overrides})
     if path is None:
         if not on_cuda:
             path = "single-launch"
@@ -163,5 +220,5 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
                                  "workspace or residency)")
             overrides = {"programs": relay_programs if on_cuda else 1, "r_tiles": 1, "block_b": relay_rows,
                          "num_warps": 1, "pipeline": False, **overrides}
-        plan = Plan(**{**plan.__dict__, **overrides})
+        plan = Plan(**{**{k: v for k, v in plan.__dict__.items() if k != "kernel"}, **overrides})
     return plan

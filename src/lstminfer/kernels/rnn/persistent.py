@@ -1,0 +1,140 @@
+"""The persistent kernel: the recurrence of one layer (both directions) in one launch, for hidden 256-1024.
+
+Per layer the launcher first computes the input projection of every time step as one GEMM (``gx = x @ W_ih^T +
+b``, fp32 accumulation, in launch.py), then launches ``_rnn_persistent_kernel`` once. Every program owns
+``BLOCK_N`` hidden units (``4 * BLOCK_N`` interleaved gate columns) of one direction and one batch group for
+the whole sequence; a step is
+
+1. read the step's projection and the program's own c (and h for a GRU), which do not depend on the other
+   programs, so they are in flight during the wait;
+2. wait until every word of the direction's previous h is written: the layer output slab is poisoned with
+   all-ones words (a NaN no GPU computes) before the launch, and a word that is no longer poison holds its
+   final value (data as flag: no counter, no fence). One vector load of the whole h per poll, so the wait is
+   one L2 round trip once the data is there;
+3. ``pre = gx + h @ W_hh^T[:, own columns]`` as a K loop of ``tl.dot`` (tensor cores for fp16/bf16 with
+   fp32 accumulation, IEEE FMA for fp32) or, for fp32 with few batch rows, broadcast-multiply-and-sum;
+4. the LSTM/GRU cell in fp32, and the stores of h: into the slab (the other programs' input next step and
+   the next layer's GEMM input; in the weights' dtype), the own state (fp32), the user's output and hn/cn.
+
+The slab has T + 2 time slots: slot t + 1 holds h at time t; slot 0 the forward direction's initial h and
+slot T + 1 the backward one's, written by the launcher. Every slot is written once per launch, so nobody
+overwrites a word someone may still have to read.
+
+The weights are read every step through the cache hierarchy (each program's slice is 32-128 KiB; all of
+W_hh fits in L2), not pinned in registers or shared memory: Triton keeps a loop-invariant dot operand
+neither in registers nor in shared memory across a loop it does not unroll. Keeping them on chip (Gluon or
+CUDA C++ with shared memory) is the next step; docs/fused_kernel.md has the numbers.
+
+Waiting needs every program resident: the plan launches at most one program per multiprocessor, and a wait
+that gives up (``spin_limit`` polls, about a second) sets the error word, which the launcher turns into an
+exception (KernelStalled) instead of returning the numbers. Under ``TRITON_INTERPRET=1`` programs run one
+after another, so there the grid is one program that runs, step by step, every unit's step in turn (the
+state lives in memory for exactly that reason), and each h it reads is checked once for poison.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .cell import _cell, _store_out
+
+
+@triton.jit
+def _poll_h(words_ptr, row0, B, row_stride, KH, spin_limit, err_ptr,
+            BLOCK_B: tl.constexpr, HP: tl.constexpr, POLL_ROWS: tl.constexpr, ON_GPU: tl.constexpr):
+    """Wait until no word of h[row0 : row0 + BLOCK_B, :KH] is the poison -1 (all ones). On CUDA: re-read the
+    whole block (one vector load per POLL_ROWS rows, all in flight together) until it is clean or spin_limit
+    polls have passed, then report a give-up in err_ptr. Under the interpreter: check once."""
+    offs_k = tl.arange(0, HP)
+    k_ok = offs_k < KH
+    bad = 1
+    spins = 0
+    while (bad > 0) & (spins < spin_limit):
+        bad = 0
+        for r0 in tl.static_range(0, BLOCK_B, POLL_ROWS):
+            rows = row0 + r0 + tl.arange(0, POLL_ROWS)
+            words = tl.load(words_ptr + rows[:, None] * row_stride + offs_k[None, :],
+                            mask=(rows < B)[:, None] & k_ok[None, :], other=0, volatile=True)
+            bad += tl.sum(tl.sum((words == -1).to(tl.int32), axis=1), axis=0)
+        spins += 1
+        if not ON_GPU:
+            spins = spin_limit
+    if bad > 0:
+        tl.atomic_max(err_ptr, 1)
+
+
+@triton.jit
+def _rnn_persistent_kernel(
+    gx_ptr, w_hh_ptr, slab_ptr, state_ptr, err_ptr,
+    out_ptr, stride_ot, stride_ob, stride_ok,
+    hn_ptr, cn_ptr,
+    T, B, H, layer, is_last, units, spin_limit,
+    IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr,
+    R_TILES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    KH: tl.constexpr, POLL_ROWS: tl.constexpr, WORD_BITS: tl.constexpr, USE_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr, FAST_MATH: tl.constexpr,
+):
+    """One layer's recurrence. Units are (batch group, direction, row tile); on CUDA one program a unit.
+
+    gx [T, B, C] fp32 (C = RT * 4); w_hh [L, D, HP, HP * 4]; slab [T + 2, B, RT] in the weights' dtype,
+    poisoned except the initial-h slots; state [2, D, B, HP] fp32 (h, c) holding h0/c0 at launch; err one
+    int32. Hidden units from KH on (whole padding tiles) are neither computed nor read.
+    """
+    C: tl.constexpr = RT * 4
+    COLS: tl.constexpr = BLOCK_N * 4
+    pid = tl.program_id(0)
+    programs = tl.num_programs(0)
+    if WORD_BITS == 32:
+        words = slab_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+    else:
+        words = slab_ptr.to(tl.pointer_type(tl.int16), bitcast=True)
+    cols = tl.arange(0, COLS)
+    for s in range(0, T):
+        for unit in range(pid, units, programs):
+            group = unit // (D * R_TILES)
+            d = (unit // R_TILES) % D
+            n0 = (unit % R_TILES) * BLOCK_N
+            rows = group * BLOCK_B + tl.arange(0, BLOCK_B)
+            b_ok = rows < B
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
+            read_slot = tl.where(d == 0, t, t + 2)  # time t - 1 (forward) or t + 1 (backward), plus one
+            # independent of the other programs: in flight during the wait
+            gx = tl.load(gx_ptr + (t * B + rows[:, None]) * C + d * HP * 4 + n0 * 4 + cols[None, :],
+                         mask=b_ok[:, None], other=0.0)
+            own = ((d * B + rows[:, None]) * HP + offs_n[None, :])
+            h_old = tl.load(state_ptr + own, mask=b_ok[:, None], other=0.0)
+            c = tl.load(state_ptr + D * B * HP + own, mask=b_ok[:, None], other=0.0)
+            prev = read_slot * B * RT + d * HP
+            _poll_h(words + prev, group * BLOCK_B, B, RT, KH, spin_limit, err_ptr, BLOCK_B, HP, POLL_ROWS, ON_GPU)
+            acc = tl.zeros((BLOCK_B, COLS), dtype=tl.float32)
+            w_rows = w_hh_ptr + (layer * D + d) * HP * (HP * 4) + n0 * 4
+            for k0 in range(0, KH, BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                hk = tl.load(slab_ptr + prev + rows[:, None] * RT + offs_k[None, :], mask=b_ok[:, None],
+                             other=0.0, cache_modifier=".cg")
+                wk = tl.load(w_rows + offs_k[:, None] * (HP * 4) + cols[None, :])
+                if USE_DOT:
+                    acc = tl.dot(hk.to(wk.dtype), wk, acc, input_precision=DOT_PRECISION)
+                else:
+                    acc += tl.sum(hk.to(tl.float32)[:, :, None] * wk.to(tl.float32)[None, :, :], axis=1)
+            h, c = _cell(acc + gx, c, h_old, IS_LSTM, BLOCK_B, BLOCK_N, FAST_MATH)
+            tl.store(state_ptr + own, h, mask=b_ok[:, None])
+            if IS_LSTM:
+                tl.store(state_ptr + D * B * HP + own, c, mask=b_ok[:, None])
+            # h of time t, for the other programs (next step) and the next layer
+            tl.store(slab_ptr + ((t + 1) * B + rows[:, None]) * RT + d * HP + offs_n[None, :],
+                     h.to(slab_ptr.dtype.element_ty), mask=b_ok[:, None])
+            n_ok = offs_n < H
+            if is_last:
+                _store_out(out_ptr, t, stride_ot, stride_ob, stride_ok, d, H, rows, offs_n, h,
+                           b_ok[:, None] & n_ok[None, :])
+            if s == T - 1:
+                final = ((layer * D + d) * B + rows[:, None]) * H + offs_n[None, :]
+                final_ok = b_ok[:, None] & n_ok[None, :]
+                tl.store(hn_ptr + final, h.to(hn_ptr.dtype.element_ty), mask=final_ok)
+                if IS_LSTM:
+                    tl.store(cn_ptr + final, c.to(cn_ptr.dtype.element_ty), mask=final_ok)
+            # the next step's loads of the own state may be another thread's stores
+            tl.debug_barrier()
