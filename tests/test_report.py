@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 
 from lstminfer.errors import UserError
-from lstminfer.report.render import (
-    fastest_by_point,
-    fastest_rows,
-    load_inputs,
-    render_markdown,
-    wins_summary,
-    write_report,
-)
+from lstminfer.report.load import load_inputs, typed
+from lstminfer.report.render import write_report
+from lstminfer.report.tables import bench_rows, fastest_by_point, fastest_rows, verify_rows, wins_summary
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = ["--kind", "lstm", "--input-size", "4", "--hidden-size", "8", "--num-layers", "1"]
@@ -90,15 +85,15 @@ def external_references(html: str) -> list[str]:
 # ---- comparisons --------------------------------------------------------------------------------
 
 def test_fastest_backend_per_point_by_hand(sweep_file: Path) -> None:
-    results = load_inputs([sweep_file])
-    best = {k: r["backend"] for k, r in fastest_by_point(results["bench"]).items()}
+    bench = typed(load_inputs([sweep_file])).bench
+    best = {k: r.point.backend for k, r in fastest_by_point(bench).items()}
     assert best == {("fp32", 16, 1): "onnxruntime", ("fp32", 16, 8): "onnxruntime", ("fp32", 64, 1): "onnxruntime",
                     ("fp32", 64, 8): "torch"}
-    rows, unit = fastest_rows(results["bench"])
-    assert unit == "ms"
+    rows, unit = fastest_rows(bench)
+    assert unit.name == "ms"
     row = next(r for r in rows if r["shape"] == "16x1")
-    assert row["median (ms)"] == 0.5 and row["vs torch"] == pytest.approx(4.0) and row["lead"] == "4.00x"
-    assert wins_summary(results["bench"]) == "onnxruntime[cpu] is fastest at 3 of 4 points, torch[cpu] at 1."
+    assert row["median (ms)"] == 0.5 and row["vs torch"] == "4.00x" and row["lead"] == "4.00x"
+    assert wins_summary(bench) == "onnxruntime[cpu] is fastest at 3 of 4 points, torch[cpu] at 1."
 
 
 # ---- whole reports --------------------------------------------------------------------------------
@@ -170,7 +165,6 @@ def test_single_point_results_json_from_run(tmp_path: Path) -> None:
     text = out.read_text()
     assert sorted(p.name for p in tmp_path.glob("report-*.png")) == ["report-accuracy.png", "report-speedup.png"]
     assert "| ★ | onnxruntime | cpu | fp32 | 16x2 | 20 |" in text  # us, since every median is below 1 ms
-    assert render_markdown(results).startswith("# lstminfer report")  # the old entry point still works
 
 
 def test_truncated_last_line_is_tolerated(sweep_file: Path, tmp_path: Path) -> None:
@@ -221,3 +215,146 @@ def test_record_without_latency_summary_is_a_note(tmp_path: Path) -> None:
     assert "| ★ | torch | cpu | fp32 | 4x1 | 2 |" in text
     assert "precision fp16 not supported" in text and "| trtexec | cuda | fp32 | 4x1 | - |" in text
     assert results["bench"][1]["latency_ms"] is None  # the caller's records are not modified
+
+
+def test_verification_table_keeps_each_precision_s_verdict(tmp_path: Path) -> None:
+    """fp32 passes and fp16 fails for one backend: two rows, two verdicts (the fp32 row once read FAILED)."""
+    fp16 = {**verify_record("torch", 16, 2, 0.5), "precision": "fp16", "atol": 1e-2, "rtol": 1e-2, "passed": False}
+    results = {"machine": {}, "model": {}, "bench": [],
+               "verify": [verify_record("torch", 16, 2, 1e-7), fp16, verify_record("onnxruntime", 16, 2, 2e-7)]}
+    rows = verify_rows(typed(results).verify)
+    assert [(r["backend"], r["precision"], r["verdict"]) for r in rows] == [
+        ("torch", "fp32", "passed"), ("torch", "fp16", "FAILED"), ("onnxruntime", "fp32", "passed")]
+    text = write_report(results, tmp_path / "report.md", "md").read_text()
+    assert "| torch | cpu | fp32 | 16x2 | 1e-07 | 1e-06 | 0.0001 | 0.001 | passed |" in text
+    assert "| torch | cpu | fp16 | 16x2 | 0.5 | 5 | 0.01 | 0.01 | FAILED |" in text
+
+
+def test_one_unit_for_every_table_of_a_report(tmp_path: Path) -> None:
+    """The fastest backend runs in 0.5 ms, torch in 2 ms: both tables in ms (the first was once in us)."""
+    results = {"machine": {}, "model": {}, "verify": [],
+               "bench": [bench_record("torch", 16, 1, 2.0), bench_record("onnxruntime", 16, 1, 0.5)]}
+    text = write_report(results, tmp_path / "report.md", "md").read_text()
+    assert "(us)" not in text
+    assert "| fp32 | 16x1 | onnxruntime[cpu] | 0.5 | 4.00x | torch[cpu] | 4.00x |" in text
+    assert "| ★ | onnxruntime | cpu | fp32 | 16x1 | 0.5 | 0.75 | - | 2000 | 4.00x | 0 |" in text
+    assert "Times in ms." in text and "median host latency" in text
+
+
+def test_vs_torch_says_when_qps_tells_another_story(tmp_path: Path) -> None:
+    """Half torch's median but the same qps (e.g. two queries in flight): the cell shows both ratios."""
+    results = {"machine": {}, "model": {}, "verify": [],
+               "bench": [bench_record("torch", 16, 1, 2.0),
+                         bench_record("onnxruntime", 16, 1, 1.0, throughput_qps=500.0),
+                         bench_record("torch", 16, 8, 4.0), bench_record("onnxruntime", 16, 8, 2.0)]}
+    rows, _ = bench_rows(typed(results).bench)
+    assert [r["vs torch"] for r in rows] == ["1.00x", "2.00x (qps 1.00x)", "1.00x", "2.00x"]
+    assert "2.00x (qps 1.00x)" in write_report(results, tmp_path / "report.html", "html").read_text()
+
+
+def test_report_files_that_are_not_results_are_one_line_exit_2(cli, tmp_path: Path) -> None:
+    """Binary garbage, lists that are not lists, records without their fields: one line naming the file."""
+    bench = bench_record("torch", 4, 1, 2.0)
+    cases = {
+        "garbage.json": b"\x89PNG\r\n\x1a\n\xff\xfe\x00binary",
+        "garbage.jsonl": b"\xff\xfe\x00\x01" * 8,
+        "shapes.json": b'{"verify": "x", "bench": 5}',
+        "no-backend.json": json.dumps({"verify": [{k: v for k, v in verify_record("torch", 4, 1, 1e-7).items()
+                                                   if k != "backend"}], "bench": []}).encode(),
+        "no-latency.jsonl": (json.dumps({k: v for k, v in bench.items() if k != "latency_ms"}) + "\n").encode(),
+        "bad-median.json": json.dumps([{**bench, "latency_ms": {**bench["latency_ms"], "median": "fast"}}]).encode(),
+        "not-objects.json": b'{"verify": [1, 2], "bench": []}',
+        "bad-machine.json": b'{"machine": [], "verify": [], "bench": [{"skipped": "x"}]}',
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        code, out, err = cli("report", path, "-o", tmp_path / "out" / "report.md", "--format", "md")
+        assert code == 2, (name, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("lstminfer: error: "), (name, err)
+        assert "Traceback" not in err and str(path) in err, (name, err)
+        assert not (tmp_path / "out" / "report.md").exists()
+    _, _, err = cli("report", tmp_path / "no-backend.json")
+    assert "lacks the field 'backend'" in err
+    _, _, err = cli("report", tmp_path / "shapes.json")
+    assert "'verify' must be a list of records, not str" in err
+
+
+# ---- plots ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def figures(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """make_plots' figures by plot name, instead of their PNG bytes."""
+    from lstminfer.report import plots
+
+    drawn: list = []
+    monkeypatch.setattr(plots, "_png", lambda fig: drawn.append(fig) or b"")
+
+    def make(results: dict) -> dict:
+        drawn.clear()
+        made = plots.make_plots(typed(results))
+        return {plot.name: fig for plot, fig in zip(made, drawn)}
+
+    return make
+
+
+def _line_colors(fig) -> dict[str, tuple]:
+    from matplotlib.colors import to_rgba
+
+    return {line.get_label(): to_rgba(line.get_color()) for ax in fig.axes for line in ax.get_lines()
+            if not line.get_label().startswith("_")}
+
+
+def test_plots_give_each_backend_one_colour_in_every_plot(figures) -> None:
+    """openvino has no qps, so the throughput plot lacks it: the colours must not shift between plots."""
+    from matplotlib.colors import to_rgba
+
+    bench, verify = [], []
+    for backend, factor in (("onnxruntime", 0.3), ("openvino", 0.5), ("torch", 1.0)):
+        for s, b in ((1, 1), (16, 1), (16, 8)):
+            extra = {"throughput_qps": None} if backend == "openvino" else {}
+            bench.append(bench_record(backend, s, b, factor * s * b, **extra))
+            verify.append(verify_record(backend, s, b, 1e-7 * s))
+    figs = figures({"machine": {}, "model": {}, "bench": bench, "verify": verify})
+    latency, throughput = _line_colors(figs["latency"]), _line_colors(figs["throughput"])
+    assert len(set(latency.values())) == 3 and set(throughput) == {"onnxruntime[cpu]", "torch[cpu]"}
+    assert all(throughput[name] == latency[name] for name in throughput)
+    growth = _line_colors(figs["accuracy"])
+    assert all(growth[f"{name} fp32"] == latency[name] for name in latency)
+    worst = figs["accuracy"].axes[0]
+    dots = [to_rgba(c.get_facecolor()[0]) for c in worst.collections if len(c.get_offsets())]
+    assert dots == [latency[name] for name in ("onnxruntime[cpu]", "openvino[cpu]", "torch[cpu]")]
+
+
+def test_log_axes_have_plain_labels_and_no_empty_ticks(figures) -> None:
+    """Medians within one decade used to be labelled 2x10^0 with unlabelled minor ticks."""
+    bench = [bench_record(b, s, 1, m) for b, s, m in (("torch", 1, 1.5), ("torch", 16, 3.0), ("onnxruntime", 1, 2.2),
+                                                      ("onnxruntime", 16, 2.6))]
+    fig = figures({"machine": {}, "model": {}, "bench": bench, "verify": []})["latency"]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    low, high = ax.get_ylim()
+    shown = [t.get_text() for t in ax.get_yticklabels() if low <= t.get_position()[1] <= high]
+    assert len(shown) >= 3 and all(re.fullmatch(r"\d+(\.\d+)?", text) for text in shown), shown
+    assert not [t for t in ax.yaxis.get_minorticklocs() if low <= t <= high]
+    assert ax.get_ylabel() == "median latency (ms)"
+
+
+def test_heatmap_labels_are_white_on_dark_cells(figures) -> None:
+    from matplotlib.colors import to_rgba
+
+    bench = [bench_record("torch", s, b, 8.0) for s in (1, 16) for b in (1, 2)]
+    bench += [bench_record("onnxruntime", s, b, 8.0 / (8 if s == 16 else 1.05)) for s in (1, 16) for b in (1, 2)]
+    ax = figures({"machine": {}, "model": {}, "bench": bench, "verify": []})["speedup"].axes[0]
+    colour = {t.get_text(): to_rgba(t.get_color()) for t in ax.texts}
+    assert colour["8.00x"] == to_rgba("white") and colour["1.05x"] == to_rgba("black")
+
+
+def test_accuracy_plot_draws_points_not_bars_and_states_zero(figures) -> None:
+    from matplotlib.patches import Rectangle
+
+    verify = [verify_record("torch", 1, 1, 0.0), verify_record("onnxruntime", 1, 1, 3e-7)]
+    ax = figures({"machine": {}, "model": {}, "bench": [], "verify": verify})["accuracy"].axes[0]
+    assert not [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert "0 (exact)" in [t.get_text() for t in ax.texts]
+    assert ax.get_ylim()[0] < 3e-8 < ax.get_ylim()[1]  # the floor, a tenth of the smallest error, is on the axis

@@ -1,23 +1,33 @@
-"""Plots of result records, as PNG bytes: matplotlib's Agg canvas, imported only when a plot is drawn.
+"""Plots of result records: matplotlib figures (no pyplot), PNG bytes from the Agg canvas in `make_plots`.
 
-Every plot reads records and nothing else; a plot that would show nothing (one sequence length, no
-`torch` baseline, no verification) is left out rather than drawn empty.  Colours are fixed per
-backend across plots, and the fastest backend at each point is marked the same way everywhere: a black
-star on the line plots, a black frame on the heatmap.
+matplotlib is imported only when a plot is drawn.  Every plot reads typed records and nothing else; a
+plot that would show nothing (one sequence length, no `torch` baseline, no verification) is left out
+rather than drawn empty.  What makes them readable:
+
+- one colour per backend, the same in every plot of a report (`palette`, from every backend it shows);
+- log axes labelled with plain numbers (0.2, 0.5, 1, 2), never `2x10^0`, in the unit of the tables;
+- the fastest backend at each point marked the same way everywhere: a black-edged star on the line
+  plots, a black frame on the heatmap, whose labels are white on dark cells;
+- errors as points on a log axis, not bars rising from an arbitrary floor: an exact 0 sits on a
+  dotted line labelled "0 (exact)".
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lstminfer.report.render import backend_label, fastest_by_point, timed_records
+from lstminfer.measure.records import SPEEDUP_BASELINE, BenchRecord, Record, VerifyRecord, speedups
+from lstminfer.report.load import Results
+from lstminfer.report.tables import bench_unit, fastest_by_point, timed
 
 DPI = 110
 PLOT_NAMES = ("latency", "throughput", "speedup", "accuracy")
+PRECISION_MARKERS = {"fp64": "D", "fp32": "o", "tf32": "s", "fp16": "^", "bf16": "v"}
+PRECISION_LINES = {"fp64": ":", "fp32": "-", "tf32": "-.", "fp16": "--", "bf16": (0, (5, 1, 1, 1))}
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,15 @@ class Plot:
     title: str
     caption: str
     png: bytes
+
+
+def palette(labels: Sequence[str]) -> dict[str, Any]:
+    """backend[device] -> colour: tab10 up to ten backends, tab20 beyond, never two alike up to twenty."""
+    from matplotlib import colormaps
+
+    names = sorted(set(labels))
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
 
 
 def _figure(rows: int, cols: int, width: float = 4.4, height: float = 3.4) -> tuple[Any, list[list[Any]]]:
@@ -45,18 +64,50 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _colors(labels: Sequence[str]) -> dict[str, Any]:
-    from matplotlib import colormaps
+def _tick_text(value: float, _position: Any = None) -> str:
+    """0.02, 5, 200, 20k, 2M, 1e-05: plain numbers, never matplotlib's 2x10^0."""
+    if value >= 1e6:
+        return f"{value / 1e6:g}M"
+    if value >= 1e4:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
 
-    cmap = colormaps["tab10"]
-    return {label: cmap(i % 10) for i, label in enumerate(sorted(set(labels)))}
+
+def _log_y(ax: Any) -> None:
+    """A log y axis whose every tick is labelled: 1-2-5 steps over up to three decades, decades beyond.
+
+    Call it after the data is drawn: the steps depend on the range shown.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    subs = (1.0, 2.0, 5.0) if math.log10(high / low) <= 3 else (1.0,)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
+    ax.yaxis.set_major_formatter(FuncFormatter(_tick_text))
+    ax.yaxis.set_minor_locator(NullLocator())  # no tick without a label
 
 
-def _grid(records: Sequence[dict[str, Any]]) -> tuple[list[str], list[int], list[int]]:
-    precisions = list(dict.fromkeys(r["precision"] for r in records))
-    seq_lens = sorted({r["seq_len"] for r in records})
-    batches = sorted({r["batch"] for r in records})
+def _categorical_x(ax: Any, values: Sequence[int], name: str) -> None:
+    """A log2 x axis with a labelled tick at each measured value and no other tick."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(values, [str(v) for v in values])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel(name)
+
+
+def _grid(records: Sequence[BenchRecord]) -> tuple[list[str], list[int], list[int]]:
+    precisions = list(dict.fromkeys(r.point.precision for r in records))
+    seq_lens = sorted({r.point.seq_len for r in records})
+    batches = sorted({r.point.batch for r in records})
     return precisions, seq_lens, batches
+
+
+def _at(record: BenchRecord, key: str) -> int:
+    """The record's seq_len or batch."""
+    return getattr(record.point, key)
 
 
 def _hide_unused(axes: list[list[Any]], used: int) -> None:
@@ -65,109 +116,101 @@ def _hide_unused(axes: list[list[Any]], used: int) -> None:
         ax.set_visible(False)
 
 
-def _line_panels(records: Sequence[dict[str, Any]], x_key: str, panel_key: str, y_of: Any, y_label: str,
-                 title: str) -> bytes | None:
+def _line_panels(records: Sequence[BenchRecord], x_key: str, panel_key: str, y_of: Callable[[BenchRecord], float],
+                 y_label: str, title: str, colors: dict[str, Any]) -> Any | None:
     """One panel per (precision, panel value): a line per backend over x, log-log, fastest starred."""
-    from matplotlib.ticker import NullLocator
-
     precisions, seq_lens, batches = _grid(records)
     xs = seq_lens if x_key == "seq_len" else batches
-    panel_values = batches if panel_key == "batch" else seq_lens
     if len(xs) < 2:
         return None
     best = fastest_by_point(records)
-    colors = _colors([backend_label(r) for r in records])
-    cols = min(len(panel_values), 4)
+    panel_values = batches if panel_key == "batch" else seq_lens
     panels = [(p, v) for p in precisions for v in panel_values
-              if any(r["precision"] == p and r[panel_key] == v for r in records)]
-    cols = min(len(panels), cols)
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = _figure(rows, cols)
+              if any(r.point.precision == p and _at(r, panel_key) == v for r in records)]
+    cols = min(len(panels), len(panel_values), 4)
+    fig, axes = _figure(math.ceil(len(panels) / cols), cols)
     for i, (precision, value) in enumerate(panels):
         ax = axes[i // cols][i % cols]
-        chosen = [r for r in records if r["precision"] == precision and r[panel_key] == value]
-        for label in sorted({backend_label(r) for r in chosen}):
-            line = sorted((r for r in chosen if backend_label(r) == label), key=lambda r: r[x_key])
-            ax.plot([r[x_key] for r in line], [y_of(r) for r in line], marker="o", markersize=4,
-                    color=colors[label], label=label)
-            wins = [r for r in line if best.get((precision, r["seq_len"], r["batch"])) is r]
-            ax.scatter([r[x_key] for r in wins], [y_of(r) for r in wins], marker="*", s=160, color=colors[label],
+        chosen = [r for r in records if r.point.precision == precision and _at(r, panel_key) == value]
+        for name in sorted({r.point.label for r in chosen}):
+            line = sorted((r for r in chosen if r.point.label == name), key=lambda r: _at(r, x_key))
+            ax.plot([_at(r, x_key) for r in line], [y_of(r) for r in line], marker="o", markersize=4,
+                    color=colors[name], label=name)
+            wins = [r for r in line if best.get((precision, r.point.seq_len, r.point.batch)) is r]
+            ax.scatter([_at(r, x_key) for r in wins], [y_of(r) for r in wins], marker="*", s=160, color=colors[name],
                        edgecolors="black", linewidths=0.8, zorder=3)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(xs, [str(x) for x in xs])
-        ax.xaxis.set_minor_locator(NullLocator())
+        _categorical_x(ax, xs, "sequence length" if x_key == "seq_len" else "batch size")
+        _log_y(ax)
         ax.grid(True, which="major", alpha=0.3)
         ax.set_title(f"{precision}, {panel_key.replace('_', ' ')} {value}", fontsize=10)
-        ax.set_xlabel("sequence length" if x_key == "seq_len" else "batch size")
         ax.set_ylabel(y_label)
         ax.legend(fontsize=7, loc="best")
     _hide_unused(axes, len(panels))
     fig.suptitle(title + "  (★ fastest backend at the point)", fontsize=11)
-    return _png(fig)
+    return fig
 
 
-def latency_plot(bench_records: Sequence[dict[str, Any]]) -> bytes | None:
-    records = timed_records(bench_records)
-    return _line_panels(records, "seq_len", "batch", lambda r: r["latency_ms"]["median"], "median latency (ms)",
-                        "Latency vs sequence length")
+def latency_plot(bench_records: Sequence[Record], colors: dict[str, Any]) -> Any | None:
+    unit = bench_unit(bench_records)  # the tables' unit, so a plot and its table read alike
+    return _line_panels(timed(bench_records), "seq_len", "batch", lambda r: r.median_ms * unit.per_ms,
+                        f"median latency ({unit.name})", "Latency vs sequence length", colors)
 
 
-def throughput_plot(bench_records: Sequence[dict[str, Any]]) -> bytes | None:
-    records = [r for r in timed_records(bench_records) if r.get("throughput_qps")]
-    return _line_panels(records, "batch", "seq_len", lambda r: r["throughput_qps"] * r["batch"],
-                        "sequences / s (queries/s x batch)", "Throughput vs batch size")
+def throughput_plot(bench_records: Sequence[Record], colors: dict[str, Any]) -> Any | None:
+    records = [r for r in timed(bench_records) if r.throughput_qps]
+    return _line_panels(records, "batch", "seq_len", lambda r: r.throughput_qps * r.point.batch,
+                        "sequences / s (queries/s x batch)", "Throughput vs batch size", colors)
 
 
-def speedup_heatmap(bench_records: Sequence[dict[str, Any]]) -> bytes | None:
+def _text_color(rgba: Sequence[float]) -> str:
+    """White on dark cells, black on light ones (relative luminance, ITU-R BT.709 weights)."""
+    red, green, blue = rgba[:3]
+    return "white" if 0.2126 * red + 0.7152 * green + 0.0722 * blue < 0.45 else "black"
+
+
+def speedup_heatmap(bench_records: Sequence[Record]) -> Any | None:
     """Per (backend, precision): torch eager's median / the backend's median over seq_len x batch."""
     import numpy as np
+    from matplotlib import colormaps
     from matplotlib.colors import Normalize
     from matplotlib.patches import Rectangle
 
-    records = timed_records(bench_records)
-    baseline = {(r["device"], r["precision"], r["seq_len"], r["batch"]): r["latency_ms"]["median"]
-                for r in records if r["backend"] == "torch"}
-    panels = list(dict.fromkeys((backend_label(r), r["device"], r["precision"]) for r in records
-                                if r["backend"] != "torch"
-                                and (r["device"], r["precision"], r["seq_len"], r["batch"]) in baseline))
+    records = timed(bench_records)
+    ratios = speedups(records)
+    panels = list(dict.fromkeys(r.point.runner for r in records if r.point.backend != SPEEDUP_BASELINE
+                                and r.point in ratios))
     if not panels:
         return None
     best = fastest_by_point(records)
-    shown = [r for r in records if (backend_label(r), r["device"], r["precision"]) in panels]
-    _, seq_lens, batches = _grid(shown)
+    _, seq_lens, batches = _grid([r for r in records if r.point.runner in panels])
     cols = min(len(panels), 3)
-    rows = math.ceil(len(panels) / cols)
-    fig, axes = _figure(rows, cols, width=max(4.6, 1.8 + 0.9 * len(batches)),
+    fig, axes = _figure(math.ceil(len(panels) / cols), cols, width=max(4.6, 1.8 + 0.9 * len(batches)),
                         height=max(3.0, 1.4 + 0.55 * len(seq_lens)))
-    limit = 0.0
     grids = []
-    for label, device, precision in panels:
+    for runner in panels:
         values = np.full((len(seq_lens), len(batches)), np.nan)
         framed = []
         for r in records:
-            if backend_label(r) != label or r["precision"] != precision:
-                continue
-            base = baseline.get((device, precision, r["seq_len"], r["batch"]))
-            if base and r["latency_ms"]["median"]:
-                i, j = seq_lens.index(r["seq_len"]), batches.index(r["batch"])
-                values[i, j] = base / r["latency_ms"]["median"]
-                if best.get((precision, r["seq_len"], r["batch"])) is r:
+            if r.point.runner == runner and r.point in ratios:
+                i, j = seq_lens.index(r.point.seq_len), batches.index(r.point.batch)
+                values[i, j] = ratios[r.point]
+                if best.get((runner.precision, r.point.seq_len, r.point.batch)) is r:
                     framed.append((i, j))
         grids.append((values, framed))
-        finite = np.abs(np.log2(values[np.isfinite(values)]))
-        limit = max(limit, float(finite.max()) if finite.size else 0.0)
-    limit = max(limit, 0.5)
+    logs = np.abs(np.log2(np.concatenate([v[np.isfinite(v)] for v, _ in grids])))
+    limit = max(float(logs.max()) if logs.size else 0.0, 0.5)
     norm = Normalize(vmin=-limit, vmax=limit)  # symmetric in log2: 1x sits in the middle of the colormap
+    cmap = colormaps["RdYlGn"]
     image = None
-    for k, ((label, _device, precision), (values, framed)) in enumerate(zip(panels, grids)):
+    for k, (runner, (values, framed)) in enumerate(zip(panels, grids)):
         ax = axes[k // cols][k % cols]
-        image = ax.imshow(np.log2(values), cmap="RdYlGn", norm=norm, aspect="auto", origin="lower")
+        image = ax.imshow(np.log2(values), cmap=cmap, norm=norm, aspect="auto", origin="lower")
         for i in range(len(seq_lens)):
             for j in range(len(batches)):
                 v = values[i, j]
-                text = "-" if not np.isfinite(v) else f"{v:.2f}x"
-                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                finite = bool(np.isfinite(v))
+                ax.text(j, i, f"{v:.2f}x" if finite else "-", ha="center", va="center", fontsize=8,
+                        color=_text_color(cmap(norm(np.log2(v)))) if finite else "black",
                         fontweight="bold" if (i, j) in framed else "normal")
         for i, j in framed:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
@@ -175,104 +218,114 @@ def speedup_heatmap(bench_records: Sequence[dict[str, Any]]) -> bytes | None:
         ax.set_yticks(range(len(seq_lens)), [str(s) for s in seq_lens])
         ax.set_xlabel("batch size")
         ax.set_ylabel("sequence length")
-        ax.set_title(f"{label} {precision}", fontsize=10)
+        ax.set_title(f"{runner.label} {runner.precision}", fontsize=10)
     _hide_unused(axes, len(panels))
     bar = fig.colorbar(image, ax=[ax for row in axes for ax in row if ax.get_visible()], shrink=0.8)
-    ticks = [t for t in range(-math.ceil(limit), math.ceil(limit) + 1)]
-    bar.set_ticks(ticks, labels=[f"{2.0 ** t:g}x" for t in ticks])
+    # ticks inside the colour range only, so none is drawn without its label
+    ticks = list(range(-math.floor(limit), math.floor(limit) + 1)) if limit >= 1 else [-limit, 0.0, limit]
+    bar.set_ticks(ticks, labels=[f"{2.0 ** t:.3g}x" for t in ticks])
     bar.set_label("speedup over torch eager (green: faster)")
     fig.suptitle("Speedup over torch eager\n(framed: the fastest backend at that point)", fontsize=11)
-    return _png(fig)
+    return fig
 
 
-def accuracy_plot(verify_records: Sequence[dict[str, Any]]) -> bytes | None:
-    """Worst max abs error per backend and precision (bars, tolerance dashed), and its growth with seq_len."""
-    import numpy as np
-    from matplotlib.ticker import NullLocator
+def _worst_errors(records: Sequence[VerifyRecord], by: Callable[[VerifyRecord], Any]) -> dict[Any, float]:
+    worst: dict[Any, float] = {}
+    for r in records:
+        key = by(r)
+        worst[key] = max(worst.get(key, 0.0), r.max_abs_err)
+    return worst
 
-    records = [r for r in verify_records if r.get("max_abs_err") is not None]
+
+def accuracy_plot(verify_records: Sequence[Record], colors: dict[str, Any]) -> Any | None:
+    """Worst max abs error per backend and precision (atol lines, failures ringed red), and vs seq_len."""
+    records = [r for r in verify_records if isinstance(r, VerifyRecord) and r.max_abs_err is not None]
     if not records:
         return None
-    labels = list(dict.fromkeys(backend_label(r) for r in records))
-    precisions = list(dict.fromkeys(r["precision"] for r in records))
-    seq_lens = sorted({r["seq_len"] for r in records if r.get("seq_len") is not None})
-    with_growth = len(seq_lens) >= 2
-    fig, axes = _figure(1, 2 if with_growth else 1, width=max(4.4, 1.2 + 0.9 * len(labels)))
+    labels = list(dict.fromkeys(r.point.label for r in records))
+    precisions = list(dict.fromkeys(r.point.precision for r in records))
+    seq_lens = sorted({r.point.seq_len for r in records if r.point.seq_len is not None})
+    nonzero = [r.max_abs_err for r in records if r.max_abs_err > 0]
+    floor = min(nonzero) / 10 if nonzero else 1e-16  # where an exact 0 is drawn, on its labelled line
+
+    def shown(err: float) -> float:
+        return max(err, floor)
+
+    fig, axes = _figure(1, 2 if len(seq_lens) >= 2 else 1, width=max(4.4, 1.6 + 0.9 * len(labels)))
     ax = axes[0][0]
-    width = 0.8 / len(precisions)
-    floor = 1e-18  # an exact match (0 error) still gets a visible bar on the log axis
-    prec_colors = _colors(precisions)
+    worst = _worst_errors(records, lambda r: (r.point.label, r.point.precision))
+    failed = {(r.point.label, r.point.precision) for r in records if not r.passed}
+    step = 0.6 / max(len(precisions), 1)
     for k, precision in enumerate(precisions):
-        heights, failed = [], []
-        for label in labels:
-            errs = [r for r in records if backend_label(r) == label and r["precision"] == precision]
-            heights.append(max((r["max_abs_err"] for r in errs), default=np.nan))
-            failed.append(any(r.get("passed") is False for r in errs))
-        x = np.arange(len(labels)) + (k - (len(precisions) - 1) / 2) * width
-        bars = ax.bar(x, [max(h, floor) if np.isfinite(h) else 0 for h in heights], width, label=precision,
-                      color=prec_colors[precision])
-        for bar, bad in zip(bars, failed):
-            if bad:
-                bar.set_hatch("//")
-                bar.set_edgecolor("red")
-        atol = next((r.get("atol") for r in records if r["precision"] == precision and r.get("atol")), None)
+        offset = (k - (len(precisions) - 1) / 2) * step
+        for x, name in enumerate(labels):
+            if (name, precision) not in worst:
+                continue
+            bad = (name, precision) in failed
+            ax.scatter([x + offset], [shown(worst[name, precision])], s=60, color=colors[name], zorder=3,
+                       marker=PRECISION_MARKERS.get(precision, "o"), edgecolors="red" if bad else "black",
+                       linewidths=2.0 if bad else 0.6)
+        atol = next((r.atol for r in records if r.point.precision == precision), None)
         if atol:
-            ax.axhline(atol, color=prec_colors[precision], linestyle="--", linewidth=1)
-    ax.set_yscale("log")
+            ax.axhline(atol, color="0.45", linestyle=PRECISION_LINES.get(precision, "--"), linewidth=1)
+        ax.plot([], [], marker=PRECISION_MARKERS.get(precision, "o"), markerfacecolor="white",
+                markeredgecolor="black", color="0.45", linestyle=PRECISION_LINES.get(precision, "--") if atol else "",
+                label=f"{precision}" + (f", atol {atol:g}" if atol else ""))
+    if not nonzero or min(r.max_abs_err for r in records) == 0:
+        ax.axhline(floor, color="0.6", linestyle=":", linewidth=1)
+        ax.annotate("0 (exact)", (1.0, floor), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize=7, color="0.4")
+    _log_y(ax)
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+    ax.set_xlim(-0.6, len(labels) - 0.4)
     ax.set_ylabel("max abs error vs float64 reference")
-    ax.set_title("Worst error (dashed: atol; hatched: failed)", fontsize=10)
+    ax.set_title("Worst error per backend (lines: atol; red ring: failed)", fontsize=10)
     ax.legend(fontsize=7)
     ax.grid(True, axis="y", alpha=0.3)
-    if with_growth:
+    if len(seq_lens) >= 2:
         ax = axes[0][1]
-        styles = ["-", "--", ":", "-."]
-        markers = ["o", "s", "^", "D", "v", "P"]
-        for n, label in enumerate(labels):
+        growth = _worst_errors([r for r in records if r.point.seq_len],
+                               lambda r: (r.point.label, r.point.precision, r.point.seq_len))
+        for name in labels:
             for precision in precisions:
-                pts: dict[int, float] = {}
-                for r in records:
-                    if backend_label(r) == label and r["precision"] == precision and r.get("seq_len"):
-                        pts[r["seq_len"]] = max(pts.get(r["seq_len"], 0.0), r["max_abs_err"])
-                if pts:
-                    xs = sorted(pts)
-                    ax.plot(xs, [max(pts[x], floor) for x in xs], marker=markers[n % len(markers)], markersize=4,
-                            color=prec_colors[precision], linestyle=styles[n % len(styles)],
-                            label=f"{label} {precision}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(seq_lens, [str(s) for s in seq_lens])
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel("sequence length")
+                xs = sorted(s for (n, p, s) in growth if (n, p) == (name, precision))
+                if xs:
+                    ax.plot(xs, [shown(growth[name, precision, s]) for s in xs], color=colors[name],
+                            marker=PRECISION_MARKERS.get(precision, "o"), markersize=4,
+                            linestyle=PRECISION_LINES.get(precision, "-"), label=f"{name} {precision}")
+        _categorical_x(ax, seq_lens, "sequence length")
+        _log_y(ax)
         ax.set_ylabel("max abs error (over batches, outputs)")
         ax.set_title("Error vs sequence length", fontsize=10)
         ax.legend(fontsize=7)
         ax.grid(True, alpha=0.3)
     fig.suptitle("Accuracy against the float64 reference", fontsize=11)
-    return _png(fig)
+    return fig
 
 
-def make_plots(results: dict[str, Any]) -> list[Plot]:
-    """Every plot the records support, in report order."""
-    bench_records = results.get("bench", [])
-    verify_records = results.get("verify", [])
+def make_plots(results: Results) -> list[Plot]:
+    """Every plot the records support, in report order, with one colour per backend across them."""
+    bench_records, verify_records = results.bench, results.verify
+    colors = palette([r.point.label for r in [*bench_records, *verify_records]])
+    unit = bench_unit(bench_records)
     candidates = [
         ("latency", "Latency vs sequence length",
-         "Median host latency per query (inputs and outputs on the host), log-log; one panel per precision and "
-         "batch size.", lambda: latency_plot(bench_records)),
+         f"Median host latency per query in {unit.name} (inputs and outputs on the host), log-log; one panel per "
+         "precision and batch size.", lambda: latency_plot(bench_records, colors)),
         ("throughput", "Throughput vs batch size",
          "Sequences per second (queries per second x batch), log-log; one panel per precision and sequence length.",
-         lambda: throughput_plot(bench_records)),
+         lambda: throughput_plot(bench_records, colors)),
         ("speedup", "Speedup over torch eager",
          "torch eager's median latency / the backend's, same device, precision and shape; above 1x is faster.",
          lambda: speedup_heatmap(bench_records)),
         ("accuracy", "Accuracy",
-         "Largest absolute error against the float64 reference over every point and output.",
-         lambda: accuracy_plot(verify_records)),
+         "Largest absolute error against the float64 reference over every point and output, per backend and "
+         "precision (marker: precision; colour: backend, as in the other plots); a dotted line marks exact 0.",
+         lambda: accuracy_plot(verify_records, colors)),
     ]
     plots = []
     for name, title, caption, draw in candidates:
-        png = draw()
-        if png is not None:
-            plots.append(Plot(name, title, caption, png))
+        fig = draw()
+        if fig is not None:
+            plots.append(Plot(name, title, caption, _png(fig)))
     return plots
