@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 import warnings
 
 from lstminfer import __version__
@@ -21,7 +22,7 @@ def command_modules() -> list[str]:
 
     import lstminfer.commands as commands
 
-    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if m.name not in ("common",))
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if m.name not in ("args", "console"))
     names.sort(key=lambda n: n != "core")
     return [f"lstminfer.commands.{n}" for n in names]
 
@@ -45,10 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(name)
         if hasattr(module, "register"):
             module.register(subparsers)
+    for sub in subparsers.choices.values():
+        # After the subcommand too; SUPPRESS keeps a --debug given before it when this one is absent.
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lstminfer.commands.console import json_to_stdout
+
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -57,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        return int(args.func(args) or 0)
+        with json_to_stdout(getattr(args, "json", None) == "-"):
+            return int(args.func(args) or 0)
     except UserError as err:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, and still the user error's exit code
+            traceback.print_exc()
         print(f"lstminfer: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,41 +8,46 @@ from typing import Any
 
 import numpy as np
 
-from lstminfer.commands.common import (
-    add_file_args,
-    print_table,
+from lstminfer.commands.args import (
+    FileArgs,
+    OutputArgs,
+    describe_model,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed_int,
     split_list,
-    stderr_console,
-    stdout_console,
-    write_json_output,
 )
+from lstminfer.commands.console import print_notes, print_table, stdout_console, write_json_output
 from lstminfer.errors import UserError
-
-STREAM_BACKENDS = ("torch", "torchscript", "onnxruntime", "onnxruntime-cuda")
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("inspect", help="inputs, outputs, recurrent nodes, state pairs and backend "
                                               "capability of an ONNX file")
     p.add_argument("file", metavar="FILE", help="an ONNX file")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the report as JSON to FILE ('-': stdout)")
+    OutputArgs(what="the report").add_to(p)
     p.set_defaults(func=cmd_inspect)
 
     p = subparsers.add_parser("stream", help="run a file chunk by chunk, state carried: per-chunk latency and "
                                              "real-time factor")
     p.add_argument("file", metavar="FILE", help="an ONNX or TorchScript file with a recurrent state input/output")
-    p.add_argument("--chunk", type=int, required=True, metavar="N", help="chunk length along the sequence axis")
-    p.add_argument("--chunks", type=int, default=100, metavar="K", help="timed chunks per backend (default 100)")
-    p.add_argument("--warmup-chunks", type=int, default=20, metavar="W", help="untimed chunks first (default 20)")
-    p.add_argument("--chunk-ms", type=float, default=None, metavar="MS",
+    p.add_argument("--chunk", type=positive_int, required=True, metavar="N",
+                   help="chunk length along the sequence axis")
+    p.add_argument("--chunks", type=positive_int, default=100, metavar="K",
+                   help="timed chunks per backend (default 100)")
+    p.add_argument("--warmup-chunks", type=non_negative_int, default=20, metavar="W",
+                   help="untimed chunks first (default 20)")
+    p.add_argument("--chunk-ms", type=positive_float, default=None, metavar="MS",
                    help="the duration a chunk stands for (e.g. 32 for 512 samples at 16 kHz): gives the "
                         "real-time factor")
-    p.add_argument("--batch", type=int, default=1, help="streams side by side (default 1)")
+    p.add_argument("--batch", type=positive_int, default=1, metavar="N", help="streams side by side (default 1)")
     p.add_argument("--backends", default=None, metavar="NAME[:DEVICE],...",
-                   help=f"default: those of {', '.join(STREAM_BACKENDS)} that can run the file here")
-    p.add_argument("--seed", type=int, default=0)
-    add_file_args(p)
-    p.add_argument("--json", default=None, metavar="FILE", help="write the records as JSON to FILE")
+                   help="default: every backend available here that runs this kind of file (see `lstminfer "
+                        "backends`)")
+    p.add_argument("--seed", type=seed_int, default=0, metavar="N", help="seed for the chunks' random values")
+    FileArgs().add_to(p)
+    OutputArgs().add_to(p)
     p.set_defaults(func=cmd_stream)
 
 
@@ -55,11 +60,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise UserError(f"{args.file} is TorchScript: inspect reads ONNX; inspect its ONNX export, or run it with "
                         "`lstminfer verify FILE.pt --onnx FILE.onnx`")
     info = inspect_file(args.file)
-    if args.json == "-":
-        import json
-
-        print(json.dumps({**info.to_dict(), "onnxruntime_cpu_session": _ort_cpu_check(args.file)}, indent=2))
-        return 0
     console = stdout_console()
     opset = ", ".join(f"{d} {v}" for d, v in info.opset.items())
     console.print(f"[bold]{info.path}[/bold]: ONNX IR {info.ir_version}, opset {opset}, "
@@ -77,7 +77,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     [{"node": f"{n.op} {n.name}", **{b: n.capability.get(b, "-") for b in backends}}
                      for n in info.recurrent], console)
     pairs = (", ".join(f"{p.input} -> {p.output}" for p in info.state_pairs)
-             or "none found by name (give --state IN:OUT)")
+             or info.state_pairs_note)
     console.print(f"state pairs: {pairs}")
     runs = _ort_cpu_check(args.file)
     console.print(f"ONNX Runtime CPU session: {runs}")
@@ -85,8 +85,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 else "and ONNX Runtime refuses the file: verify has no reference")
     oracle = "yes" if info.oracle[0] else f"no ({info.oracle[1]}): {fallback}"
     console.print(f"onnx.reference float64 oracle: {oracle}")
-    for note in info.notes:
-        stderr_console().print(f"[yellow]note:[/yellow] {note}")
+    print_notes(info.notes)
     write_json_output(args.json, {**info.to_dict(), "onnxruntime_cpu_session": runs})
     return 0
 
@@ -134,7 +133,7 @@ def _attributes(node: Any) -> str:
 def _chunk_axes(session: Any, chunk: int) -> tuple[int, int, tuple[int, ...]]:
     """(sequence axis, batch axis or -1, shape with those axes at 1 or as given) of the session's chunk input."""
     model = session.model
-    info = {i.name: i for i in model.graph_inputs}[session.chunk_input]
+    info = {i.name: i for i in model.inputs}[session.chunk_input]
     if info.dims is None:  # TorchScript without --onnx: the chunk's shape comes from --shapes
         shape = model.shapes.get(session.chunk_input)
         if shape is None or chunk not in shape:
@@ -173,7 +172,7 @@ def stream_one(session: Any, chunk: int, chunks: int, warmup: int, batch: int, c
         shape[seq_axis] = chunk
     if batch_axis >= 0:
         shape[batch_axis] = batch
-    dtype = np.dtype({i.name: i for i in session.model.graph_inputs}[session.chunk_input].dtype)
+    dtype = np.dtype({i.name: i for i in session.model.inputs}[session.chunk_input].dtype)
     data = [rng.standard_normal(shape).astype(dtype) for _ in range(min(chunks, 8))]
     for i in range(warmup):
         session.step(data[i % len(data)])
@@ -195,44 +194,24 @@ def stream_one(session: Any, chunk: int, chunks: int, warmup: int, batch: int, c
 
 
 def _stream_backends(args: argparse.Namespace, model: Any) -> list[tuple[str, str]]:
-    from lstminfer.backends.base import select_backends
+    """--backends, else the registry's choice for this model: available here, applies to it, not self-timed."""
+    from lstminfer.backends.base import runner_class, select_backends
 
     requested = split_list(args.backends)
-    if requested:
-        return [(c.name, c.device) for c in select_backends(requested)]
-    out = []
-    for c in select_backends(None):
-        if c.name not in STREAM_BACKENDS:
-            continue
-        if c.name == "torch" and model.module is None:
-            continue
-        if c.name == "torchscript" and getattr(model, "script_path", None) is None:
-            continue
-        if c.name.startswith("onnxruntime") and model.onnx_path is None:
-            continue
-        out.append((c.name, c.device))
-    return out
+    chosen = select_backends(requested, "all", None if requested else model)
+    return [(c.name, c.device) for c in chosen if requested or not runner_class(c.name).self_timed]
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
     from lstminfer.measure.stream import Session, refuse_unstreamable
-    from lstminfer.model.file import load_model_file
     from lstminfer.onnx.shapes import parse_values
 
-    for flag, value in (("--chunk", args.chunk), ("--chunks", args.chunks), ("--batch", args.batch)):
-        if value <= 0:
-            raise UserError(f"{flag} must be a positive integer, got {value}")
-    if args.warmup_chunks < 0:
-        raise UserError(f"--warmup-chunks must be >= 0, got {args.warmup_chunks}")
-    if args.chunk_ms is not None and args.chunk_ms <= 0:
-        raise UserError(f"--chunk-ms must be positive, got {args.chunk_ms}")
+    options = FileArgs.parse(args)
     values = parse_values(args.input_values)
-    model = load_model_file(args.file, shapes=args.shapes, values=values, inputs_npz=args.inputs_npz,
-                            onnx=args.onnx, validate=False)
+    model = options.load(validate=False)
+    print(f"model: {describe_model(model)}")
     refuse_unstreamable(model)  # before any note: a bidirectional file gets one line
-    for note in model.notes:
-        if "reference" not in note:
-            stderr_console().print(f"[yellow]note:[/yellow] {note}")
+    print_notes([note for note in model.notes if "reference" not in note])
     records = []
     for name, device in _stream_backends(args, model):
         base = {"backend": name, "device": device, "file": args.file}
@@ -247,7 +226,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
             rec = {"error": str(err)}
         records.append({**base, **rec})
     if not records:
-        raise UserError(f"no backend here can stream {args.file} (tried {', '.join(STREAM_BACKENDS)})")
+        raise UserError(f"no backend available here runs {args.file}; see `lstminfer backends`")
     if all("error" in r for r in records):
         raise UserError(f"no backend could stream {args.file}: {records[0]['error']}")
     rows = []

@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lstminfer.commands.common import print_table, stdout_console, write_json_output
+from lstminfer.commands.args import DEFAULT_OUT, OutputArgs, TimingArgs, positive_int
+from lstminfer.commands.console import print_table, stdout_console, write_json_output
 from lstminfer.errors import UserError
 from lstminfer.measure.store import SCHEMA_VERSION, load_results, write_json_atomic
+from lstminfer.onnx.shapes import format_dims, parse_shapes
 from lstminfer.tensorrt import build as tb
 from lstminfer.tensorrt import trtexec
 
@@ -19,7 +21,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", default=None, metavar="FILE.engine",
                    help="engine file to write (default: a name in the cache, <out>/trt-cache)")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache holds a matching engine")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the engine's sidecar as JSON to FILE")
+    OutputArgs(what="the engine's sidecar").add_to(p)
     p.set_defaults(func=cmd_build)
 
     p = subparsers.add_parser("trtexec-cmd", help="print the trtexec command lines equivalent to build + bench")
@@ -27,14 +29,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--engine", default=None, metavar="FILE", help="engine path in the commands (default <stem>.engine)")
     p.add_argument("--trt-version", type=int, choices=[10, 11], default=10,
                    help="TensorRT major version the commands are for (11 changed trtexec's flags and defaults)")
-    g = p.add_argument_group("timing (trtexec's defaults)")
-    g.add_argument("--warmup", type=float, default=200.0, metavar="MS")
-    g.add_argument("--duration", type=float, default=3.0, metavar="S")
-    g.add_argument("--iterations", type=int, default=10)
-    g.add_argument("--no-data-transfers", action="store_true")
+    g = TimingArgs(raw_times=False).add_to(p)
     g.add_argument("--cuda-graph", action="store_true", help="time with a CUDA graph (like tensorrt-graph)")
     g.add_argument("--export-times", default=None, metavar="FILE.json", help="add --exportTimes=FILE.json")
-    p.add_argument("--json", default=None, metavar="FILE", help="write both commands as JSON to FILE")
+    OutputArgs(what="both commands").add_to(p)
     p.set_defaults(func=cmd_trtexec_cmd)
 
     p = subparsers.add_parser("import-trtexec", help="read a trtexec log (and --exportTimes JSON) into results")
@@ -43,44 +41,41 @@ def register(subparsers: Any) -> None:
     p.add_argument("-o", "--output", default=None, metavar="results.json",
                    help="results file to add the record to (created if missing)")
     p.add_argument("--model", default=None, help="model name for the record (default: the log's --onnx)")
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length of the run (default: from --shapes)")
-    p.add_argument("--batch", type=int, default=None, help="batch size of the run (default: from --shapes)")
-    p.add_argument("--json", default=None, metavar="FILE", help="write the record as JSON to FILE")
+    p.add_argument("--seq-len", type=positive_int, default=None, metavar="N",
+                   help="sequence length of the run (default: from --shapes)")
+    p.add_argument("--batch", type=positive_int, default=None, metavar="N",
+                   help="batch size of the run (default: from --shapes)")
+    OutputArgs(what="the record").add_to(p)
     p.set_defaults(func=cmd_import_trtexec)
 
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("onnx", metavar="MODEL.onnx", help="the ONNX file (e.g. from `lstminfer export`)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="the engine's precision: fp16/bf16 let TensorRT pick those kernels (default fp32)")
     g = p.add_argument_group("optimization profile (trtexec's shape syntax: name:AxBxC,name2:...)")
-    g.add_argument("--seq-len", type=int, default=None,
+    g.add_argument("--seq-len", type=positive_int, default=None, metavar="N",
                    help="sequence length to optimize for (default: the export's example shape)")
-    g.add_argument("--batch", type=int, default=None, help="batch to optimize for (default: the export's)")
-    g.add_argument("--max-seq-len", type=int, default=None,
+    g.add_argument("--batch", type=positive_int, default=None, metavar="N",
+                   help="batch to optimize for (default: the export's)")
+    g.add_argument("--max-seq-len", type=positive_int, default=None, metavar="N",
                    help=f"largest sequence length (default {tb.DEFAULT_MAX_SEQ_LEN}, or --seq-len if larger)")
-    g.add_argument("--max-batch", type=int, default=None,
+    g.add_argument("--max-batch", type=positive_int, default=None, metavar="N",
                    help=f"largest batch (default {tb.DEFAULT_MAX_BATCH}, or --batch if larger)")
     g.add_argument("--min-shapes", default=None, metavar="SPEC", help="min shapes, overriding the derived ones")
     g.add_argument("--opt-shapes", default=None, metavar="SPEC", help="opt shapes, overriding the derived ones")
     g.add_argument("--max-shapes", default=None, metavar="SPEC", help="max shapes, overriding the derived ones")
-    p.add_argument("--workspace", type=int, default=tb.DEFAULT_WORKSPACE_MB, metavar="MB",
+    p.add_argument("--workspace", type=positive_int, default=tb.DEFAULT_WORKSPACE_MB, metavar="MB",
                    help=f"TensorRT workspace memory pool limit (default {tb.DEFAULT_WORKSPACE_MB} MB)")
     p.add_argument("--tf32", action="store_true",
                    help="allow TF32 in fp32 layers (TensorRT's default; off here, like every lstminfer backend)")
-    p.add_argument("--out", default="lstminfer-out", metavar="DIR", help="artifacts directory (cache under it)")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"artifacts directory, the engine cache under it (default ./{DEFAULT_OUT})")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="engine cache (default <out>/trt-cache)")
 
 
-def _positive(args: argparse.Namespace, *names: str) -> None:
-    for name in names:
-        value = getattr(args, name, None)
-        if value is not None and value <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-
-
 def profile_from_args(args: argparse.Namespace) -> tb.Profile:
-    _positive(args, "seq_len", "batch", "max_seq_len", "max_batch", "workspace")
-    parse = {k: trtexec.parse_shapes(v, f"--{k.replace('_', '-')}") if v else None
+    parse = {k: parse_shapes(v, f"--{k.replace('_', '-')}") if v else None
              for k, v in (("min_shapes", args.min_shapes), ("opt_shapes", args.opt_shapes),
                           ("max_shapes", args.max_shapes))}
     return tb.derive_profile(args.onnx, args.seq_len, args.batch, args.max_seq_len, args.max_batch, **parse)
@@ -91,8 +86,8 @@ def _cache_dir(args: argparse.Namespace) -> Path:
 
 
 def _profile_rows(profile: tb.Profile) -> list[dict[str, Any]]:
-    return [{"input": n, "min": trtexec.format_dims(profile.min[n]), "opt": trtexec.format_dims(profile.opt[n]),
-             "max": trtexec.format_dims(profile.max[n])} for n in profile.min]
+    return [{"input": n, "min": format_dims(profile.min[n]), "opt": format_dims(profile.opt[n]),
+             "max": format_dims(profile.max[n])} for n in profile.min]
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -110,7 +105,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_trtexec_cmd(args: argparse.Namespace) -> int:
-    _positive(args, "iterations")
     profile = profile_from_args(args)
     onnx = Path(args.onnx)
     engine = Path(args.engine) if args.engine else onnx.with_suffix(f".{args.precision}.engine")
@@ -163,7 +157,7 @@ def add_to_results(path: str | Path, record: dict[str, Any]) -> Path:
     return write_json_atomic(path, data)
 
 
-def summary_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
+def _metric_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for label, key in (("Latency", "trt_latency_ms"), ("Enqueue Time", "enqueue_ms"), ("H2D Latency", "h2d_ms"),
                        ("GPU Compute Time", "gpu_compute_ms"), ("D2H Latency", "d2h_ms")):
@@ -181,7 +175,7 @@ def cmd_import_trtexec(args: argparse.Namespace) -> int:
     console = stdout_console()
     title = (f"trtexec (TensorRT {record.get('tensorrt_version') or '?'}, {record['precision']}): "
              f"{_g(record['throughput_qps'])} qps, {record.get('queries') or '?'} queries")
-    print_table(title, summary_rows(record), console)
+    print_table(title, _metric_rows(record), console)
     for w in record.get("warnings", []):
         console.print(f"[yellow]trtexec warned:[/yellow] {w}")
     if args.output:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -66,6 +66,18 @@ class ModelSpec:
             out["c0"] = out["cn"] = (states, batch, self.hidden_size)
         return out
 
+    @property
+    def num_parameters(self) -> int:
+        """Weights and biases, counted as nn.LSTM / nn.GRU allocates them."""
+        gates = (4 if self.kind == "lstm" else 3) * self.hidden_size
+        total = 0
+        for layer in range(self.num_layers):
+            width = self.input_size if layer == 0 else self.num_directions * self.state_size
+            per_direction = gates * (width + self.state_size) + (2 * gates if self.bias else 0)
+            per_direction += self.proj_size * self.hidden_size
+            total += self.num_directions * per_direction
+        return total
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -75,7 +87,7 @@ class ModelSpec:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def describe(self) -> str:
-        parts = [f"{self.num_layers}-layer", "bi-" if self.bidirectional else "", self.kind.upper(),
+        parts = [f"{self.num_layers}-layer ", "bi-" if self.bidirectional else "", self.kind.upper(),
                  f" {self.input_size}->{self.hidden_size}"]
         if self.proj_size:
             parts.append(f" proj {self.proj_size}")
@@ -113,6 +125,47 @@ def preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+# Bytes per weight that a run holds at once: the float32 module (4), its float64 copy for the reference (8),
+# the exported ONNX file's copy in memory (4) and ONNX Runtime's session (4), and the file's bytes (4).
+BYTES_PER_WEIGHT = 24
+
+
+def estimated_bytes(spec: ModelSpec, seq_len: int, batch: int) -> int:
+    """A lower bound of the memory a run needs: the weights' copies, and float64 inputs and every layer's
+    outputs at 4x the sequence length (verify's long point)."""
+    per_step = spec.input_size + spec.num_layers * spec.num_directions * spec.state_size
+    return spec.num_parameters * BYTES_PER_WEIGHT + 8 * 4 * seq_len * batch * per_step
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can get (MemAvailable), or None where it does not say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**40:.1f} TiB" if n >= 2**40 else f"{n / 2**30:.1f} GiB"
+
+
+def check_memory(spec: ModelSpec, seq_len: int, batch: int, available: int | None = None) -> None:
+    """Refuse, in one line, sizes that cannot be allocated here (before torch tries and aborts)."""
+    available = available_memory() if available is None else available
+    need = estimated_bytes(spec, seq_len, batch)
+    if available is not None and need > available:
+        raise UserError(f"{spec.describe()} at seq {seq_len} x batch {batch} needs at least {_gib(need)} of memory "
+                        f"({spec.num_parameters:.3g} weights, kept in float32 and float64) and {_gib(available)} is "
+                        "available here; choose smaller sizes (--hidden-size, --num-layers, --seq-len, --batch)")
+
+
 def build_module(spec: ModelSpec, seed: int = 0) -> Any:
     """A float32, eval-mode nn.LSTM / nn.GRU with weights drawn from torch.manual_seed(seed)."""
     import torch
@@ -127,17 +180,42 @@ def build_module(spec: ModelSpec, seed: int = 0) -> Any:
     return module.eval()
 
 
+def _recurrent_layers(module: Any) -> tuple[list[Any], list[str]]:
+    """The nn.LSTM / nn.GRU layers inside `module`, and the other submodules that hold parameters (by name)."""
+    import torch
+
+    rnns = [m for m in module.modules() if isinstance(m, (torch.nn.LSTM, torch.nn.GRU))]
+    inside = {id(p) for m in rnns for p in m.parameters()}
+    others = [f"{name} ({type(m).__name__})" for name, m in module.named_modules()
+              if m is not module and not isinstance(m, (torch.nn.LSTM, torch.nn.GRU))
+              and any(id(p) not in inside for p in m.parameters(recurse=False))]
+    return rnns, others
+
+
+def why_not_one_rnn(module: Any) -> str:
+    """Why spec_of_module(module) is None, in words a user can act on."""
+    rnns, others = _recurrent_layers(module)
+    if not rnns:
+        return (f"found no nn.LSTM / nn.GRU inside {type(module).__name__}; lstminfer runs modules built around "
+                "one recurrent stack")
+    if len(rnns) > 1:
+        return (f"found {len(rnns)} recurrent layers (nn.LSTM / nn.GRU) in {type(module).__name__}; lstminfer runs "
+                "one recurrent stack: return one of them from the factory")
+    return (f"{type(module).__name__} has one {type(rnns[0]).__name__}, but also layers with weights around it: "
+            f"{', '.join(others[:3])}{' ...' if len(others) > 3 else ''}; lstminfer runs the recurrent stack alone: "
+            "return the recurrent layer from the factory (e.g. `return model.lstm`)")
+
+
 def spec_of_module(module: Any) -> ModelSpec | None:
     """The ModelSpec of a plain nn.LSTM / nn.GRU, or of a module whose only recurrent child is one; else None."""
     import torch
 
     rnn = module
     if not isinstance(module, (torch.nn.LSTM, torch.nn.GRU)):
-        children = [m for m in module.modules() if isinstance(m, (torch.nn.LSTM, torch.nn.GRU))]
-        if len(children) != 1 or any(not isinstance(m, (torch.nn.LSTM, torch.nn.GRU)) and list(m.parameters(False))
-                                     for m in module.modules() if m is not module):
+        rnns, others = _recurrent_layers(module)
+        if len(rnns) != 1 or others:
             return None
-        rnn = children[0]
+        rnn = rnns[0]
     return ModelSpec(
         kind="lstm" if isinstance(rnn, torch.nn.LSTM) else "gru",
         input_size=rnn.input_size, hidden_size=rnn.hidden_size, num_layers=rnn.num_layers,
@@ -159,10 +237,3 @@ def call_rnn(module: Any, kind: str, args: list[Any]) -> list[Any]:
     if isinstance(hidden, (tuple, list)):
         return [output, *hidden]
     return [output, hidden]
-
-
-def spec_from_json(text: str) -> ModelSpec:
-    try:
-        return ModelSpec.from_dict(json.loads(text))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise UserError(f"model metadata is not a valid ModelSpec: {err}") from err

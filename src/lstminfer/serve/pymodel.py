@@ -43,7 +43,7 @@ def build_runner(desc: dict[str, Any], version_dir: Path) -> tuple[Any, Any]:
     import dataclasses
 
     from lstminfer.backends.base import runner_class, select_backends
-    from lstminfer.commands.common import model_from_args
+    from lstminfer.commands.args import model_from_args
 
     model = model_from_args(argparse.Namespace(**desc["model_args"]))
     if desc.get("with_state") and not model.with_state:
