@@ -83,10 +83,14 @@ def test_profile_overrides_in_trtexec_syntax(lstm_onnx: Path) -> None:
 
 
 def test_profile_symbol_roles(tmp_path: Path) -> None:
-    # dynamo-style names: the symbol shared with the states is the batch, x's own one the sequence.
-    onnx_path = write_onnx(tmp_path / "d.onnx", ["s0", "s1", 10], [2, "s1", 4])
+    # dynamo-style names: the symbol shared with the states is the batch; x's own one is the sequence only
+    # where the graph or the export's layout says so (the one rule inspect uses too).
+    onnx_path = write_onnx(tmp_path / "d.onnx", ["s0", "s1", 10], [2, "s1", 4],
+                           metadata={"lstminfer.spec": '{"batch_first": false}'})
     p = tb.derive_profile(onnx_path, seq_len=7, batch=2)
     assert p.opt == {"input": (7, 2, 10), "h0": (2, 2, 4), "c0": (2, 2, 4)}
+    with pytest.raises(UserError, match=r"cannot tell what dynamic axis 0 of input 'input' \(s0\)"):
+        tb.derive_profile(write_onnx(tmp_path / "d2.onnx", ["s0", "s1", 10], [2, "s1", 4]), seq_len=7, batch=2)
     # batch_first from the export's metadata; no states
     onnx_path = write_onnx(tmp_path / "bf.onnx", [None, None, 10], metadata={"lstminfer.spec": '{"batch_first": true}'})
     assert tb.derive_profile(onnx_path, seq_len=7, batch=2).opt == {"input": (2, 7, 10)}
@@ -139,7 +143,7 @@ def test_profile_check_states_the_range(lstm_onnx: Path) -> None:
 
 
 def test_shapes_at(lstm_onnx: Path) -> None:
-    inputs, _ = tb.onnx_inputs(lstm_onnx)
+    inputs = tb.onnx_inputs(lstm_onnx)
     p = tb.derive_profile(lstm_onnx)
     assert tb.shapes_at(p, inputs, 9, 2) == {"input": (9, 2, 10), "h0": (20, 2, 20), "c0": (20, 2, 20)}
 
@@ -391,6 +395,7 @@ def test_trtexec_runner_benchmark(fake_trtexec: Path, tmp_path: Path, lstm_onnx:
     assert TrtexecRunner.available("cuda") == (True, "")
     model = Model("seed", ModelSpec(num_layers=10, bidirectional=True), onnx_path=lstm_onnx, seq_len=5, batch=3)
     runner = TrtexecRunner(model, "cuda", "fp16", out_dir=str(tmp_path / "out"))
+    runner.prepare([(16, 3), (64, 3)])  # the profile covers the points to serve, no more
     config = SimpleNamespace(warmup_ms=200.0, duration_s=0.0, iterations=500, seq_len=16, batch=3, precision="fp16",
                              no_data_transfers=False)
     rec = runner.benchmark(config)
@@ -404,12 +409,13 @@ def test_trtexec_runner_benchmark(fake_trtexec: Path, tmp_path: Path, lstm_onnx:
     assert first[0].startswith("--onnx=") and any(a.startswith("--saveEngine=") for a in first)
     assert "--shapes=input:16x3x10,h0:20x3x20,c0:20x3x20" in first and "--fp16" in first
     assert "--minShapes=input:1x1x10,h0:20x1x20,c0:20x1x20" in first and "--skipInference" not in first
+    assert "--maxShapes=input:64x3x10,h0:20x3x20,c0:20x3x20" in first
     assert "--warmUp=200" in first and "--duration=0" in first and "--iterations=500" in first
     runner.benchmark(config)  # the saved engine is loaded, not rebuilt
-    second = fake_trtexec.read_text().splitlines()[3].split()
+    second = fake_trtexec.read_text().splitlines()[2].split()  # `trtexec --help` once per runner
     assert second[0].startswith("--loadEngine=") and not any(a.startswith("--onnx=") for a in second)
     failed = runner.benchmark(SimpleNamespace(**{**vars(config), "seq_len": 10_000}))  # bench goes on
-    assert list(failed) == ["error"] and "outside the engine's profile (min 1x1x10, max 512x64x10)" in failed["error"]
+    assert list(failed) == ["error"] and "outside the engine's profile (min 1x1x10, max 64x3x10)" in failed["error"]
 
 
 def test_trtexec_runner_failure_is_an_error_record(fake_trtexec: Path, tmp_path: Path, lstm_onnx: Path,

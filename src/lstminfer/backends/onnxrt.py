@@ -9,6 +9,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from lstminfer.backends.base import OnnxFileRunner
+from lstminfer.errors import UserError
+from lstminfer.onnx.load import _ort_message
 
 
 def _ort() -> Any:
@@ -48,17 +50,20 @@ class OrtRunner(OnnxFileRunner):
 
     def session_options(self) -> Any:
         opts = _ort().SessionOptions()
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # a refusal becomes our one-line error, not also ORT's log line
         if self.device == "cpu" and self.options.get("threads"):
             opts.intra_op_num_threads = int(self.options["threads"])
         return opts
 
     def prepare_impl(self) -> None:
         ort = _ort()
-        self.session = ort.InferenceSession(
-            str(self.model.onnx_path), sess_options=self.session_options(),
-            providers=[(self.provider, self.provider_options())],
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(self.model.onnx_path), sess_options=self.session_options(),
+                providers=[(self.provider, self.provider_options())],
+            )
+        except Exception as err:  # a file ORT refuses (layout=1, an op it lacks): one line, wherever it is used
+            raise UserError(f"ONNX Runtime refuses {self.model.onnx_path}: {_ort_message(err)}") from err
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def execute_impl(self, device_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -120,6 +125,6 @@ class OrtTensorrtRunner(OrtRunner):
     def provider_options(self) -> dict[str, Any]:
         from lstminfer.tensorrt.build import default_cache_dir, derive_profile, ort_tensorrt_provider_options
 
-        profile = derive_profile(self.model.onnx_path, self.model.seq_len, self.model.batch)
+        profile = derive_profile(self.model.onnx_path, points=self.shapes)
         cache_dir = default_cache_dir(self.options.get("out_dir") or Path(self.model.onnx_path).parent)
         return ort_tensorrt_provider_options(self.model.onnx_path, profile, cache_dir, precision=self.precision)

@@ -5,9 +5,10 @@ allocates one device buffer per I/O tensor sized for the profile's max shapes, a
 to copy through, as trtexec does. Per call: ``upload`` = H2D copies, ``execute`` = ``set_input_shape`` +
 the enqueue, ``download`` = D2H copies and the only synchronization. All three run on ``self.stream``.
 
-Runner options (``bench``/``verify`` pass them through): ``out_dir``/``cache_dir``, ``profile`` (a
-lstminfer.tensorrt.build.Profile), ``max_seq_len``, ``max_batch``, ``workspace_mb``, ``tf32`` (default on, as in
-TensorRT; the CLI passes its ``--tf32`` flag, off unless given).
+The profile covers the points the runner was prepared for (``Runner.shapes``: opt the first, max the
+largest). Runner options (``bench``/``verify`` pass them through): ``out_dir``/``cache_dir``, ``profile``
+(a lstminfer.tensorrt.build.Profile, instead), ``max_seq_len``, ``max_batch``, ``workspace_mb``, ``tf32``
+(default on, as in TensorRT; the CLI passes its ``--tf32`` flag, off unless given).
 
 Not yet run against a real TensorRT: see docs/tensorrt.md.
 """
@@ -53,8 +54,8 @@ class TensorRTRunner(OnnxFileRunner):
 
         onnx_path = Path(self.model.onnx_path)
         self.profile = self.options.get("profile") or tb.derive_profile(
-            onnx_path, self.model.seq_len, self.model.batch,
-            max_seq_len=self.options.get("max_seq_len"), max_batch=self.options.get("max_batch"))
+            onnx_path, points=self.shapes, max_seq_len=self.options.get("max_seq_len"),
+            max_batch=self.options.get("max_batch"))
         out_dir = self.options.get("out_dir") or "lstminfer-out"
         cache_dir = Path(self.options.get("cache_dir") or tb.default_cache_dir(out_dir))
         request = tb.EngineRequest(onnx_path, self.profile, self.precision, cache_dir,
@@ -133,14 +134,13 @@ class TensorRTRunner(OnnxFileRunner):
         return {name: self._host[name][:n].float().numpy().reshape(shape).copy() for name, (n, shape) in views.items()}
 
     def close_impl(self) -> None:
-        for attr in ("context", "engine", "_runtime", "_device", "_host"):
-            if hasattr(self, attr):
-                delattr(self, attr)
+        self.context = self.engine = self._runtime = None
+        self._device, self._host = {}, {}
         self.stream = None
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"cuda_graph": self.use_cuda_graph}
-        if getattr(self, "sidecar", None):
+        if self._prepared:
             info.update({"engine": str(self.engine_path), "engine_built_now": self.built_now,
                          "tensorrt_version": self.sidecar["tensorrt_version"], "tf32": self.sidecar.get("tf32"),
                          "profile": self.sidecar["profile"]})

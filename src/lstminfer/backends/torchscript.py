@@ -23,20 +23,21 @@ class TorchScriptRunner(Runner):
         return cuda_available() if device == "cuda" else (True, "")
 
     @classmethod
-    def applies_to(cls, model) -> bool:
-        return getattr(model, "script_path", None) is not None
+    def applies_to(cls, model: Any) -> bool:
+        return model.script_path is not None
 
     def supports_impl(self) -> tuple[bool, str]:
-        if getattr(self.model, "script_path", None) is None:
+        if self.model.script_path is None:
             return False, "not a TorchScript model (give a .pt file saved with torch.jit.save)"
         return True, ""
 
     def prepare_impl(self) -> None:
         import torch
 
-        from lstminfer.onnx.torchscript import load_torchscript
+        from lstminfer.onnx.torchscript import load_torchscript, script_args
 
         self.module = load_torchscript(self.model.script_path, self.device)
+        self.arguments = script_args(self.module)
         if self.device == "cuda":
             self.stream = torch.cuda.Stream()
 
@@ -52,12 +53,12 @@ class TorchScriptRunner(Runner):
         from lstminfer.onnx.torchscript import flatten_outputs, script_inputs
 
         with torch.inference_mode():
-            return flatten_outputs(self.module(*script_inputs(self.model, device_inputs)))
+            return flatten_outputs(self.module(*script_inputs(self.arguments, self.model.input_names, device_inputs)))
 
     def download_impl(self, device_outputs: list[Any]) -> dict[str, np.ndarray]:
-        self.model._ensure_output_names(len(device_outputs))
+        names = self.model.name_outputs(len(device_outputs))
         return {n: t.detach().float().cpu().numpy() if t.is_floating_point() else t.cpu().numpy()
-                for n, t in zip(self.model.output_names, device_outputs)}
+                for n, t in zip(names, device_outputs)}
 
     def close_impl(self) -> None:
         self.module = None

@@ -49,6 +49,24 @@ class TrtexecRunner(Runner):
                         "(use the tensorrt backend to check TensorRT's numbers)")
 
     # ---- the run ---------------------------------------------------------------------------------
+    def prepare_impl(self) -> None:
+        """The profile from the points to serve and the engine's cache key, once: not per point."""
+        self.exe = shutil.which("trtexec")
+        if self.exe is None:
+            raise UserError(f"trtexec is not on PATH; {self.install_hint}")
+        self.onnx_path = Path(self.model.onnx_path)
+        self.inputs = tb.onnx_inputs(self.onnx_path)
+        self.profile = self.options.get("profile") or tb.derive_profile(
+            inputs=self.inputs, points=self.shapes, max_seq_len=self.options.get("max_seq_len"),
+            max_batch=self.options.get("max_batch"))
+        self.cache_dir = ensure_writable_dir(self.options.get("cache_dir")
+                                             or tb.default_cache_dir(self.options.get("out_dir") or "lstminfer-out"))
+        self.major = _major_from_help(_help(self.exe))
+        self.tf32 = bool(self.options.get("tf32", True))
+        key = hashlib.sha256(f"{tb.sha256_file(self.onnx_path)}|{self.precision}|{self.profile.to_dict()}|{self.exe}|"
+                             f"{self.major}|{self.tf32}".encode()).hexdigest()[:16]
+        self.engine = self.cache_dir / f"trtexec-{self.onnx_path.stem}-{self.precision}-{key}.engine"
+
     def benchmark(self, config: Any) -> dict[str, Any]:
         """Run trtexec at (config.seq_len, config.batch) with config's warm-up/duration/iterations; one record.
 
@@ -58,38 +76,24 @@ class TrtexecRunner(Runner):
         if not ok:
             return {"skipped": why}
         try:
+            self.prepare()
             return self._benchmark(config)
         except UserError as err:
             return {"error": str(err)}
 
     def _benchmark(self, config: Any) -> dict[str, Any]:
-        exe = shutil.which("trtexec")
-        if exe is None:
-            raise UserError(f"trtexec is not on PATH; {self.install_hint}")
-        onnx_path = Path(self.model.onnx_path)
-        inputs, _ = tb.onnx_inputs(onnx_path)
-        profile = self.options.get("profile") or tb.derive_profile(
-            onnx_path, self.model.seq_len, self.model.batch, max_seq_len=self.options.get("max_seq_len"),
-            max_batch=self.options.get("max_batch"))
-        shapes = tb.shapes_at(profile, inputs, config.seq_len, config.batch, _batch_first(self.model))
-        profile.check(shapes)
-        cache_dir = ensure_writable_dir(self.options.get("cache_dir")
-                                        or tb.default_cache_dir(self.options.get("out_dir") or "lstminfer-out"))
-        help_text = _help(exe)
-        major = _major_from_help(help_text)
-        tf32 = bool(self.options.get("tf32", True))
-        key = hashlib.sha256(f"{tb.sha256_file(onnx_path)}|{self.precision}|{profile.to_dict()}|{exe}|{major}|{tf32}"
-                             .encode()).hexdigest()[:16]
-        engine = cache_dir / f"trtexec-{onnx_path.stem}-{self.precision}-{key}.engine"
-        times = cache_dir / f"trtexec-{onnx_path.stem}-{self.precision}-{config.seq_len}x{config.batch}.times.json"
+        shapes = tb.shapes_at(self.profile, self.inputs, config.seq_len, config.batch)
+        self.profile.check(shapes)
+        stem = f"trtexec-{self.onnx_path.stem}-{self.precision}"
+        times = self.cache_dir / f"{stem}-{config.seq_len}x{config.batch}.times.json"
         times.unlink(missing_ok=True)  # never import a previous run's trace
-        argv = trtexec.timing_command(engine, shapes, config.warmup_ms, config.duration_s, config.iterations,
-                                      data_transfers=not config.no_data_transfers, trt_major=major,
-                                      export_times=times, executable=exe)
-        if not engine.is_file():  # build and time in one run; the engine is saved for the next point
-            build = trtexec.build_command(onnx_path, engine, profile, self.precision,
-                                          timing_cache=tb.timing_cache_path(cache_dir), trt_major=major,
-                                          executable=exe, tf32=tf32)
+        argv = trtexec.timing_command(self.engine, shapes, config.warmup_ms, config.duration_s, config.iterations,
+                                      data_transfers=not config.no_data_transfers, trt_major=self.major,
+                                      export_times=times, executable=self.exe)
+        if not self.engine.is_file():  # build and time in one run; the engine is saved for the next point
+            build = trtexec.build_command(self.onnx_path, self.engine, self.profile, self.precision,
+                                          timing_cache=tb.timing_cache_path(self.cache_dir), trt_major=self.major,
+                                          executable=self.exe, tf32=self.tf32)
             argv = build[:2] + argv[2:] + [a for a in build[2:] if a != "--skipInference"]
         log_path = times.with_suffix("").with_suffix(".log")
         text = _run(argv, log_path)
@@ -97,12 +101,8 @@ class TrtexecRunner(Runner):
         record = trtexec.to_bench_record(log, trtexec.load_times(times) if times.is_file() else None,
                                          model=self.model.name, seq_len=config.seq_len, batch=config.batch,
                                          precision=self.precision)
-        record.update({"engine": str(engine), "log": str(log_path), "profile": profile.to_dict()})
+        record.update({"engine": str(self.engine), "log": str(log_path), "profile": self.profile.to_dict()})
         return record
-
-
-def _batch_first(model: Any) -> bool:
-    return bool(getattr(getattr(model, "spec", None), "batch_first", False))
 
 
 def _help(exe: str) -> str:

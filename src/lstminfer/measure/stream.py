@@ -46,31 +46,20 @@ def _as_model(source: Any, shapes: Any, inputs: dict[str, Any] | None, onnx: Any
 
 
 def state_pairs_of(model: Model, given: Any = None) -> list[tuple[str, str]]:
-    """(input, output) pairs: given, else the file's own (found by name), else a spec's h0->hn (, c0->cn)."""
-    from lstminfer.onnx.inspect import find_state_pairs, parse_state
+    """(input, output) pairs: given, else the model's own (a file's found by name, a spec's h0->hn (, c0->cn))."""
+    from lstminfer.onnx.inspect import parse_state
 
     if given:
         return [(p.input, p.output) for p in parse_state(given, model.input_names, model.output_names or None)]
-    if getattr(model, "state_pairs", None):
-        return [(p.input, p.output) for p in model.state_pairs]
-    if model.spec is not None:
-        return list(zip(model.spec.input_names[1:], model.spec.output_names[1:]))
-    info = getattr(model, "info", None)
-    if info is not None:
-        return [(p.input, p.output) for p in find_state_pairs(info.inputs, info.outputs)]
-    return []
+    return [(p.input, p.output) for p in model.state_pairs]
 
 
 def refuse_unstreamable(model: Model) -> None:
     """A bidirectional (or reverse) recurrence reads the whole sequence: chunks would change its output."""
-    if model.spec is not None and model.spec.bidirectional:
-        raise UserError(f"cannot stream {model.name}: it is bidirectional, and the backward direction needs the "
-                        "future; run whole sequences with `lstminfer verify` / `bench` instead")
-    info = getattr(model, "info", None)
-    if info is not None and info.bidirectional:
-        node = info.bidirectional[0]
-        raise UserError(f"cannot stream {model.name}: {node.op} node {node.name} ({node.where}) runs "
-                        f"{node.direction}, which needs the future; run whole sequences with verify / bench")
+    why = model.stream_refusal()
+    if why:
+        raise UserError(f"cannot stream {model.name}: {why}; run whole sequences with `lstminfer verify` / `bench` "
+                        "instead")
 
 
 class Session:
@@ -113,7 +102,7 @@ class Session:
             batch = chunk.shape[0] if model.spec.batch_first else chunk.shape[1]
             shapes = model.spec.shapes(1, batch)
             return {n: np.zeros(shapes[n], np.float32) for n in self.state_inputs}
-        info = {i.name: i for i in model.graph_inputs}
+        info = {i.name: i for i in model.inputs}
         chunk_info = info[self.chunk_input]
         bindings = dict(model.bindings)
         if chunk_info.dims is not None and len(chunk_info.dims) == chunk.ndim:
@@ -181,7 +170,7 @@ class Session:
         return outputs
 
     def _dtype(self, name: str, value: Any) -> Any:
-        info = {i.name: i for i in getattr(self.model, "graph_inputs", [])}.get(name)
+        info = {i.name: i for i in self.model.inputs}.get(name)
         if info is not None:
             return np.dtype(info.dtype)
         return np.asarray(value).dtype if np.asarray(value).dtype.kind != "f" else np.float32
@@ -282,7 +271,7 @@ class _TorchEngine:
         model = session.model
         self.device = session.device
         if name == "torchscript":
-            if getattr(model, "script_path", None) is None:
+            if model.script_path is None:
                 raise UserError("backend torchscript needs a TorchScript file (.pt saved with torch.jit.save)")
             from lstminfer.onnx.torchscript import load_torchscript
 
@@ -308,10 +297,11 @@ class _TorchEngine:
         tensors.update(state)
         with torch.inference_mode():
             if self.script:
-                from lstminfer.onnx.torchscript import flatten_outputs, script_inputs
+                from lstminfer.onnx.torchscript import flatten_outputs, script_args, script_inputs
 
-                outs = flatten_outputs(self.module(*script_inputs(model, tensors)))
-                model._ensure_output_names(len(outs))
+                outs = flatten_outputs(self.module(*script_inputs(script_args(self.module), model.input_names,
+                                                                  tensors)))
+                model.name_outputs(len(outs))
             else:
                 outs = call_rnn(self.module, model.spec.kind, [tensors[n] for n in model.input_names])
         values = dict(zip(model.output_names, outs))

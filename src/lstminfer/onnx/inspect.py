@@ -3,6 +3,7 @@ what each backend accepts (`lstminfer inspect`)."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -11,9 +12,10 @@ from typing import Any
 import numpy as np
 
 from lstminfer.errors import UserError
+from lstminfer.model.base import StatePair, TensorInfo
 from lstminfer.onnx.load import load_onnx
-from lstminfer.onnx.oracle import DEFAULT_ACTIVATIONS, RECURRENT_OPS, applicable
-from lstminfer.onnx.shapes import BATCH_DIM, SEQ_DIM
+from lstminfer.onnx.oracle import applicable, is_recurrent, oracle_gaps
+from lstminfer.onnx.shapes import dim_roles
 
 # Activations the TensorRT ONNX parser maps to its activation layers (onnx-tensorrt RNNHelpers).
 TRT_ACTIVATIONS = {"relu", "tanh", "sigmoid", "leakyrelu", "thresholdedrelu", "scaledtanh", "hardsigmoid",
@@ -24,22 +26,6 @@ TRT_OPSET_MIN = 9
 
 
 # ---- what is in the file ------------------------------------------------------------------------------
-@dataclass
-class TensorInfo:
-    """One graph input or output.  ``dims``: int (fixed), str (symbolic; anonymous ones named ``name[axis]``),
-    or None when the graph gives no shape at all."""
-
-    name: str
-    dtype: str
-    dims: list[int | str] | None
-
-    @property
-    def shape_text(self) -> str:
-        if self.dims is None:
-            return "?"
-        return "[" + ", ".join(str(d) for d in self.dims) + "]"
-
-
 @dataclass
 class RecurrentNode:
     op: str
@@ -56,14 +42,8 @@ class RecurrentNode:
     peepholes: bool
     initial_state: list[str]  # the node's initial_h (/ initial_c) input names, "" when absent
     linear_before_reset: int | None = None
+    domain: str = "ai.onnx"  # "com.microsoft" for ONNX Runtime's contrib ops (DynamicQuantizeLSTM, ...)
     capability: dict[str, str] = field(default_factory=dict)  # backend -> "yes" | "no: why" | "unverified: why"
-
-
-@dataclass
-class StatePair:
-    input: str
-    output: str
-    found_by: str  # "name" or "given"
 
 
 @dataclass
@@ -79,6 +59,8 @@ class OnnxInfo:
     oracle: tuple[bool, str]
     dim_roles: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    length_inputs: list[str] = field(default_factory=list)  # graph inputs fed to a node's sequence_lens
+    state_pairs_note: str = ""  # why no state pair was found, when none was
 
     @property
     def bidirectional(self) -> list[RecurrentNode]:
@@ -146,8 +128,8 @@ def _attrs(node: Any) -> dict[str, Any]:
     return out
 
 
-def _layers(graph: Any) -> dict[str, int]:
-    """Recurrent node name/output -> its 1-based depth among the recurrent nodes upstream of it in `graph`."""
+def _layers(graph: Any) -> dict[int, int]:
+    """Recurrent node -> its 1-based depth among the recurrent nodes upstream of it in `graph`."""
     producer = {out: node for node in graph.node for out in node.output if out}
     depth: dict[int, int] = {}
 
@@ -163,25 +145,26 @@ def _layers(graph: Any) -> dict[str, int]:
             prev = producer.get(name)
             if prev is not None:
                 best = max(best, upstream_depth(prev, seen))
-        depth[key] = best + (1 if node.op_type in RECURRENT_OPS else 0)
+        depth[key] = best + (1 if is_recurrent(node) else 0)
         return depth[key]
 
-    out = {}
-    for node in graph.node:
-        if node.op_type in RECURRENT_OPS:
-            out[id(node)] = upstream_depth(node, set())
-    return out
+    return {id(node): upstream_depth(node, set()) for node in graph.node if is_recurrent(node)}
 
 
 def capability(node: RecurrentNode, opset: int) -> dict[str, str]:
     """What each backend does with this node, like `polygraphy inspect capability` does for TensorRT.
 
-    onnxruntime: checked on ORT 1.32 CPU (only layout=1 is refused).  tensorrt: the ONNX parser's rules
-    (FACTS.md section 2); not run here.  onnx-reference: lstminfer.onnx.oracle.applicable's rules.
+    onnxruntime: checked on ORT 1.32 CPU (only layout=1 is refused; contrib ops are ORT's own).
+    tensorrt: the ONNX parser's rules (docs/files.md); not run here. onnx-reference: the oracle's own
+    rule (``lstminfer.onnx.oracle.oracle_gaps``), the one ``applicable`` uses.
     """
     caps: dict[str, str] = {}
-    caps["onnxruntime"] = "no: layout=1 (batch-first) is refused by ONNX Runtime" if node.layout else "yes"
+    contrib = node.domain not in ("", "ai.onnx")
+    caps["onnxruntime"] = ("no: layout=1 (batch-first) is refused by ONNX Runtime" if node.layout else
+                           f"yes (an ONNX Runtime {node.domain} contrib op)" if contrib else "yes")
     trt = []
+    if contrib:
+        trt.append(f"{node.domain} {node.op} is not an ONNX operator the parser knows")
     if node.layout:
         trt.append("layout=1 (the parser needs layout=0)")
     if node.input_forget:
@@ -196,20 +179,10 @@ def capability(node: RecurrentNode, opset: int) -> dict[str, str]:
     if opset < TRT_OPSET_MIN:
         trt.append(f"opset {opset} < {TRT_OPSET_MIN}")
     caps["tensorrt"] = ("no: " + "; ".join(trt)) if trt else "yes (parser rules; builds one ILoop per node)"
-    reasons = []
-    if node.clip is not None:
-        reasons.append("clip")
-    if node.input_forget:
-        reasons.append("input_forget")
-    default = DEFAULT_ACTIVATIONS[node.op]
-    if node.activations and [a.lower() for a in node.activations] != [
-            a.lower() for a in default * max(1, len(node.activations) // len(default))]:
-        reasons.append(f"activations {node.activations}")
-    if node.sequence_lens:
-        reasons.append("sequence_lens")
-    if node.layout:
-        reasons.append("layout=1")
-    caps["onnx-reference"] = ("not applicable: ignores " + ", ".join(reasons)) if reasons else "yes"
+    gaps = oracle_gaps(node.op, node.domain, {"clip": node.clip, "input_forget": node.input_forget,
+                                              "activations": node.activations}, node.sequence_lens)
+    verb = "lacks" if contrib else "ignores"
+    caps["onnx-reference"] = f"not applicable: {verb} {', '.join(gaps)}" if gaps else "yes"
     caps["stream"] = ("no: a bidirectional layer needs the future" if node.direction == "bidirectional" else
                       "no: a reverse layer needs the future" if node.direction == "reverse" else "yes")
     return caps
@@ -221,28 +194,43 @@ def recurrent_nodes(proto: Any) -> list[RecurrentNode]:
     graphs_done: set[int] = set()
     nodes = []
     for node, graph, where in _walk(proto.graph, "main graph"):
-        if node.op_type not in RECURRENT_OPS:
+        if not is_recurrent(node):
             continue
         if id(graph) not in graphs_done:
             layers.update(_layers(graph))
             graphs_done.add(id(graph))
         attrs = _attrs(node)
         inputs = list(node.input) + [""] * (8 - len(node.input))
-        state_inputs = [inputs[5]] + ([inputs[6]] if node.op_type == "LSTM" else [])
+        lstm = "LSTM" in node.op_type
         rec = RecurrentNode(
             op=node.op_type, name=node.name or "(unnamed)", where=where, layer=layers.get(id(node), 1),
             hidden_size=attrs.get("hidden_size"), direction=attrs.get("direction", "forward"),
             layout=int(attrs.get("layout", 0)), activations=list(attrs.get("activations", [])),
             clip=attrs.get("clip"), input_forget=int(attrs.get("input_forget", 0)),
-            sequence_lens=bool(inputs[4]), peepholes=node.op_type == "LSTM" and bool(inputs[7]),
-            initial_state=state_inputs,
+            sequence_lens=bool(inputs[4]), peepholes=lstm and bool(inputs[7]),
+            initial_state=[inputs[5]] + ([inputs[6]] if lstm else []),
             linear_before_reset=int(attrs.get("linear_before_reset", 0)) if node.op_type == "GRU" else None,
+            domain=node.domain or "ai.onnx",
         )
         rec.capability = capability(rec, opset)
         nodes.append(rec)
     return nodes
 
 
+def _length_inputs(proto: Any) -> list[str]:
+    """Graph inputs fed straight (or through a Cast) to a recurrent node's sequence_lens."""
+    names = {i.name for i in proto.graph.input}
+    cast_of = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "Cast"}
+    found = []
+    for node, _, _ in _walk(proto.graph, "main graph"):
+        if is_recurrent(node) and len(node.input) > 4 and node.input[4]:
+            source = cast_of.get(node.input[4], node.input[4])
+            if source in names and source not in found:
+                found.append(source)
+    return found
+
+
+# ---- state pairs ----------------------------------------------------------------------------------------
 def _state_candidates(name: str) -> list[str]:
     """Output names that would carry input `name`'s state to the next call (input->output itself is excluded)."""
     cands = [name + "N", name + "n", name + "_out", name + "_new", name + "_next", "new_" + name, "next_" + name]
@@ -256,31 +244,56 @@ def _state_candidates(name: str) -> list[str]:
     return [c for c in cands if c and c != name and c.lower() != "output"]
 
 
-def _same_shape(a: TensorInfo, b: TensorInfo) -> bool:
-    if a.dtype != b.dtype or a.dims is None or b.dims is None or len(a.dims) != len(b.dims):
-        return False
-    for x, y in zip(a.dims, b.dims):
-        if isinstance(x, int) and isinstance(y, int) and x != y:
-            return False
-        if isinstance(x, int) != isinstance(y, int) and not ("[" in str(x) or "[" in str(y)):
-            return False  # fixed vs a named symbolic dim
-    return True
+def _shape_mismatch(a: TensorInfo, b: TensorInfo) -> str:
+    """Why `a` cannot carry its state into `b` ("" when it can).
+
+    A fixed dim and a symbolic one are compatible: exporters name an output's dims themselves
+    (``[2, batch, 128]`` in, ``[AddstateN_dim_0, batch, AddstateN_dim_2]`` out). Two different fixed
+    sizes are not, nor two ranks or dtypes."""
+    if a.dtype != b.dtype:
+        return f"dtypes differ ({a.dtype} vs {b.dtype})"
+    if a.dims is None or b.dims is None:
+        return ""
+    if len(a.dims) != len(b.dims):
+        return f"ranks differ ({a.shape_text} vs {b.shape_text})"
+    if any(isinstance(x, int) and isinstance(y, int) and x != y for x, y in zip(a.dims, b.dims)):
+        return f"shapes differ ({a.shape_text} vs {b.shape_text})"
+    return ""
 
 
-def find_state_pairs(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> list[StatePair]:
-    """h0->hn, c0->cn, state->stateN, x_in->x_out ...: names that match and tensors of equal shape and dtype."""
+def _pairs_and_misses(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> tuple[list[StatePair], list[str]]:
     by_lower = {o.name.lower(): o for o in outputs}
-    pairs, used = [], set()
+    pairs, used, misses = [], set(), []
     for inp in inputs:
         if inp.dims is not None and len(inp.dims) == 0:
             continue  # a scalar (e.g. a sample rate) is not a recurrent state
         for cand in _state_candidates(inp.name):
             out = by_lower.get(cand.lower())
-            if out is not None and out.name not in used and _same_shape(inp, out):
-                pairs.append(StatePair(inp.name, out.name, "name"))
-                used.add(out.name)
-                break
-    return pairs
+            if out is None or out.name in used:
+                continue
+            why = _shape_mismatch(inp, out)
+            if why:
+                misses.append(f"{inp.name} -> {out.name} match by name but {why}")
+                continue
+            pairs.append(StatePair(inp.name, out.name, "name"))
+            used.add(out.name)
+            break
+    return pairs, misses
+
+
+def find_state_pairs(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> list[StatePair]:
+    """h0->hn, c0->cn, state->stateN, x_in->x_out ...: names that match, tensors of compatible shape and dtype."""
+    return _pairs_and_misses(inputs, outputs)[0]
+
+
+def state_pairs_note(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str:
+    """Why no state pair was found: the near misses, or that no input/output names match."""
+    pairs, misses = _pairs_and_misses(inputs, outputs)
+    if pairs:
+        return ""
+    if misses:
+        return "none: " + "; ".join(misses) + " (give --state IN:OUT)"
+    return "none: no input/output names match (h0->hn, state->stateN, x_in->x_out, ...); give --state IN:OUT"
 
 
 def inspect_proto(proto: Any, path: str = "") -> OnnxInfo:
@@ -293,7 +306,8 @@ def inspect_proto(proto: Any, path: str = "") -> OnnxInfo:
         producer=f"{proto.producer_name} {proto.producer_version}".strip(),
         inputs=inputs, outputs=outputs, recurrent=recurrent,
         state_pairs=find_state_pairs(inputs, outputs), oracle=applicable(proto),
-        dim_roles=dim_roles(proto, inputs),
+        dim_roles=dim_roles(inputs, graph_dim_roles(proto, inputs), export_batch_first(proto)),
+        length_inputs=_length_inputs(proto), state_pairs_note=state_pairs_note(inputs, outputs),
     )
     if not recurrent:
         info.notes.append("no recurrent node (LSTM/GRU/RNN) in this graph: it runs like any ONNX model")
@@ -332,28 +346,35 @@ def parse_state(items: list[str] | str | dict | None, inputs: list[str],
     return pairs
 
 
-def dim_roles(proto: Any, inputs: list[TensorInfo]) -> dict[str, str]:
-    """Symbolic dim -> "seq" or "batch": from the dim's name, else from where it lands on a recurrent node
-    (after ONNX shape inference: X is [seq, batch, feature] with layout=0, initial_h [dirs, batch, H])."""
+def export_batch_first(proto: Any) -> bool | None:
+    """batch_first as `lstminfer export` recorded it in the file's metadata; None for other files."""
+    for prop in proto.metadata_props:
+        if prop.key == "lstminfer.spec":
+            try:
+                return bool(json.loads(prop.value).get("batch_first", False))
+            except (json.JSONDecodeError, AttributeError):
+                return None
+    return None
+
+
+def graph_dim_roles(proto: Any, inputs: list[TensorInfo]) -> dict[str, str]:
+    """Symbolic input dim -> "seq" or "batch" from where ONNX shape inference carries it onto a recurrent
+    node: X is [seq, batch, feature] with layout=0 ([batch, seq, feature] with layout=1), initial_h
+    [dirs, batch, H] ([batch, dirs, H])."""
     import onnx
 
-    roles: dict[str, str] = {}
-    symbolic = {d for i in inputs if i.dims for d in i.dims if isinstance(d, str) and "[" not in d}
-    for d in symbolic:
-        if BATCH_DIM.search(d):
-            roles[d] = "batch"
-        elif SEQ_DIM.search(d):
-            roles[d] = "seq"
+    symbolic = {d for i in inputs if i.dims for d in i.dims if isinstance(d, str)}
     try:
         inferred = onnx.shape_inference.infer_shapes(proto)
-    except Exception:
-        return roles
+    except Exception:  # a graph shape inference cannot follow: names and the other rules still apply
+        return {}
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
         info = tensor_info(vi)
         shapes[info.name] = info.dims
+    roles: dict[str, str] = {}
     for node in inferred.graph.node:
-        if node.op_type not in RECURRENT_OPS:
+        if not is_recurrent(node):
             continue
         layout = int(_attrs(node).get("layout", 0))
         x = shapes.get(node.input[0]) or []

@@ -64,8 +64,13 @@ def load_onnx(path: str | Path, check: bool = True) -> Any:
     if not data:
         raise UserError(f"{path} is empty, not an ONNX model")
     if zipfile.is_zipfile(path):
-        raise UserError(f"{path} is a zip archive (a TorchScript or torch.save file?), not an ONNX model; "
-                        "name it .pt to run it as TorchScript")
+        from lstminfer.onnx.torchscript import zip_kind
+
+        if zip_kind(path) == "checkpoint":
+            raise UserError(f"{path} is a torch.save checkpoint (weights, no code), not an ONNX or TorchScript "
+                            "model: run it with --model FILE.py:factory --weights FILE")
+        raise UserError(f"{path} is a zip archive (TorchScript?), not an ONNX model; name it .pt to run it as "
+                        "TorchScript")
     verdict = _wire_check(data)
     if verdict == "not":
         raise UserError(f"{path} is not an ONNX file (it does not start like an ONNX ModelProto)")

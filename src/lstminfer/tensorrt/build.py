@@ -28,7 +28,9 @@ from typing import Any
 
 from lstminfer.errors import UserError
 from lstminfer.measure.store import ensure_writable_dir, read_json, write_json_atomic, write_text_atomic
-from lstminfer.tensorrt.trtexec import Shapes, format_dims, format_shapes
+from lstminfer.model.base import TensorInfo
+from lstminfer.onnx.inspect import export_batch_first, graph_dim_roles, graph_inputs
+from lstminfer.onnx.shapes import Shapes, dim_roles, format_dims, format_shapes
 
 DEFAULT_MAX_SEQ_LEN = 512
 DEFAULT_MAX_BATCH = 64
@@ -36,28 +38,33 @@ DEFAULT_WORKSPACE_MB = 1024
 INSTALL_HINT = 'pip install "lstminfer[tensorrt]"'
 SIDECAR_SCHEMA = 1
 
-_SEQ_NAME = re.compile(r"seq|time|len|step|^t$", re.IGNORECASE)
-_BATCH_NAME = re.compile(r"batch|^n$|^bs$", re.IGNORECASE)
-
 
 # ---- ONNX inputs and profiles -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class OnnxInput:
-    """A graph input: name, dims (int when static, the symbol or None when dynamic), ONNX element type."""
+class OnnxInputs:
+    """A file's real inputs (``TensorInfo``: anonymous dims named ``input[axis]``), its metadata_props,
+    and the role of each symbolic dim by the one rule ``inspect`` uses (``lstminfer.onnx.shapes.dim_roles``)."""
 
-    name: str
-    dims: tuple[int | str | None, ...]
-    elem_type: int = 1
+    inputs: list[TensorInfo]
+    metadata: dict[str, str]
+    roles: dict[str, str]
 
     @property
-    def dynamic(self) -> bool:
-        return any(not isinstance(d, int) for d in self.dims)
+    def dynamic(self) -> list[TensorInfo]:
+        return [i for i in self.inputs if i.dims and any(isinstance(d, str) for d in i.dims)]
+
+    def role(self, inp: TensorInfo, axis: int) -> str:
+        d = inp.dims[axis]
+        if d not in self.roles:
+            raise UserError(f"cannot tell what dynamic axis {axis} of input {inp.name!r} ({d}) is: give "
+                            "--min-shapes/--opt-shapes/--max-shapes for it")
+        return self.roles[d]
 
 
-def onnx_inputs(onnx_path: str | Path) -> tuple[list[OnnxInput], dict[str, str]]:
-    """The real inputs of an ONNX file (initializers excluded) and its metadata_props."""
+def onnx_inputs(onnx_path: str | Path) -> OnnxInputs:
+    """The real inputs of an ONNX file (initializers excluded), its metadata_props and its dims' roles."""
     import onnx
 
     path = Path(onnx_path)
@@ -67,20 +74,9 @@ def onnx_inputs(onnx_path: str | Path) -> tuple[list[OnnxInput], dict[str, str]]
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # onnx raises DecodeError and others for a bad file
         raise UserError(f"{path} is not a readable ONNX file: {str(err).splitlines()[0] if str(err) else err}") from err
-    initializers = {i.name for i in proto.graph.initializer}
-    out = []
-    for value in proto.graph.input:
-        if value.name in initializers:
-            continue
-        tensor = value.type.tensor_type
-        dims: list[int | str | None] = []
-        for d in tensor.shape.dim:
-            if d.HasField("dim_value") and d.dim_value > 0:
-                dims.append(int(d.dim_value))
-            else:
-                dims.append(d.dim_param or None)
-        out.append(OnnxInput(value.name, tuple(dims), tensor.elem_type))
-    return out, {p.key: p.value for p in proto.metadata_props}
+    inputs = graph_inputs(proto)
+    roles = dim_roles(inputs, graph_dim_roles(proto, inputs), export_batch_first(proto))
+    return OnnxInputs(inputs, {p.key: p.value for p in proto.metadata_props}, roles)
 
 
 @dataclass(frozen=True)
@@ -123,34 +119,6 @@ class Profile:
                                 f"(min {format_dims(lo)}, max {format_dims(hi)}); rebuild with {fix}")
 
 
-def _axis_roles(inputs: Sequence[OnnxInput], batch_first: bool) -> dict[str | None, str]:
-    """Which dynamic symbols are the sequence axis and which the batch axis."""
-    roles: dict[str | None, str] = {}
-    seen_in: dict[str, int] = {}
-    for inp in inputs:
-        for d in {d for d in inp.dims if isinstance(d, str)}:
-            seen_in[d] = seen_in.get(d, 0) + 1
-    for inp in inputs:
-        for axis, d in enumerate(inp.dims):
-            if isinstance(d, int) or (d is not None and d in roles):
-                continue
-            if d is not None and _BATCH_NAME.search(d):
-                role = "batch"
-            elif d is not None and _SEQ_NAME.search(d):
-                role = "seq"
-            elif d is not None and seen_in.get(d, 0) > 1:
-                role = "batch"  # the batch axis is shared by x and the states; the sequence axis is x's alone
-            elif axis in (0, 1) and len(inp.dims) == 3:
-                role = ("batch", "seq")[axis] if batch_first else ("seq", "batch")[axis]
-            else:
-                raise UserError(f"cannot tell what dynamic axis {axis} of input {inp.name!r} "
-                                f"({d or 'unnamed'}) is: give --min-shapes/--opt-shapes/--max-shapes for it")
-            if d is not None:
-                roles[d] = role
-            roles[f"{inp.name}#{axis}"] = role
-    return roles
-
-
 def example_shape(metadata: dict[str, str]) -> tuple[int, int] | None:
     """(seq_len, batch) that `lstminfer export` stored in the file, if it did."""
     m = re.fullmatch(r"(\d+)x(\d+)", metadata.get("lstminfer.example_shape", ""))
@@ -160,26 +128,24 @@ def example_shape(metadata: dict[str, str]) -> tuple[int, int] | None:
 def derive_profile(onnx_path: str | Path | None = None, seq_len: int | None = None, batch: int | None = None,
                    max_seq_len: int | None = None, max_batch: int | None = None,
                    min_shapes: Shapes | None = None, opt_shapes: Shapes | None = None,
-                   max_shapes: Shapes | None = None, inputs: Sequence[OnnxInput] | None = None,
-                   batch_first: bool | None = None) -> Profile:
+                   max_shapes: Shapes | None = None, inputs: OnnxInputs | None = None,
+                   points: Sequence[tuple[int, int]] = ()) -> Profile:
     """The default profile of a model's dynamic inputs, with the user's trtexec-style overrides on top.
 
-    Sequence and batch axes: min 1, opt the bench shape (``seq_len``, ``batch``; default the export's
-    example shape), max ``max(DEFAULT_MAX_SEQ_LEN, seq_len)`` / ``max(DEFAULT_MAX_BATCH, batch)`` unless
-    given. Static axes keep their size. An input named in ``min_shapes`` etc. takes the user's shape.
+    Sequence and batch axes: min 1, opt the bench shape (``seq_len``, ``batch``; default the first of
+    ``points``, else the export's example shape), max the largest of ``points`` -- the points a runner
+    must serve -- or, for an engine built on its own (``lstminfer build``), ``max(DEFAULT_MAX_SEQ_LEN,
+    seq_len)`` / ``max(DEFAULT_MAX_BATCH, batch)``; ``max_seq_len`` / ``max_batch`` override either.
+    Static axes keep their size. An input named in ``min_shapes`` etc. takes the user's shape.
     """
-    metadata: dict[str, str] = {}
     if inputs is None:
         if onnx_path is None:
             raise ValueError("derive_profile needs onnx_path or inputs")
-        inputs, metadata = onnx_inputs(onnx_path)
-    if batch_first is None:
-        try:
-            batch_first = bool(json.loads(metadata.get("lstminfer.spec", "{}")).get("batch_first", False))
-        except (json.JSONDecodeError, AttributeError):
-            batch_first = False
-    example = example_shape(metadata)
-    by_name = {i.name: i for i in inputs}
+        inputs = onnx_inputs(onnx_path)
+    if points:
+        seq_len, batch = seq_len or points[0][0], batch or points[0][1]
+    example = example_shape(inputs.metadata)
+    by_name = {i.name: i for i in inputs.inputs}
     overrides = {"min": min_shapes or {}, "opt": opt_shapes or {}, "max": max_shapes or {}}
     for kind, given in overrides.items():
         for name, dims in given.items():
@@ -187,37 +153,33 @@ def derive_profile(onnx_path: str | Path | None = None, seq_len: int | None = No
                 raise UserError(f"--{kind}-shapes names {name!r}, which is not an input of the model "
                                 f"(inputs: {', '.join(by_name) or 'none'})")
             _check_rank(by_name[name], dims, kind)
-    dynamic = [i for i in inputs if i.dynamic]
-    needs_default = [i for i in dynamic if not all(i.name in overrides[k] for k in overrides)]
-    roles = _axis_roles(needs_default, bool(batch_first)) if needs_default else {}
-    if needs_default and any(r == "seq" for r in roles.values()) and seq_len is None:
+    needs_default = [i for i in inputs.dynamic if not all(i.name in overrides[k] for k in overrides)]
+    roles = {inputs.role(i, axis) for i in needs_default for axis, d in enumerate(i.dims) if isinstance(d, str)}
+    if "seq" in roles and seq_len is None:
         if example is None:
             raise UserError("the model has a dynamic sequence axis: give --seq-len (the length to optimize for)")
         seq_len = example[0]
-    if needs_default and any(r == "batch" for r in roles.values()) and batch is None:
+    if "batch" in roles and batch is None:
         batch = example[1] if example else 1
-    sizes = {"seq": (1, seq_len, max_seq_len or max(DEFAULT_MAX_SEQ_LEN, seq_len or 1)),
-             "batch": (1, batch, max_batch or max(DEFAULT_MAX_BATCH, batch or 1))}
+    if points:
+        largest = (max(max(s for s, _ in points), seq_len or 1), max(max(b for _, b in points), batch or 1))
+    else:
+        largest = (max(DEFAULT_MAX_SEQ_LEN, seq_len or 1), max(DEFAULT_MAX_BATCH, batch or 1))
+    sizes = {"seq": (1, seq_len, max_seq_len or largest[0]), "batch": (1, batch, max_batch or largest[1])}
     out: dict[str, Shapes] = {"min": {}, "opt": {}, "max": {}}
-    for inp in dynamic:
+    for inp in inputs.dynamic:
         for k, kind in enumerate(("min", "opt", "max")):
             if inp.name in overrides[kind]:
                 out[kind][inp.name] = tuple(overrides[kind][inp.name])
                 continue
-            dims = []
-            for axis, d in enumerate(inp.dims):
-                if isinstance(d, int):
-                    dims.append(d)
-                else:
-                    role = roles.get(f"{inp.name}#{axis}") or roles[d]
-                    dims.append(int(sizes[role][k]))
-            out[kind][inp.name] = tuple(dims)
+            out[kind][inp.name] = tuple(d if isinstance(d, int) else int(sizes[inputs.role(inp, axis)][k])
+                                        for axis, d in enumerate(inp.dims))
     profile = Profile(**out)
     _check_order(profile)
     return profile
 
 
-def _check_rank(inp: OnnxInput, dims: Sequence[int], kind: str) -> None:
+def _check_rank(inp: TensorInfo, dims: Sequence[int], kind: str) -> None:
     if len(dims) != len(inp.dims):
         raise UserError(f"--{kind}-shapes {inp.name}:{format_dims(dims)} has {len(dims)} dimensions; "
                         f"the model's {inp.name} has {len(inp.dims)}")
@@ -235,18 +197,11 @@ def _check_order(profile: Profile) -> None:
                             f"min {format_dims(lo)}, opt {format_dims(mid)}, max {format_dims(hi)}")
 
 
-def shapes_at(profile: Profile, inputs: Sequence[OnnxInput], seq_len: int, batch: int,
-              batch_first: bool = False) -> Shapes:
+def shapes_at(profile: Profile, inputs: OnnxInputs, seq_len: int, batch: int) -> Shapes:
     """Concrete input shapes at one (seq_len, batch) point, for every dynamic input of the profile."""
-    roles = _axis_roles([i for i in inputs if i.dynamic], batch_first)
-    out = {}
-    for inp in inputs:
-        if not inp.dynamic:
-            continue
-        out[inp.name] = tuple(d if isinstance(d, int) else
-                              (seq_len if (roles.get(f"{inp.name}#{a}") or roles[d]) == "seq" else batch)
-                              for a, d in enumerate(inp.dims))
-    return out
+    return {inp.name: tuple(d if isinstance(d, int) else (seq_len if inputs.role(inp, axis) == "seq" else batch)
+                            for axis, d in enumerate(inp.dims))
+            for inp in inputs.dynamic}
 
 
 # ---- cache, sidecars ----------------------------------------------------------------------------

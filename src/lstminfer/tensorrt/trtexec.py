@@ -28,57 +28,10 @@ import numpy as np
 
 from lstminfer.errors import UserError
 from lstminfer.measure.stats import UNSTABLE_CV_PERCENT, QueryRecord, performance_summary
+from lstminfer.onnx.shapes import Shapes, format_shapes, parse_shapes
 
 if TYPE_CHECKING:
     from lstminfer.tensorrt.build import Profile
-
-Shapes = dict[str, tuple[int, ...]]
-
-# ---- shape strings ------------------------------------------------------------------------------
-
-
-def parse_shapes(text: str, option: str = "--shapes") -> Shapes:
-    """``name:AxBxC,name2:D`` -> {name: (A, B, C), ...}; the name is everything before the last colon.
-
-    trtexec also accepts a name in single quotes (``'input:0':1x3``); the quotes are dropped.
-    """
-    shapes: Shapes = {}
-    for item in text.split(","):
-        item = item.strip()
-        name, sep, dims = item.rpartition(":")
-        if name.startswith("'") and name.endswith("'") and len(name) >= 2:
-            name = name[1:-1]
-        if not sep or not name or not dims:
-            raise UserError(f"{option}: {item!r} is not name:AxBxC (e.g. input:16x3x10)")
-        if name in shapes:
-            raise UserError(f"{option}: input {name!r} is given twice")
-        shapes[name] = _parse_dims(dims, item, option)
-    return shapes
-
-
-def _parse_dims(dims: str, item: str, option: str) -> tuple[int, ...]:
-    if dims == "scalar":
-        return ()
-    try:
-        values = tuple(int(d) for d in dims.split("x"))
-    except ValueError:
-        raise UserError(f"{option}: {item!r}: dimensions must be positive integers joined by 'x'") from None
-    if any(v <= 0 for v in values):
-        raise UserError(f"{option}: {item!r}: dimensions must be positive integers joined by 'x'")
-    return values
-
-
-def format_dims(dims: Sequence[int]) -> str:
-    return "x".join(str(int(d)) for d in dims) if len(dims) else "scalar"
-
-
-def format_shapes(shapes: Shapes) -> str:
-    """{name: (A, B, C)} -> ``name:AxBxC,...`` (trtexec syntax, insertion order)."""
-    for name in shapes:
-        if not name or "," in name:
-            raise UserError(f"input name {name!r} cannot be written in trtexec's shape syntax (it splits on ',')")
-    return ",".join(f"{name}:{format_dims(dims)}" for name, dims in shapes.items())
-
 
 # ---- command lines ------------------------------------------------------------------------------
 
