@@ -123,11 +123,13 @@ dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; } dt
 _SPEEDUP = re.compile(r"\d+(\.\d+)?x\b")  # "vs torch" and "lead" cells are numbers too
 
 
-def _html_cell(value: Any) -> str:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) or bool(_SPEEDUP.match(str(value)))
+
+
+def _html_cell(value: Any, numeric: bool) -> str:
     text = tables.fmt(value)
-    classes = []
-    if isinstance(value, (int, float)) and not isinstance(value, bool) or _SPEEDUP.match(text):
-        classes.append("num")
+    classes = ["num"] if numeric else []
     if text.startswith("FAILED"):
         classes.append("failed")
     elif text == "passed":
@@ -140,10 +142,13 @@ def html_table(rows: Sequence[dict[str, Any]]) -> str:
     if not rows:
         return "<p><em>no rows</em></p>"
     columns = _columns(rows)
+    # a column of numbers is right-aligned as a whole, its "-" cells too
+    numeric = {c for c in columns if all(_is_number(row[c]) for row in rows if row.get(c) is not None)
+               and any(row.get(c) is not None for row in rows)}
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>"]
     for row in rows:
         cls = ' class="fastest"' if row.get("fastest") == "★" else ""
-        out.append(f"<tr{cls}>" + "".join(_html_cell(row.get(c)) for c in columns) + "</tr>")
+        out.append(f"<tr{cls}>" + "".join(_html_cell(row.get(c), c in numeric) for c in columns) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
 

@@ -54,10 +54,11 @@ def pick_unit(values_ms: Sequence[float | None]) -> Unit:
 
 
 def fmt(value: Any, digits: int = 4) -> str:
+    """A cell's text: 4 significant digits, 17,960 rather than 1.796e+04, "-" for nothing."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}g}"
+        return f"{value:,.0f}" if abs(value) >= 10 ** digits else f"{value:.{digits}g}"
     return str(value)
 
 
