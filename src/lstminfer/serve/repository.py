@@ -171,8 +171,8 @@ def stock_config(name: str, spec: Any, options: ServeOptions, stream: bool, plat
     if stream:
         by_name = {t.name: t for t in inputs + outputs}
         states = [{"input_name": i, "output_name": o, "data_type": Enum("TYPE_FP32"), "dims": list(by_name[i].dims),
-                   "initial_state": {"name": f"{i}_zeros", "data_type": Enum("TYPE_FP32"),
-                                     "dims": list(by_name[i].dims), "zero_data": True}}
+                   "initial_state": [{"name": f"{i}_zeros", "data_type": Enum("TYPE_FP32"),
+                                      "dims": list(by_name[i].dims), "zero_data": True}]}
                   for i, o in state_pairs(spec)]
         config["input"] = [inputs[0].to_config()]
         config["output"] = [outputs[0].to_config()]
