@@ -8,9 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from lstminfer.backends.base import BackendChoice, list_backends, select_backends
+from lstminfer.backends.base import list_backends, select_backends
 from lstminfer.errors import BackendUnavailable
-from lstminfer.measure.verify import TOLERANCES, verify
+from lstminfer.measure.bench import BenchConfig
+from lstminfer.measure.records import Point
+from lstminfer.measure.run import measure
+from lstminfer.measure.verify import TOLERANCES, References
 from lstminfer.model.base import Model
 from lstminfer.model.spec import ModelSpec, build_module, preset
 from lstminfer.onnx.export import export_model
@@ -20,7 +23,6 @@ ov = pytest.importorskip("openvino", reason='needs OpenVINO (pip install "lstmin
 from lstminfer.backends import openvino as ov_backend  # noqa: E402
 from lstminfer.backends.openvino import OpenVinoRunner  # noqa: E402
 
-OPENVINO = BackendChoice("openvino", "cpu", True, "", "")
 CAPABILITIES = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 # Small points keep the presets' real weights (speech: 2 x bi-LSTM 80->512) but not their long sequences.
 POINTS = [(1, 2), (6, 3)]
@@ -40,13 +42,20 @@ def _small_model(tmp_path, kind: str = "lstm", batch_first: bool = False) -> Mod
     return model
 
 
+def verify(model: Model, points, precision: str = "fp32", **options) -> list[dict]:
+    """What `lstminfer verify --backends openvino` records, as the dicts written to results.json."""
+    target = Point("openvino", "cpu", precision)
+    records = measure(model, [target], References(model), points, [], BenchConfig(), options).verify
+    return [r.to_dict() for r in records]
+
+
 def _errors(records):
     return max(r["max_abs_err"] for r in records)
 
 
 @pytest.mark.parametrize("name", ["seed", "speech", "timeseries"])
 def test_presets_pass_verify_at_fp32(tmp_path, name):
-    records = verify(_preset_model(tmp_path, name), [OPENVINO], POINTS, onnx_reference=False)
+    records = verify(_preset_model(tmp_path, name), POINTS)
     assert records and all(r["passed"] for r in records), [r for r in records if not r["passed"]]
     assert {r["inference_precision"] for r in records} == {"f32"}  # read back from the compiled model
     assert _errors(records) < TOLERANCES["fp32"].atol
@@ -56,7 +65,7 @@ def test_presets_pass_verify_at_fp32(tmp_path, name):
 def test_fp32_tolerance_catches_openvino_default_bf16(tmp_path, monkeypatch):
     """What the f32 hint prevents: compiled with the CPU's default bf16, fp32 verification fails."""
     monkeypatch.setitem(ov_backend.HINTS, "fp32", "bf16")
-    records = verify(_preset_model(tmp_path, "seed"), [OPENVINO], POINTS, onnx_reference=False)
+    records = verify(_preset_model(tmp_path, "seed"), POINTS)
     assert {r["inference_precision"] for r in records} == {"bf16"}
     assert not all(r["passed"] for r in records)
 
@@ -65,8 +74,7 @@ def test_fp32_tolerance_catches_openvino_default_bf16(tmp_path, monkeypatch):
 def test_reduced_precision_within_its_tolerance(tmp_path, precision, hint, capability):
     if capability not in CAPABILITIES:
         pytest.skip(f"this CPU has no {precision} ({', '.join(CAPABILITIES)})")
-    records = verify(_preset_model(tmp_path, "timeseries"), [OPENVINO], POINTS, precision=precision,
-                     onnx_reference=False)
+    records = verify(_preset_model(tmp_path, "timeseries"), POINTS, precision=precision)
     assert all(r["passed"] for r in records)
     assert {r["inference_precision"] for r in records} == {hint}
     assert _errors(records) > TOLERANCES["fp32"].atol  # the reduced precision really ran
@@ -83,18 +91,19 @@ def test_one_compiled_model_per_shape_reused_across_shape_changes(tmp_path):
     model = _small_model(tmp_path, batch_first=True)
     rng = np.random.default_rng(3)
     runner = OpenVinoRunner(model)
-    runner.prepare()
+    runner.prepare([(5, 2), (1, 2)])  # the points it will serve: compiled here, outside any timing
+    assert runner.describe()["compiled_models"] == 2
     compiles = []
     compile_model = runner.core.compile_model
     runner.core.compile_model = lambda m, *a, **k: compiles.append(m) or compile_model(m, *a, **k)
-    shapes = [(1, 2), (5, 2), (1, 2), (5, 3), (5, 2), (1, 2)]
+    shapes = [(1, 2), (5, 2), (1, 2), (5, 3), (5, 2), (1, 2), (5, 3)]
     for seq_len, batch in shapes:
         inputs = model.make_inputs(seq_len, batch, rng)
         outputs = runner.infer(inputs)
         for name, want in model.reference(inputs).items():
             np.testing.assert_allclose(outputs[name], want, atol=1e-4, rtol=1e-3)
-    assert len(compiles) == 3  # (1, 2), (5, 2), (5, 3): each compiled once, then reused
-    assert all(m.is_dynamic() is False for m in compiles)  # static shapes, the fast path
+    assert len(compiles) == 1  # only (5, 3) was new: compiled once, then reused
+    assert compiles[0].is_dynamic() is False  # static shapes, the fast path
     assert runner.describe()["compiled_models"] == 3
     runner.close()
 
@@ -152,7 +161,7 @@ def test_file_openvino_cannot_read_gets_a_one_line_reason(tmp_path, content, rea
         path.write_bytes(content)
     spec = ModelSpec("lstm", 3, 3, 1)
     model = Model("bad", spec, build_module(spec), onnx_path=path, seq_len=2, batch=1)
-    records = verify(model, [OPENVINO], [(2, 1)], onnx_reference=False)
+    records = verify(model, [(2, 1)])
     assert len(records) == 1 and records[0]["passed"] is False
     error = records[0]["error"]
     assert error == f"OpenVINO cannot read {path}: {reason}"

@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 
-from lstminfer.backends.base import BackendChoice
 from lstminfer.backends.onnxrt import OrtCpuRunner, physical_cores
 from lstminfer.backends.pytorch import TorchRunner
-from lstminfer.measure.bench import BenchConfig, bench
-from lstminfer.measure.verify import verify
+from lstminfer.measure.bench import BenchConfig
+from lstminfer.measure.records import Point
+from lstminfer.measure.run import measure
+from lstminfer.measure.verify import References
 from lstminfer.model.base import Model
 from lstminfer.model.spec import ModelSpec, build_module
 from lstminfer.onnx.export import export_model
@@ -79,14 +80,14 @@ def test_openvino_threads_read_back_from_the_compiled_model(tmp_path):
 def test_every_verify_and_bench_record_carries_the_threads(tmp_path):
     model = _model(tmp_path)
     before = torch.get_num_threads()
-    choices = [BackendChoice(n, "cpu", True, "", "") for n in _cpu_backends()]
-    options = {"threads": 1, "cpu_mode": "latency"}
-    checked = verify(model, choices, [(2, 2)], options=options, onnx_reference=False)
-    config = BenchConfig(warmup_ms=0, duration_s=0.02, iterations=3, seq_len=2, batch=2)
-    timed = bench(model, choices, config, options=options)
-    for records in (checked, timed):
-        assert {r["backend"] for r in records} == set(_cpu_backends())
-        assert all(r["threads"] == 1 for r in records), [(r["backend"], r.get("threads")) for r in records]
+    targets = [Point(name, "cpu", "fp32") for name in _cpu_backends()]
+    timing = BenchConfig(warmup_ms=0, duration_s=0.02, iterations=3)
+    result = measure(model, targets, References(model), [(2, 2)], [(3, 2)], timing,
+                     options={"threads": 1, "cpu_mode": "latency"})
+    for records in (result.verify, result.bench):
+        rows = [r.to_dict() for r in records]
+        assert {r["backend"] for r in rows} == set(_cpu_backends())
+        assert all(r["threads"] == 1 for r in rows), [(r["backend"], r.get("threads"), r.get("error")) for r in rows]
     assert torch.get_num_threads() == before
 
 
@@ -104,4 +105,4 @@ def test_cli_threads_flag_reaches_the_records(cli, tmp_path):
 def test_cli_threads_must_be_positive(cli, tmp_path):
     code, _, err = cli("bench", "--backends", "torch", "--threads", "0", "--out", tmp_path, *FAST)
     assert code == 2
-    assert "--threads must be a positive integer, got 0" in err
+    assert "--threads" in err and "positive integer" in err and len(err.strip().splitlines()) == 1
