@@ -358,3 +358,24 @@ def test_accuracy_plot_draws_points_not_bars_and_states_zero(figures) -> None:
     assert not [p for p in ax.patches if isinstance(p, Rectangle)]
     assert "0 (exact)" in [t.get_text() for t in ax.texts]
     assert ax.get_ylim()[0] < 3e-8 < ax.get_ylim()[1]  # the floor, a tenth of the smallest error, is on the axis
+
+
+# ---- the terminal -------------------------------------------------------------------------------
+
+def test_terminal_output_keeps_brackets_and_does_not_wrap_when_piped(capsys: pytest.CaptureFixture[str]) -> None:
+    """`warning torch: ...` lost its [cpu] to rich markup, and piped output wrapped at 80 columns mid-number."""
+    from lstminfer.commands.console import print_table
+    from lstminfer.commands.core import _print_warnings
+    from lstminfer.measure.records import BenchRecord
+
+    warning = "Compute time is unstable, with coefficient of variance = 6.69965%." + " [see --duration]" * 6
+    _print_warnings([BenchRecord.from_dict({**bench_record("torch", 16, 2, 1.0), "warnings": [warning]})])
+    points = ", ".join(f"{s}x3" for s in range(1, 60))
+    print_table("Verification of model[v2].onnx", [{"backend": "torch", "points": points, "qps": 17960.4,
+                                                     "verdict": "FAILED (no output 'y[0]')"}])
+    out, err = capsys.readouterr()
+    assert err == f"warning torch[cpu]: {warning}\n"
+    lines = out.splitlines()
+    assert lines[0].startswith("Verification of model[v2].onnx")
+    row = next(line for line in lines if "torch" in line)
+    assert points in row and "FAILED (no output 'y[0]')" in row and "17,960" in row

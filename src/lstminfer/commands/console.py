@@ -47,14 +47,16 @@ def write_json_output(path: str | None, value: Any) -> None:
 def stderr_console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=True)
+    # Not a terminal (a CI log, a pipe): rich would wrap at 80 columns, mid-number; a line stays one line.
+    return Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 def stdout_console() -> Any:
     from rich.console import Console
 
-    # Piped output (CI logs, `| tee`) gets a wide fixed width instead of rich's 80 columns.
-    return Console() if sys.stdout.isatty() else Console(width=160)
+    # Piped output (CI logs, `| tee`): rich's 80 columns would fold table cells mid-number; no table is
+    # this wide, and soft wrapping keeps printed lines whole.
+    return Console() if sys.stdout.isatty() else Console(width=1000, soft_wrap=True)
 
 
 def print_notes(notes: Sequence[str]) -> None:
@@ -72,34 +74,33 @@ LEFT_COLUMNS = ("backend", "verified", "install", "device", "precision", "verdic
 
 
 def print_table(title: str, rows: Sequence[dict[str, Any]], console: Any = None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or stdout_console()
     if not rows:
-        console.print(f"[bold]{title}[/bold]: nothing to show")
+        console.print(f"[bold]{escape(title)}[/bold]: nothing to show")
         return
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")  # a model named x[1].onnx keeps its [1]
     columns = list(dict.fromkeys(k for row in rows for k in row))
     for c in columns:
         table.add_column(c, justify="left" if c in LEFT_COLUMNS else "right")
     for row in rows:
-        table.add_row(*[_cell(c, row.get(c)) for c in columns])
+        table.add_row(*[_cell(row.get(c)) for c in columns])
     console.print(table)
 
 
-def _cell(column: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if column == "vs torch" and isinstance(value, float):
-        return f"{value:.2f}x"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    text = str(value)
-    if text == "FAILED" or text.startswith("FAILED"):
+def _cell(value: Any) -> str:
+    from rich.markup import escape
+
+    from lstminfer.report.tables import fmt  # one cell format for the terminal, markdown and HTML
+
+    text = escape(fmt(value))  # user text (file names, error messages) is never markup
+    if text.startswith("FAILED"):
         return f"[red]{text}[/red]"
     if text == "passed":
         return f"[green]{text}[/green]"
-    return text.replace("[", "\\[")
+    return text
 
 
 def progress_bar() -> Any:
