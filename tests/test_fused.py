@@ -562,6 +562,15 @@ def test_persistent_matches_float64(case):
     assert_close(run_fused(module, x, hx, path="per-layer"), reference(module, x, hx), FP32_ATOL)
 
 
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, FP32_ATOL), (torch.float16, 5e-3)])
+def test_persistent_streamed_weights_match_float64(dtype, atol):
+    """W_hh^T read in block_k chunks every step (the plan's choice for fp32 past 8 rows) instead of kept."""
+    module = make("gru", 6, 40, 2, True, False)
+    x, hx = random_inputs(module, 3, 2, True)
+    got = run_fused(module, x, hx, dtype=dtype, path="per-layer", resident=False)
+    assert_close(got, reference(module, x, hx), atol)
+
+
 def test_persistent_fp16_matches_float64():
     module = make("lstm", 5, 20, 2, True, False)
     x, hx = random_inputs(module, 4, 3, True)
@@ -576,6 +585,8 @@ def test_persistent_plan_fits_the_multiprocessors_and_names_its_kernel():
 
     p = plan(1024, False, 8, torch.float16)  # U: 128 programs of 8 units, batch padded to 16 rows for tl.dot
     assert (p.kernel, p.block_n, p.r_tiles, p.programs, p.block_b) == ("persistent", 8, 128, 128, 16)
+    assert p.resident and p.k_split == p.num_warps == 8
+    assert not plan(512, False, 64).resident  # fp32 with tl.dot streams its weights
     p = plan(512, True, 8)  # S: fp32 with 8 rows multiplies without tl.dot, on the real rows
     assert (p.block_n, p.r_tiles, p.programs, p.block_b) == (8, 64, 128, 8)
     assert plan(768, False, 16, torch.float16).r_tiles * 8 == 768  # V: no program for the padding to 1024

@@ -65,6 +65,137 @@ def _poll_h(words_ptr, row0, B, row_stride, KH, spin_limit, err_ptr,
 
 
 @triton.jit
+def _poll_words(ptrs, mask, spin_limit, err_ptr, ON_GPU: tl.constexpr):
+    """The words at ptrs once none is the poison -1: re-read all of them (one vector load, every word in flight
+    together) until none is, or spin_limit reads have passed; a give-up (or, under the interpreter, a poisoned
+    word at all) sets err_ptr. The words returned are the data."""
+    words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+    if ON_GPU:
+        spins = 1
+        while (tl.sum((words == -1).to(tl.int32)) > 0) & (spins < spin_limit):
+            words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+            spins += 1
+    if tl.sum((words == -1).to(tl.int32)) > 0:
+        tl.atomic_max(err_ptr, 1)
+    return words
+
+
+@triton.jit
+def _load_w_resident(w_rows, KH, HP: tl.constexpr, COLS: tl.constexpr, K_SPLIT: tl.constexpr,
+                     USE_DOT: tl.constexpr):
+    """A program's W_hh^T columns [HP, COLS] (rows from KH on: 0), for the whole layer: split along k into
+    [K_SPLIT, HP / K_SPLIT, COLS] for a batched tl.dot (one slice of k per warp), else [HP, COLS]."""
+    cols = tl.arange(0, COLS)
+    if USE_DOT:
+        KS: tl.constexpr = HP // K_SPLIT
+        k = tl.arange(0, K_SPLIT)[:, None, None] * KS + tl.arange(0, KS)[None, :, None]
+        return tl.load(w_rows + k * (HP * 4) + cols[None, None, :], mask=k < KH, other=0.0)
+    else:
+        k = tl.arange(0, HP)[:, None]
+        return tl.load(w_rows + k * (HP * 4) + cols[None, :], mask=k < KH, other=0.0)
+
+
+@triton.jit
+def _times_w_resident(words_ptr, prev, rows, b_ok, w, KH, spin_limit, err_ptr, slab_dtype: tl.constexpr,
+                      RT: tl.constexpr, HP: tl.constexpr, K_SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
+                      DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr):
+    """h_prev @ W for on-chip W: the previous h polled as words, which once clean are h itself (one round
+    trip); tl.dot batched over k slices and summed (tensor cores for fp16/bf16), or multiply-and-sum."""
+    if USE_DOT:
+        KS: tl.constexpr = HP // K_SPLIT
+        k = tl.arange(0, K_SPLIT)[:, None, None] * KS + tl.arange(0, KS)[None, None, :]
+        ptrs = words_ptr + prev + rows[None, :, None] * RT + k
+        h = _poll_words(ptrs, b_ok[None, :, None] & (k < KH), spin_limit, err_ptr, ON_GPU)
+        h = h.to(slab_dtype, bitcast=True)
+        return tl.sum(tl.dot(h.to(w.dtype), w, input_precision=DOT_PRECISION), axis=0)
+    else:
+        k = tl.arange(0, HP)[None, :]
+        ptrs = words_ptr + prev + rows[:, None] * RT + k
+        h = _poll_words(ptrs, b_ok[:, None] & (k < KH), spin_limit, err_ptr, ON_GPU)
+        h = h.to(slab_dtype, bitcast=True).to(tl.float32)
+        return tl.sum(h[:, :, None] * w.to(tl.float32)[None, :, :], axis=1)
+
+
+@triton.jit
+def _times_w_streamed(words_ptr, slab_ptr, prev, row0, rows, b_ok, w_rows, B, KH, spin_limit, err_ptr,
+                      RT: tl.constexpr, HP: tl.constexpr, COLS: tl.constexpr, BLOCK_B: tl.constexpr,
+                      BLOCK_K: tl.constexpr, POLL_ROWS: tl.constexpr, USE_DOT: tl.constexpr,
+                      DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr):
+    """h_prev @ W with W read from memory in chunks of BLOCK_K (v10; for fp32 with more than 8 rows): wait
+    for h, then a K loop."""
+    _poll_h(words_ptr + prev, row0, B, RT, KH, spin_limit, err_ptr, BLOCK_B, HP,
+            POLL_ROWS, ON_GPU)
+    cols = tl.arange(0, COLS)
+    acc = tl.zeros((BLOCK_B, COLS), dtype=tl.float32)
+    for k0 in range(0, KH, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        hk = tl.load(slab_ptr + prev + rows[:, None] * RT + offs_k[None, :], mask=b_ok[:, None], other=0.0,
+                     cache_modifier=".cg")
+        wk = tl.load(w_rows + offs_k[:, None] * (HP * 4) + cols[None, :])
+        if USE_DOT:
+            acc = tl.dot(hk.to(wk.dtype), wk, acc, input_precision=DOT_PRECISION)
+        else:
+            acc += tl.sum(hk.to(tl.float32)[:, :, None] * wk.to(tl.float32)[None, :, :], axis=1)
+    return acc
+
+
+@triton.jit
+def _persistent_step(s, unit, w, gx_ptr, w_hh_ptr, slab_ptr, words_ptr, state_ptr, err_ptr,
+                     out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
+                     T, B, H, layer, is_last, spin_limit, KH,
+                     IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr,
+                     R_TILES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+                     POLL_ROWS: tl.constexpr, USE_DOT: tl.constexpr, RESIDENT: tl.constexpr,
+                     K_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
+                     FAST_MATH: tl.constexpr):
+    """Step s of one unit (batch group, direction, row tile); w is its on-chip W_hh^T slice when RESIDENT."""
+    C: tl.constexpr = RT * 4
+    COLS: tl.constexpr = BLOCK_N * 4
+    cols = tl.arange(0, COLS)
+    group = unit // (D * R_TILES)
+    d = (unit // R_TILES) % D
+    n0 = (unit % R_TILES) * BLOCK_N
+    rows = group * BLOCK_B + tl.arange(0, BLOCK_B)
+    b_ok = rows < B
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
+    read_slot = tl.where(d == 0, t, t + 2)  # time t - 1 (forward) or t + 1 (backward), plus one
+    # independent of the other programs: in flight during the wait
+    gx = tl.load(gx_ptr + (t * B + rows[:, None]) * C + d * HP * 4 + n0 * 4 + cols[None, :],
+                 mask=b_ok[:, None], other=0.0)
+    own = ((d * B + rows[:, None]) * HP + offs_n[None, :])
+    h_old = tl.load(state_ptr + own, mask=b_ok[:, None], other=0.0)
+    c = tl.load(state_ptr + D * B * HP + own, mask=b_ok[:, None], other=0.0)
+    prev = read_slot * B * RT + d * HP
+    if RESIDENT:
+        acc = _times_w_resident(words_ptr, prev, rows, b_ok, w, KH, spin_limit, err_ptr,
+                                slab_ptr.dtype.element_ty, RT, HP, K_SPLIT, USE_DOT, DOT_PRECISION, ON_GPU)
+    else:
+        acc = _times_w_streamed(words_ptr, slab_ptr, prev, group * BLOCK_B, rows, b_ok,
+                                w_hh_ptr + (layer * D + d) * HP * (HP * 4) + n0 * 4, B, KH, spin_limit, err_ptr,
+                                RT, HP, COLS, BLOCK_B, BLOCK_K, POLL_ROWS, USE_DOT, DOT_PRECISION, ON_GPU)
+    h, c = _cell(acc + gx, c, h_old, IS_LSTM, BLOCK_B, BLOCK_N, FAST_MATH)
+    tl.store(state_ptr + own, h, mask=b_ok[:, None])
+    if IS_LSTM:
+        tl.store(state_ptr + D * B * HP + own, c, mask=b_ok[:, None])
+    # h of time t, for the other programs (next step) and the next layer
+    tl.store(slab_ptr + ((t + 1) * B + rows[:, None]) * RT + d * HP + offs_n[None, :],
+             h.to(slab_ptr.dtype.element_ty), mask=b_ok[:, None])
+    n_ok = offs_n < H
+    if is_last:
+        _store_out(out_ptr, t, stride_ot, stride_ob, stride_ok, d, H, rows, offs_n, h,
+                   b_ok[:, None] & n_ok[None, :])
+    if s == T - 1:
+        final = ((layer * D + d) * B + rows[:, None]) * H + offs_n[None, :]
+        final_ok = b_ok[:, None] & n_ok[None, :]
+        tl.store(hn_ptr + final, h.to(hn_ptr.dtype.element_ty), mask=final_ok)
+        if IS_LSTM:
+            tl.store(cn_ptr + final, c.to(cn_ptr.dtype.element_ty), mask=final_ok)
+    # the next step's loads of the own state may be another thread's stores
+    tl.debug_barrier()
+
+
+@triton.jit
 def _rnn_persistent_kernel(
     gx_ptr, w_hh_ptr, slab_ptr, state_ptr, err_ptr,
     out_ptr, stride_ot, stride_ob, stride_ok,
@@ -73,68 +204,49 @@ def _rnn_persistent_kernel(
     IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr,
     R_TILES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
     KH: tl.constexpr, POLL_ROWS: tl.constexpr, WORD_BITS: tl.constexpr, USE_DOT: tl.constexpr,
+    RESIDENT: tl.constexpr, K_SPLIT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr, FAST_MATH: tl.constexpr,
 ):
-    """One layer's recurrence. Units are (batch group, direction, row tile); on CUDA one program a unit.
+    """One layer's recurrence. Units are (batch group, direction, row tile); on CUDA one program a unit, which
+    loads its W_hh^T slice once (RESIDENT) and runs every step; under the interpreter one program runs the
+    steps in order, every unit's in turn (W loaded every step).
 
     gx [T, B, C] fp32 (C = RT * 4); w_hh [L, D, HP, HP * 4]; slab [T + 2, B, RT] in the weights' dtype,
     poisoned except the initial-h slots; state [2, D, B, HP] fp32 (h, c) holding h0/c0 at launch; err one
     int32. Hidden units from KH on (whole padding tiles) are neither computed nor read.
     """
-    C: tl.constexpr = RT * 4
-    COLS: tl.constexpr = BLOCK_N * 4
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     if WORD_BITS == 32:
         words = slab_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
     else:
         words = slab_ptr.to(tl.pointer_type(tl.int16), bitcast=True)
-    cols = tl.arange(0, COLS)
-    for s in range(0, T):
+    COLS: tl.constexpr = BLOCK_N * 4
+    if ON_GPU:
         for unit in range(pid, units, programs):
-            group = unit // (D * R_TILES)
             d = (unit // R_TILES) % D
-            n0 = (unit % R_TILES) * BLOCK_N
-            rows = group * BLOCK_B + tl.arange(0, BLOCK_B)
-            b_ok = rows < B
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            t = tl.where(d == 0, s, T - 1 - s).to(tl.int64)
-            read_slot = tl.where(d == 0, t, t + 2)  # time t - 1 (forward) or t + 1 (backward), plus one
-            # independent of the other programs: in flight during the wait
-            gx = tl.load(gx_ptr + (t * B + rows[:, None]) * C + d * HP * 4 + n0 * 4 + cols[None, :],
-                         mask=b_ok[:, None], other=0.0)
-            own = ((d * B + rows[:, None]) * HP + offs_n[None, :])
-            h_old = tl.load(state_ptr + own, mask=b_ok[:, None], other=0.0)
-            c = tl.load(state_ptr + D * B * HP + own, mask=b_ok[:, None], other=0.0)
-            prev = read_slot * B * RT + d * HP
-            _poll_h(words + prev, group * BLOCK_B, B, RT, KH, spin_limit, err_ptr, BLOCK_B, HP, POLL_ROWS, ON_GPU)
-            acc = tl.zeros((BLOCK_B, COLS), dtype=tl.float32)
-            w_rows = w_hh_ptr + (layer * D + d) * HP * (HP * 4) + n0 * 4
-            for k0 in range(0, KH, BLOCK_K):
-                offs_k = k0 + tl.arange(0, BLOCK_K)
-                hk = tl.load(slab_ptr + prev + rows[:, None] * RT + offs_k[None, :], mask=b_ok[:, None],
-                             other=0.0, cache_modifier=".cg")
-                wk = tl.load(w_rows + offs_k[:, None] * (HP * 4) + cols[None, :])
-                if USE_DOT:
-                    acc = tl.dot(hk.to(wk.dtype), wk, acc, input_precision=DOT_PRECISION)
+            w_rows = w_hh_ptr + (layer * D + d) * HP * (HP * 4) + (unit % R_TILES) * BLOCK_N * 4
+            if RESIDENT:
+                w = _load_w_resident(w_rows, KH, HP, COLS, K_SPLIT, USE_DOT)
+            else:
+                w = 0.0
+            for s in range(0, T):
+                _persistent_step(s, unit, w, gx_ptr, w_hh_ptr, slab_ptr, words, state_ptr, err_ptr,
+                                 out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
+                                 T, B, H, layer, is_last, spin_limit, KH,
+                                 IS_LSTM, D, HP, RT, R_TILES, BLOCK_N, BLOCK_B, BLOCK_K, POLL_ROWS, USE_DOT,
+                                 RESIDENT, K_SPLIT, DOT_PRECISION, ON_GPU, FAST_MATH)
+    else:
+        for s in range(0, T):
+            for unit in range(pid, units, programs):
+                d = (unit // R_TILES) % D
+                w_rows = w_hh_ptr + (layer * D + d) * HP * (HP * 4) + (unit % R_TILES) * BLOCK_N * 4
+                if RESIDENT:
+                    w = _load_w_resident(w_rows, KH, HP, COLS, K_SPLIT, USE_DOT)
                 else:
-                    acc += tl.sum(hk.to(tl.float32)[:, :, None] * wk.to(tl.float32)[None, :, :], axis=1)
-            h, c = _cell(acc + gx, c, h_old, IS_LSTM, BLOCK_B, BLOCK_N, FAST_MATH)
-            tl.store(state_ptr + own, h, mask=b_ok[:, None])
-            if IS_LSTM:
-                tl.store(state_ptr + D * B * HP + own, c, mask=b_ok[:, None])
-            # h of time t, for the other programs (next step) and the next layer
-            tl.store(slab_ptr + ((t + 1) * B + rows[:, None]) * RT + d * HP + offs_n[None, :],
-                     h.to(slab_ptr.dtype.element_ty), mask=b_ok[:, None])
-            n_ok = offs_n < H
-            if is_last:
-                _store_out(out_ptr, t, stride_ot, stride_ob, stride_ok, d, H, rows, offs_n, h,
-                           b_ok[:, None] & n_ok[None, :])
-            if s == T - 1:
-                final = ((layer * D + d) * B + rows[:, None]) * H + offs_n[None, :]
-                final_ok = b_ok[:, None] & n_ok[None, :]
-                tl.store(hn_ptr + final, h.to(hn_ptr.dtype.element_ty), mask=final_ok)
-                if IS_LSTM:
-                    tl.store(cn_ptr + final, c.to(cn_ptr.dtype.element_ty), mask=final_ok)
-            # the next step's loads of the own state may be another thread's stores
-            tl.debug_barrier()
+                    w = 0.0
+                _persistent_step(s, unit, w, gx_ptr, w_hh_ptr, slab_ptr, words, state_ptr, err_ptr,
+                                 out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
+                                 T, B, H, layer, is_last, spin_limit, KH,
+                                 IS_LSTM, D, HP, RT, R_TILES, BLOCK_N, BLOCK_B, BLOCK_K, POLL_ROWS, USE_DOT,
+                                 RESIDENT, K_SPLIT, DOT_PRECISION, ON_GPU, FAST_MATH)

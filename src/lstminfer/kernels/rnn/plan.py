@@ -58,6 +58,8 @@ class Plan:
     k_chain: int = 32  # products summed over k in independent chains of this many (see _rows_times)
     exact_k: bool = True  # sum over the real k only, not the padding (_rows_times; the pipeline always sums it)
     block_n: int = 0  # persistent kernel: hidden units per program (r_tiles tiles of them per direction)
+    resident: bool = True  # persistent kernel: W_hh^T slice loaded once (else read in block_k chunks every step)
+    k_split: int = 1  # persistent kernel, resident tl.dot: k slices (one a warp), summed after a batched dot
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
     def __post_init__(self) -> None:
@@ -70,7 +72,8 @@ class Plan:
         fields = {"stack": ("r_tiles", "block_b", "programs", "num_warps", "poll_h", "proj_by_unit"),
                   "pipeline": ("block_b", "programs", "num_warps"),
                   "relay": ("block_b", "programs", "num_warps"),
-                  "persistent": ("block_b", "block_n", "r_tiles", "programs", "block_k", "num_warps")}[self.kernel]
+                  "persistent": ("block_b", "block_n", "r_tiles", "programs", "resident", "k_split",
+                                 "num_warps")}[self.kernel]
         return {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
 
 
@@ -103,8 +106,17 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool) -> P
         if block_n > min(PERSISTENT_MAX_UNITS, hp):
             return None
     kh = tiles * block_n
+    # W_hh^T slice on chip for the whole layer, except fp32 with tl.dot (its FMA dot would hold whole k rows per
+    # thread); warps so that it takes at most ~64 registers a thread
+    resident = packed.dtype != torch.float32 or not use_dot
+    weight_words = hp * 4 * block_n * packed.w_hh.element_size() // 4
+    num_warps = 8
+    while num_warps < 16 and weight_words > 64 * 32 * num_warps:
+        num_warps *= 2
+    if not resident:
+        num_warps = 4
     return Plan("per-layer", block_b, tiles, 1 if serial else groups * dirs * tiles, block_k=32 if kh % 32 == 0 else 16,
-                num_warps=4, block_n=block_n)
+                num_warps=num_warps, block_n=block_n, resident=resident, k_split=min(num_warps, hp // 16))
 
 
 def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = None, **overrides: Any) -> Plan:
