@@ -146,3 +146,80 @@ def no_rnn_proto():
 def save(proto, path: Path) -> Path:
     path.write_bytes(proto.SerializeToString())
     return path
+
+
+def quantized_lstm_proto(hidden: int = 4, features: int = 3, seed: int = 0):
+    """ONNX Runtime's contrib com.microsoft DynamicQuantizeLSTM (int8 weights, W as [dirs, input, 4H])."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+
+    def arr(name, values):
+        return numpy_helper.from_array(np.asarray(values), name)
+
+    inits = [arr("W", rng.integers(-20, 20, (1, features, 4 * hidden)).astype(np.int8)),
+             arr("R", rng.integers(-20, 20, (1, hidden, 4 * hidden)).astype(np.int8)),
+             arr("B", (0.1 * rng.standard_normal((1, 8 * hidden))).astype(np.float32)),
+             arr("W_scale", np.full((1,), 0.02, np.float32)), arr("W_zp", np.zeros((1,), np.int8)),
+             arr("R_scale", np.full((1,), 0.02, np.float32)), arr("R_zp", np.zeros((1,), np.int8))]
+    f32 = TensorProto.FLOAT
+    node = helper.make_node("DynamicQuantizeLSTM", ["X", "W", "R", "B", "", "h0", "c0", "", "W_scale", "W_zp",
+                                                    "R_scale", "R_zp"], ["Y", "hn", "cn"], name="qlstm",
+                            domain="com.microsoft", hidden_size=hidden)
+    state = [1, "batch", hidden]
+    graph = helper.make_graph([node], "qlstm", [helper.make_tensor_value_info("X", f32, ["seq", "batch", features]),
+                                                helper.make_tensor_value_info("h0", f32, state),
+                                                helper.make_tensor_value_info("c0", f32, state)],
+                              [helper.make_tensor_value_info("Y", f32, ["seq", 1, "batch", hidden]),
+                               helper.make_tensor_value_info("hn", f32, state),
+                               helper.make_tensor_value_info("cn", f32, state)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    return model
+
+
+def renamed_state_proto():
+    """What exporters write for a state fed back: the input's dims fixed, the output's dims named by the
+    exporter (``[1, batch, 4]`` in, ``[AddhN_dim_0, batch, AddhN_dim_2]`` out)."""
+    proto = lstm_proto(op="GRU")
+    out = proto.graph.output[1]
+    for axis, name in ((0, "AddhN_dim_0"), (2, "AddhN_dim_2")):
+        out.type.tensor_type.shape.dim[axis].Clear()
+        out.type.tensor_type.shape.dim[axis].dim_param = name
+    return proto
+
+
+def anonymous_dims_proto():
+    """The LSTM test graph with every dynamic dim unnamed (no dim_param): roles come from the graph."""
+    proto = lstm_proto()
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.Clear()
+    return proto
+
+
+def fixed_window_proto(window: int = 16):
+    """A symbolic `time` axis the graph only accepts at `window` steps (X + a [window, 1, 3] constant)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = lstm_proto()
+    offset = numpy_helper.from_array(np.zeros((window, 1, 3), np.float32), "offset")
+    proto.graph.initializer.append(offset)
+    proto.graph.node.insert(0, helper.make_node("Add", ["X", "offset"], ["X_windowed"]))
+    proto.graph.node[1].input[0] = "X_windowed"
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "time"
+    del proto.graph.output[0].type.tensor_type.shape.dim[:]
+    proto.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    return proto
+
+
+def oracle_lacks_proto():
+    """The LSTM test graph plus GlobalLpPool, an operator onnx.reference 1.23 has no implementation of."""
+    from onnx import TensorProto, helper
+
+    proto = lstm_proto()
+    proto.graph.node.append(helper.make_node("GlobalLpPool", ["hn"], ["pooled"]))
+    proto.graph.output.append(helper.make_tensor_value_info("pooled", TensorProto.FLOAT, [1, "batch", 1]))
+    return proto

@@ -292,7 +292,7 @@ def state_pairs_note(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str
     if pairs:
         return ""
     if misses:
-        return "none: " + "; ".join(misses) + " (give --state IN:OUT)"
+        return "none: " + "; ".join(dict.fromkeys(misses)) + " (give --state IN:OUT)"
     return "none: no input/output names match (h0->hn, state->stateN, x_in->x_out, ...); give --state IN:OUT"
 
 
