@@ -8,15 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lstminfer.commands.common import (
-    add_model_args,
-    backend_options,
-    model_from_args,
-    parse_int_list,
-    print_table,
-    stderr_console,
-    write_json_output,
-)
+from lstminfer.commands.args import ModelArgs, backend_options, model_from_args, parse_int_list
+from lstminfer.commands.console import print_table, stderr_console, write_json_output
 from lstminfer.errors import UserError
 
 # Model arguments that name files: made absolute, since Triton's stub process rebuilds the model elsewhere.
@@ -26,7 +19,7 @@ PATH_ARGS = ("file", "weights", "inputs_npz", "onnx")
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("serve", help="serve a model on Triton Inference Server (stateless requests and "
                                             "streams) until Ctrl-C / SIGTERM")
-    add_model_args(p)
+    ModelArgs().add_to(p)
     _add_served_args(p)
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
@@ -44,7 +37,7 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser("export-triton", help="write a Triton model repository (Python backend with any "
                                                     "lstminfer backend, or stock onnxruntime / tensorrt)")
-    add_model_args(p)
+    ModelArgs().add_to(p)
     p.add_argument("-o", "--output", required=True, metavar="REPO", help="the model repository folder to write")
     p.add_argument("--platform", choices=["python", "onnxruntime", "tensorrt"], default="python",
                    help="python: Triton's Python backend runs lstminfer (default); onnxruntime / tensorrt: a stock "
@@ -76,7 +69,8 @@ def register(subparsers: Any) -> None:
 
 def _add_served_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("served model")
-    g.add_argument("--name", default=None, help="model name on the server (default: the preset's, else 'lstm'/'gru')")
+    g.add_argument("--name", default=None,
+                   help="model name on the server (default: the preset's, or --model's factory)")
     g.add_argument("--backend", default="onnxruntime",
                    help="the lstminfer backend that runs it (default onnxruntime; any of `lstminfer backends`)")
     g.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: the backend's first device")
@@ -97,7 +91,7 @@ def _add_served_args(p: argparse.ArgumentParser) -> None:
 def model_args_of(args: argparse.Namespace) -> dict[str, Any]:
     """The model argument group's values, file paths made absolute: what the served model is rebuilt from."""
     probe = argparse.ArgumentParser(add_help=False)
-    add_model_args(probe)
+    ModelArgs().add_to(probe)
     values = {a.dest: getattr(args, a.dest, a.default) for a in probe._actions}
     for name in PATH_ARGS:
         if values.get(name):
@@ -160,7 +154,7 @@ def write_python_repository(args: argparse.Namespace, repo: Path, scratch: Path)
 
 
 def _name(args: argparse.Namespace, model: Any) -> str:
-    name = args.name or (args.preset if args.preset else model.spec.kind)
+    name = args.name or args.preset or (args.model.rpartition(":")[2] if args.model else "seed")
     if not name.replace("_", "").replace("-", "").isalnum():
         raise UserError(f"--name {name!r}: use letters, digits, '-' and '_'")
     return name

@@ -1,0 +1,241 @@
+"""A real Triton Inference Server (the one nvidia-pytriton bundles) on loopback, serving lstminfer models.
+
+One server for the module: the seed model (stateless; bidirectional, so no streams) and a 2-layer LSTM with
+streams. Answers are compared with float64 PyTorch. Every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import threading
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("tritonclient") is None or importlib.util.find_spec("pytriton") is None,
+    reason="needs the serve extra (tritonserver from nvidia-pytriton, tritonclient): pip install 'lstminfer[serve]'")
+
+ATOL, RTOL = 1e-4, 1e-3
+
+
+def _model(argv):
+    from lstminfer.commands.args import ModelArgs, model_from_args
+    from lstminfer.commands.serve import model_args_of
+
+    parser = argparse.ArgumentParser()
+    ModelArgs().add_to(parser)
+    args = parser.parse_args(argv)
+    return model_from_args(args), model_args_of(args)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from lstminfer.onnx.export import export_model
+    from lstminfer.serve.repository import ServedModel, ServeOptions, write_python_models
+    from lstminfer.serve.server import ServerConfig, TritonServer
+
+    root = tmp_path_factory.mktemp("triton")
+    models = {}
+    for name, argv in (("seed", ["--preset", "seed"]), ("uni", ["--no-bidirectional", "--num-layers", "2"])):
+        model, model_args = _model(argv)
+        onnx_path = export_model(model, root / f"{name}.onnx").path
+        served = ServedModel(name=name, model_args=model_args, spec=model.spec.to_dict())
+        write_python_models(root / "repo", served, model.spec, ServeOptions(max_batch=16, max_streams=8), onnx_path)
+        models[name] = model
+    config = ServerConfig(repository=root / "repo", http_port=0, grpc_port=0, metrics_port=0, exit_timeout_s=2)
+    triton = TritonServer(config, log_path=root / "tritonserver.log")
+    triton.start(ready_timeout_s=150)
+    yield triton, models
+    triton.close()
+
+
+def _client(server, protocol):
+    from lstminfer.serve.loadtest import make_client
+
+    triton, _ = server
+    url = triton.config.grpc_url if protocol == "grpc" else triton.config.http_url
+    return make_client(url, protocol, timeout_s=20)
+
+
+def _infer(client, protocol, model, arrays, **kwargs):
+    from lstminfer.serve.loadtest import _infer_inputs, client_module
+
+    result = client.infer(model, _infer_inputs(client_module(protocol), arrays), **kwargs)
+    return result
+
+
+def _inputs(spec, batch, seq, rng, state=True):
+    states = spec.num_layers * spec.num_directions
+    arrays = {"input": rng.standard_normal((batch, seq, spec.input_size)).astype(np.float32)}
+    if state:
+        arrays["h0"] = rng.standard_normal((batch, states, spec.hidden_size)).astype(np.float32)
+        arrays["c0"] = rng.standard_normal((batch, states, spec.hidden_size)).astype(np.float32)
+    return arrays
+
+
+def _reference(model, arrays):
+    """Float64 PyTorch on batch-major arrays (a spec that is not batch_first), answered batch-major."""
+    ref = model.reference({n: a.transpose(1, 0, 2) for n, a in arrays.items()})
+    return {n: a.transpose(1, 0, 2) for n, a in ref.items()}
+
+
+def _zero_state(spec, batch):
+    states = spec.num_layers * spec.num_directions
+    return {n: np.zeros((batch, states, spec.hidden_size), np.float32) for n in ("h0", "c0")}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_seed_model_matches_float64(server, protocol):
+    _, models = server
+    model = models["seed"]
+    client = _client(server, protocol)
+    rng = np.random.default_rng(0)
+    try:
+        for batch, seq in ((3, 1), (2, 5)):
+            arrays = _inputs(model.spec, batch, seq, rng)
+            result = _infer(client, protocol, "seed", arrays)
+            for name, want in _reference(model, arrays).items():
+                np.testing.assert_allclose(result.as_numpy(name), want, atol=ATOL, rtol=RTOL, err_msg=name)
+    finally:
+        client.close()
+
+
+def _stream(client, sequence_id, chunk, start=False, end=False):
+    result = _infer(client, "http", "uni_stream", {"input": chunk}, sequence_id=sequence_id, sequence_start=start,
+                    sequence_end=end)
+    return result.as_numpy("output")
+
+
+def test_two_interleaved_streams_equal_one_pass(server):
+    _, models = server
+    model = models["uni"]
+    client = _client(server, "http")
+    rng = np.random.default_rng(1)
+    xs = {101: rng.standard_normal((1, 6, 10)).astype(np.float32),
+          202: rng.standard_normal((1, 6, 10)).astype(np.float32)}  # the sequence batcher takes one row a request
+    got = {101: [], 202: []}
+    try:
+        for k, (lo, hi) in enumerate(((0, 1), (1, 4), (4, 6))):
+            for sid, x in xs.items():
+                got[sid].append(_stream(client, sid, x[:, lo:hi], start=k == 0, end=k == 2))
+    finally:
+        client.close()
+    for sid, x in xs.items():
+        want = _reference(model, {"input": x, **_zero_state(model.spec, x.shape[0])})["output"]
+        np.testing.assert_allclose(np.concatenate(got[sid], axis=1), want, atol=ATOL, rtol=RTOL)
+
+
+def test_a_stream_ended_and_restarted_starts_from_zero(server):
+    _, models = server
+    model = models["uni"]
+    client = _client(server, "http")
+    x = np.random.default_rng(2).standard_normal((1, 4, 10)).astype(np.float32)
+    try:
+        first = _stream(client, 303, x[:, :2], start=True)
+        _stream(client, 303, x[:, 2:], end=True)
+        again = _stream(client, 303, x[:, :2], start=True)
+        _stream(client, 303, x[:, 2:], end=True)
+    finally:
+        client.close()
+    want = _reference(model, {"input": x[:, :2], **_zero_state(model.spec, 1)})["output"]
+    np.testing.assert_allclose(first, want, atol=ATOL, rtol=RTOL)
+    np.testing.assert_allclose(again, first, atol=1e-6)
+
+
+def test_malformed_requests_get_clear_errors_and_the_server_keeps_serving(server):
+    from tritonclient.utils import InferenceServerException
+
+    _, models = server
+    spec = models["seed"].spec
+    client = _client(server, "http")
+    rng = np.random.default_rng(3)
+    good = _inputs(spec, 3, 1, rng)
+    cases = {
+        "wrong shape": ({**good, "input": good["input"][:, :, :7]}, {}, "seed", r"input.*shape|unexpected shape"),
+        "wrong dtype": ({**good, "input": good["input"].astype(np.float64)}, {}, "seed", r"FP64|data-type|datatype"),
+        "missing state": ({"input": good["input"], "h0": good["h0"]}, {}, "seed", r"c0|expected 3 inputs"),
+        "unknown sequence id": ({"input": good["input"][:1]}, {"sequence_id": 987654}, "uni_stream", "START"),
+    }
+    try:
+        for arrays, kwargs, model, message in cases.values():
+            with pytest.raises(InferenceServerException, match=message):
+                _infer(client, "http", model, arrays, **kwargs)
+        x = good["input"][:1]
+        _stream(client, 404, x, start=True, end=True)
+        with pytest.raises(InferenceServerException, match="START"):  # a chunk after END
+            _stream(client, 404, x)
+        result = _infer(client, "http", "seed", good)  # still serving
+        np.testing.assert_allclose(result.as_numpy("output"), _reference(models["seed"], good)["output"],
+                                   atol=ATOL, rtol=RTOL)
+    finally:
+        client.close()
+
+
+def test_load_test_at_concurrency_8_for_5_seconds(server):
+    from lstminfer.serve.loadtest import run_level
+
+    triton, _ = server
+    client = _client(server, "http")
+    before = client.get_inference_statistics("seed")["model_stats"][0]
+    record = run_level(triton.config.http_url, "http", "seed", "stateless", 8, seq_len=1, batch=3, duration_s=5.0,
+                       warmup_s=0.5, max_requests=200_000, timeout_s=20)
+    after = client.get_inference_statistics("seed")["model_stats"][0]
+    client.close()
+    assert record.failed == 0, record.errors
+    assert record.requests > 100 and record.throughput_rps > 0
+    lat = record.latency_ms
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    # Triton's dynamic batcher put several requests into one execution at least sometimes.
+    inferences = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert inferences >= record.requests and executions < inferences
+
+
+def test_stream_load_over_grpc_has_no_failures(server):
+    from lstminfer.serve.loadtest import run_level
+
+    triton, _ = server
+    record = run_level(triton.config.grpc_url, "grpc", "uni_stream", "stream", 4, duration_s=1.5, warmup_s=0.2,
+                       chunks=5, max_requests=50_000, timeout_s=20, first_sequence_id=10_000)
+    assert record.failed == 0, record.errors
+    assert record.requests > 20
+
+
+def test_health_and_metrics(server):
+    triton, _ = server
+    with urllib.request.urlopen(f"http://{triton.config.http_url}/v2/health/live", timeout=5) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(triton.config.metrics_url, timeout=5) as response:
+        text = response.read().decode()
+    assert 'nv_inference_request_success{model="seed",version="1"}' in text
+
+
+def test_concurrent_clients_are_answered_in_their_own_order(server):
+    """Requests batched together come back to the right client: each answer matches its own reference."""
+    _, models = server
+    model = models["seed"]
+    errors = []
+
+    def worker(seed):
+        client = _client(server, "http")
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(5):
+                arrays = _inputs(model.spec, 1 + seed % 3, 1, rng)
+                got = _infer(client, "http", "seed", arrays).as_numpy("hn")
+                if not np.allclose(got, _reference(model, arrays)["hn"], atol=ATOL, rtol=RTOL):
+                    errors.append(seed)
+        except Exception as err:  # reported below, with the thread's seed
+            errors.append(f"{seed}: {err}")
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors and not any(t.is_alive() for t in threads)
