@@ -53,6 +53,8 @@ def register(subparsers: Any) -> None:
 
 # ---- inspect --------------------------------------------------------------------------------------------------
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     from lstminfer.onnx.inspect import inspect_file
     from lstminfer.onnx.torchscript import is_torchscript_path
 
@@ -62,7 +64,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info = inspect_file(args.file)
     console = stdout_console()
     opset = ", ".join(f"{d} {v}" for d, v in info.opset.items())
-    console.print(f"[bold]{info.path}[/bold]: ONNX IR {info.ir_version}, opset {opset}, "
+    console.print(f"[bold]{escape(str(info.path))}[/bold]: ONNX IR {info.ir_version}, opset {escape(opset)}, "
                   f"produced by {info.producer or 'unknown'}")
     print_table("Inputs", [{"name": i.name, "dtype": i.dtype, "shape": i.shape_text,
                             "role": _roles(i.dims, info.dim_roles)} for i in info.inputs], console)
@@ -78,13 +80,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                      for n in info.recurrent], console)
     pairs = (", ".join(f"{p.input} -> {p.output}" for p in info.state_pairs)
              or info.state_pairs_note)
-    console.print(f"state pairs: {pairs}")
+    console.print(f"state pairs: {pairs}", markup=False)  # names and notes are the file's text, not markup
     runs = _ort_cpu_check(args.file)
-    console.print(f"ONNX Runtime CPU session: {runs}")
+    console.print(f"ONNX Runtime CPU session: {runs}", markup=False)
     fallback = ("verify uses ONNX Runtime CPU as the reference" if runs == "created"
                 else "and ONNX Runtime refuses the file: verify has no reference")
     oracle = "yes" if info.oracle[0] else f"no ({info.oracle[1]}): {fallback}"
-    console.print(f"onnx.reference float64 oracle: {oracle}")
+    console.print(f"onnx.reference float64 oracle: {oracle}", markup=False)
     print_notes(info.notes)
     write_json_output(args.json, {**info.to_dict(), "onnxruntime_cpu_session": runs})
     return 0

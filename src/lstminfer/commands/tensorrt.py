@@ -13,6 +13,7 @@ from lstminfer.measure.store import SCHEMA_VERSION, load_results, write_json_ato
 from lstminfer.onnx.shapes import format_dims, parse_shapes
 from lstminfer.tensorrt import build as tb
 from lstminfer.tensorrt import trtexec
+from lstminfer.tensorrt.profile import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQ_LEN
 
 
 def register(subparsers: Any) -> None:
@@ -59,9 +60,9 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=positive_int, default=None, metavar="N",
                    help="batch to optimize for (default: the export's)")
     g.add_argument("--max-seq-len", type=positive_int, default=None, metavar="N",
-                   help=f"largest sequence length (default {tb.DEFAULT_MAX_SEQ_LEN}, or --seq-len if larger)")
+                   help=f"largest sequence length (default {DEFAULT_MAX_SEQ_LEN}, or --seq-len if larger)")
     g.add_argument("--max-batch", type=positive_int, default=None, metavar="N",
-                   help=f"largest batch (default {tb.DEFAULT_MAX_BATCH}, or --batch if larger)")
+                   help=f"largest batch (default {DEFAULT_MAX_BATCH}, or --batch if larger)")
     g.add_argument("--min-shapes", default=None, metavar="SPEC", help="min shapes, overriding the derived ones")
     g.add_argument("--opt-shapes", default=None, metavar="SPEC", help="opt shapes, overriding the derived ones")
     g.add_argument("--max-shapes", default=None, metavar="SPEC", help="max shapes, overriding the derived ones")
@@ -99,7 +100,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     print_table("optimization profile", _profile_rows(profile), console)
     console.print(f"{'built' if built else 'reused cached'} {engine_path} "
                   f"(TensorRT {sidecar['tensorrt_version']}, {sidecar['gpu']}, {sidecar['precision']}"
-                  + (f", {sidecar['build_time_s']:.1f} s" if built else "") + ")")
+                  + (f", {sidecar['build_time_s']:.1f} s" if built else "") + ")", markup=False)
     write_json_output(args.json, {"engine": str(engine_path), "built": built, **sidecar})
     return 0
 
@@ -171,15 +172,17 @@ def _g(value: Any) -> str:
 
 
 def cmd_import_trtexec(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     record = import_record(args.file, args.times, args.model, args.seq_len, args.batch)
     console = stdout_console()
     title = (f"trtexec (TensorRT {record.get('tensorrt_version') or '?'}, {record['precision']}): "
              f"{_g(record['throughput_qps'])} qps, {record.get('queries') or '?'} queries")
     print_table(title, _metric_rows(record), console)
     for w in record.get("warnings", []):
-        console.print(f"[yellow]trtexec warned:[/yellow] {w}")
+        console.print(f"[yellow]trtexec warned:[/yellow] {escape(w)}")
     if args.output:
         add_to_results(args.output, record)
-        console.print(f"added to {args.output}")
+        console.print(f"added to {args.output}", markup=False)
     write_json_output(args.json, record)
     return 0
