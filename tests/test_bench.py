@@ -10,7 +10,10 @@ import pytest
 from lstminfer.backends import base
 from lstminfer.backends.base import BackendChoice, Runner
 from lstminfer.errors import UserError
-from lstminfer.measure.bench import BenchConfig, bench, comparison, time_queries
+from lstminfer.measure.bench import BenchConfig, time_queries
+from lstminfer.measure.records import Point, speedups
+from lstminfer.measure.run import measure
+from lstminfer.measure.verify import References
 from lstminfer.model.base import Model
 from lstminfer.model.spec import ModelSpec, build_module
 
@@ -70,13 +73,20 @@ def test_no_data_transfers_skips_copies():
     assert all(r.h2d_ms < 0.5 and r.d2h_ms < 0.5 for r in records)
 
 
+def bench(model, choices, config):
+    """What `lstminfer bench` measures: every backend at the config's shape, one runner lifetime each."""
+    targets = [Point(c.name, c.device, config.precision) for c in choices]
+    return measure(model, targets, References(model, config.seed), [], [(config.seq_len, config.batch)],
+                   config).bench
+
+
 def test_bench_records_and_comparison(monkeypatch):
     monkeypatch.setitem(base.BACKENDS, "sleep", f"{__name__}:_SleepRunner")
     model = _model()
     config = BenchConfig(warmup_ms=0, duration_s=0.02, iterations=5, seq_len=2, batch=1)
     choices = [BackendChoice("torch", "cpu", True, "", ""), BackendChoice("sleep", "cpu", True, "", "")]
     records = bench(model, choices, config)
-    for r in records:
+    for r in (rec.to_dict() for rec in records):
         for key in ("backend", "device", "precision", "seq_len", "batch", "throughput_qps", "latency_ms", "times_ms"):
             assert key in r
         lat = r["latency_ms"]
@@ -85,14 +95,18 @@ def test_bench_records_and_comparison(monkeypatch):
         assert len(r["times_ms"]) == r["queries"] >= 5
         assert lat["min"] == pytest.approx(min(r["times_ms"]), rel=1e-6)
         assert r["throughput_qps"] == pytest.approx(r["queries"] / r["walltime_s"])
-    rows = {row["backend"]: row for row in comparison(records)}
-    assert rows["torch"]["speedup_vs_torch"] == 1.0
-    expected = records[0]["latency_ms"]["median"] / records[1]["latency_ms"]["median"]
-    assert rows["sleep"]["speedup_vs_torch"] == pytest.approx(expected)
+    speedup = {point.backend: value for point, value in speedups(records).items()}
+    assert speedup["torch"] == 1.0
+    expected = records[0].latency_ms.median / records[1].latency_ms.median
+    assert speedup["sleep"] == pytest.approx(expected)
 
 
 def test_bad_config():
     with pytest.raises(UserError, match="--iterations must be a positive integer"):
         BenchConfig(iterations=0)
+    with pytest.raises(UserError, match="--duration must be a finite number"):
+        BenchConfig(duration_s=float("nan"))  # NaN >= 0 is False but so is NaN < 0: it used to hang the loop
+    with pytest.raises(UserError, match="--warmup must be a finite number"):
+        BenchConfig(warmup_ms=float("inf"))
     with pytest.raises(UserError, match="--seq-len and --batch must be positive"):
         BenchConfig(seq_len=0)

@@ -9,12 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import lstminfer.measure.sweep as sweep_mod
+import lstminfer.measure.run as run_mod
 from lstminfer.backends.base import BackendChoice
+from lstminfer.backends.pytorch import TorchRunner
 from lstminfer.errors import UserError
 from lstminfer.measure.bench import BenchConfig
+from lstminfer.measure.records import BenchRecord, Point
 from lstminfer.measure.store import load_results
-from lstminfer.measure.sweep import Grid, Point, done_points, run_sweep, trim_unfinished
+from lstminfer.measure.sweep import Grid, done_points, run_sweep, trim_unfinished
 from lstminfer.model.base import Model
 from lstminfer.model.spec import ModelSpec, build_module
 
@@ -22,7 +24,7 @@ TINY = ["--kind", "lstm", "--input-size", "4", "--hidden-size", "8", "--num-laye
 FAST = ["--duration", "0.02", "--warmup", "0", "--iterations", "3"]
 TIMING = BenchConfig(warmup_ms=0, duration_s=0.01, iterations=3)
 TORCH = BackendChoice("torch", "cpu", True, "", "")
-REAL_BENCH = sweep_mod.bench
+REAL_TIMING = run_mod.time_queries  # the timing loop of every point: what the fakes below stand in for
 
 
 @pytest.fixture(scope="module")
@@ -91,17 +93,17 @@ def test_cli_sweep_measures_every_point_once(cli, tmp_path: Path) -> None:
         (s, b, o) for s in (1, 5) for b in (1, 3) for o in ("output", "hn", "cn")}
     assert all(r["passed"] for r in verified)
     results = load_results(tmp_path / "sweep.jsonl")  # what `lstminfer report` reads
-    assert len(results["bench"]) == 16 and results["model"]["name"] == "custom"
+    assert len(results["bench"]) == 16 and results["model"]["name"].startswith("seed with")  # size flags modify seed
     assert "Fastest backend per point" in out
 
 
 def test_failed_point_is_recorded_and_the_sweep_goes_on(tiny_model: Model, tmp_path: Path, monkeypatch) -> None:
-    def flaky(model, choices, config, **kwargs):
+    def flaky(runner, inputs, config, on_query=None):
         if config.seq_len == 3 and config.batch == 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return REAL_BENCH(model, choices, config, **kwargs)
+        return REAL_TIMING(runner, inputs, config, on_query)
 
-    monkeypatch.setattr(sweep_mod, "bench", flaky)
+    monkeypatch.setattr(run_mod, "time_queries", flaky)
     path = tmp_path / "sweep.jsonl"
     result = run_sweep(tiny_model, grid(), path, TIMING)
     errors = [r for r in lines_of(path) if r["kind"] == "error"]
@@ -112,48 +114,66 @@ def test_failed_point_is_recorded_and_the_sweep_goes_on(tiny_model: Model, tmp_p
     assert load_results(path)["errors"][0]["error"] == errors[0]["error"]
 
     # --retry-errors measures only the failed point again
-    monkeypatch.setattr(sweep_mod, "bench", REAL_BENCH)
+    monkeypatch.setattr(run_mod, "time_queries", REAL_TIMING)
     again = run_sweep(tiny_model, grid(), path, TIMING, resume=True, retry_errors=True)
-    assert [r for r in again.measured if r["kind"] == "bench"][0]["seq_len"] == 3
+    assert [r for r in again.measured if isinstance(r, BenchRecord)][0].point.seq_len == 3
     assert len(bench_points(path)) == 4
 
 
 def test_user_error_in_verify_is_recorded(tiny_model: Model, tmp_path: Path, monkeypatch) -> None:
-    def refuse(*args, **kwargs):
+    def refuse(self):
         raise UserError("backend torch cannot run this model: no")
 
-    monkeypatch.setattr(sweep_mod, "verify", refuse)
+    monkeypatch.setattr(TorchRunner, "prepare_impl", refuse)
     run_sweep(tiny_model, grid(seq_lens=(1,), batches=(1,)), tmp_path / "s.jsonl", TIMING)
     (error,) = [r for r in lines_of(tmp_path / "s.jsonl") if r["kind"] == "error"]
     assert error["error_type"] == "UserError" and "cannot run" in error["error"]
 
 
+def test_each_backend_is_prepared_once_for_the_whole_grid(tiny_model: Model, tmp_path: Path, monkeypatch) -> None:
+    prepared: list[tuple] = []
+    real = TorchRunner.prepare_impl
+
+    def counting(self):
+        prepared.append((self.name, self.device, self.precision, self.shapes))
+        real(self)
+
+    monkeypatch.setattr(TorchRunner, "prepare_impl", counting)
+    onnxruntime = BackendChoice("onnxruntime", "cpu", True, "", "")
+    g = grid(seq_lens=(1, 3), batches=(1, 2), precisions=("fp32", "bf16"), choices=(TORCH, onnxruntime))
+    run_sweep(tiny_model, g, tmp_path / "s.jsonl", TIMING)
+    # one prepare per (backend, device, precision), given every shape of the grid; 16 points measured
+    assert [p[:3] for p in prepared] == [("torch", "cpu", "fp32"), ("torch", "cpu", "bf16")]
+    assert all(set(p[3]) == {(1, 1), (1, 2), (3, 1), (3, 2)} for p in prepared)
+    assert len(bench_points(tmp_path / "s.jsonl")) == 16
+
+
 # ---- interruption and resume --------------------------------------------------------------------
 
 class Interrupt:
-    """bench that lets `n` points through, then acts as Ctrl-C; counts every point it measured."""
+    """The timing loop: lets `n` points through, then acts as Ctrl-C; counts every point it measured."""
 
     def __init__(self, n: int | None) -> None:
         self.n, self.measured = n, []
 
-    def __call__(self, model, choices, config, **kwargs):
+    def __call__(self, runner, inputs, config, on_query=None):
         if self.n is not None and len(self.measured) >= self.n:
             raise KeyboardInterrupt
         self.measured.append((config.precision, config.seq_len, config.batch))
-        return REAL_BENCH(model, choices, config, **kwargs)
+        return REAL_TIMING(runner, inputs, config, on_query)
 
 
 def test_ctrl_c_then_resume_measures_each_point_once(tiny_model: Model, tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "sweep.jsonl"
     g = grid(seq_lens=(1, 2, 3), batches=(1, 2))
     first = Interrupt(4)
-    monkeypatch.setattr(sweep_mod, "bench", first)
+    monkeypatch.setattr(run_mod, "time_queries", first)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(tiny_model, g, path, TIMING)
     assert len(bench_points(path)) == 4  # every finished point is on disk
 
     second = Interrupt(None)
-    monkeypatch.setattr(sweep_mod, "bench", second)
+    monkeypatch.setattr(run_mod, "time_queries", second)
     result = run_sweep(tiny_model, g, path, TIMING, resume=True)
     assert result.skipped == 4 and len(second.measured) == 2
     assert not set(first.measured) & set(second.measured)  # no point measured twice
@@ -171,7 +191,7 @@ def test_killed_writer_tail_is_dropped_and_remeasured(tiny_model: Model, tmp_pat
     assert load_results(path)["bench"].__len__() == 3  # readers tolerate the truncated last line
 
     counter = Interrupt(None)
-    monkeypatch.setattr(sweep_mod, "bench", counter)
+    monkeypatch.setattr(run_mod, "time_queries", counter)
     run_sweep(tiny_model, g, path, TIMING, resume=True)
     assert counter.measured == [("fp32", 3, 2)]
     lines = lines_of(path)  # every line parses again: the partial one is gone
@@ -211,12 +231,12 @@ def test_resume_with_another_model_is_refused(tiny_model: Model, tmp_path: Path)
 
 
 def test_cli_interrupt_exit_130_then_resume(cli, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(sweep_mod, "bench", Interrupt(1))
+    monkeypatch.setattr(run_mod, "time_queries", Interrupt(1))
     args = ["sweep", *TINY, *FAST, "--seq-len", "1,2", "--batch", "1", "--backends", "torch", "--out", tmp_path]
     code, _, err = cli(*args)
     assert code == 130 and "--resume" in err
     assert len(bench_points(tmp_path / "sweep.jsonl")) == 1
-    monkeypatch.setattr(sweep_mod, "bench", Interrupt(None))
+    monkeypatch.setattr(run_mod, "time_queries", Interrupt(None))
     code, out, err = cli(*args, "--resume")
     assert code == 0, err
     assert sorted(bench_points(tmp_path / "sweep.jsonl")) == [("fp32", 1, 1, "torch"), ("fp32", 2, 1, "torch")]
@@ -231,9 +251,11 @@ def test_unwritable_out_is_one_line_exit_2(cli, tmp_path: Path) -> None:
 
 
 def test_point_of_record_round_trips() -> None:
-    p = Point("fp16", 8, 2, "onnxruntime", "cuda")
-    assert Point.of(p.to_dict()) == p
-    assert Point.of({"backend": "torch", "device": "cpu", "precision": "fp32", "seq_len": None, "batch": None}) is None
+    p = Point("onnxruntime", "cuda", "fp16", 8, 2)
+    assert Point.from_dict(p.to_dict()) == p
+    shapeless = {"kind": "bench", "backend": "torch", "device": "cpu", "precision": "fp32", "seq_len": None,
+                 "batch": None}
+    assert done_points([shapeless]) == set()  # a backend skipped outright closes no point
 
 
 def synthetic_sweep() -> tuple[bytes, list[int]]:

@@ -1,8 +1,12 @@
 """The Runner interface every backend implements, and the registry that finds them.
 
-Life cycle (after Polygraphy's runners): ``prepare(max_shapes)`` loads and allocates, ``infer(inputs)``
-runs any number of times, ``close()`` frees. A backend overrides only the ``*_impl`` hooks; the public
-methods here own the checks, so ``verify`` and ``bench`` never special-case a backend by name.
+Life cycle (after Polygraphy's runners): ``prepare(shapes)`` loads and allocates for every (seq_len,
+batch) the runner will serve, ``infer(inputs)`` runs any number of times, ``close()`` frees. The shapes
+reach a runner by this one route (``self.shapes``, ``self.max_seq_len``, ...), never from the model's
+default shape, so an engine profile or a kernel plan covers every point of a sweep. A backend overrides
+only the ``*_impl`` hooks; the public methods here own the checks, so ``verify`` and ``bench`` never
+special-case a backend by name. Process-wide switches a backend needs (TF32, thread counts) come from
+``settings()``, a context entered by ``prepare`` and exited by ``close``: nothing leaks past a runner.
 
 Timing contract: ``infer`` is split into ``upload`` (host -> device copy), ``execute`` (enqueue the
 computation) and ``download`` (device -> host). ``bench`` stamps each stage with ``clock()`` markers:
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -47,7 +52,9 @@ class Runner:
         self.precision = precision
         self.options = options
         self.stream = None  # a torch.cuda.Stream for GPU runners; bench records events on it
+        self.shapes: tuple[tuple[int, int], ...] = ()  # (seq_len, batch) of every point to serve; set by prepare
         self._prepared = False
+        self._settings = contextlib.ExitStack()
 
     # ---- availability, never raises -------------------------------------------------------------
     @classmethod
@@ -85,14 +92,43 @@ class Runner:
         return f"{self.name}[{self.device}]"
 
     # ---- life cycle -----------------------------------------------------------------------------
-    def prepare(self) -> None:
+    def prepare(self, shapes: Sequence[tuple[int, int]] = ()) -> None:
+        """Load and allocate for every (seq_len, batch) in `shapes` (default: the model's own shape).
+
+        The first shape is the one to optimize for (an engine profile's opt); the largest bound what
+        is allocated.
+        """
         if self._prepared:
             return
         ok, why = self.supports()
         if not ok:
             raise UserError(f"backend {self.name} cannot run this model: {why}")
-        self.prepare_impl()
+        self.shapes = tuple(dict.fromkeys((int(s), int(b)) for s, b in shapes)) or ((self.model.seq_len,
+                                                                                      self.model.batch),)
+        self._settings.enter_context(self.settings())
+        try:
+            self.prepare_impl()
+        except BaseException:
+            self._settings.close()
+            raise
         self._prepared = True
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The (seq_len, batch) to optimize for: the first shape given to prepare."""
+        return self.shapes[0]
+
+    @property
+    def max_seq_len(self) -> int:
+        return max(s for s, _ in self.shapes)
+
+    @property
+    def max_batch(self) -> int:
+        return max(b for _, b in self.shapes)
+
+    def settings(self) -> contextlib.AbstractContextManager:
+        """Process-wide switches for this runner's lifetime (e.g. `torch_settings`); restored by close()."""
+        return contextlib.nullcontext()
 
     def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Host arrays in, host float arrays out (names from the model's outputs)."""
@@ -119,9 +155,12 @@ class Runner:
         return self.download_impl(device_outputs)
 
     def close(self) -> None:
-        if self._prepared:
-            self.close_impl()
-        self._prepared = False
+        try:
+            if self._prepared:
+                self.close_impl()
+        finally:
+            self._prepared = False
+            self._settings.close()
 
     def __enter__(self) -> Runner:
         self.prepare()
@@ -157,6 +196,27 @@ class Runner:
 
     def benchmark(self, config: Any) -> dict[str, Any]:  # only for self_timed backends
         raise NotImplementedError
+
+
+@contextlib.contextmanager
+def torch_settings(tf32: bool | None = None, threads: int | None = None) -> Iterator[None]:
+    """TF32 for cuDNN and cuBLAS, and torch's intra-op thread count, set inside and restored on exit.
+
+    PyTorch keeps both process-wide; a runner that set them for good would change every backend after it.
+    """
+    import torch
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads())
+    try:
+        if tf32 is not None:
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+        if threads:
+            torch.set_num_threads(int(threads))
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before[:2]
+        if torch.get_num_threads() != before[2]:
+            torch.set_num_threads(before[2])
 
 
 class OnnxFileRunner(Runner):
@@ -234,8 +294,13 @@ def select_backends(requested: list[str] | None, device: str = "all",
     if device not in ("all", "cpu", "cuda"):
         raise UserError(f"unknown device {device!r}: use cpu, cuda or all")
     if not requested:
-        return [c for c in every if c.available and device in ("all", c.device)
-                and (model is None or runner_class(c.name).applies_to(model))]
+        chosen = [c for c in every if c.available and device in ("all", c.device)
+                  and (model is None or runner_class(c.name).applies_to(model))]
+        if not chosen:  # e.g. --device cuda without CUDA: running nothing must not look like success
+            why = "; ".join(f"{c.label}: {c.reason}" for c in every if c.device == device and not c.available)
+            raise UserError(f"no backend can run on {device} here ({why or 'none applies to this model'}); "
+                            "see `lstminfer backends`")
+        return chosen
     chosen = []
     for item in requested:
         name, _, dev = item.partition(":")

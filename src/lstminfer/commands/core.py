@@ -1,82 +1,72 @@
-"""`lstminfer backends | export | verify | bench | run`: thin calls into export, verify and bench."""
+"""`lstminfer backends | export | verify | bench | run`: thin calls into export and lstminfer.measure.run."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lstminfer.backends.base import list_backends, select_backends
-from lstminfer.commands.common import (
-    add_backend_args,
-    add_model_args,
-    add_output_args,
-    backend_options,
-    model_from_args,
-    print_table,
-    progress_bar,
-    split_list,
-    stderr_console,
-    write_json_output,
+from lstminfer.backends.base import list_backends
+from lstminfer.commands.args import BackendArgs, ExportArgs, ModelArgs, OutputArgs, TimingArgs, model_from_args
+from lstminfer.commands.console import print_notes, print_table, stderr_console, write_json_output
+from lstminfer.commands.measuring import (
+    StepLog,
+    check_output_file,
+    check_something_ran,
+    export_for,
+    print_reference,
+    runner_options,
+    select_targets,
+    verify_code,
 )
-from lstminfer.measure.bench import BenchConfig, bench
-from lstminfer.measure.store import ensure_writable_dir, new_results, write_json_atomic
-from lstminfer.measure.verify import any_failed, default_points, parse_points, verify
-from lstminfer.onnx.export import EXPORTERS, export_model
-from lstminfer.report.render import bench_rows, verify_rows, write_report
+from lstminfer.errors import UserError
+from lstminfer.measure.bench import BenchConfig
+from lstminfer.measure.records import BenchRecord, Point, Record, verdicts
+from lstminfer.measure.run import Measurement, measure
+from lstminfer.measure.store import StagedDir, ensure_writable_dir, new_results, write_json_atomic
+from lstminfer.measure.verify import References, affordable_points, check_onnx_reference, parse_points
+from lstminfer.model.base import Model
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("backends", help="list every backend, available or not, and why")
-    add_output_args(p)
+    OutputArgs().add_to(p)
     p.set_defaults(func=cmd_backends)
 
     p = subparsers.add_parser("export", help="export a PyTorch LSTM/GRU to ONNX and check it")
-    add_model_args(p)
+    ModelArgs().add_to(p)
     p.add_argument("-o", "--output", default="model.onnx", help="ONNX file to write (default model.onnx)")
-    p.add_argument("--exporter", choices=EXPORTERS, default="auto",
-                   help="torchscript (torch.onnx.export dynamo=False), direct (ours), auto (torchscript, else direct)")
-    add_output_args(p)
+    ExportArgs().add_to(p)
+    OutputArgs().add_to(p)
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("verify", help="compare every backend with a float64 reference")
-    add_verify_args(p)
+    add_measure_args(p, verify=True, timing=False)
     p.set_defaults(func=cmd_verify)
 
     p = subparsers.add_parser("bench", help="benchmark every backend with trtexec's statistics")
-    add_bench_args(p)
+    add_measure_args(p, verify=False, timing=True)
     p.set_defaults(func=cmd_bench)
 
     p = subparsers.add_parser("run", help="the whole tutorial: export, verify, bench, report")
-    add_verify_args(p, out_dir=True)
-    add_timing_args(p)
+    add_measure_args(p, verify=True, timing=True)
     p.set_defaults(func=cmd_run)
 
 
-def add_verify_args(p: argparse.ArgumentParser, out_dir: bool = False) -> None:
-    add_model_args(p)
-    add_backend_args(p)
-    p.add_argument("--points", default=None, metavar="SEQxBATCH,...",
-                   help="shapes to verify (default: seq 1, the model's, a much longer one, another batch)")
-    p.add_argument("--exporter", choices=EXPORTERS, default="auto")
-    add_output_args(p, out_dir=True)
-
-
-def add_timing_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("timing (trtexec's defaults)")
-    g.add_argument("--warmup", type=float, default=200.0, metavar="MS", help="warm-up time in ms (default 200)")
-    g.add_argument("--duration", type=float, default=3.0, metavar="S", help="minimum timed seconds (default 3)")
-    g.add_argument("--iterations", type=int, default=10, help="minimum timed queries (default 10)")
-    g.add_argument("--no-data-transfers", action="store_true", help="keep inputs and outputs on the device")
-    g.add_argument("--raw-times", action="store_true", help="keep every query's raw timestamps in the JSON")
-
-
-def add_bench_args(p: argparse.ArgumentParser) -> None:
-    add_model_args(p)
-    add_backend_args(p)
-    p.add_argument("--exporter", choices=EXPORTERS, default="auto")
-    add_timing_args(p)
-    add_output_args(p, out_dir=True)
+def add_measure_args(p: argparse.ArgumentParser, verify: bool, timing: bool) -> None:
+    ModelArgs().add_to(p)
+    BackendArgs().add_to(p)
+    if verify:
+        p.add_argument("--points", default=None, metavar="SEQxBATCH,...",
+                       help="shapes to verify (default: seq 1, the model's, a much longer one, another batch)")
+        p.add_argument("--allow-unverified", action="store_true",
+                       help="exit 0 when the only reference is a runtime under test (labelled unverified)")
+    ExportArgs().add_to(p)
+    if timing:
+        TimingArgs().add_to(p)
+    OutputArgs(out_dir=True).add_to(p)
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -88,12 +78,14 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from lstminfer.onnx.export import export_model
+
+    check_output_file(args.json)
+    check_output_file(args.output, "-o")
     model = model_from_args(args)
     with stderr_console().status("exporting and checking the ONNX file"):
         result = export_model(model, args.output, args.exporter)
-    console = stderr_console()
-    for note in result.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+    print_notes(result.notes)
     worst = max(c["max_abs_err"] for c in result.checks)
     shapes = sorted({(c["seq_len"], c["batch"]) for c in result.checks})
     print(f"wrote {result.path} ({result.exporter} exporter); ONNX Runtime matches PyTorch at "
@@ -103,124 +95,155 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_model(args: argparse.Namespace, out: Path) -> tuple[Any, list[str]]:
-    """The model, exported into `out` unless it cannot be (proj_size): then the torch backends run alone."""
+# ---- verify, bench, run: one plan, checked before any work ------------------------------------------------------
+@dataclass
+class Job:
+    model: Model
+    targets: list[Point]
+    verify_points: list[tuple[int, int]]
+    bench_points: list[tuple[int, int]]
+    timing: BenchConfig
+    notes: list[str]
+    out: Path
+
+
+def _job(args: argparse.Namespace, verify: bool, bench: bool) -> Job:
+    """Every argument checked and every output path too, before the export (issue 14 items 9 and 20)."""
+    check_output_file(args.json)
+    points = parse_points(args.points) if verify and args.points else None
+    out = ensure_writable_dir(args.out)
     model = model_from_args(args)
-    notes = []
-    if model.module is None:  # a user's ONNX or TorchScript file: nothing to export
-        return model, list(getattr(model, "notes", []))
-    if model.spec and model.spec.proj_size:
-        notes.append("proj_size: ONNX's LSTM has no projection, so there is no ONNX file; torch backends only")
-        return model, notes
-    with stderr_console().status("exporting and checking the ONNX file"):
-        result = export_model(model, out / "model.onnx", args.exporter)
-    notes.extend(result.notes)
-    return model, notes
-
-
-def _options(args: argparse.Namespace) -> dict[str, Any]:
-    """Runner options: TF32, and the --out dir (TensorRT's engine cache lives under it)."""
-    return {**backend_options(args), "out_dir": args.out}
-
-
-def _choices(args: argparse.Namespace, model: Any = None) -> list:
-    return select_backends(split_list(args.backends), args.device, model)
-
-
-def _verify(args: argparse.Namespace, model: Any) -> list[dict[str, Any]]:
-    if args.points:
-        points = parse_points(args.points)
-    elif hasattr(model, "verify_points"):  # a user's file: only its free sequence / batch axes vary
-        points = model.verify_points()
-    else:
-        points = default_points(model.seq_len, model.batch)
-    choices = _choices(args, model)
-    with progress_bar() as bar:
-        task = bar.add_task("verify", total=None)
-        records = verify(model, choices, points, precision=args.precision, seed=args.seed,
-                         options=_options(args), progress=lambda msg: bar.update(task, description=msg))
-    return records
-
-
-def _bench(args: argparse.Namespace, model: Any) -> list[dict[str, Any]]:
-    config = BenchConfig(warmup_ms=args.warmup, duration_s=args.duration, iterations=args.iterations,
+    targets = select_targets(args, None, args.precision)  # names, devices, precision: before the export
+    notes: list[str] = []
+    if verify and points is None:
+        points, notes = affordable_points(model, model.verify_points())
+    timing = TimingArgs.parse(args) if bench else None
+    config = BenchConfig(warmup_ms=timing.warmup_ms, duration_s=timing.duration_s, iterations=timing.iterations,
+                         no_data_transfers=timing.no_data_transfers, keep_raw=timing.keep_raw,
                          seq_len=model.seq_len, batch=model.batch, precision=args.precision,
-                         no_data_transfers=args.no_data_transfers, seed=args.seed, keep_raw=args.raw_times)
-    choices = _choices(args, model)
-    with progress_bar() as bar:
-        task = bar.add_task("bench", total=1.0)
-        records = bench(model, choices, config, options=_options(args),
-                        progress=lambda label, frac: bar.update(task, description=f"bench {label}", completed=frac))
-    return records
+                         seed=args.seed) if timing else BenchConfig(seed=args.seed)
+    return Job(model, targets, list(points or []), [(model.seq_len, model.batch)] if bench else [], config, notes,
+               out)
 
 
-def _print_notes(notes: list[str]) -> None:
+def _measure(job: Job, args: argparse.Namespace, directory: Path,
+             finished: Any = None) -> tuple[Measurement, list[str]]:
+    """Export into `directory`, the shared float64 reference, then every backend; the records and the notes."""
+    model = job.model
+    with StepLog() as log:
+        notes = export_for(model, directory, args.exporter, log) + job.notes
+        # again with the exported model: by default, backends that do not apply to it (no ONNX file) are left out
+        job.targets = select_targets(args, model, args.precision)
+        references = References(model, args.seed)
+        if job.verify_points:
+            log(f"float64 reference at {', '.join(f'{s}x{b}' for s, b in job.verify_points)} (seq x batch)")
+            for seq_len, batch in job.verify_points:
+                references.outputs(seq_len, batch)
+    notes = [*model.notes, *notes]
+    print_reference(references.unverified if job.verify_points else None, notes,
+                    getattr(args, "allow_unverified", False))
+    result = Measurement()
+    if job.verify_points and model.onnx_path is not None and model.module is not None:
+        result.add(check_onnx_reference(model, references, job.verify_points))
+    with StepLog() as log:
+        done = measure(model, job.targets, references, job.verify_points, job.bench_points, job.timing,
+                       runner_options(args, job.out), progress=log, finished=finished)
+    result.add(done.verify + done.bench)
+    return result, notes
+
+
+def _verify_table(model: Model, records: list[Record]) -> None:
+    from lstminfer.report.tables import reference_names, verify_rows
+
+    print_table(f"Verification of {model.name} against {reference_names(records)}", verify_rows(records))
+
+
+def _bench_table(job: Job, records: list[Record]) -> None:
+    from lstminfer.report.tables import bench_rows
+
+    rows, _ = bench_rows(records)
+    print_table(f"Benchmark of {job.model.name}, seq {job.model.seq_len} x batch {job.model.batch}, "
+                f"{job.timing.precision}", rows)
+    _print_warnings(records)
+
+
+def _print_warnings(records: list[Record]) -> None:
+    from rich.markup import escape
+
     console = stderr_console()
-    for note in notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+    for r in records:
+        for w in r.warnings if isinstance(r, BenchRecord) else ():
+            console.print("[yellow]warning[/yellow] " + escape(f"{r.point.label}: {w}"))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    out = ensure_writable_dir(args.out)
-    model, notes = _prepare_model(args, out)
-    _print_notes(notes)
-    records = _verify(args, model)
-    print_table(f"Verification of {model.name} against {records[0]['reference'] if records else '-'}",
-                verify_rows(records))
-    write_json_output(args.json, records)
-    return 1 if any_failed(records) else 0
+    job = _job(args, verify=True, bench=False)
+    result, _ = _measure(job, args, job.out)
+    check_something_ran(result.verify, "verified")
+    _verify_table(job.model, result.verify)
+    write_json_output(args.json, [r.to_dict() for r in result.verify])
+    return verify_code(result.verify, args.allow_unverified)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    out = ensure_writable_dir(args.out)
-    model, notes = _prepare_model(args, out)
-    _print_notes(notes)
-    records = _bench(args, model)
-    rows, unit = bench_rows(records)
-    print_table(f"Benchmark of {model.name}, seq {model.seq_len} x batch {model.batch}, {args.precision}", rows)
-    _print_warnings(records)
-    write_json_output(args.json, records)
+    job = _job(args, verify=False, bench=True)
+    result, _ = _measure(job, args, job.out)
+    check_something_ran(result.bench, "benchmarked")
+    _bench_table(job, result.bench)
+    write_json_output(args.json, [r.to_dict() for r in result.bench])
     return 0
 
 
-def _print_warnings(records: list[dict[str, Any]]) -> None:
-    console = stderr_console()
-    for r in records:
-        for w in r.get("warnings", []):
-            console.print(f"[yellow]warning[/yellow] {r['backend']}[{r['device']}]: {w}")
+def summary_rows(verify: list[Record], bench: list[Record]) -> list[dict[str, Any]]:
+    """One line per benchmarked backend: its verdict at that precision, its median latency, "vs torch"."""
+    from lstminfer.report.tables import bench_rows
+
+    verdict = verdicts(verify)
+    rows, unit = bench_rows(bench)
+    median = unit.header("median")
+    return [{"backend": r.point.backend, "device": r.point.device, "precision": r.point.precision,
+             "verified": verdict.get(r.point.runner, "-"), median: row.get(median), "vs torch": row.get("vs torch"),
+             "note": row.get("note")} for r, row in zip(bench, rows)]
 
 
-def summary_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One line per backend: its verdict, its median latency and its speedup over torch eager."""
-    verdict = {(r["backend"], r["device"]): r["verdict"] for r in verify_rows(results["verify"])}
-    rows, unit = bench_rows(results["bench"])
-    out = []
-    for row in rows:
-        key = (row["backend"], row["device"])
-        out.append({"backend": row["backend"], "device": row["device"], "verified": verdict.get(key, "-"),
-                    f"median ({unit})": row.get(f"median ({unit})"), "vs torch": row.get("vs torch"),
-                    "note": row.get("note")})
-    return out
+def _results(job: Job, result: Measurement, notes: list[str], stage: Path) -> dict[str, Any]:
+    """The results.json object (docs/reports.md), naming model.onnx where it will be once the run completes."""
+    out = new_results(job.model.describe())
+    if job.model.onnx_path is not None and Path(job.model.onnx_path).parent == stage:
+        out["model"]["onnx"] = str(job.out / Path(job.model.onnx_path).name)
+    return {**out, "notes": notes, "verify": [r.to_dict() for r in result.verify],
+            "bench": [r.to_dict() for r in result.bench]}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """export -> verify -> bench -> results.json + report.md, each file written atomically as soon as it exists."""
-    out = ensure_writable_dir(args.out)
-    model, notes = _prepare_model(args, out)
-    _print_notes(notes)
-    results = new_results(model.describe())
-    results["notes"] = notes
-    results["verify"] = _verify(args, model)
-    write_json_atomic(out / "results.json", results)
-    print_table(f"Verification of {model.name}", verify_rows(results["verify"]))
-    results["bench"] = _bench(args, model)
-    write_json_atomic(out / "results.json", results)
-    write_report(results, out / "report.md", "md")
-    rows, unit = bench_rows(results["bench"])
-    print_table(f"Benchmark of {model.name}, seq {model.seq_len} x batch {model.batch}, {args.precision}", rows)
-    _print_warnings(results["bench"])
-    print_table("Summary", summary_rows(results))
+    """export -> verify -> bench -> results.json + report.md, written into OUT/.partial and moved into OUT at the
+    end: an interrupted run leaves the previous results as they were (issue 14 item 7)."""
+    from lstminfer.report.render import write_report
+
+    job = _job(args, verify=True, bench=True)
+    staged = StagedDir(job.out)
+    stage = staged.start()
+
+    def save_partial(_target: Point, so_far: Measurement) -> None:
+        write_json_atomic(stage / "results.json", _results(job, so_far, [], stage))
+
+    try:
+        result, notes = _measure(job, args, stage, finished=save_partial)
+        check_something_ran(result.verify + result.bench, "measured")
+    except KeyboardInterrupt:
+        print(f"lstminfer: interrupted: the previous results in {job.out} are untouched; this run's partial "
+              f"results are in {stage}", file=sys.stderr)
+        return 130
+    except UserError:
+        staged.discard()
+        raise
+    results = _results(job, result, notes, stage)
+    write_json_atomic(stage / "results.json", results)
+    write_report(results, stage / "report.md", "md")
+    written = staged.commit(stale="report-*.png")
+    _verify_table(job.model, result.verify)
+    _bench_table(job, result.bench)
+    print_table("Summary", summary_rows(result.verify, result.bench))
     write_json_output(args.json, results)
-    written = ["model.onnx"] if model.onnx_path else []
-    print(f"wrote {', '.join(str(out / f) for f in written + ['results.json', 'report.md'])}")
-    return 1 if any_failed(results["verify"]) else 0
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return verify_code(result.verify, args.allow_unverified)

@@ -10,11 +10,13 @@ with CUDA events on the runner's stream for GPU runners (the host clock for CPU 
 Runtime, which synchronizes inside ``run``).  Enqueue time is the host clock around ``execute``; host
 latency is the host clock around the whole query, inputs and outputs on the host.  Unlike trtexec we
 keep one query in flight, not two, so throughput is 1 / latency and never hides a host gap.
-Statistics are pure functions of the stamps (lstminfer.stats).
+Statistics are pure functions of the stamps (lstminfer.measure.stats); the runner lifetime that calls
+`time_queries` is in lstminfer.measure.run.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -22,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from lstminfer.backends.base import BackendChoice, Runner, runner_class
+from lstminfer.backends.base import Runner
 from lstminfer.errors import UserError
+from lstminfer.measure.records import BenchRecord, Point
 from lstminfer.measure.stats import QueryRecord, performance_summary
-from lstminfer.model.base import Model
 
 
 @dataclass
@@ -41,10 +43,11 @@ class BenchConfig:
     keep_raw: bool = False  # keep every query's raw stamps in the record
 
     def __post_init__(self) -> None:
-        if self.warmup_ms < 0:
-            raise UserError(f"--warmup must be >= 0 ms, got {self.warmup_ms}")
-        if self.duration_s < 0:
-            raise UserError(f"--duration must be >= 0 s, got {self.duration_s}")
+        # not (x >= 0) also refuses NaN, which would never end the timing loop
+        if not (math.isfinite(self.warmup_ms) and self.warmup_ms >= 0):
+            raise UserError(f"--warmup must be a finite number >= 0 ms, got {self.warmup_ms}")
+        if not (math.isfinite(self.duration_s) and self.duration_s >= 0):
+            raise UserError(f"--duration must be a finite number >= 0 s, got {self.duration_s}")
         if self.iterations <= 0:
             raise UserError(f"--iterations must be a positive integer, got {self.iterations}")
         if self.seq_len <= 0 or self.batch <= 0:
@@ -138,26 +141,19 @@ def time_queries(runner: Runner, inputs: dict[str, np.ndarray], config: BenchCon
     return records
 
 
-def bench_record(runner: Runner, records: Sequence[QueryRecord], config: BenchConfig) -> dict[str, Any]:
-    """The JSON record of one benchmark (schema in docs/reports.md)."""
+def bench_record(runner: Runner, point: Point, records: Sequence[QueryRecord], config: BenchConfig) -> BenchRecord:
+    """The record of one benchmark at `point` (schema in docs/reports.md)."""
     summary = performance_summary(records)
-    host = summary.host
-    rec: dict[str, Any] = {
-        "backend": runner.name, "device": runner.device, "precision": config.precision,
-        "seq_len": config.seq_len, "batch": config.batch, "source": "lstminfer",
-        "clock": _clock_kind(runner),
-        "throughput_qps": summary.throughput_qps, "queries": summary.queries, "walltime_s": summary.walltime_s,
-        "total_gpu_compute_s": summary.total_gpu_compute_s,
-        "latency_ms": host.to_dict() if host else summary.latency.to_dict(),
-        "trt_latency_ms": summary.latency.to_dict(), "gpu_compute_ms": summary.gpu_compute.to_dict(),
-        "h2d_ms": summary.h2d.to_dict(), "d2h_ms": summary.d2h.to_dict(), "enqueue_ms": summary.enqueue.to_dict(),
-        "times_ms": [r.host_ms for r in records], "warnings": _warnings_for(runner, summary.warnings),
-        "data_transfers": not config.no_data_transfers,
-        "config": asdict(config), **runner.describe(),
-    }
+    extra: dict[str, Any] = {"config": asdict(config), **runner.describe()}
     if config.keep_raw:
-        rec["queries_raw"] = [r.to_dict() for r in records]
-    return rec
+        extra["queries_raw"] = [r.to_dict() for r in records]
+    return BenchRecord(
+        point, latency_ms=summary.host or summary.latency, throughput_qps=summary.throughput_qps,
+        queries=summary.queries, walltime_s=summary.walltime_s, source="lstminfer", clock=_clock_kind(runner),
+        total_gpu_compute_s=summary.total_gpu_compute_s, trt_latency_ms=summary.latency,
+        gpu_compute_ms=summary.gpu_compute, h2d_ms=summary.h2d, d2h_ms=summary.d2h, enqueue_ms=summary.enqueue,
+        times_ms=tuple(r.host_ms for r in records), warnings=tuple(_warnings_for(runner, summary.warnings)),
+        data_transfers=not config.no_data_transfers, extra=extra)
 
 
 def _warnings_for(runner: Runner, warnings: Sequence[str]) -> list[str]:
@@ -165,58 +161,3 @@ def _warnings_for(runner: Runner, warnings: Sequence[str]) -> list[str]:
     if _clock_kind(runner) == "cuda-events":
         return list(warnings)
     return [w.replace("GPU compute time", "Compute time") for w in warnings if "unstable" in w]
-
-
-def bench(model: Model, choices: Sequence[BackendChoice], config: BenchConfig, options: dict[str, Any] | None = None,
-          progress: Callable[[str, float], None] | None = None) -> list[dict[str, Any]]:
-    """Benchmark each backend on the same inputs; a backend that cannot run gives a record with `skipped`."""
-    options = options or {}
-    inputs = model.make_inputs(config.seq_len, config.batch, np.random.default_rng(config.seed))
-    out = []
-    for choice in choices:
-        cls = runner_class(choice.name)
-        runner = cls(model, device=choice.device, precision=config.precision, **options)
-        base = {"backend": choice.name, "device": choice.device, "precision": config.precision,
-                "seq_len": config.seq_len, "batch": config.batch}
-        if cls.self_timed:
-            out.append({**base, **runner.benchmark(config)})
-            continue
-        ok, why = runner.supports()
-        if not ok:
-            out.append({**base, "skipped": why})
-            continue
-        try:
-            runner.prepare()
-            label = runner.label
-
-            def on_query(n: int, elapsed: float, label: str = label) -> None:
-                if progress:
-                    progress(label, min(elapsed / max(config.duration_s, 1e-9), 1.0))
-
-            records = time_queries(runner, inputs, config, on_query)
-            out.append(bench_record(runner, records, config))
-        except UserError as err:
-            out.append({**base, "error": str(err)})
-        finally:
-            runner.close()
-    return out
-
-
-def comparison(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median latency per backend and its speedup over `torch` eager on the same device and precision."""
-    baseline = {}
-    for r in records:
-        if r.get("backend") == "torch" and "latency_ms" in r:
-            baseline[(r["device"], r["precision"], r["seq_len"], r["batch"])] = r["latency_ms"]["median"]
-    rows = []
-    for r in records:
-        if "latency_ms" not in r:
-            continue
-        base = baseline.get((r["device"], r["precision"], r["seq_len"], r["batch"]))
-        median = r["latency_ms"]["median"]
-        rows.append({"backend": r["backend"], "device": r["device"], "precision": r["precision"],
-                     "seq_len": r["seq_len"], "batch": r["batch"], "median_ms": median,
-                     "gpu_compute_median_ms": r.get("gpu_compute_ms", {}).get("median"),
-                     "throughput_qps": r.get("throughput_qps"),
-                     "speedup_vs_torch": (base / median) if base and median else None})
-    return rows

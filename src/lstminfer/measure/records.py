@@ -74,7 +74,8 @@ class Point:
     precision: str
     seq_len: int | None = None
     batch: int | None = None
-    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (name, dims) of every input, when known
+    # (name, dims) of every input, when known; not part of the key (a grid point is the same point with or without)
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = field(default=(), compare=False)
 
     @property
     def runner(self) -> Point:

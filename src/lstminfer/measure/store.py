@@ -18,8 +18,8 @@ import json
 import math
 import os
 import platform
+import shutil
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -211,11 +211,39 @@ def load_results(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def merge(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    results = list(results)
-    out = {"schema": SCHEMA_VERSION, "machine": results[0].get("machine", {}) if results else {},
-           "model": results[0].get("model", {}) if results else {}, "verify": [], "bench": []}
-    for r in results:
-        out["verify"].extend(r.get("verify", []))
-        out["bench"].extend(r.get("bench", []))
-    return out
+class StagedDir:
+    """A run's files written into ``OUT/.partial/`` and moved into OUT together only when the run completes.
+
+    An interrupted or failed run leaves the previous complete results in OUT byte for byte, and its own
+    partial files in `path` (replaced by the next run).
+    """
+
+    NAME = ".partial"
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.path = out / self.NAME
+
+    def start(self) -> Path:
+        shutil.rmtree(self.path, ignore_errors=True)
+        ensure_writable_dir(self.path)
+        return self.path
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def commit(self, stale: str = "") -> list[Path]:
+        """Move every file into OUT (results.json last: it marks the run complete); remove OUT's files
+        matching `stale` that this run did not write (an earlier run's plots would mislead)."""
+        files = sorted(self.path.iterdir(), key=lambda f: f.name == "results.json")
+        names = {f.name for f in files}
+        try:
+            for old in self.out.glob(stale) if stale else []:
+                if old.name not in names and old.is_file():
+                    old.unlink()
+            for f in files:
+                os.replace(f, self.out / f.name)
+            self.path.rmdir()
+        except OSError as err:
+            raise UserError(f"cannot move the results from {self.path} into {self.out}: {err.strerror}") from err
+        return [self.out / f.name for f in files]

@@ -1,7 +1,9 @@
-"""A sweep: every (precision, seq_len, batch, backend) point of a grid, verified then benchmarked.
+"""A sweep: every (precision, backend, seq_len, batch) point of a grid, verified then benchmarked.
 
-Each point is measured with the same functions as `lstminfer verify` and `lstminfer bench` (no timing
-code of its own) and its lines are appended to a JSONL file as soon as the point finishes, each fsynced:
+Each (backend, device, precision) is one runner lifetime serving all of its points
+(lstminfer.measure.run: prepared once for every shape of the grid, the same verify and timing code as
+`lstminfer verify` and `lstminfer bench`).  Each point's lines are appended to a JSONL file as soon as the
+point finishes, each fsynced:
 
     {"kind": "machine", "machine": {...}, "model": {...}}     once per file, first
     {"kind": "verify", backend, device, precision, seq_len, batch, output, max_abs_err, ...}   per output
@@ -20,47 +22,21 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lstminfer.backends.base import PRECISIONS, BackendChoice
 from lstminfer.errors import UserError
-from lstminfer.measure.bench import BenchConfig, bench
+from lstminfer.measure.bench import BenchConfig
+from lstminfer.measure.records import BenchRecord, Failure, Point, Record, Skip, VerifyRecord, to_line
+from lstminfer.measure.run import Step, serve
 from lstminfer.measure.store import append_jsonl, machine_info
-from lstminfer.measure.verify import verify
+from lstminfer.measure.verify import References
 from lstminfer.model.base import Model
 
 SWEEP_FILE = "sweep.jsonl"
 POINT_ENDS = ("bench", "error")  # the line kinds that close a point
-
-
-@dataclass(frozen=True, order=True)
-class Point:
-    """One measurement of the grid: a backend on a device at one precision and shape."""
-
-    precision: str
-    seq_len: int
-    batch: int
-    backend: str
-    device: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.backend}[{self.device}] {self.precision} seq {self.seq_len} x batch {self.batch}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "device": self.device, "precision": self.precision,
-                "seq_len": self.seq_len, "batch": self.batch}
-
-    @classmethod
-    def of(cls, record: dict[str, Any]) -> Point | None:
-        """The point a record belongs to; None for records with no shape (e.g. a backend skipped outright)."""
-        try:
-            return cls(str(record["precision"]), int(record["seq_len"]), int(record["batch"]),
-                       str(record["backend"]), str(record["device"]))
-        except (KeyError, TypeError, ValueError):
-            return None
 
 
 @dataclass(frozen=True)
@@ -91,30 +67,37 @@ class Grid:
         object.__setattr__(self, "precisions", tuple(dict.fromkeys(self.precisions)))
         object.__setattr__(self, "choices", tuple(dict.fromkeys(self.choices)))
 
+    def targets(self) -> list[Point]:
+        """Every (backend, device, precision): one runner lifetime each, precision outermost."""
+        return [Point(c.name, c.device, p) for p in self.precisions for c in self.choices]
+
     def points(self) -> list[Point]:
-        """In measuring order: precision, then sequence length, then batch, then backend."""
-        return [Point(p, s, b, c.name, c.device)
-                for p in self.precisions for s in self.seq_lens for b in self.batches for c in self.choices]
+        """In measuring order: precision, then backend, then sequence length, then batch."""
+        return [t.at(s, b) for t in self.targets() for s in self.seq_lens for b in self.batches]
 
 
-def done_points(records: Iterable[dict[str, Any]], retry_errors: bool = False) -> set[Point]:
-    """Points whose closing line (bench, or error unless retrying them) is among `records`."""
+def done_points(lines: Iterable[dict[str, Any]], retry_errors: bool = False) -> set[Point]:
+    """Points whose closing line (bench, or error unless retrying them) is among `lines`."""
     ends = ("bench",) if retry_errors else POINT_ENDS
-    return {p for r in records if r.get("kind") in ends and (p := Point.of(r)) is not None}
+    done = set()
+    for line in lines:
+        if line.get("kind") not in ends:
+            continue
+        try:
+            point = Point.from_dict(line, "a sweep line")
+        except UserError:
+            continue  # not a point of ours (e.g. hand-edited): measured again
+        if point.seq_len is not None and point.batch is not None:
+            done.add(point)
+    return done
 
 
-def check_target(path: Path, resume: bool) -> None:
-    """Fail early (before exporting anything) when the file holds a sweep and --resume was not given."""
-    if path.exists() and path.stat().st_size > 0 and not resume:
-        raise UserError(f"{path} already holds a sweep: pass --resume to continue it, or choose another --out")
-
-
-def trim_unfinished(path: Path) -> list[dict[str, Any]]:
-    """Cut the file after its last finished point; return the records kept.
+def read_sweep(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The records up to the last finished point, and that point's end in bytes; the file is not touched.
 
     What follows that point is a killed writer's leftovers: a truncated line, or the verify lines of a
-    point whose bench line was never written.  That point is measured again, so nothing is lost.
-    A corrupt line before the end is not a leftover: it is an error, and the file is left untouched.
+    point whose bench line was never written.  A corrupt line before the end is not a leftover: it is
+    an error.
     """
     try:
         data = path.read_bytes()
@@ -142,12 +125,18 @@ def trim_unfinished(path: Path) -> list[dict[str, Any]]:
             if record.get("kind") in POINT_ENDS + ("machine",):
                 keep_bytes, keep_records = end, len(records)
         offset = end
-    if keep_bytes < len(data):
+    return records[:keep_records], keep_bytes
+
+
+def trim_unfinished(path: Path) -> list[dict[str, Any]]:
+    """Cut the file after its last finished point (see `read_sweep`); return the records kept."""
+    records, keep_bytes = read_sweep(path)
+    if keep_bytes < path.stat().st_size:
         try:
             os.truncate(path, keep_bytes)
         except OSError as err:
             raise UserError(f"cannot repair {path}: {err.strerror}; check its permissions") from err
-    return records[:keep_records]
+    return records
 
 
 def _same_model(stored: dict[str, Any], model: dict[str, Any]) -> bool:
@@ -155,25 +144,41 @@ def _same_model(stored: dict[str, Any], model: dict[str, Any]) -> bool:
     return all(stored.get(k) == model.get(k) for k in keys if k in stored)
 
 
-def open_sweep(path: Path, model: Model, resume: bool, retry_errors: bool = False) -> tuple[set[Point], list[str]]:
-    """Start the file (its machine line) or, resuming, repair it; return the points done and notes."""
-    check_target(path, resume)
-    notes: list[str] = []
-    records = trim_unfinished(path) if path.exists() else []
+def check_target(path: Path, resume: bool, model: Model | None = None) -> list[dict[str, Any]]:
+    """Every reason to refuse the sweep file, found before anything is exported or written; its records.
+
+    Without --resume an existing sweep is refused; with it, a corrupt file or one measured on another
+    model is (`model` None skips that check).
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    if not resume:
+        raise UserError(f"{path} already holds a sweep: pass --resume to continue it, or choose another --out")
+    records, _ = read_sweep(path)
     machine_lines = [r for r in records if r.get("kind") == "machine"]
-    description = model.describe()
-    if machine_lines:
+    if model is not None and machine_lines:
         stored = machine_lines[0].get("model") or {}
-        if not _same_model(stored, description):
+        if not _same_model(stored, model.describe()):
             raise UserError(f"{path} was measured on another model ({stored.get('name')} {stored.get('spec')}); "
                             "use the same model options to resume, or choose another --out")
+    return records
+
+
+def open_sweep(path: Path, model: Model, resume: bool, retry_errors: bool = False) -> tuple[set[Point], list[str]]:
+    """Start the file (its machine line) or, resuming, repair it; return the points done and notes."""
+    records = check_target(path, resume, model)
+    notes: list[str] = []
+    if records:
+        records = trim_unfinished(path)
+    machine_lines = [r for r in records if r.get("kind") == "machine"]
+    if machine_lines:
         here, there = machine_info(), machine_lines[0].get("machine") or {}
         for key in ("cpu", "gpu"):
             if there.get(key) != here.get(key):
                 notes.append(f"resuming on another machine ({key} differs from the file's): timings will mix")
                 break
     else:
-        append_jsonl(path, {"kind": "machine", "machine": machine_info(), "model": description})
+        append_jsonl(path, {"kind": "machine", "machine": machine_info(), "model": model.describe()})
     done = done_points(records, retry_errors)
     if records:
         notes.append(f"resuming {path}: {len(done)} points already measured")
@@ -183,65 +188,29 @@ def open_sweep(path: Path, model: Model, resume: bool, retry_errors: bool = Fals
 Progress = Callable[[Point, float], None]
 
 
-def measure_point(model: Model, point: Point, timing: BenchConfig, options: dict[str, Any] | None = None,
-                  progress: Progress | None = None) -> list[dict[str, Any]]:
-    """The lines of one point: its verify records, then its bench record (or an error line instead)."""
-    choice = BackendChoice(point.backend, point.device, True, "", "")
-    lines: list[dict[str, Any]] = []
-    try:
-        if progress:
-            progress(point, 0.0)
-        records = verify(model, [choice], [(point.seq_len, point.batch)], precision=point.precision,
-                         seed=timing.seed, options=options, onnx_reference=False)
-        lines += [{"kind": "verify", **r} for r in records]
-        config = replace(timing, seq_len=point.seq_len, batch=point.batch, precision=point.precision)
-        on_bench = (lambda label, fraction: progress(point, 0.1 + 0.9 * fraction)) if progress else None
-        records = bench(model, [choice], config, options=options, progress=on_bench)
-        lines += [{"kind": "bench", **r} for r in records]
-    except Exception as err:  # noqa: BLE001 - one failed point (OOM, a backend's exception) must not end the sweep
-        _free_device_memory()
-        message = " ".join(str(err).split())[:500] or type(err).__name__
-        lines.append({"kind": "error", **point.to_dict(), "error": message, "error_type": type(err).__name__})
-    if not any(r["kind"] in POINT_ENDS for r in lines):  # a self-timed backend: nothing recorded
-        lines.append({"kind": "error", **point.to_dict(), "error": "the backend gave no benchmark record",
-                      "error_type": "NoRecord"})
-    return lines
-
-
-def _free_device_memory() -> None:
-    """After an out-of-memory error, give cached blocks back so the next (smaller) point can run."""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # noqa: BLE001 - best effort only
-        pass
-
-
 @dataclass
 class SweepResult:
     path: Path
     grid_points: int  # points in the grid
     skipped: int  # already in the file (resume)
-    measured: list[dict[str, Any]]  # every line written by this run
+    measured: list[Record]  # every record written by this run
     notes: list[str]
 
     @property
-    def errors(self) -> list[dict[str, Any]]:
-        return [r for r in self.measured if r["kind"] == "error"]
+    def errors(self) -> list[Failure]:
+        return [r for r in self.measured if isinstance(r, Failure) and r.stage == "bench"]
 
 
 def run_sweep(model: Model, grid: Grid, path: str | Path, timing: BenchConfig | None = None,
               options: dict[str, Any] | None = None, resume: bool = False, retry_errors: bool = False,
               planned: Callable[[int, list[str]], None] | None = None, progress: Progress | None = None,
-              finished: Callable[[Point, list[dict[str, Any]]], None] | None = None) -> SweepResult:
+              finished: Callable[[Point, list[Record]], None] | None = None) -> SweepResult:
     """Measure every point of `grid` not yet in `path`, appending each point's lines when it finishes.
 
     `timing` gives warm-up, duration, iterations, transfers and seed (its shape and precision are set
     per point).  `planned(n, notes)` is told how many points are left to measure and any notes on the
     file (e.g. that it is resumed); `progress(point, fraction)` is called while a point runs;
-    `finished(point, lines)` after its lines are on disk.
+    `finished(point, records)` after its lines are on disk.
     KeyboardInterrupt propagates; every finished point is already in the file.
     """
     path = Path(path)
@@ -252,25 +221,38 @@ def run_sweep(model: Model, grid: Grid, path: str | Path, timing: BenchConfig | 
                          measured=[], notes=notes)
     if planned:
         planned(len(todo), notes)
-    for point in todo:
-        lines = measure_point(model, point, timing, options, progress)
-        for line in lines:
-            append_jsonl(path, line)
-        result.measured.extend(lines)
-        if finished:
-            finished(point, lines)
+    references = References(model, timing.seed)
+    now: list[Point] = []  # the point being measured, for progress
+
+    def on_progress(what: str, fraction: float | None) -> None:
+        if progress and now:  # verify is the first tenth of a point, the timing loop the rest
+            progress(now[0], 0.1 + 0.9 * fraction if fraction is not None else 0.0)
+
+    for target in grid.targets():
+        steps = [Step(p.seq_len, p.batch, verify=True, bench=True) for p in todo if p.runner == target]
+        points = [target.at(s.seq_len, s.batch) for s in steps]
+        now[:] = points[:1]
+        for i, (_, records) in enumerate(serve(model, target, steps, references, timing, options, on_progress)):
+            for record in records:
+                append_jsonl(path, to_line(record))
+            result.measured.extend(records)
+            if finished:
+                finished(points[i], records)
+            now[:] = points[i + 1:i + 2]
     return result
 
 
-def summarize_point(lines: Sequence[dict[str, Any]]) -> str:
+def summarize_point(records: Sequence[Record]) -> str:
     """One line for the log: median latency, or why the point has none."""
-    for r in lines:
-        if r["kind"] == "error":
-            return f"error: {r['error']}"
-    failed = any(r.get("passed") is False for r in lines if r["kind"] == "verify")
-    for r in lines:
-        if r["kind"] == "bench":
-            if "latency_ms" in r:
-                return f"median {r['latency_ms']['median']:.4g} ms" + (", verification FAILED" if failed else "")
-            return f"skipped: {r.get('skipped') or r.get('error')}"
+    failed = any(isinstance(r, Failure) or (isinstance(r, VerifyRecord) and not r.passed) for r in records
+                 if r.stage == "verify")
+    for r in records:
+        if r.stage != "bench":
+            continue
+        if isinstance(r, BenchRecord):
+            return f"median {r.median_ms:.4g} ms" + (", verification FAILED" if failed else "")
+        if isinstance(r, Failure):
+            return f"error: {r.error}"
+        if isinstance(r, Skip):
+            return f"skipped: {r.reason}"
     return "no result"
