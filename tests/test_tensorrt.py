@@ -22,6 +22,7 @@ from lstminfer.errors import UserError
 from lstminfer.model.base import Model
 from lstminfer.model.spec import ModelSpec
 from lstminfer.tensorrt import build as tb
+from lstminfer.tensorrt import profile as tp
 
 FIXTURES = Path(__file__).parent / "fixtures"
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
@@ -64,7 +65,7 @@ def test_default_profile(lstm_onnx: Path) -> None:
     p = tb.derive_profile(lstm_onnx)
     assert p.min == {"input": (1, 1, 10), "h0": (20, 1, 20), "c0": (20, 1, 20)}
     assert p.opt == {"input": (5, 3, 10), "h0": (20, 3, 20), "c0": (20, 3, 20)}  # the export's example shape
-    assert p.max == {"input": (tb.DEFAULT_MAX_SEQ_LEN, tb.DEFAULT_MAX_BATCH, 10), "h0": (20, 64, 20),
+    assert p.max == {"input": (tp.DEFAULT_MAX_SEQ_LEN, tp.DEFAULT_MAX_BATCH, 10), "h0": (20, 64, 20),
                      "c0": (20, 64, 20)}
 
 
@@ -143,9 +144,9 @@ def test_profile_check_states_the_range(lstm_onnx: Path) -> None:
 
 
 def test_shapes_at(lstm_onnx: Path) -> None:
-    inputs = tb.onnx_inputs(lstm_onnx)
+    inputs = tp.onnx_inputs(lstm_onnx)
     p = tb.derive_profile(lstm_onnx)
-    assert tb.shapes_at(p, inputs, 9, 2) == {"input": (9, 2, 10), "h0": (20, 2, 20), "c0": (20, 2, 20)}
+    assert tp.shapes_at(p, inputs, 9, 2) == {"input": (9, 2, 10), "h0": (20, 2, 20), "c0": (20, 2, 20)}
 
 
 # ---- cache keys and sidecars ----------------------------------------------------------------------

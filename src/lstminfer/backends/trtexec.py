@@ -21,6 +21,7 @@ from lstminfer.backends.base import Runner
 from lstminfer.errors import UserError
 from lstminfer.measure.store import ensure_writable_dir, write_text_atomic
 from lstminfer.tensorrt import build as tb
+from lstminfer.tensorrt import profile as tp
 from lstminfer.tensorrt import trtexec
 
 TIMEOUT_S = 3600  # an LSTM engine build can take minutes; a hung trtexec should not hang a sweep forever
@@ -55,7 +56,7 @@ class TrtexecRunner(Runner):
         if self.exe is None:
             raise UserError(f"trtexec is not on PATH; {self.install_hint}")
         self.onnx_path = Path(self.model.onnx_path)
-        self.inputs = tb.onnx_inputs(self.onnx_path)
+        self.inputs = tp.onnx_inputs(self.onnx_path)
         self.profile = self.options.get("profile") or tb.derive_profile(
             inputs=self.inputs, points=self.shapes, max_seq_len=self.options.get("max_seq_len"),
             max_batch=self.options.get("max_batch"))
@@ -82,7 +83,7 @@ class TrtexecRunner(Runner):
             return {"error": str(err)}
 
     def _benchmark(self, config: Any) -> dict[str, Any]:
-        shapes = tb.shapes_at(self.profile, self.inputs, config.seq_len, config.batch)
+        shapes = tp.shapes_at(self.profile, self.inputs, config.seq_len, config.batch)
         self.profile.check(shapes)
         stem = f"trtexec-{self.onnx_path.stem}-{self.precision}"
         times = self.cache_dir / f"{stem}-{config.seq_len}x{config.batch}.times.json"
