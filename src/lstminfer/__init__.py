@@ -5,7 +5,7 @@ from typing import Any
 from lstminfer.errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["Session", "UserError", "__version__"]
+__all__ = ["Session", "UserError", "__version__", "accelerate"]
 
 
 def __getattr__(name: str) -> Any:
@@ -14,4 +14,8 @@ def __getattr__(name: str) -> Any:
         from lstminfer.measure.stream import Session
 
         return Session
+    if name == "accelerate":  # torch and the kernels' entry points: imported on first use too
+        from lstminfer.fused_layers import accelerate
+
+        return accelerate
     raise AttributeError(f"module 'lstminfer' has no attribute {name!r}")

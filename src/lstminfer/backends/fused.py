@@ -62,15 +62,16 @@ class FusedRunner(TorchTensors, Runner):
 
     @classmethod
     def applies_to(cls, model: Any) -> bool:
-        return model.module is not None and _plain_rnn(model.module) is not None
+        return model.module is not None
 
     def supports_impl(self) -> tuple[bool, str]:
         spec = self.model.spec
-        if self.model.module is None or spec is None:
+        if self.model.module is None:
             return False, "no PyTorch module for this model (the fused kernel reads nn.LSTM / nn.GRU weights)"
-        if _plain_rnn(self.model.module) is None:
-            return False, (f"the model is a {type(self.model.module).__name__}, not a plain nn.LSTM / nn.GRU; "
-                           "the fused kernel runs only those")
+        if _plain_rnn(self.model.module) is None:  # a whole model: lstminfer.accelerate swaps its layers
+            from lstminfer.fused_layers import fusable
+
+            return fusable(self.model.module)
         if spec.proj_size:
             return False, "LSTM proj_size (projections) is not supported by the fused kernel"
         return True, ""
@@ -81,7 +82,14 @@ class FusedRunner(TorchTensors, Runner):
         from lstminfer.kernels.rnn import pack_rnn
 
         self.dtype = torch_dtype(self.precision)
-        self.packed = pack_rnn(self.model.module, self.device, self.dtype)
+        self.whole = None
+        if _plain_rnn(self.model.module) is None:
+            from lstminfer.fused_layers import accelerate
+
+            self.whole = accelerate(self.model.module, self.precision).to(self.device, self.dtype)
+            self.packed = None
+        else:
+            self.packed = pack_rnn(self.model.module, self.device, self.dtype)
         self.workspace: dict = {}
         if self.device == "cuda":
             self.stream = torch.cuda.Stream()
@@ -89,6 +97,8 @@ class FusedRunner(TorchTensors, Runner):
     def _run(self, device_inputs: list[Any], workspace: dict) -> list[Any]:
         from lstminfer.kernels.rnn import rnn_forward
 
+        if self.whole is not None:  # each fused layer keeps its scratch buffers per input shape
+            return self.model.call_module(self.whole, device_inputs)
         x, *state = device_inputs
         h0 = state[0] if state else None
         c0 = state[1] if len(state) > 1 else None
@@ -119,10 +129,12 @@ class FusedRunner(TorchTensors, Runner):
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"tf32": False, "kernel_module": "lstminfer.kernels.rnn"}
-        if self._prepared:
+        if self._prepared and self.whole is not None:
+            out["fused_layers"] = self.whole.lstminfer_summary.replaced
+        elif self._prepared:
             spec = self.model.spec
             # which kernel serves the model's shape and how it is launched (kernel, path, tiles, programs)
-            out.update(self.plan(self.model.seq_len, self.model.batch).describe())
+            out.update(self.plan(*self.shape).describe())  # the shape prepare was asked to optimize for
             out["hidden_padded"] = self.packed.hidden_padded
             out["interpreter"] = self.device == "cpu"
             out["num_directions"] = spec.num_directions

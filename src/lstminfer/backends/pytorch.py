@@ -7,9 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from lstminfer.backends.base import Runner
+from lstminfer.backends.base import Runner, torch_settings
 from lstminfer.backends.cuda_graph import GraphReplay
-from lstminfer.model.spec import call_rnn
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -80,28 +79,23 @@ class TorchRunner(TorchTensors, Runner):
         for sub in self.module.modules():
             if isinstance(sub, torch.nn.RNNBase):
                 sub.flatten_parameters()  # one contiguous weight buffer, as cuDNN wants
-        self.kind = self.model.spec.kind if self.model.spec else "lstm"
-        self.threads_before = torch.get_num_threads()  # process-wide: restored in close()
-        if self.device == "cpu" and self.options.get("threads"):
-            torch.set_num_threads(int(self.options["threads"]))
         if self.device == "cuda":
-            # fp32 means IEEE fp32: PyTorch lets cuDNN RNNs use TF32 by default (errors near 1e-3).
-            torch.backends.cudnn.allow_tf32 = self.tf32
-            torch.backends.cuda.matmul.allow_tf32 = self.tf32
             self.stream = torch.cuda.Stream()
+
+    def settings(self) -> Any:
+        """Process-wide, so entered by prepare and restored by close: fp32 means IEEE fp32 (PyTorch lets cuDNN
+        RNNs use TF32 by default, errors near 1e-3), and --threads for torch's CPU intra-op pool."""
+        return torch_settings(tf32=self.tf32 if self.device == "cuda" else None,
+                              threads=self.options.get("threads") if self.device == "cpu" else None)
 
     def execute_impl(self, device_inputs: list[Any]) -> list[Any]:
         import torch
 
         with torch.inference_mode():
-            return call_rnn(self.module, self.kind, device_inputs)
+            return self.model.call_module(self.module, device_inputs)
 
     def close_impl(self) -> None:
-        import torch
-
         self.module = None
-        if torch.get_num_threads() != self.threads_before:
-            torch.set_num_threads(self.threads_before)
 
     def describe(self) -> dict[str, Any]:
         import torch

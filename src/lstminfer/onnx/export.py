@@ -23,7 +23,8 @@ from lstminfer import __version__
 from lstminfer.errors import UserError
 from lstminfer.measure.store import write_text_atomic
 from lstminfer.model.base import Model
-from lstminfer.model.spec import ModelSpec, call_rnn, spec_of_module
+from lstminfer.model.spec import ModelSpec, spec_of_module
+from lstminfer.model.whole import WholeModel
 
 EXPORTERS = ("auto", "torchscript", "direct")
 OPSET = 17
@@ -59,18 +60,22 @@ def export_torchscript(model: Model, path: Path) -> bytes:
     """The TorchScript exporter (dynamo=False) with both dynamic axes; returns the serialized model."""
     import torch
 
-    spec = model.spec
     rng = np.random.default_rng(0)
     example = model.make_inputs(model.seq_len, model.batch, rng)
     args_list = [torch.from_numpy(example[n]) for n in model.input_names]
-    if len(args_list) == 1:
-        args = (args_list[0],)
-    elif spec.kind == "lstm":
-        args = (args_list[0], (args_list[1], args_list[2]))
+    if isinstance(model, WholeModel):  # the forward's own arguments, tuples regrouped
+        args = tuple(model.regroup(args_list))
+        dynamic_axes = {n: {a: label for a, label in axes.items()} for n, axes in model.dynamic.items()}
     else:
-        args = (args_list[0], args_list[1])
+        spec = model.spec
+        if len(args_list) == 1:
+            args = (args_list[0],)
+        elif spec.kind == "lstm":
+            args = (args_list[0], (args_list[1], args_list[2]))
+        else:
+            args = (args_list[0], args_list[1])
+        dynamic_axes = _dynamic_axes(spec, model.input_names + model.output_names)
     buffer = io.BytesIO()
-    names = model.input_names + model.output_names
     with warnings.catch_warnings():
         # The exporter is deprecated (a DeprecationWarning) and warns about batch sizes other than 1
         # for RNNs with given state; both are known and harmless here (FACTS.md section 1).
@@ -78,7 +83,7 @@ def export_torchscript(model: Model, path: Path) -> bytes:
         torch.onnx.export(
             model.module, args, buffer, dynamo=False, opset_version=OPSET,
             input_names=model.input_names, output_names=model.output_names,
-            dynamic_axes=_dynamic_axes(spec, names),
+            dynamic_axes=dynamic_axes,
         )
     return buffer.getvalue()
 
@@ -191,7 +196,10 @@ def finalize(data: bytes, model: Model, exporter: str) -> Any:
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
     except Exception as err:  # onnx raises several types; all mean the same thing here
         raise ExportCheckFailed(f"the {exporter} exporter wrote an invalid ONNX graph: {err}") from err
-    meta = {"lstminfer.spec": json.dumps(model.spec.to_dict()), "lstminfer.exporter": exporter,
+    if isinstance(model, WholeModel):
+        _require_native_nodes(proto, model)
+    described = model.spec.to_dict() if model.spec else {"whole_model": model.name}
+    meta = {"lstminfer.spec": json.dumps(described), "lstminfer.exporter": exporter,
             "lstminfer.version": __version__, "lstminfer.with_state": str(model.with_state).lower(),
             "lstminfer.example_shape": f"{model.seq_len}x{model.batch}"}
     del proto.metadata_props[:]
@@ -199,6 +207,18 @@ def finalize(data: bytes, model: Model, exporter: str) -> Any:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     return proto
+
+
+def _require_native_nodes(proto: Any, model: WholeModel) -> None:
+    """A whole model's recurrent layers must stay native LSTM / GRU nodes (one per layer), never unrolled."""
+    from lstminfer.model.whole import recurrent_layers
+
+    found = sum(1 for node in proto.graph.node if node.op_type in ("LSTM", "GRU"))
+    wanted = sum(layer.num_layers for _, layer in recurrent_layers(model.module))
+    if found < wanted:
+        raise ExportCheckFailed(f"the export of {model.name} has {found} native LSTM/GRU nodes for {wanted} recurrent "
+                                "layers: the exporter unrolled or dropped some (a PackedSequence or a loop over "
+                                "time in forward?); call the layers on whole padded tensors")
 
 
 def check_points(seq_len: int, batch: int) -> list[tuple[int, int]]:
@@ -216,10 +236,11 @@ def check_export(proto: Any, model: Model, atol: float = 1e-4, rtol: float = 1e-
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1234)
     checks = []
-    for seq_len, batch in check_points(model.seq_len, model.batch):
+    points = model.verify_points() if isinstance(model, WholeModel) else check_points(model.seq_len, model.batch)
+    for seq_len, batch in points:
         inputs = model.make_inputs(seq_len, batch, rng)
         with torch.no_grad():
-            expected = call_rnn(model.module, model.spec.kind, [torch.from_numpy(inputs[n]) for n in model.input_names])
+            expected = model.call_module(model.module, [torch.from_numpy(inputs[n]) for n in model.input_names])
         try:
             got = session.run(model.output_names, inputs)
         except Exception as err:
@@ -243,9 +264,9 @@ def export_model(model: Model, path: str | Path, exporter: str = "auto") -> Expo
     """Export, validate, check against PyTorch at several shapes, then write `path` atomically."""
     if exporter not in EXPORTERS:
         raise UserError(f"unknown exporter {exporter!r}: choose from {', '.join(EXPORTERS)}")
-    if model.module is None or model.spec is None:
+    if model.module is None or (model.spec is None and not isinstance(model, WholeModel)):
         raise UserError("export needs a PyTorch model (a preset, sizes, or --model FILE.py:factory)")
-    if model.spec.proj_size:
+    if model.spec and model.spec.proj_size:
         raise UserError("cannot export an LSTM with proj_size: ONNX's LSTM op has no projection and no torch "
                         "exporter handles it; verify and bench it with the torch backends instead (no export)")
     path = Path(path)
@@ -255,9 +276,11 @@ def export_model(model: Model, path: str | Path, exporter: str = "auto") -> Expo
             data = export_torchscript(model, path)
             used = "torchscript"
         except Exception as err:
-            if exporter == "torchscript":
+            if exporter == "torchscript" or isinstance(model, WholeModel):
+                # the direct exporter writes plain LSTM/GRU stacks only: no fallback for a whole model
+                fix = "make forward exportable" if isinstance(model, WholeModel) else "try --exporter direct"
                 raise UserError(f"the TorchScript exporter failed: {type(err).__name__}: "
-                                f"{str(err).splitlines()[0] if str(err) else ''}; try --exporter direct") from err
+                                f"{str(err).splitlines()[0] if str(err) else ''}; {fix}") from err
             notes.append(f"TorchScript exporter unavailable or failed ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}); fell back to the direct exporter")
             data = export_direct(model, path)
