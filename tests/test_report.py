@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from pathlib import Path
 
@@ -345,9 +346,22 @@ def test_heatmap_labels_are_white_on_dark_cells(figures) -> None:
 
     bench = [bench_record("torch", s, b, 8.0) for s in (1, 16) for b in (1, 2)]
     bench += [bench_record("onnxruntime", s, b, 8.0 / (8 if s == 16 else 1.05)) for s in (1, 16) for b in (1, 2)]
-    ax = figures({"machine": {}, "model": {}, "bench": bench, "verify": []})["speedup"].axes[0]
-    colour = {t.get_text(): to_rgba(t.get_color()) for t in ax.texts}
+    fig = figures({"machine": {}, "model": {}, "bench": bench, "verify": []})["speedup"]
+    colour = {t.get_text(): to_rgba(t.get_color()) for t in fig.axes[0].texts}
     assert colour["8.00x"] == to_rgba("white") and colour["1.05x"] == to_rgba("black")
+    fig.canvas.draw()
+    bar = fig.axes[-1]
+    low, high = bar.get_ylim()
+    labels = [t.get_text() for t in bar.get_yticklabels() if low <= t.get_position()[1] <= high]
+    assert labels == ["1/8x", "1/4x", "1/2x", "1x", "2x", "4x", "8x"]
+
+
+def test_a_wide_speedup_range_gets_few_colour_bar_ticks() -> None:
+    """A 4712x speedup once put 25 overlapping ticks on the colour bar."""
+    from lstminfer.report.plots import _speedup_ticks
+
+    ticks, labels = _speedup_ticks(math.log2(4712))
+    assert labels == ["1/4096x", "1/256x", "1/16x", "1x", "16x", "256x", "4096x"] and ticks[3] == 0
 
 
 def test_accuracy_plot_draws_points_not_bars_and_states_zero(figures) -> None:

@@ -131,8 +131,8 @@ def _load_file(path: Path, explicit: bool) -> dict[str, Any] | None:
     try:
         results = _parse(path, explicit)
     except UnicodeDecodeError:
-        raise UserError(f"{path} is not a text file (not UTF-8), so not a results file; give results.json or "
-                        "sweep.jsonl") from None
+        raise UserError(f"{path} is not a text file (not UTF-8), so not a results file; give a results.json or "
+                        "sweep.jsonl that lstminfer wrote") from None
     if results is None:
         return None
     typed(results, str(path))

@@ -65,12 +65,12 @@ def _png(fig: Any) -> bytes:
 
 
 def _tick_text(value: float, _position: Any = None) -> str:
-    """0.02, 5, 200, 20k, 2M, 1e-05: plain numbers, never matplotlib's 2x10^0."""
+    """0.02, 5, 200, 4096, 20k, 2M, 1e-05: plain numbers, never matplotlib's 2x10^0."""
     if value >= 1e6:
-        return f"{value / 1e6:g}M"
+        return f"{value / 1e6:.3g}M"
     if value >= 1e4:
-        return f"{value / 1e3:g}k"
-    return f"{value:g}"
+        return f"{value / 1e3:.3g}k"
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def _log_y(ax: Any) -> None:
@@ -168,6 +168,17 @@ def _text_color(rgba: Sequence[float]) -> str:
     return "white" if 0.2126 * red + 0.7152 * green + 0.0722 * blue < 0.45 else "black"
 
 
+def _speedup_ticks(limit: float, most: int = 7) -> tuple[list[float], list[str]]:
+    """Colour-bar ticks in log2 space inside [-limit, limit] (none without its label), at most `most` of
+    them: 1x in the middle, powers of two either side (1/8x, 8x), every second or fourth when the range is wide."""
+    if limit < 1:
+        ticks = [-limit, 0.0, limit]
+    else:
+        step = max(1, math.ceil(2 * math.floor(limit) / (most - 1)))
+        ticks = [float(t) for t in range(-(math.floor(limit) // step) * step, math.floor(limit) + 1, step)]
+    return ticks, [f"{'' if t >= 0 else '1/'}{_tick_text(2.0 ** abs(t))}x" for t in ticks]
+
+
 def speedup_heatmap(bench_records: Sequence[Record]) -> Any | None:
     """Per (backend, precision): torch eager's median / the backend's median over seq_len x batch."""
     import numpy as np
@@ -221,9 +232,8 @@ def speedup_heatmap(bench_records: Sequence[Record]) -> Any | None:
         ax.set_title(f"{runner.label} {runner.precision}", fontsize=10)
     _hide_unused(axes, len(panels))
     bar = fig.colorbar(image, ax=[ax for row in axes for ax in row if ax.get_visible()], shrink=0.8)
-    # ticks inside the colour range only, so none is drawn without its label
-    ticks = list(range(-math.floor(limit), math.floor(limit) + 1)) if limit >= 1 else [-limit, 0.0, limit]
-    bar.set_ticks(ticks, labels=[f"{2.0 ** t:.3g}x" for t in ticks])
+    ticks, labels = _speedup_ticks(limit)
+    bar.set_ticks(ticks, labels=labels)
     bar.set_label("speedup over torch eager (green: faster)")
     fig.suptitle("Speedup over torch eager\n(framed: the fastest backend at that point)", fontsize=11)
     return fig
