@@ -84,9 +84,9 @@ def serve(model: Model, target: Point, steps: Sequence[Step], references: Refere
             make = lambda point, stage: Skip(point, stage, why, reference)  # noqa: E731
     except Exception as err:  # noqa: BLE001 - the error boundary of one backend
         make = _failing(err, reference)
-    if make is None and cls.self_timed:  # e.g. trtexec: times itself, has no outputs to verify
-        for step in steps:
-            yield step, [_self_timed(runner, target.at(step.seq_len, step.batch), timing)] if step.bench else []
+    if make is None and cls.self_timed and not any(s.bench for s in steps):
+        for step in steps:  # a self-timed backend (trtexec) returns no outputs: nothing to verify, nothing to say
+            yield step, []
         return
     if make is None:
         try:
@@ -98,6 +98,13 @@ def serve(model: Model, target: Point, steps: Sequence[Step], references: Refere
             make = _failing(err, reference)
     if make is not None:
         yield from _unrunnable(make, target, steps)
+        return
+    if cls.self_timed:  # e.g. trtexec: times itself, has no outputs to verify
+        try:
+            for step in steps:
+                yield step, [_self_timed(runner, target.at(step.seq_len, step.batch), timing)] if step.bench else []
+        finally:
+            runner.close()
         return
     try:
         for step in steps:
