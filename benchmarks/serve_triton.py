@@ -1,0 +1,144 @@
+"""The server's overhead: a model behind Triton Inference Server (`lstminfer serve`) vs its backend called alone.
+
+For each concurrency level c it prints the load test (`lstminfer loadtest`: p50/p99 latency, requests per
+second) beside the backend alone: one Runner call at the request's shape (the latency floor) and at c
+requests' rows stacked (what the dynamic / sequence batcher can at best form), whose c / t is the throughput
+ceiling. `server share` = served rps / ceiling: near 1 means the backend is the bottleneck, well below 1 the
+server (HTTP/gRPC, Python backend, batching) is.
+
+CPU (the docs' numbers):
+    python benchmarks/serve_triton.py --preset seed --concurrency 1,8 --protocols http,grpc
+    python benchmarks/serve_triton.py --preset seed --no-bidirectional --num-layers 2 --streams 1,8 --concurrency 0
+H200 (issue 16's targets; the fused kernel behind the server):
+    python benchmarks/serve_triton.py --preset seed --backend fused-graph --device cuda --concurrency 1,2,4,8,16,32,64
+    python benchmarks/serve_triton.py --preset seed --no-bidirectional --num-layers 1 --input-size 128 \
+        --hidden-size 128 --backend fused-graph --device cuda --concurrency 0 --streams 1,2,4,8,16,32,64
+
+Needs the serve extra (pip install 'lstminfer[serve]'). The server listens on loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
+    from lstminfer.commands import serve
+
+    own = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    own.add_argument("--concurrency", default="1,8", help="stateless levels (0: none)")
+    own.add_argument("--streams", default="", help="stream levels (needs a unidirectional model)")
+    own.add_argument("--protocols", default="http,grpc")
+    own.add_argument("--duration", type=float, default=5.0, help="counted seconds per level")
+    own.add_argument("--warmup", type=float, default=1.0)
+    own.add_argument("--direct-calls", type=int, default=2000, help="backend-alone calls per shape (and <= 5 s)")
+    own.add_argument("--out-json", default=None, metavar="FILE")
+    mine, rest = own.parse_known_args(argv)
+    parser = argparse.ArgumentParser(prog="serve_triton.py")
+    sub = parser.add_subparsers(dest="command")
+    serve.register(sub)
+    served = parser.parse_args(["serve", *rest, "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"])
+    return mine, served
+
+
+def levels(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip() and int(v) > 0]
+
+
+def direct_latency_ms(runner, feeds: dict, calls: int, limit_s: float = 5.0) -> float:
+    """Median of the backend's own infer() at one shape, the host clock around each call (warm-up first)."""
+    for _ in range(20):
+        runner.infer(feeds)
+    times = []
+    deadline = time.perf_counter() + limit_s
+    while len(times) < calls and time.perf_counter() < deadline:
+        start = time.perf_counter()
+        runner.infer(feeds)
+        runner.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def runner_feeds(model, seq_len: int, rows: int, with_state: bool) -> dict:
+    import numpy as np
+
+    spec = model.spec
+    shapes = spec.shapes(seq_len, rows)
+    names = ["input", *(["h0", "c0"] if spec.kind == "lstm" else ["h0"])] if with_state else ["input"]
+    rng = np.random.default_rng(0)
+    return {n: rng.standard_normal(shapes[n]).astype(np.float32) for n in names}
+
+
+def main(argv: list[str]) -> int:
+    import dataclasses
+
+    from lstminfer.backends.base import runner_class
+    from lstminfer.commands.serve import write_python_repository
+    from lstminfer.serve.loadtest import run_level
+    from lstminfer.serve.server import ServerConfig, TritonServer
+
+    mine, args = parse_args(argv)
+    concurrency, streams = levels(mine.concurrency), levels(mine.streams)
+    protocols = [p.strip() for p in mine.protocols.split(",") if p.strip()]
+    rows_out = []
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
+        repo = Path(scratch) / "repository"
+        model, names = write_python_repository(args, repo, Path(scratch))
+        name = names[0]
+        seq_len, batch = model.seq_len, model.batch
+        # The backend alone: the same Runner the served model builds, on the same ONNX file.
+        device = args.device or runner_class(args.backend).devices[0]
+        stream_model = dataclasses.replace(model, with_state=True)
+        stream_model.onnx_path = repo / name / "1" / "model.onnx"
+        runner = runner_class(args.backend)(stream_model, device=device, precision=args.precision)
+        runner.prepare()
+        alone = {}
+        for c in sorted(set([1, *concurrency])):
+            alone[("stateless", c)] = direct_latency_ms(runner, runner_feeds(model, seq_len, c * batch, True),
+                                                        mine.direct_calls)
+        for c in sorted(set([1, *streams])):
+            alone[("stream", c)] = direct_latency_ms(runner, runner_feeds(model, 1, c, True), mine.direct_calls)
+        runner.close()
+
+        config = ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)
+        with TritonServer(config, log_path=Path(scratch) / "tritonserver.log") as server:
+            for protocol in protocols:
+                url = config.grpc_url if protocol == "grpc" else config.http_url
+                plan = [("stateless", name, c, seq_len, batch) for c in concurrency]
+                plan += [("stream", f"{name}_stream", c, 1, 1) for c in streams]
+                for mode, model_name, c, seq, rows in plan:
+                    record = run_level(url, protocol, model_name, mode, c, seq_len=seq, batch=rows,
+                                       duration_s=mine.duration, warmup_s=mine.warmup, chunks=50,
+                                       first_sequence_id=1 + len(rows_out) * 1_000_000)
+                    floor, at_c = alone[(mode, 1)], alone[(mode, c)]
+                    ceiling = c / at_c * 1e3
+                    rows_out.append({
+                        "protocol": protocol, "mode": mode, "concurrency": c, "requests": record.requests,
+                        "failed": record.failed, "rps": record.throughput_rps,
+                        "p50_ms": record.latency_ms.get("p50"), "p99_ms": record.latency_ms.get("p99"),
+                        "alone_p50_ms": floor, "overhead_p50_ms": (record.latency_ms.get("p50") or 0) - floor,
+                        "alone_batched_ms": at_c, "ceiling_rps": ceiling,
+                        "server_share": record.throughput_rps / ceiling, "errors": record.errors})
+            server_log = server.log_path
+    header = ["protocol", "mode", "concurrency", "requests", "failed", "rps", "p50_ms", "p99_ms", "alone_p50_ms",
+              "overhead_p50_ms", "alone_batched_ms", "ceiling_rps", "server_share"]
+    print(f"{model.name}: {model.spec.describe()}, request seq {seq_len} x batch {batch} (streams: 1 step x 1 row); "
+          f"backend {args.backend}[{device}] {args.precision}; server log {server_log}")
+    print("  ".join(f"{h:>15}" for h in header))
+    for row in rows_out:
+        print("  ".join(f"{row[h]:>15.4g}" if isinstance(row[h], float) else f"{row[h]!s:>15}" for h in header))
+    if mine.out_json:
+        Path(mine.out_json).write_text(json.dumps({"model": model.name, "spec": model.spec.to_dict(),
+                                                   "backend": args.backend, "device": device, "rows": rows_out},
+                                                  indent=2))
+    return 1 if any(r["failed"] for r in rows_out) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
