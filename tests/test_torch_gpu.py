@@ -5,8 +5,11 @@ from __future__ import annotations
 import pytest
 
 from lstminfer.backends.base import BackendChoice
-from lstminfer.measure.bench import BenchConfig, bench
-from lstminfer.measure.verify import verdicts, verify
+from lstminfer.measure.bench import BenchConfig
+from lstminfer.measure.records import Point, from_dict
+from lstminfer.measure.records import verdicts as keyed_verdicts
+from lstminfer.measure.run import measure
+from lstminfer.measure.verify import References
 from lstminfer.model.base import Model
 from lstminfer.model.spec import build_module, preset
 
@@ -14,6 +17,22 @@ pytestmark = pytest.mark.gpu
 
 CUDA = [BackendChoice("torch", "cuda", True, "", ""), BackendChoice("torch-graph", "cuda", True, "", "")]
 FUSED = [BackendChoice("fused", "cuda", True, "", ""), BackendChoice("fused-graph", "cuda", True, "", "")]
+
+
+def verify(model, choices, points, precision="fp32", options=None, onnx_reference=False):
+    targets = [Point(c.name, c.device, precision) for c in choices]
+    records = measure(model, targets, References(model), points, [], BenchConfig(), options).verify
+    return [r.to_dict() for r in records]
+
+
+def verdicts(records):
+    return {key.label: v for key, v in keyed_verdicts(from_dict(r, "verify") for r in records).items()}
+
+
+def bench(model, choices, config):
+    targets = [Point(c.name, c.device, config.precision) for c in choices]
+    records = measure(model, targets, References(model), [], [(config.seq_len, config.batch)], config).bench
+    return [r.to_dict() for r in records]
 
 
 def _seed():
