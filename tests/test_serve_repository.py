@@ -17,7 +17,7 @@ from lstminfer.model.base import Model
 from lstminfer.model.spec import ModelSpec, build_module, preset
 from lstminfer.serve import repository as repo
 from lstminfer.serve.pymodel import Handler, RequestError, StreamChunk
-from lstminfer.serve.state import StreamStore, StreamStoreFull, UnknownStream
+from lstminfer.serve.state import StreamStore, UnknownStream
 
 needs_tritonclient = pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None,
                                         reason="needs tritonclient (pip install 'lstminfer[serve]')")
@@ -182,11 +182,9 @@ def test_store_idle_timeout_and_bound():
     store.start(1, "a")
     clock.now = 6
     store.start(2, "b")
-    with pytest.raises(StreamStoreFull, match="2 streams are open"):
-        store.start(3, "c")
     clock.now = 12  # stream 1 idle for 12 s: gone; stream 2 for 6 s: kept
     store.start(3, "c")
-    assert 1 not in store and store.get(2) == "b" and store.expired == 1
+    assert 1 not in store and store.get(2) == "b" and store.expired == 1 and store.evicted == 0
     store.put(2, "b2")
     clock.now = 20  # stream 3 idle 8 s, stream 2 touched at 12: both alive
     assert store.get(2) == "b2" and store.get(3) == "c"
@@ -199,6 +197,17 @@ def test_store_idle_timeout_and_bound():
     assert store.get(3) == "restart" and len(store) == 1
     clock.now = 100
     assert len(store) == 1 and store.purge() == 1 and len(store) == 0
+
+
+def test_a_full_store_evicts_the_least_recently_used():
+    clock = FakeClock()
+    store = StreamStore(max_streams=2, idle_timeout_s=10, clock=clock)
+    store.start(1, "a")
+    store.start(2, "b")
+    clock.now = 1
+    store.put(1, "a2")  # 2 is now the least recently used
+    store.start(3, "c")
+    assert len(store) == 2 and 2 not in store and store.get(1) == "a2" and store.evicted == 1
 
 
 # ---- the Python-backend model's logic -----------------------------------------------------------------------

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lstminfer.serve.state import StreamStore, StreamStoreFull, UnknownStream
+from lstminfer.serve.state import StreamStore, UnknownStream
 
 
 class RequestError(Exception):
@@ -186,9 +186,6 @@ class Handler:
                     self.store.start(chunk.sequence_id, new_state)
                 else:
                     self.store.put(chunk.sequence_id, new_state)
-            except StreamStoreFull as err:
-                results[index] = RequestError(str(err))
-                continue
             except UnknownStream:
                 results[index] = RequestError(f"sequence {chunk.sequence_id} expired while its chunk ran; restart "
                                               "it with START")

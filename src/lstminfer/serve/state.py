@@ -4,7 +4,12 @@ Triton's sequence batcher routes every chunk of a stream to one model instance a
 starts and ends; a Python-backend model has no implicit state (FACTS.md section 7), so it keeps the state
 itself. A client that vanishes without sending END must leak nothing: entries idle longer than
 ``idle_timeout_s`` are dropped (the same timeout as the batcher's ``max_sequence_idle_microseconds``), and
-the store never holds more than ``max_streams`` entries.
+the store never holds more than ``max_streams`` entries (the batcher's ``max_candidate_sequences``).
+
+A new stream that finds the store full evicts the least recently used entry instead of being refused:
+the batcher never has more than ``max_streams`` streams live, so when it starts another one, the stalest
+entry here belongs to a stream the batcher has already let go (its idle clock ran out a moment before
+ours). Were it alive after all, its next chunk would get the "no state here" error, never wrong state.
 """
 
 from __future__ import annotations
@@ -13,10 +18,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
-
-
-class StreamStoreFull(Exception):
-    """Every slot holds a live stream: the new one is refused (the client may retry)."""
 
 
 class UnknownStream(KeyError):
@@ -33,7 +34,8 @@ class StreamStore:
         self.idle_timeout_s = idle_timeout_s
         self.clock = clock
         self._entries: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
-        self.expired = 0  # streams dropped for idling (a counter for logs and tests)
+        self.expired = 0  # streams dropped for idling
+        self.evicted = 0  # streams dropped to make room for a new one
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -59,9 +61,9 @@ class StreamStore:
         """A new stream (or a restart of `key`: its old state is replaced)."""
         self.purge()
         self._entries.pop(key, None)
-        if len(self._entries) >= self.max_streams:
-            raise StreamStoreFull(f"{self.max_streams} streams are open; end one (END flag) or wait "
-                                  f"{self.idle_timeout_s:g} s for an idle one to expire")
+        while len(self._entries) >= self.max_streams:
+            self._entries.popitem(last=False)
+            self.evicted += 1
         self._entries[key] = (self.clock(), state)
 
     def get(self, key: Any) -> Any:
