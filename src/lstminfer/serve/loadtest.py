@@ -8,8 +8,9 @@ Two modes:
   other (START on the first chunk, END on the last, a fresh sequence id per stream).
 
 Every level is bounded in time (``warmup_s + duration_s``) and in count (``max_requests``). Requests that
-complete during the warm-up are not counted. Latency is the client's clock around one ``infer`` call;
-throughput is the counted requests over the counted window. Percentiles are trtexec's (nearest rank,
+start during the warm-up are not counted. Latency is the client's clock around one ``infer`` call;
+throughput is the counted requests over the counted window (from the end of the warm-up to the end of the
+last counted request). Percentiles are trtexec's (nearest rank,
 ``measure/stats.py``), so they read like every other number of ours.
 """
 
@@ -255,7 +256,8 @@ def run_level(url: str, protocol: str, model: str, mode: str, concurrency: int, 
         t.start()
     for t in workers:  # each worker stops by itself at stop_at; the join bound covers one hung request
         t.join(timeout=warmup_s + duration_s + timeout_s + 5)
-    window = max(min(tally.last_done, tally.stop_at) - tally.count_from, 1e-9)
+    # The window ends when the last counted request did (trtexec's rule: up to the last query's end).
+    window = max(tally.last_done - tally.count_from, 1e-9)
     if tally.latencies:
         s = summarize(tally.latencies)
         latency = {"p50": s.median, "p90": s.p90, "p95": s.p95, "p99": s.p99, "mean": s.mean, "min": s.min,
