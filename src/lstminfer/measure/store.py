@@ -4,12 +4,15 @@ A results file (`results.json`) is an object::
 
     {"schema": 1, "machine": {...}, "model": {...}, "verify": [records], "bench": [records]}
 
-Verify record keys: backend, device, precision, seq_len, batch, output, max_abs_err, max_rel_err,
-atol, rtol, passed, reference (+ tf32, error for a point that failed to run).
-Bench record keys: backend, device, precision, seq_len, batch, throughput_qps, latency_ms (min, max,
-mean, median, p90, p95, p99, cv, count; host clock end to end), gpu_compute_ms, h2d_ms, d2h_ms,
+Verify record keys: backend, device, precision, seq_len, batch, input_shapes (every input's real shape),
+output, max_abs_err, max_rel_err, atol, rtol, passed, reference (+ tf32 and the backend's other facts;
+error for a comparison that failed outright; unverified: why the reference was not independent).
+Bench record keys: backend, device, precision, seq_len, batch, input_shapes, throughput_qps, latency_ms
+(min, max, mean, median, p90, p95, p99, cv, count; host clock end to end), gpu_compute_ms, h2d_ms, d2h_ms,
 enqueue_ms, trt_latency_ms (the same summary shape; trtexec's H2D + compute + D2H), times_ms (every
 timed query's host latency), queries, walltime_s, warnings, source ("lstminfer" or "trtexec"), model.
+A backend that did not run has `skipped` (why) or `error` and `error_type` instead of numbers.
+The typed records behind these keys are in lstminfer.measure.records.
 """
 
 from __future__ import annotations
