@@ -140,10 +140,14 @@ def _export_onnx(model: Any, folder: Path) -> Path | None:
 
 def write_python_repository(args: argparse.Namespace, repo: Path, scratch: Path) -> tuple[Any, list[str]]:
     """The Python-backend repository for `args` (serve and export-triton --platform python)."""
+    from lstminfer.backends.base import runner_class
     from lstminfer.serve.repository import ServedModel, write_python_models
 
     device = _device(args)
     model = _spec_model(args)
+    ok, why = runner_class(args.backend)(model, device=device, precision=args.precision).supports()
+    if not ok:  # refused here in one line, not by a model that fails to load inside the server
+        raise UserError(f"backend {args.backend} cannot serve {model.name}: {why}")
     options = _options(args, device)
     onnx_path = _export_onnx(model, scratch)
     served = ServedModel(name=_name(args, model), model_args=model_args_of(args), spec=model.spec.to_dict(),
