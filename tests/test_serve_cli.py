@@ -148,3 +148,10 @@ def test_import_lstminfer_stays_light():
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@needs_serve_extra
+def test_a_precision_the_backend_lacks_is_refused_before_the_server_starts(cli):
+    code, _, err = cli("serve", "--precision", "fp16", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    assert code == 2 and "backend onnxruntime cannot serve seed: precision fp16" in err
+    assert len(err.strip().splitlines()) == 1
