@@ -113,3 +113,54 @@ def test_weights_are_never_unpickled(tmp_path):
     torch.save({"x": Fraction(1, 3)}, weights)  # a pickled Python object, not tensors
     with pytest.raises(UserError, match="weights_only=True"):
         load_user_module(f"{path}:make", str(weights))
+
+
+@pytest.mark.parametrize("spec", [ModelSpec("lstm", 3, 5, 2, True, True), ModelSpec("gru", 4, 6, 3, True, False, False),
+                                  ModelSpec("lstm", 3, 6, 2, True, proj_size=2), ModelSpec("gru", 2, 3, 1)])
+def test_parameter_count_is_what_torch_allocates(spec):
+    assert spec.num_parameters == sum(p.numel() for p in build_module(spec).parameters())
+
+
+def test_memory_check_refuses_before_allocating():
+    from lstminfer.model.spec import check_memory, estimated_bytes
+
+    spec = ModelSpec("lstm", 10, 100_000, 10, bidirectional=True)
+    need = estimated_bytes(spec, 1, 3)
+    assert need >= spec.num_parameters * 12  # at least the float32 weights and their float64 copy
+    with pytest.raises(UserError, match=r"needs at least .* TiB of memory .* and 1.0 GiB is available here; choose "
+                                        r"smaller sizes"):
+        check_memory(spec, 1, 3, available=2**30)
+    check_memory(preset("seed").spec, 1, 3, available=2**30)  # the tutorial's model fits in 1 GiB
+
+
+@pytest.mark.parametrize("code", [0, 3, "bye"])
+def test_model_file_calling_sys_exit_is_a_user_error(tmp_path, code):
+    path = _write_factory(tmp_path, f"import sys\nsys.exit({code!r})\ndef make():\n    return torch.nn.LSTM(2, 3)\n")
+    with pytest.raises(UserError, match=rf"importing .* called sys.exit\({code!r}\)"):
+        load_user_module(f"{path}:make")
+    path = _write_factory(tmp_path, "import sys\ndef make():\n    sys.exit(4)\n")
+    with pytest.raises(UserError, match=r"calling .*:make called sys.exit\(4\)"):
+        load_user_module(f"{path}:make")
+
+
+def test_package_module_that_raises_at_import(tmp_path, monkeypatch):
+    (tmp_path / "broken_pkg_for_test.py").write_text("raise ValueError('bad config')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match="importing broken_pkg_for_test failed: ValueError: bad config"):
+        load_user_module("broken_pkg_for_test:make")
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"", b"{\"weights\": 1}"])
+def test_weights_that_are_not_a_torch_save_file(tmp_path, content):
+    path = _write_factory(tmp_path, "def make():\n    return torch.nn.LSTM(4, 6)\n")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(content)
+    with pytest.raises(UserError, match=r"is not a file torch.save writes .*torch.save\(model.state_dict\(\), PATH\)"):
+        load_user_module(f"{path}:make", str(weights))
+    with pytest.raises(UserError, match="is a directory, not a file"):
+        load_user_module(f"{path}:make", str(tmp_path))
+
+
+def test_describe_reads_as_words():
+    assert preset("seed").spec.describe() == "10-layer bi-LSTM 10->20"
+    assert ModelSpec("gru", 4, 6, 1, batch_first=True, bias=False).describe() == "1-layer GRU 4->6 batch_first no bias"

@@ -179,7 +179,7 @@ class ModelOptions:
 
     def _torch_model(self) -> Any:
         from lstminfer.model.base import Model
-        from lstminfer.model.spec import build_module, check_memory, preset, spec_of_module, why_not_one_rnn
+        from lstminfer.model.spec import build_module, check_memory, preset, spec_of_module
         from lstminfer.model.whole import module_or_whole
 
         # --shapes gives a whole model's example inputs (model/whole.py)
@@ -198,9 +198,7 @@ class ModelOptions:
                     raise UserError(f"{flag(next(iter(sizes)))} sets the size of a preset or of one recurrent stack, "
                                     f"not of a whole model like {self.module_ref}; drop it")
                 return module
-            spec = spec_of_module(module)
-            if spec is None:
-                raise UserError(f"--model {self.module_ref}: {why_not_one_rnn(module)}")
+            spec = spec_of_module(module)  # not None: module_or_whole returns a bare module only then
             for key, value in sizes.items():
                 if getattr(spec, key) != value:
                     raise UserError(f"{flag(key)} {value} does not match the model's {key} {getattr(spec, key)}; "

@@ -180,42 +180,17 @@ def build_module(spec: ModelSpec, seed: int = 0) -> Any:
     return module.eval()
 
 
-def _recurrent_layers(module: Any) -> tuple[list[Any], list[str]]:
-    """The nn.LSTM / nn.GRU layers inside `module`, and the other submodules that hold parameters (by name)."""
-    import torch
-
-    rnns = [m for m in module.modules() if isinstance(m, (torch.nn.LSTM, torch.nn.GRU))]
-    inside = {id(p) for m in rnns for p in m.parameters()}
-    others = [f"{name} ({type(m).__name__})" for name, m in module.named_modules()
-              if m is not module and not isinstance(m, (torch.nn.LSTM, torch.nn.GRU))
-              and any(id(p) not in inside for p in m.parameters(recurse=False))]
-    return rnns, others
-
-
-def why_not_one_rnn(module: Any) -> str:
-    """Why spec_of_module(module) is None, in words a user can act on."""
-    rnns, others = _recurrent_layers(module)
-    if not rnns:
-        return (f"found no nn.LSTM / nn.GRU inside {type(module).__name__}; lstminfer runs modules built around "
-                "one recurrent stack")
-    if len(rnns) > 1:
-        return (f"found {len(rnns)} recurrent layers (nn.LSTM / nn.GRU) in {type(module).__name__}; lstminfer runs "
-                "one recurrent stack: return one of them from the factory")
-    return (f"{type(module).__name__} has one {type(rnns[0]).__name__}, but also layers with weights around it: "
-            f"{', '.join(others[:3])}{' ...' if len(others) > 3 else ''}; lstminfer runs the recurrent stack alone: "
-            "return the recurrent layer from the factory (e.g. `return model.lstm`)")
-
-
 def spec_of_module(module: Any) -> ModelSpec | None:
     """The ModelSpec of a plain nn.LSTM / nn.GRU, or of a module whose only recurrent child is one; else None."""
     import torch
 
     rnn = module
     if not isinstance(module, (torch.nn.LSTM, torch.nn.GRU)):
-        rnns, others = _recurrent_layers(module)
-        if len(rnns) != 1 or others:
+        children = [m for m in module.modules() if isinstance(m, (torch.nn.LSTM, torch.nn.GRU))]
+        if len(children) != 1 or any(not isinstance(m, (torch.nn.LSTM, torch.nn.GRU)) and list(m.parameters(False))
+                                     for m in module.modules() if m is not module):
             return None
-        rnn = rnns[0]
+        rnn = children[0]
     return ModelSpec(
         kind="lstm" if isinstance(rnn, torch.nn.LSTM) else "gru",
         input_size=rnn.input_size, hidden_size=rnn.hidden_size, num_layers=rnn.num_layers,
