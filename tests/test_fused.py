@@ -585,12 +585,15 @@ def test_persistent_plan_fits_the_multiprocessors_and_names_its_kernel():
 
     p = plan(1024, False, 8, torch.float16)  # U: 128 programs of 8 units, batch padded to 16 rows for tl.dot
     assert (p.kernel, p.block_n, p.r_tiles, p.programs, p.block_b) == ("persistent", 8, 128, 128, 16)
-    assert p.resident and p.k_split == p.num_warps == 8
+    assert p.resident and p.k_split == p.num_warps == 8  # 16 rows x HP 1024 of h: 8 warps (4 spill)
     assert not plan(512, False, 64).resident  # fp32 with tl.dot streams its weights
     p = plan(512, True, 8)  # S: fp32 with 8 rows multiplies without tl.dot, on the real rows
     assert (p.block_n, p.r_tiles, p.programs, p.block_b) == (8, 64, 128, 8)
     assert plan(768, False, 16, torch.float16).r_tiles * 8 == 768  # V: no program for the padding to 1024
-    assert plan(300, False, 1).r_tiles * 4 == 304  # tiles cover whole 16-wide k chunks
+    p1 = plan(300, False, 1)  # one warp a program, several a multiprocessor; tiles cover whole 16-wide k chunks
+    assert (p1.num_warps, p1.block_n, p1.r_tiles * p1.block_n) == (1, 2, 304)
+    assert plan(1024, False, 1).programs == 1024  # R: 1024 one-warp programs, 128 weights a lane
+    assert plan(1024, False, 1, sms=80).num_warps == 16  # fewer multiprocessors: 64 programs of 16 units
     assert plan(1024, True, 320) is None  # 5 batch groups x 2 directions x 16 tiles of 64 > 132
     assert p.describe()["kernel"] == "persistent" and p.describe()["block_n"] == 8
     assert plan_for(pack_rnn(make("lstm", 8, 20, 1, False, False), "cpu"), 4, 2).describe()["kernel"] == "stack"

@@ -139,15 +139,36 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
             slab[0, :, 0, :hidden] = h0[layer * dirs]
             if dirs == 2:
                 slab[seq_len + 1, :, 1, :hidden] = h0[layer * dirs + 1]
-        _launch(_rnn_persistent_kernel, (plan.programs, 1, 1), ws, plan.num_warps,
-                gx, packed.w_hh, slab, state, ws["err"], out, stride_ot, stride_ob, out.stride(2), hn, cn,
-                seq_len, batch, hidden, layer, int(layer == layers - 1), units, SPIN_LIMIT,
-                IS_LSTM=lstm, D=dirs, HP=hp, RT=rt, R_TILES=plan.r_tiles, BLOCK_N=plan.block_n,
-                BLOCK_B=plan.block_b, BLOCK_K=plan.block_k, KH=kh,
-                POLL_ROWS=max(1, min(plan.block_b, 8192 // hp)), WORD_BITS=words.element_size() * 8,
-                USE_DOT=plan.block_b >= 16, RESIDENT=plan.resident, K_SPLIT=plan.k_split,
-                DOT_PRECISION="ieee" if packed.dtype == torch.float32 else "tf32",
-                ON_GPU=not interpreting(), FAST_MATH=fast_math)
+        args = (gx, packed.w_hh, slab, state, ws["err"], out, stride_ot, stride_ob, out.stride(2), hn, cn,
+                seq_len, batch, hidden, layer, int(layer == layers - 1), units, SPIN_LIMIT)
+        constexprs = dict(IS_LSTM=lstm, D=dirs, HP=hp, RT=rt, R_TILES=plan.r_tiles, BLOCK_N=plan.block_n,
+                          BLOCK_B=plan.block_b, BLOCK_K=plan.block_k, KH=kh,
+                          POLL_ROWS=max(1, min(plan.block_b, 8192 // hp)), WORD_BITS=words.element_size() * 8,
+                          USE_DOT=plan.block_b >= 16, RESIDENT=plan.resident, K_SPLIT=plan.k_split,
+                          DOT_PRECISION="ieee" if packed.dtype == torch.float32 else "tf32",
+                          ON_GPU=not interpreting(), FAST_MATH=fast_math)
+        if not interpreting() and ws.get("resident") != constexprs:
+            _check_resident(plan, args, constexprs)
+            ws["resident"] = constexprs
+        _launch(_rnn_persistent_kernel, (plan.programs, 1, 1), ws, plan.num_warps, *args, **constexprs)
+
+
+def _check_resident(plan: Plan, args: tuple, constexprs: dict) -> None:
+    """Compile the persistent kernel for these arguments (no launch) and refuse a grid whose programs cannot
+    all be resident at once on an idle GPU (registers, shared memory, 32 blocks a multiprocessor): their waits
+    would never end."""
+    compiled = _rnn_persistent_kernel.warmup(*args, grid=(plan.programs,), num_warps=plan.num_warps, **constexprs)
+    getattr(compiled, "_init_handles", lambda: None)()  # n_regs is read when the binary is loaded
+    props = torch.cuda.get_device_properties(args[0].device)
+    regs = getattr(props, "regs_per_multiprocessor", 65536)
+    smem = getattr(props, "shared_memory_per_multiprocessor", 228 << 10)
+    threads = 32 * plan.num_warps
+    per_sm = min(32, regs // max(1, (-(-compiled.n_regs // 8) * 8) * threads),
+                 smem // max(1, compiled.metadata.shared + 1024), 2048 // threads)
+    if plan.programs > per_sm * props.multi_processor_count:
+        raise ValueError(f"the persistent kernel's {plan.programs} programs cannot all be resident "
+                         f"({per_sm} a multiprocessor at {compiled.n_regs} registers a thread, "
+                         f"{props.multi_processor_count} multiprocessors): use path='multi-launch'")
 
 
 def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = None,

@@ -70,12 +70,14 @@ def _poll_words(ptrs, mask, spin_limit, err_ptr, ON_GPU: tl.constexpr):
     together) until none is, or spin_limit reads have passed; a give-up (or, under the interpreter, a poisoned
     word at all) sets err_ptr. The words returned are the data."""
     words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+    bad = tl.max((words == -1).to(tl.int32))
     if ON_GPU:
         spins = 1
-        while (tl.sum((words == -1).to(tl.int32)) > 0) & (spins < spin_limit):
+        while (bad > 0) & (spins < spin_limit):
             words = tl.load(ptrs, mask=mask, other=0, volatile=True)
+            bad = tl.max((words == -1).to(tl.int32))
             spins += 1
-    if tl.sum((words == -1).to(tl.int32)) > 0:
+    if bad > 0:
         tl.atomic_max(err_ptr, 1)
     return words
 
@@ -140,7 +142,7 @@ def _times_w_streamed(words_ptr, slab_ptr, prev, row0, rows, b_ok, w_rows, B, KH
 
 
 @triton.jit
-def _persistent_step(s, unit, w, gx_ptr, w_hh_ptr, slab_ptr, words_ptr, state_ptr, err_ptr,
+def _persistent_step(s, unit, w, h_old, c, gx_ptr, w_hh_ptr, slab_ptr, words_ptr, state_ptr, err_ptr,
                      out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
                      T, B, H, layer, is_last, spin_limit, KH,
                      IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr,
@@ -148,7 +150,8 @@ def _persistent_step(s, unit, w, gx_ptr, w_hh_ptr, slab_ptr, words_ptr, state_pt
                      POLL_ROWS: tl.constexpr, USE_DOT: tl.constexpr, RESIDENT: tl.constexpr,
                      K_SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr,
                      FAST_MATH: tl.constexpr):
-    """Step s of one unit (batch group, direction, row tile); w is its on-chip W_hh^T slice when RESIDENT."""
+    """Step s of one unit (batch group, direction, row tile): returns its new (h, c) [BLOCK_B, BLOCK_N] in
+    fp32. w is its on-chip W_hh^T slice when RESIDENT; h_old (GRU) and c (LSTM) its state before the step."""
     C: tl.constexpr = RT * 4
     COLS: tl.constexpr = BLOCK_N * 4
     cols = tl.arange(0, COLS)
@@ -163,9 +166,6 @@ def _persistent_step(s, unit, w, gx_ptr, w_hh_ptr, slab_ptr, words_ptr, state_pt
     # independent of the other programs: in flight during the wait
     gx = tl.load(gx_ptr + (t * B + rows[:, None]) * C + d * HP * 4 + n0 * 4 + cols[None, :],
                  mask=b_ok[:, None], other=0.0)
-    own = ((d * B + rows[:, None]) * HP + offs_n[None, :])
-    h_old = tl.load(state_ptr + own, mask=b_ok[:, None], other=0.0)
-    c = tl.load(state_ptr + D * B * HP + own, mask=b_ok[:, None], other=0.0)
     prev = read_slot * B * RT + d * HP
     if RESIDENT:
         acc = _times_w_resident(words_ptr, prev, rows, b_ok, w, KH, spin_limit, err_ptr,
@@ -175,9 +175,6 @@ def _persistent_step(s, unit, w, gx_ptr, w_hh_ptr, slab_ptr, words_ptr, state_pt
                                 w_hh_ptr + (layer * D + d) * HP * (HP * 4) + n0 * 4, B, KH, spin_limit, err_ptr,
                                 RT, HP, COLS, BLOCK_B, BLOCK_K, POLL_ROWS, USE_DOT, DOT_PRECISION, ON_GPU)
     h, c = _cell(acc + gx, c, h_old, IS_LSTM, BLOCK_B, BLOCK_N, FAST_MATH)
-    tl.store(state_ptr + own, h, mask=b_ok[:, None])
-    if IS_LSTM:
-        tl.store(state_ptr + D * B * HP + own, c, mask=b_ok[:, None])
     # h of time t, for the other programs (next step) and the next layer
     tl.store(slab_ptr + ((t + 1) * B + rows[:, None]) * RT + d * HP + offs_n[None, :],
              h.to(slab_ptr.dtype.element_ty), mask=b_ok[:, None])
@@ -191,8 +188,18 @@ def _persistent_step(s, unit, w, gx_ptr, w_hh_ptr, slab_ptr, words_ptr, state_pt
         tl.store(hn_ptr + final, h.to(hn_ptr.dtype.element_ty), mask=final_ok)
         if IS_LSTM:
             tl.store(cn_ptr + final, c.to(cn_ptr.dtype.element_ty), mask=final_ok)
-    # the next step's loads of the own state may be another thread's stores
-    tl.debug_barrier()
+    return h, c
+
+
+@triton.jit
+def _own_state(state_ptr, unit, B, D: tl.constexpr, HP: tl.constexpr, R_TILES: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Offsets of a unit's h in state [2, D, B, HP] (c: + D * B * HP) and its row mask."""
+    group = unit // (D * R_TILES)
+    d = (unit // R_TILES) % D
+    rows = group * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = (unit % R_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return (d * B + rows[:, None]) * HP + offs_n[None, :], (rows < B)[:, None]
 
 
 @triton.jit
@@ -230,8 +237,12 @@ def _rnn_persistent_kernel(
                 w = _load_w_resident(w_rows, KH, HP, COLS, K_SPLIT, USE_DOT)
             else:
                 w = 0.0
+            # the state stays in registers for the whole layer
+            own, own_ok = _own_state(state_ptr, unit, B, D, HP, R_TILES, BLOCK_N, BLOCK_B)
+            h = tl.load(state_ptr + own, mask=own_ok, other=0.0)
+            c = tl.load(state_ptr + D * B * HP + own, mask=own_ok, other=0.0)
             for s in range(0, T):
-                _persistent_step(s, unit, w, gx_ptr, w_hh_ptr, slab_ptr, words, state_ptr, err_ptr,
+                h, c = _persistent_step(s, unit, w, h, c, gx_ptr, w_hh_ptr, slab_ptr, words, state_ptr, err_ptr,
                                  out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
                                  T, B, H, layer, is_last, spin_limit, KH,
                                  IS_LSTM, D, HP, RT, R_TILES, BLOCK_N, BLOCK_B, BLOCK_K, POLL_ROWS, USE_DOT,
@@ -245,8 +256,14 @@ def _rnn_persistent_kernel(
                     w = _load_w_resident(w_rows, KH, HP, COLS, K_SPLIT, USE_DOT)
                 else:
                     w = 0.0
-                _persistent_step(s, unit, w, gx_ptr, w_hh_ptr, slab_ptr, words, state_ptr, err_ptr,
+                # one program runs every unit: the state goes through memory
+                own, own_ok = _own_state(state_ptr, unit, B, D, HP, R_TILES, BLOCK_N, BLOCK_B)
+                h = tl.load(state_ptr + own, mask=own_ok, other=0.0)
+                c = tl.load(state_ptr + D * B * HP + own, mask=own_ok, other=0.0)
+                h, c = _persistent_step(s, unit, w, h, c, gx_ptr, w_hh_ptr, slab_ptr, words, state_ptr, err_ptr,
                                  out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
                                  T, B, H, layer, is_last, spin_limit, KH,
                                  IS_LSTM, D, HP, RT, R_TILES, BLOCK_N, BLOCK_B, BLOCK_K, POLL_ROWS, USE_DOT,
                                  RESIDENT, K_SPLIT, DOT_PRECISION, ON_GPU, FAST_MATH)
+                tl.store(state_ptr + own, h, mask=own_ok)
+                tl.store(state_ptr + D * B * HP + own, c, mask=own_ok)

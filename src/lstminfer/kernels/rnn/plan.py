@@ -35,6 +35,11 @@ RELAY_MAX_BYTES = 256 << 20
 PERSISTENT_MIN_HIDDEN = 256
 PERSISTENT_MAX_ROWS = 64
 PERSISTENT_MAX_UNITS = 64
+# fp16/bf16 with at most this many batch rows multiply-and-sum (one row: P bf16 ~260 us with tl.dot at 16 padded
+# rows, ~160 us for fp32's multiply-and-sum); more rows use tensor cores
+PERSISTENT_SUM_ROWS = 2
+# one warp a program (multiply-and-sum) while a lane's share of h (block_b * HP / 32 values) stays this small
+PERSISTENT_ONE_WARP_H = 2048
 SPIN_LIMIT = 4_000_000
 
 
@@ -85,36 +90,48 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool) -> Plan | None:
-    """The persistent kernel's plan, or None where its programs cannot all be resident (one per
-    multiprocessor). Every program owns block_n hidden units of one direction and one batch group of block_b
-    rows; block_n is the smallest that fits the programs on the multiprocessors (more programs: fewer weights
-    and fewer multiply-adds each per step). fp16/bf16, or fp32 with more than 8 rows, multiply with tl.dot,
-    which needs 16 rows at least; fp32 with few rows by broadcast-multiply-and-sum over the real rows."""
+def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_warps: int | None = None
+                     ) -> Plan | None:
+    """The persistent kernel's plan, or None where its programs cannot all be resident.
+
+    Every program owns block_n hidden units of one direction and one batch group of block_b rows for the whole
+    layer, with their W_hh^T columns on chip. fp16/bf16 past PERSISTENT_SUM_ROWS rows multiply with a batched
+    tl.dot (16 rows at least, 4 warps, one k slice each) and one program per multiprocessor; fp32 past 8 rows
+    streams its weights (v10) with tl.dot. Fewer rows multiply-and-sum over the real rows: one warp a program
+    where its h and weights fit in ~128 registers a lane each (several programs share a multiprocessor; every
+    barrier of a step is then a warp's), else 4-16 warps and one program per multiprocessor. block_n is the
+    smallest that fits the programs on the multiprocessors.
+    """
     hp, dirs, hidden = packed.hidden_padded, packed.num_directions, packed.hidden_size
-    use_dot = packed.dtype != torch.float32 or batch > 8
+    use_dot = batch > (8 if packed.dtype == torch.float32 else PERSISTENT_SUM_ROWS)
     block_b = min(PERSISTENT_MAX_ROWS, _pow2(batch, least=16 if use_dot else 1))
     groups = -(-batch // block_b)
-    block_n = 4
+    if num_warps is None:
+        # tl.dot: 4 warps (H200: P bf16 258 us, 356 at 8), 8 where a lane's share of h would spill at 4
+        num_warps = (1 if block_b * hp <= PERSISTENT_ONE_WARP_H else 4) if not use_dot else \
+            (4 if block_b * hp <= 8192 else 8)
+    # programs a multiprocessor holds: one, except one-warp programs (about 168 registers a lane: 12)
+    per_sm = max(1, 12 // num_warps) if num_warps < 4 else 1
+    block_n = max(1, min(4, 1024 * num_warps // hp)) if num_warps < 4 else 4
     while True:
         # tiles of a direction: the real units, rounded so that they cover whole 16-wide k chunks
         tiles = -(-hidden // block_n)
         tiles = -(-tiles // max(1, 16 // block_n)) * max(1, 16 // block_n)
-        if groups * dirs * tiles <= sms:
+        if groups * dirs * tiles <= sms * per_sm:
             break
         block_n *= 2
         if block_n > min(PERSISTENT_MAX_UNITS, hp):
             return None
     kh = tiles * block_n
-    # W_hh^T slice on chip for the whole layer, except fp32 with tl.dot (its FMA dot would hold whole k rows per
-    # thread); warps so that it takes at most ~64 registers a thread
+    if num_warps < 4 and hp * 4 * block_n > 128 * 32 * num_warps:
+        # too many weights a lane for so few warps: one program of more warps per multiprocessor
+        return _persistent_plan(packed, batch, sms, serial, num_warps=4)
+    # W_hh^T on chip, except fp32 with tl.dot (its FMA dot would hold whole k rows per thread). Multiply-and-sum
+    # past one warp: warps for at most ~128 weights a lane (H200: P fp32 161 us at 4 warps, 181 at 8; R fp32 368
+    # at 8, 425 at 16).
     resident = packed.dtype != torch.float32 or not use_dot
-    weight_words = hp * 4 * block_n * packed.w_hh.element_size() // 4
-    num_warps = 8
-    while num_warps < 16 and weight_words > 64 * 32 * num_warps:
+    while not use_dot and num_warps > 1 and num_warps < 16 and hp * 4 * block_n > 128 * 32 * num_warps:
         num_warps *= 2
-    if not resident:
-        num_warps = 4
     return Plan("per-layer", block_b, tiles, 1 if serial else groups * dirs * tiles, block_k=32 if kh % 32 == 0 else 16,
                 num_warps=num_warps, block_n=block_n, resident=resident, k_split=min(num_warps, hp // 16))
 
@@ -157,7 +174,8 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
         block_m, block_c = 16, min(cols, 64)
     batch_tiles = -(-batch // block_b)
     items = -(-seq_len * block_b // block_m) * (cols // block_c)
-    persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda)
+    persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda,
+                                  num_warps=overrides.pop("num_warps", None) if path == "per-layer" else None)
     if path is None and on_cuda and persistent is not None and hp >= PERSISTENT_MIN_HIDDEN:
         path = "per-layer"
     if path == "per-layer":
