@@ -55,5 +55,5 @@ def test_sigint_leaves_the_previous_results_byte_for_byte(complete, moment):
     rest, _ = proc.communicate(timeout=120)[::-1]
     assert proc.returncode == 130, "".join(seen) + rest
     assert "Traceback" not in rest
-    assert f"the previous results in {out} are untouched" in rest and str(out / ".partial") in rest
+    assert f"the previous results in {out} are untouched" in rest and str(out / ".lstminfer-partial") in rest
     assert _snapshot(out) == before  # model.onnx, results.json, report.md and the plots, byte for byte

@@ -268,5 +268,6 @@ def test_progress_is_one_line_per_step_when_stderr_is_not_a_terminal(cli, tmp_pa
     assert "lstminfer: bench torch[cpu] fp32 seq 1 x batch 3" in steps
     assert len(steps) == len(set(steps))  # the timing loop's many updates are one line
     results = json.loads((tmp_path / "o" / "results.json").read_text())
-    assert results["model"]["onnx"] == str(tmp_path / "o" / "model.onnx") and not (tmp_path / "o" / ".partial").exists()
+    assert results["model"]["onnx"] == str(tmp_path / "o" / "model.onnx")
+    assert not (tmp_path / "o" / ".lstminfer-partial").exists()
     assert np.isfinite(results["bench"][0]["latency_ms"]["median"])

@@ -105,6 +105,7 @@ class Job:
     timing: BenchConfig
     notes: list[str]
     out: Path
+    allow_unverified: bool = False
 
 
 def _job(args: argparse.Namespace, verify: bool, bench: bool) -> Job:
@@ -123,7 +124,7 @@ def _job(args: argparse.Namespace, verify: bool, bench: bool) -> Job:
                          seq_len=model.seq_len, batch=model.batch, precision=args.precision,
                          seed=args.seed) if timing else BenchConfig(seed=args.seed)
     return Job(model, targets, list(points or []), [(model.seq_len, model.batch)] if bench else [], config, notes,
-               out)
+               out, allow_unverified=verify and args.allow_unverified)
 
 
 def _measure(job: Job, args: argparse.Namespace, directory: Path,
@@ -140,8 +141,7 @@ def _measure(job: Job, args: argparse.Namespace, directory: Path,
             for seq_len, batch in job.verify_points:
                 references.outputs(seq_len, batch)
     notes = [*model.notes, *notes]
-    print_reference(references.unverified if job.verify_points else None, notes,
-                    getattr(args, "allow_unverified", False))
+    print_reference(references.unverified if job.verify_points else None, notes, job.allow_unverified)
     result = Measurement()
     if job.verify_points and model.onnx_path is not None and model.module is not None:
         result.add(check_onnx_reference(model, references, job.verify_points))
@@ -182,7 +182,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     check_something_ran(result.verify, "verified")
     _verify_table(job.model, result.verify)
     write_json_output(args.json, [r.to_dict() for r in result.verify])
-    return verify_code(result.verify, args.allow_unverified)
+    return verify_code(result.verify, job.allow_unverified)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -216,8 +216,8 @@ def _results(job: Job, result: Measurement, notes: list[str], stage: Path) -> di
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """export -> verify -> bench -> results.json + report.md, written into OUT/.partial and moved into OUT at the
-    end: an interrupted run leaves the previous results as they were (issue 14 item 7)."""
+    """export -> verify -> bench -> results.json + report.md, written into OUT/.lstminfer-partial and moved into
+    OUT at the end: an interrupted run leaves the previous results as they were (issue 14 item 7)."""
     from lstminfer.report.render import write_report
 
     job = _job(args, verify=True, bench=True)
@@ -246,4 +246,4 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_table("Summary", summary_rows(result.verify, result.bench))
     write_json_output(args.json, results)
     print(f"wrote {', '.join(str(p) for p in written)}")
-    return verify_code(result.verify, args.allow_unverified)
+    return verify_code(result.verify, job.allow_unverified)

@@ -215,13 +215,13 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
 
 class StagedDir:
-    """A run's files written into ``OUT/.partial/`` and moved into OUT together only when the run completes.
+    """A run's files written into ``OUT/.lstminfer-partial/``, moved into OUT together when the run completes.
 
     An interrupted or failed run leaves the previous complete results in OUT byte for byte, and its own
     partial files in `path` (replaced by the next run).
     """
 
-    NAME = ".partial"
+    NAME = ".lstminfer-partial"  # specific: start() removes it, and --out may be a directory of the user's
 
     def __init__(self, out: Path) -> None:
         self.out = out
