@@ -285,6 +285,7 @@ def accuracy_plot(verify_records: Sequence[Record], colors: dict[str, Any]) -> A
         ax.axhline(floor, color="0.6", linestyle=":", linewidth=1)
         ax.annotate("0 (exact)", (1.0, floor), xycoords=("axes fraction", "data"), ha="right", va="bottom",
                     fontsize=7, color="0.4")
+    ax.margins(y=0.1)  # markers, unlike bars, would sit half outside the axes at the ends of the range
     _log_y(ax)
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
     ax.set_xlim(-0.6, len(labels) - 0.4)
