@@ -229,6 +229,11 @@ def test_verification_table_keeps_each_precision_s_verdict(tmp_path: Path) -> No
     text = write_report(results, tmp_path / "report.md", "md").read_text()
     assert "| torch | cpu | fp32 | 16x2 | 1e-07 | 1e-06 | 0.0001 | 0.001 | passed |" in text
     assert "| torch | cpu | fp16 | 16x2 | 0.5 | 5 | 0.01 | 0.01 | FAILED |" in text
+    results["verify"][2]["unverified"] = "onnx.reference lacks DequantizeLinear"
+    page = write_report(results, tmp_path / "report.html", "html").read_text()
+    assert ('<td class="unverified">unverified: no independent reference (onnx.reference lacks DequantizeLinear)'
+            "</td>") in page
+    assert '<td class="failed">FAILED</td>' in page and '<td class="passed">passed</td>' in page
 
 
 def test_one_unit_for_every_table_of_a_report(tmp_path: Path) -> None:

@@ -113,7 +113,7 @@ table { border-collapse: collapse; margin: 0.6em 0; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; } th { background: #f4f4f4; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.fastest td { background: #eef8ee; font-weight: 600; }
-td.failed { color: #b00; font-weight: 600; } td.passed { color: #070; }
+td.failed { color: #b00; font-weight: 600; } td.passed { color: #070; } td.unverified { color: #a55a00; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 13px; }
 dl { display: grid; grid-template-columns: max-content auto; gap: 2px 12px; } dt { font-weight: 600; }
@@ -134,6 +134,8 @@ def _html_cell(value: Any, numeric: bool) -> str:
         classes.append("failed")
     elif text == "passed":
         classes.append("passed")
+    elif text.startswith("unverified"):  # compared with the runtime itself: neither passed nor failed
+        classes.append("unverified")
     attr = f' class="{" ".join(classes)}"' if classes else ""
     return f"<td{attr}>{html.escape(text)}</td>"
 
