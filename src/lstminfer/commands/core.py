@@ -83,8 +83,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output_file(args.json)
     check_output_file(args.output, "-o")
     model = model_from_args(args)
-    with StepLog() as log:
-        log("export the ONNX file and check it in ONNX Runtime")
+    with stderr_console().status("exporting and checking the ONNX file"):
         result = export_model(model, args.output, args.exporter)
     print_notes(result.notes)
     worst = max(c["max_abs_err"] for c in result.checks)
