@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,20 +19,36 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import lstminfer
 
 
+def _interpreter_usable() -> bool:
+    """Triton reads TRITON_INTERPRET when it is imported: too late once it was imported without it."""
+    if "triton" not in sys.modules:
+        return True
+    from triton.language import standard
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(standard.cdiv, InterpretedFunction)
+
+
 @pytest.fixture
 def device(monkeypatch):
     if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         return "cuda"
     if importlib.util.find_spec("triton") is None:
         pytest.skip("triton is not installed")
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # before triton is imported: it reads the variable then
-    from triton.runtime.interpreter import InterpretedFunction
-
-    from lstminfer.kernels.rnn import stack
-
-    if not isinstance(stack._rnn_stack_kernel, InterpretedFunction):
-        pytest.skip("triton was imported before TRITON_INTERPRET=1 was set: run this file on its own")
+    if not _interpreter_usable():
+        pytest.skip("triton was imported without TRITON_INTERPRET=1: test_in_a_fresh_process runs this test")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
     return "cpu"
+
+
+def test_in_a_fresh_process():
+    """Where an earlier test imported Triton without the interpreter, this file's CPU tests run in a new process."""
+    if torch.cuda.is_available() or importlib.util.find_spec("triton") is None or _interpreter_usable():
+        pytest.skip("the tests of this file run in this process")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not gpu", __file__],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
 
 
 @pytest.fixture

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import lstminfer
 from _recurrent_files import FEATURES, HIDDEN, export_vad, lstm_proto, save
@@ -164,3 +169,147 @@ def test_import_lstminfer_stays_light():
     code = ("import sys, lstminfer; heavy = [m for m in ('numpy', 'onnx', 'torch', 'lstminfer.session') "
             "if m in sys.modules]; assert not heavy, heavy; assert lstminfer.Session.__name__ == 'Session'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- PyTorch models: whole models, the state carried by lstminfer or by the forward ---------------------------
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _eager(module, x, *args):
+    with torch.no_grad():
+        return module(torch.from_numpy(x), *args)
+
+
+@pytest.mark.parametrize("sizes", [(1, 3, 5, 4), (13,), (1,) * 13])
+def test_whole_model_streaming_carries_each_layers_state(sizes):
+    """The VAD calls its LSTM without state: chunked equals one pass, which equals the module's own run."""
+    model, example = _example("vad").vad()
+    session = lstminfer.Session((model, example), backend="torch")
+    assert session.carried and session.state_inputs == ["rnn.h", "rnn.c"]
+    x = np.random.default_rng(7).standard_normal((2, 13, 40)).astype(np.float32)
+    got = np.concatenate([p["output"] for p in _chunked(session, x, axis=1, sizes=sizes)], axis=1)
+    np.testing.assert_allclose(got, _eager(model, x).numpy(), atol=1e-5)
+    _, (h, c) = _eager(model.rnn, _eager(model.front, x.transpose(0, 2, 1)).numpy().transpose(0, 2, 1))
+    np.testing.assert_allclose(session.state["rnn.h"], h.numpy(), atol=1e-5)
+    session.reset()
+    np.testing.assert_allclose(session.step(x[:, :4])["output"], _eager(model, x[:, :4]).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_whole_model_with_its_own_state_streams(backend):
+    """forward(frames, (h, c)) -> (prob, (h, c)): the pairs come from the forward, ONNX Runtime exports it."""
+    model, example = _example("vad").vad_with_state()
+    session = lstminfer.Session((model, example), backend=backend)
+    assert session.pairs == [("state_0", "state_0_out"), ("state_1", "state_1_out")] and not session.carried
+    x = np.random.default_rng(8).standard_normal((3, 13, 40)).astype(np.float32)
+    got = np.concatenate([p["output"] for p in _chunked(session, x, axis=1)], axis=1)
+    np.testing.assert_allclose(got, _eager(model, x).numpy(), atol=1e-5)
+
+
+def test_a_plain_module_carries_its_state_and_refusals_are_one_line():
+    gru = torch.nn.GRU(3, 4, num_layers=2).eval()
+    session = lstminfer.Session(gru, backend="torch")
+    x = np.random.default_rng(9).standard_normal((9, 2, 3)).astype(np.float32)
+    got = np.concatenate([p["output"] for p in _chunked(session, x, axis=0, sizes=(4, 5))], axis=0)
+    np.testing.assert_allclose(got, _eager(gru, x)[0].numpy(), atol=1e-5)
+    crnn, image = _example("crnn").crnn()
+    with pytest.raises(UserError, match="cannot stream CRNN: its recurrent layer rnn is bidirectional"):
+        lstminfer.Session((crnn, image), backend="torch")
+    with pytest.raises(UserError, match="found no recurrent state .* or stream its PyTorch module on torch or fused"):
+        lstminfer.Session((gru, torch.randn(5, 2, 3)), backend="openvino")
+
+
+def test_torchscript_without_outputs_says_so_instead_of_an_empty_list(vad):
+    """Issue 14 item 15: a TorchScript file's outputs are unknown before it runs; the message says that."""
+    with pytest.raises(UserError, match=r"outputs named once it has run\): give the pairs with --state IN:OUT"):
+        lstminfer.Session(vad[1], backend="torchscript", inputs=SCALARS)
+
+
+def test_fused_streams_a_whole_model_in_chunks():
+    """Under Triton's interpreter, in a fresh process: Triton reads TRITON_INTERPRET when it is imported, and an
+    export earlier in this process may have imported it already."""
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    code = f"""
+import importlib.util, numpy as np, torch, lstminfer
+import lstminfer.kernels.rnn as rnn
+calls, real = [], rnn.rnn_forward
+rnn.rnn_forward = lambda *a, **k: calls.append(a[1].shape) or real(*a, **k)  # the op imports it at each call
+spec = importlib.util.spec_from_file_location("vad", {str(EXAMPLES / "vad.py")!r})
+vad = importlib.util.module_from_spec(spec); spec.loader.exec_module(vad)
+torch.manual_seed(1)
+model = vad.VAD(features=6, hidden=8).eval()
+session = lstminfer.Session((model, torch.randn(1, 4, 6)), backend="fused", device="cpu")
+x = np.random.default_rng(10).standard_normal((2, 7, 6)).astype(np.float32)
+got = np.concatenate([session.step(x[:, a:b])["output"] for a, b in ((0, 1), (1, 3), (3, 7))], axis=1)
+with torch.no_grad():
+    want = model.double()(torch.from_numpy(x).double()).numpy()
+np.testing.assert_allclose(got, want, atol=1e-5)
+assert [tuple(c) for c in calls] == [(2, 1, 8), (2, 2, 8), (2, 4, 8)], calls  # the kernel ran every chunk
+"""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+# ---- lstminfer stream ------------------------------------------------------------------------------------------
+def test_stream_cli_on_a_whole_model_with_streams_side_by_side(cli, tmp_path):
+    code, out, err = cli("stream", "--model", EXAMPLES / "vad.py:vad", "--chunk", 2, "--chunks", 3,
+                         "--warmup-chunks", 1, "--batch", 3, "--backends", "torch", "--chunk-ms", 64,
+                         "--json", tmp_path / "s.json")
+    assert code == 0, err
+    (record,) = json.loads((tmp_path / "s.json").read_text())
+    assert record["chunk_shape"] == [3, 2, 40] and record["state"] == ["rnn.h (carried)", "rnn.c (carried)"]
+    assert len(record["times_ms"]) == 3 and record["real_time_factor"] > 0
+    code, out, err = cli("stream", "--model", EXAMPLES / "crnn.py:crnn", "--chunk", 4)
+    assert code == 2 and err.count("\n") == 1 and "bidirectional" in err
+
+
+def test_the_files_md_stream_example_runs(cli, tmp_path):
+    """docs/files.md: export the VAD with its state as inputs and outputs, then stream the file."""
+    code, _, err = cli("export", "--model", EXAMPLES / "vad.py:vad_with_state", "-o", tmp_path / "vad.onnx")
+    assert code == 0, err
+    code, out, err = cli("stream", tmp_path / "vad.onnx", "--chunk", 1, "--chunks", 5, "--chunk-ms", 32,
+                         "--backends", "onnxruntime", "--json", tmp_path / "s.json")
+    assert code == 0, err
+    (record,) = json.loads((tmp_path / "s.json").read_text())
+    assert record["state"] == ["state_0:state_0_out", "state_1:state_1_out"] and record["chunk_shape"] == [1, 1, 40]
+
+
+def test_seq_axis_for_a_file_whose_dims_do_not_name_it(cli, tmp_path):
+    """Issue 14 item 11: fixed dims; the error suggests --seq-axis, which (with --shapes) then streams."""
+    proto = lstm_proto()
+    for value in list(proto.graph.input) + list(proto.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.dim_value = 5 if dim.dim_param == "seq" else 2
+    path = save(proto, tmp_path / "fixed.onnx")
+    code, _, err = cli("stream", path, "--chunk", 5, "--backends", "onnxruntime")
+    assert code == 2 and "cannot tell which axis of X [5, 2, 3] is the sequence: give it with --seq-axis X:AXIS" in err
+    code, _, err = cli("stream", path, "--chunk", 2, "--seq-axis", "X:0", "--backends", "onnxruntime")
+    assert code == 2 and "X axis 0 (the sequence) is fixed at 5 in the graph: use --chunk 5" in err
+    code, out, err = cli("stream", path, "--chunk", 5, "--chunks", 3, "--seq-axis", "X:0", "--shapes", "X:5x2x3",
+                         "--backends", "onnxruntime", "--json", tmp_path / "s.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "s.json").read_text())[0]["chunk_shape"] == [5, 2, 3]
+
+
+# ---- on the GPU: every streaming backend, chunked equals one pass -------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch", "torch-graph", "fused", "fused-graph"])
+@pytest.mark.parametrize("factory", ["vad", "vad_with_state"])
+def test_gpu_streaming_equals_one_pass(backend, factory):
+    model, example = getattr(_example("vad"), factory)()
+    session = lstminfer.Session((model, example), backend=backend, device="cuda")
+    x = np.random.default_rng(11).standard_normal((4, 13, 40)).astype(np.float32)
+    got = np.concatenate([p["output"] for p in _chunked(session, x, axis=1)], axis=1)
+    np.testing.assert_allclose(got, _eager(model.double(), x.astype(np.float64)).numpy(), atol=1e-4)
+    session.reset()  # a graph replays from the zero state again
+    np.testing.assert_allclose(session.step(x[:, :1])["output"], got[:, :1], atol=1e-5)

@@ -98,8 +98,8 @@ def test_tuple_arguments_are_flattened_and_state_pairs_found():
     example = (torch.randn(2, 4, 3), (torch.zeros(1, 2, 5), torch.zeros(1, 2, 5)))
     model = whole_model(_Stateful().eval(), example, name="stateful")
     assert model.input_names == ["x", "hx_0", "hx_1"]
-    assert model.output_names == ["output_0", "output_1", "output_2"]
-    assert [(p.input, p.output) for p in model.state_pairs] == [("hx_0", "output_1"), ("hx_1", "output_2")]
+    assert model.output_names == ["output", "hx_0_out", "hx_1_out"]
+    assert [(p.input, p.output) for p in model.state_pairs] == [("hx_0", "hx_0_out"), ("hx_1", "hx_1_out")]
     # the state's batch axis follows the input's (probed together)
     assert model.dynamic == {"x": {0: "batch", 1: "seq"}, "hx_0": {1: "batch"}, "hx_1": {1: "batch"}}
     assert model.input_shapes(6, 3)["hx_1"] == (1, 3, 5)

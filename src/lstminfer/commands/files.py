@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 import numpy as np
@@ -29,9 +28,19 @@ def register(subparsers: Any) -> None:
     OutputArgs(what="the report").add_to(p)
     p.set_defaults(func=cmd_inspect)
 
-    p = subparsers.add_parser("stream", help="run a file chunk by chunk, state carried: per-chunk latency and "
-                                             "real-time factor")
-    p.add_argument("file", metavar="FILE", help="an ONNX or TorchScript file with a recurrent state input/output")
+    p = subparsers.add_parser("stream", help="run a file or a PyTorch model chunk by chunk, state carried: per-chunk "
+                                             "latency and real-time factor")
+    p.add_argument("file", nargs="?", default=None, metavar="FILE",
+                   help="an ONNX or TorchScript file with a recurrent state input/output (or --model)")
+    p.add_argument("--model", default=None, metavar="FILE.py:factory",
+                   help="a PyTorch model with nn.LSTM / nn.GRU inside (see `lstminfer verify --help`); its "
+                        "recurrent layers' state is carried when its forward does not take it")
+    p.add_argument("--weights", default=None, metavar="FILE", help="a state_dict for --model")
+    p.add_argument("--dynamic", default=None, metavar="NAME:AXIS=LABEL,...", help="--model's dynamic axes")
+    p.add_argument("--seq-axis", default=None, metavar="INPUT:AXIS",
+                   help="the chunk input's sequence axis, where the file's dims do not name it (with --shapes)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="torch and fused backends: weights and activations (default fp32)")
     p.add_argument("--chunk", type=positive_int, required=True, metavar="N",
                    help="chunk length along the sequence axis")
     p.add_argument("--chunks", type=positive_int, default=100, metavar="K",
@@ -132,69 +141,6 @@ def _attributes(node: Any) -> str:
 
 
 # ---- stream ----------------------------------------------------------------------------------------------------
-def _chunk_axes(session: Any, chunk: int) -> tuple[int, int, tuple[int, ...]]:
-    """(sequence axis, batch axis or -1, shape with those axes at 1 or as given) of the session's chunk input."""
-    model = session.model
-    info = {i.name: i for i in model.inputs}[session.chunk_input]
-    if info.dims is None:  # TorchScript without --onnx: the chunk's shape comes from --shapes
-        shape = model.shapes.get(session.chunk_input)
-        if shape is None or chunk not in shape:
-            raise UserError(f"the chunk input {session.chunk_input!r} has no shape in the file: give one chunk's "
-                            f"shape with --shapes {session.chunk_input}:AxB (its first dim equal to --chunk "
-                            f"{chunk} is the sequence axis)")
-        return shape.index(chunk), -1, shape
-    seq_axis = next((a for a, d in enumerate(info.dims) if model.roles.get(d) == "seq"), None)
-    batch_axis = next((a for a, d in enumerate(info.dims) if model.roles.get(d) == "batch"), None)
-    if seq_axis is None:
-        raise UserError(f"cannot tell which axis of {session.chunk_input} {info.shape_text} is the sequence: name "
-                        "that dim seq/time/frames in the export, or use the Python API (lstminfer.Session)")
-    shape = []
-    for a, d in enumerate(info.dims):
-        if isinstance(d, int):
-            shape.append(d)
-        elif session.chunk_input in model.shapes:
-            shape.append(model.shapes[session.chunk_input][a])
-        elif d in model.bindings:
-            shape.append(model.bindings[d])
-        elif a in (seq_axis, batch_axis):
-            shape.append(1)
-        else:
-            raise UserError(f"{session.chunk_input} dim {a} ({d}) is unset: give it with --shapes")
-    return seq_axis, (batch_axis if batch_axis is not None else -1), tuple(shape)
-
-
-def stream_one(session: Any, chunk: int, chunks: int, warmup: int, batch: int, chunk_ms: float | None,
-               rng: np.random.Generator) -> dict[str, Any]:
-    """Time `chunks` consecutive steps of one stream (after `warmup` untimed ones); host clock per step."""
-    from lstminfer.measure.stats import summarize
-
-    seq_axis, batch_axis, shape = _chunk_axes(session, chunk)
-    shape = list(shape)
-    if seq_axis >= 0:
-        shape[seq_axis] = chunk
-    if batch_axis >= 0:
-        shape[batch_axis] = batch
-    dtype = np.dtype({i.name: i for i in session.model.inputs}[session.chunk_input].dtype)
-    data = [rng.standard_normal(shape).astype(dtype) for _ in range(min(chunks, 8))]
-    for i in range(warmup):
-        session.step(data[i % len(data)])
-    session.reset()
-    times = []
-    for i in range(chunks):
-        t0 = time.perf_counter()
-        session.step(data[i % len(data)])
-        times.append((time.perf_counter() - t0) * 1000.0)
-    summary = summarize(times)
-    rec = {"chunk": chunk, "chunks": chunks, "batch": batch, "chunk_shape": shape, "clock": "host",
-           "latency_ms": summary.to_dict(), "times_ms": times,
-           "state": [f"{i}:{o}" for i, o in session.pairs]}
-    if chunk_ms:
-        rec["chunk_ms"] = chunk_ms
-        rec["real_time_factor"] = summary.median / chunk_ms  # < 1: faster than real time
-        rec["real_time_factor_p99"] = summary.p99 / chunk_ms
-    return rec
-
-
 def _stream_backends(args: argparse.Namespace, model: Any) -> list[tuple[str, str]]:
     """--backends, else the registry's choice for this model: available here, applies to it, not self-timed."""
     from lstminfer.backends.base import runner_class, select_backends
@@ -205,22 +151,27 @@ def _stream_backends(args: argparse.Namespace, model: Any) -> list[tuple[str, st
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    from lstminfer.measure.stream import Session, refuse_unstreamable
+    from lstminfer.measure.stream import Session, parse_seq_axis, refuse_unstreamable, stream_model, stream_one
     from lstminfer.onnx.shapes import parse_values
 
     options = FileArgs.parse(args)
     values = parse_values(args.input_values)
-    model = options.load(validate=False)
+    if bool(args.file) == bool(args.model):
+        raise UserError("give a model FILE or --model FILE.py:factory (one of them)")
+    model = (stream_model(args.model, args.weights, args.shapes, args.dynamic) if args.model
+             else options.load(validate=False))
+    source = args.file or args.model
     print(f"model: {describe_model(model)}")
     refuse_unstreamable(model)  # before any note: a bidirectional file gets one line
     print_notes([note for note in model.notes if "reference" not in note])
     records = []
     for name, device in _stream_backends(args, model):
-        base = {"backend": name, "device": device, "file": args.file}
+        base = {"backend": name, "device": device, "file": source}
         try:
-            session = Session(model, backend=name, device=device, state=args.state, inputs={**values, **model.arrays})
+            session = Session(model, backend=name, device=device, state=args.state, precision=args.precision,
+                              inputs={**values, **(model.arrays if args.file else {})})
             rec = stream_one(session, args.chunk, args.chunks, args.warmup_chunks, args.batch, args.chunk_ms,
-                             np.random.default_rng(args.seed))
+                             np.random.default_rng(args.seed), parse_seq_axis(args.seq_axis, session))
             session.close()
         except UserError as err:
             if split_list(args.backends) or "cannot stream" in str(err) or "no recurrent state" in str(err):
@@ -228,9 +179,9 @@ def cmd_stream(args: argparse.Namespace) -> int:
             rec = {"error": str(err)}
         records.append({**base, **rec})
     if not records:
-        raise UserError(f"no backend available here runs {args.file}; see `lstminfer backends`")
+        raise UserError(f"no backend available here runs {source}; see `lstminfer backends`")
     if all("error" in r for r in records):
-        raise UserError(f"no backend could stream {args.file}: {records[0]['error']}")
+        raise UserError(f"no backend could stream {source}: {records[0]['error']}")
     rows = []
     for r in records:
         lat = r.get("latency_ms") or {}
@@ -240,7 +191,7 @@ def cmd_stream(args: argparse.Namespace) -> int:
                      "RTF (median)": r.get("real_time_factor"), "RTF (p99)": r.get("real_time_factor_p99"),
                      "note": r.get("error", "")})
     shape = next((r["chunk_shape"] for r in records if "chunk_shape" in r), None)
-    title = f"Streaming {args.file}: chunk {args.chunk}" + (f" ({args.chunk_ms:g} ms)" if args.chunk_ms else "")
+    title = f"Streaming {source}: chunk {args.chunk}" + (f" ({args.chunk_ms:g} ms)" if args.chunk_ms else "")
     print_table(title + (f", chunk shape {list(shape)}" if shape else "") + ", host clock per step", rows)
     write_json_output(args.json, records)
     return 0

@@ -5,27 +5,38 @@
         out = sess.step(chunk)            # the state outputs are fed back as inputs on the next call
     sess.reset()                          # zeros again; `sess.state` reads or sets it
 
-State pairs (input -> output) are found by name (h0->hn, c0->cn, state->stateN, x_in->x_out, equal shapes)
-or given (``state=["h0:hn"]``).  ONNX Runtime is stateless (FACTS.md section 2), so the state lives here:
-as OrtValues bound with I/O binding (on the GPU for onnxruntime-cuda, never copied to the host between
-chunks), as torch tensors on the runner's device for torch and torchscript, and as host arrays for any
-other backend.  A bidirectional or reverse layer cannot stream (it needs the future): refused up front.
+    sess = lstminfer.Session((vad, torch.randn(1, 1, 40)), backend="fused-graph")   # a PyTorch model
+
+State pairs (input -> output) are found by name (h0->hn, c0->cn, state->stateN, x_in->x_out, equal shapes),
+are a whole model's own (its forward takes and returns the state), or are given (``state=["h0:hn"]``).  A
+PyTorch model that calls its recurrent layers without state has no pairs: on the torch and fused backends
+lstminfer then carries each layer's state itself.  ONNX Runtime is stateless (docs/files.md), so the state
+lives in the engine (measure/stream_engines.py): OrtValues bound with I/O binding, torch tensors on the
+device (updated in place, so a CUDA graph replays the whole step), or host arrays for any other backend.
+A bidirectional or reverse layer cannot stream (it needs the future): refused up front.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lstminfer.errors import UserError
+from lstminfer.measure.stream_engines import (
+    MODULE_BACKENDS,
+    ORT_BACKENDS,
+    ModuleEngine,
+    OrtEngine,
+    RunnerEngine,
+    ScriptEngine,
+)
 from lstminfer.model.base import Model
-from lstminfer.model.spec import ModelSpec, build_module, call_rnn
-
-TORCH_BACKENDS = ("torch", "torchscript")
-ORT_BACKENDS = {"onnxruntime": ("CPUExecutionProvider", "cpu"), "onnxruntime-cuda": ("CUDAExecutionProvider", "cuda")}
+from lstminfer.model.spec import ModelSpec, build_module, spec_of_module
+from lstminfer.model.whole import WholeModel, whole_model
 
 
 def _as_model(source: Any, shapes: Any, inputs: dict[str, Any] | None, onnx: Any) -> Model:
@@ -33,6 +44,15 @@ def _as_model(source: Any, shapes: Any, inputs: dict[str, Any] | None, onnx: Any
         return source
     if isinstance(source, ModelSpec):
         return Model(name=source.describe(), spec=source, module=build_module(source), seq_len=1, batch=1)
+    module, example = source if isinstance(source, tuple) and len(source) == 2 else (source, None)
+    if hasattr(module, "named_modules"):  # a PyTorch module (torch is imported already)
+        import torch
+
+        module = module.float().eval()
+        if type(module) in (torch.nn.LSTM, torch.nn.GRU) and example is None and not shapes:
+            # called without state: the session carries it (a ModelSpec source feeds h0/c0 instead)
+            return Model(name=type(module).__name__, spec=spec_of_module(module), module=module, with_state=False)
+        return whole_model(module, example, name=type(module).__name__, shapes=shapes)
     if isinstance(source, (str, Path)):
         from lstminfer.model.file import load_model_file
 
@@ -42,7 +62,8 @@ def _as_model(source: Any, shapes: Any, inputs: dict[str, Any] | None, onnx: Any
         model = load_model_file(source, shapes=shapes, values=scalars, onnx=onnx, validate=False)
         model.arrays.update(arrays)
         return model
-    raise UserError(f"Session takes an ONNX or TorchScript path, a ModelSpec or a Model, not {type(source).__name__}")
+    raise UserError(f"Session takes an ONNX or TorchScript path, a ModelSpec, a Model, an nn.Module or (module, "
+                    f"example_inputs), not {type(source).__name__}")
 
 
 def state_pairs_of(model: Model, given: Any = None) -> list[tuple[str, str]]:
@@ -52,6 +73,17 @@ def state_pairs_of(model: Model, given: Any = None) -> list[tuple[str, str]]:
     if given:
         return [(p.input, p.output) for p in parse_state(given, model.input_names, model.output_names or None)]
     return [(p.input, p.output) for p in model.state_pairs]
+
+
+def stream_model(ref: str, weights: str | None = None, shapes: str | None = None, dynamic: str | None = None) -> Model:
+    """``lstminfer stream --model``: a whole model, or a module built around one recurrent stack, called
+    without state (the session carries it)."""
+    from lstminfer.model.whole import module_or_whole
+
+    module = module_or_whole(ref, weights, shapes=shapes, dynamic=dynamic)
+    if isinstance(module, Model):
+        return module
+    return Model(name=ref, spec=spec_of_module(module), module=module, with_state=False)
 
 
 def refuse_unstreamable(model: Model) -> None:
@@ -65,11 +97,13 @@ def refuse_unstreamable(model: Model) -> None:
 class Session:
     """A recurrent model run chunk by chunk, its state carried between calls (see the module docstring).
 
-    source: an ONNX or TorchScript path, a ModelSpec (built with seed 0), or a Model.  backend: torch,
-    torchscript, onnxruntime, onnxruntime-cuda, or any registered backend (state then makes a host round
-    trip).  inputs: fixed values for extra inputs (e.g. {"sr": 16000}); step() keyword arguments override
-    them per call.  state: "in:out" pairs when the names do not show them.  shapes: trtexec-style
-    ``name:AxB`` for state dims the chunk does not determine.
+    source: an ONNX or TorchScript path, a ModelSpec (built with seed 0), a Model, an nn.Module (with
+    ``shapes=`` unless it is a plain nn.LSTM / nn.GRU) or ``(module, example_inputs)``.  backend: torch,
+    torch-graph, fused, fused-graph, torchscript, onnxruntime, onnxruntime-cuda, or any registered backend
+    (state then makes a host round trip); device: by default the backend's first device available here.
+    inputs: fixed values for extra inputs (e.g. {"sr": 16000}); step() keyword arguments override them per
+    call.  state: "in:out" pairs when the names do not show them.  shapes: trtexec-style ``name:AxB`` for
+    state dims the chunk does not determine (a PyTorch module: its example inputs).
     """
 
     def __init__(self, source: Any, backend: str = "onnxruntime", *, device: str | None = None,
@@ -78,12 +112,16 @@ class Session:
         self.model = _as_model(source, shapes, inputs, onnx)
         refuse_unstreamable(self.model)
         self.backend = backend
-        self.device = device or ("cuda" if backend.endswith("-cuda") else "cpu")
+        self.device = device or _default_device(backend)
         self.pairs = state_pairs_of(self.model, state)
-        if not self.pairs:
+        # a PyTorch model that calls its recurrent layers without state: lstminfer carries it
+        self.carried = not self.pairs and self.model.module is not None and backend in MODULE_BACKENDS
+        if not self.pairs and not self.carried:
+            outputs = ", ".join(self.model.output_names) or "named once it has run"
+            hint = "; or stream its PyTorch module on torch or fused" if self.model.module is not None else ""
             raise UserError(f"found no recurrent state in {self.model.name} (inputs "
-                            f"{', '.join(self.model.input_names)}; outputs {', '.join(self.model.output_names)}): "
-                            "give the pairs with --state IN:OUT")
+                            f"{', '.join(self.model.input_names)}; outputs {outputs}): give the pairs with "
+                            f"--state IN:OUT{hint}")
         self.state_inputs = [i for i, _ in self.pairs]
         self.fixed = dict(inputs or {})
         free = [n for n in self.model.input_names if n not in self.state_inputs and n not in self.fixed]
@@ -93,15 +131,21 @@ class Session:
         self.chunk_input = free[0]
         self.other_inputs = free[1:]
         self._engine = _engine_for(self, precision)
+        if self.carried:
+            self.state_inputs = self._engine.state_names
         self._state: dict[str, Any] | None = None
 
     # ---- the state ----------------------------------------------------------------------------------
     def _zero_state(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
         model = self.model
+        if self.carried:
+            return self._engine.zero_state(self.chunk_batch(chunk))
         if model.spec is not None:
-            batch = chunk.shape[0] if model.spec.batch_first else chunk.shape[1]
-            shapes = model.spec.shapes(1, batch)
+            shapes = model.spec.shapes(1, self.chunk_batch(chunk))
             return {n: np.zeros(shapes[n], np.float32) for n in self.state_inputs}
+        if isinstance(model, WholeModel):
+            shapes = model.input_shapes(1, self.chunk_batch(chunk))
+            return {n: np.zeros(shapes[n], model.example[n].dtype) for n in self.state_inputs}
         info = {i.name: i for i in model.inputs}
         chunk_info = info[self.chunk_input]
         bindings = dict(model.bindings)
@@ -125,6 +169,13 @@ class Session:
             shape = tuple(d if isinstance(d, int) else bindings[d] for d in dims)
             out[name] = np.zeros(shape, np.dtype(info[name].dtype))
         return out
+
+    def chunk_batch(self, chunk: np.ndarray) -> int:
+        """The batch size of a chunk of a PyTorch model (spec or whole): streams side by side."""
+        if self.model.spec is not None:
+            return chunk.shape[0] if self.model.spec.batch_first else chunk.shape[1]
+        axis = self.model.axes("batch").get(self.chunk_input)
+        return chunk.shape[axis] if axis is not None else 1
 
     @property
     def state(self) -> dict[str, np.ndarray] | None:
@@ -185,7 +236,16 @@ class Session:
         self.close()
 
 
-# ---- engines: where the state lives -------------------------------------------------------------------------
+
+
+def _default_device(backend: str) -> str:
+    """The backend's first device that is available here (cpu when none is)."""
+    from lstminfer.backends.base import runner_class
+
+    cls = runner_class(backend)
+    return next((d for d in cls.devices if cls.available(d)[0]), cls.devices[0])
+
+
 def _engine_for(session: Session, precision: str) -> Any:
     name = session.backend
     model = session.model
@@ -197,143 +257,103 @@ def _engine_for(session: Session, precision: str) -> Any:
 
             session._tmp = tempfile.TemporaryDirectory(prefix="lstminfer-session-")
             export_model(model, Path(session._tmp.name) / "model.onnx")
-        return _OrtEngine(session, *ORT_BACKENDS[name])
-    if name in TORCH_BACKENDS:
-        return _TorchEngine(session, name)
-    return _RunnerEngine(session, name, precision)
+        return OrtEngine(session, *ORT_BACKENDS[name])
+    if name == "torchscript":
+        return ScriptEngine(session)
+    if name in MODULE_BACKENDS and model.module is not None:
+        return ModuleEngine(session, name, precision, session.carried)
+    return RunnerEngine(session, name, precision)
 
 
-class _OrtEngine:
-    """ONNX Runtime with I/O binding: state outputs are bound on the session's device and fed back as is."""
-
-    def __init__(self, session: Session, provider: str, device: str):
-        import onnxruntime as ort
-
-        from lstminfer.backends.base import select_backends
-
-        select_backends([session.backend])  # unavailable here -> one-line error with the install hint
-        self.ort = ort
-        self.session = session
-        self.device = device
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 4  # a refusal becomes our one-line error, not ORT's log line
-        try:
-            self.sess = ort.InferenceSession(str(session.model.onnx_path), sess_options=opts, providers=[provider])
-        except Exception as err:
-            from lstminfer.onnx.load import _ort_message
-
-            raise UserError(f"ONNX Runtime refuses {session.model.name}: {_ort_message(err)}") from err
-        self.output_names = [o.name for o in self.sess.get_outputs()]
-        self.state_out = {o: i for i, o in session.pairs}
-
-    def to_device(self, array: np.ndarray) -> Any:
-        return self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
-
-    def to_host(self, value: Any) -> np.ndarray:
-        return value.numpy()
-
-    def run(self, feeds: dict[str, np.ndarray], state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        binding = self.sess.io_binding()
-        for name, array in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        for name, value in state.items():
-            binding.bind_ortvalue_input(name, value)
-        for name in self.output_names:
-            binding.bind_output(name, self.device if name in self.state_out else "cpu")
-        try:
-            self.sess.run_with_iobinding(binding)
-        except Exception as err:
-            from lstminfer.onnx.load import _ort_message
-
-            raise UserError(f"ONNX Runtime cannot run this chunk: {_ort_message(err)}") from err
-        values = dict(zip(self.output_names, binding.get_outputs()))
-        outputs = {n: v.numpy() for n, v in values.items() if n not in self.state_out}
-        new_state = {self.state_out[n]: v for n, v in values.items() if n in self.state_out}
-        return outputs, new_state
-
-    def close(self) -> None:
-        self.sess = None
-
-
-class _TorchEngine:
-    """nn.LSTM / nn.GRU (a spec or --model) or a TorchScript module; state as torch tensors on the device."""
-
-    def __init__(self, session: Session, name: str):
-        import copy
-
-        import torch
-
-        from lstminfer.backends.base import select_backends
-
-        select_backends([f"{name}:{session.device}"])
-        self.torch = torch
-        self.session = session
-        model = session.model
-        self.device = session.device
-        if name == "torchscript":
-            if model.script_path is None:
-                raise UserError("backend torchscript needs a TorchScript file (.pt saved with torch.jit.save)")
-            from lstminfer.onnx.torchscript import load_torchscript
-
-            self.module = load_torchscript(model.script_path, self.device)
+# ---- timing a stream (lstminfer stream) --------------------------------------------------------------------------
+def chunk_layout(session: Session, chunk: int, seq_axis: int | None = None) -> tuple[int, int, tuple[int, ...]]:
+    """(sequence axis, batch axis or -1, a chunk's shape) of the session's chunk input.  `seq_axis`
+    (``--seq-axis``) names the sequence axis where the model's dims do not (unnamed or fixed dims)."""
+    model, name = session.model, session.chunk_input
+    if model.spec is not None:
+        seq, batch = (1, 0) if model.spec.batch_first else (0, 1)
+        return seq, batch, model.spec.shapes(chunk, 1)["input"]
+    if isinstance(model, WholeModel):
+        seq = seq_axis if seq_axis is not None else model.axes("seq").get(name)
+        if seq is None:
+            raise UserError(f"{model.name} has no sequence axis on {name}: give it with --seq-axis {name}:AXIS "
+                            f"(or --dynamic {name}:AXIS=seq)")
+        return seq, model.axes("batch").get(name, -1), model.input_shapes(chunk, 1)[name]
+    info = {i.name: i for i in model.inputs}[name]
+    given = model.shapes.get(name)
+    hint = f"give it with --seq-axis {name}:AXIS and one chunk's shape with --shapes {name}:AxBxC"
+    if info.dims is None:  # TorchScript without --onnx: the chunk's shape comes from --shapes
+        if given is None or (seq_axis is None and chunk not in given):
+            raise UserError(f"the chunk input {name!r} has no shape in the file: {hint}")
+        return (seq_axis if seq_axis is not None else given.index(chunk)), -1, given
+    roles = model.roles
+    seq = seq_axis if seq_axis is not None else next((a for a, d in enumerate(info.dims) if roles.get(d) == "seq"),
+                                                     None)
+    batch = next((a for a, d in enumerate(info.dims) if roles.get(d) == "batch" and a != seq), -1)
+    if seq is None:
+        raise UserError(f"cannot tell which axis of {name} {info.shape_text} is the sequence: {hint}")
+    if isinstance(info.dims[seq], int) and info.dims[seq] != chunk:
+        raise UserError(f"{name} axis {seq} (the sequence) is fixed at {info.dims[seq]} in the graph: use --chunk "
+                        f"{info.dims[seq]}")
+    shape = []
+    for axis, dim in enumerate(info.dims):
+        if given is not None:
+            shape.append(given[axis])
+        elif isinstance(dim, int):
+            shape.append(dim)
+        elif dim in model.bindings:
+            shape.append(model.bindings[dim])
+        elif axis in (seq, batch):
+            shape.append(1)
         else:
-            if model.module is None:
-                raise UserError(f"backend torch needs a PyTorch module; {model.name} is a file: "
-                                "use onnxruntime (or torchscript for a .pt file)")
-            self.module = copy.deepcopy(model.module).to(self.device).eval()
-        self.script = name == "torchscript"
-        self.state_out = {o: i for i, o in session.pairs}
-
-    def to_device(self, array: np.ndarray) -> Any:
-        return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
-
-    def to_host(self, value: Any) -> np.ndarray:
-        return value.detach().cpu().numpy()
-
-    def run(self, feeds: dict[str, np.ndarray], state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        torch = self.torch
-        model = self.session.model
-        tensors = {n: torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for n, a in feeds.items()}
-        tensors.update(state)
-        with torch.inference_mode():
-            if self.script:
-                from lstminfer.onnx.torchscript import flatten_outputs, script_args, script_inputs
-
-                outs = flatten_outputs(self.module(*script_inputs(script_args(self.module), model.input_names,
-                                                                  tensors)))
-                model.name_outputs(len(outs))
-            else:
-                outs = call_rnn(self.module, model.spec.kind, [tensors[n] for n in model.input_names])
-        values = dict(zip(model.output_names, outs))
-        outputs = {n: v.detach().cpu().numpy() for n, v in values.items() if n not in self.state_out}
-        new_state = {self.state_out[n]: v.clone() for n, v in values.items() if n in self.state_out}
-        return outputs, new_state
-
-    def close(self) -> None:
-        self.module = None
+            raise UserError(f"{name} dim {axis} ({dim}) is unset: give it with --shapes {name}:AxBxC")
+    return seq, batch, tuple(shape)
 
 
-class _RunnerEngine:
-    """Any registered backend through its Runner: the state makes a host round trip each chunk."""
+def parse_seq_axis(text: str | None, session: Session) -> int | None:
+    """``--seq-axis INPUT:AXIS`` -> AXIS, checked against the chunk input's rank."""
+    if not text:
+        return None
+    name, _, axis = text.rpartition(":")
+    if name != session.chunk_input or not axis.lstrip("-").isdigit():
+        raise UserError(f"--seq-axis {text!r}: expected {session.chunk_input}:AXIS (the chunk goes to input "
+                        f"{session.chunk_input!r})")
+    dims = {i.name: i for i in session.model.inputs}[name].dims
+    rank = len(dims) if dims is not None else len(session.model.shapes.get(name, ()))
+    if rank and not -rank <= int(axis) < rank:
+        raise UserError(f"--seq-axis {text}: {name} has {rank} axes (0..{rank - 1})")
+    return int(axis) % rank if rank else int(axis)
 
-    def __init__(self, session: Session, name: str, precision: str):
-        from lstminfer.backends.base import runner_class, select_backends
 
-        select_backends([f"{name}:{session.device}"])
-        self.runner = runner_class(name)(session.model, device=session.device, precision=precision)
-        self.runner.prepare()
-        self.state_out = {o: i for i, o in session.pairs}
+def stream_one(session: Session, chunk: int, chunks: int, warmup: int, batch: int, chunk_ms: float | None,
+               rng: np.random.Generator, seq_axis: int | None = None) -> dict[str, Any]:
+    """Time `chunks` consecutive steps of one stream (after `warmup` untimed ones); host clock per step.
+    `batch` streams run side by side on the chunk's batch axis."""
+    from lstminfer.measure.stats import summarize
 
-    def to_device(self, array: np.ndarray) -> np.ndarray:
-        return array
-
-    def to_host(self, value: np.ndarray) -> np.ndarray:
-        return np.array(value)
-
-    def run(self, feeds: dict[str, np.ndarray], state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        values = self.runner.infer({**feeds, **state})
-        outputs = {n: v for n, v in values.items() if n not in self.state_out}
-        return outputs, {self.state_out[n]: v for n, v in values.items() if n in self.state_out}
-
-    def close(self) -> None:
-        self.runner.close()
+    seq, batch_axis, shape = chunk_layout(session, chunk, seq_axis)
+    shape = list(shape)
+    shape[seq] = chunk
+    if batch_axis >= 0:
+        shape[batch_axis] = batch
+    elif batch > 1:
+        raise UserError(f"--batch {batch}: the chunk input {session.chunk_input} has no batch axis")
+    dtype = np.dtype({i.name: i for i in session.model.inputs}[session.chunk_input].dtype)
+    data = [rng.standard_normal(shape).astype(dtype) for _ in range(min(chunks, 8))]
+    for i in range(warmup):
+        session.step(data[i % len(data)])
+    session.reset()
+    times = []
+    for i in range(chunks):
+        t0 = time.perf_counter()
+        session.step(data[i % len(data)])
+        times.append((time.perf_counter() - t0) * 1000.0)
+    summary = summarize(times)
+    state = [f"{i}:{o}" for i, o in session.pairs] or [f"{n} (carried)" for n in session.state_inputs]
+    rec = {"chunk": chunk, "chunks": chunks, "batch": batch, "chunk_shape": shape, "clock": "host",
+           "latency_ms": summary.to_dict(), "times_ms": times, "state": state}
+    if chunk_ms:
+        rec["chunk_ms"] = chunk_ms
+        rec["real_time_factor"] = summary.median / chunk_ms  # < 1: faster than real time
+        rec["real_time_factor_p99"] = summary.p99 / chunk_ms
+    return rec
