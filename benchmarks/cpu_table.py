@@ -119,7 +119,7 @@ def table(presets: list[str], threads: list[int | None], config: dict, rounds: i
                     best[key] = record
                 print(f"  {name} {label} threads={t or 'default'} round {round_ + 1}: "
                       f"{_cell(record)}", file=sys.stderr, flush=True)
-    head = ["preset", "backend", *[f"{t} threads" if t else "default threads" for t in threads], "fastest"]
+    head = ["preset", "backend", *[f"threads {t}" if t else "threads: default (N)" for t in threads], "fastest at"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     summary = []
     for name in presets:
@@ -140,7 +140,7 @@ def table(presets: list[str], threads: list[int | None], config: dict, rounds: i
             lines.append("| " + " | ".join(row) + " |")
         if fastest:
             r = best[fastest]
-            summary.append(f"- {name} (seq {model_shape(name)}): fastest {fastest[1]} at "
+            summary.append(f"- {name} (seq {model_shape(name)}): fastest is {fastest[1]} at "
                            f"{_fastest_label(fastest)}: {cell_ms[fastest]:.4g} ms "
                            f"(threads read back: {r.get('threads')})")
     return "\n".join(lines) + "\n\n" + "\n".join(summary), records
@@ -152,7 +152,7 @@ def model_shape(name: str) -> str:
 
 
 def _fastest_label(key: tuple) -> str:
-    return f"{key[2]} threads" if key[2] else "default threads"
+    return f"{key[2]} threads" if key[2] else "its default threads"
 
 
 def _cell(record: dict) -> str:

@@ -3,6 +3,7 @@ throughput mode's slices, and what a user sees when OpenVINO is missing or canno
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -166,3 +167,19 @@ def test_file_openvino_cannot_read_gets_a_one_line_reason(tmp_path, content, rea
     error = records[0]["error"]
     assert error == f"OpenVINO cannot read {path}: {reason}"
     assert "\n" not in error
+
+
+def test_run_verifies_and_benchmarks_openvino_with_its_facts(cli, tmp_path):
+    out = tmp_path / "out"
+    code, _, err = cli("run", "--kind", "gru", "--input-size", "4", "--hidden-size", "6", "--batch-first",
+                       "--seq-len", "5", "--batch", "3", "--points", "1x3,5x3,9x2", "--device", "cpu",
+                       "--cpu-mode", "throughput", "--out", out, "--warmup", "0", "--duration", "0.05",
+                       "--iterations", "3")
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    checked = [r for r in results["verify"] if r["backend"] == "openvino"]
+    assert checked and all(r["passed"] for r in checked)
+    assert {r["inference_precision"] for r in checked} == {"f32"}
+    (timed,) = [r for r in results["bench"] if r["backend"] == "openvino"]
+    assert timed["latency_ms"]["median"] > 0 and timed["cpu_mode"] == "throughput"
+    assert timed["compiled_models"] >= 2  # 5x3 (compiled for the bench, sliced) and the verify points
