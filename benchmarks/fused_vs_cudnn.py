@@ -223,17 +223,17 @@ SWEEP = {
                        dict(k_chain=128)],
     "H 64->128 bf16": [dict(wide_weights=True)],
     "H 64->128 fp16": [dict(wide_weights=True)],
-    # the persistent kernel against v9's plan (M), and at other warp counts (its block_n and programs follow)
-    "M 256->256 B1 fp32": [dict(path="single-launch"), dict(num_warps=4)],
-    "P 256->512 B1 fp32": [dict(num_warps=2), dict(num_warps=4)],
-    "P 256->512 B1 bf16": [dict(num_warps=4)],
-    "R 80->1024 B1 T200 fp32": [dict(num_warps=2), dict(num_warps=8)],
-    "R 80->1024 B1 T200 bf16": [dict(num_warps=8)],
-    "U 128->1024 B8 T200 fp16": [dict(num_warps=4)],
-    "S speech 2L bi 80->512 B8 fp32": [dict(num_warps=8)],
-    "S speech 2L bi 80->512 B8 bf16": [dict(num_warps=8)],
-    "Q 256->512 B64 bf16": [dict(num_warps=4)],
-    "V 128->768 B16 T1024 fp16": [dict(num_warps=4)],
+    # the persistent kernel against v9's plan (M), its state in registers (v12) and other warp counts (block_n
+    # and programs follow the warps)
+    "M 256->256 B1 fp32": [dict(path="single-launch"), dict(num_warps=1), dict(state_in_registers=True)],
+    "P 256->512 B1 fp32": [dict(state_in_registers=True), dict(num_warps=8)],
+    "P 256->512 B1 bf16": [dict(state_in_registers=True), dict(num_warps=8)],
+    "R 80->1024 B1 T200 fp32": [dict(state_in_registers=True), dict(num_warps=16)],
+    "U 128->1024 B8 T200 fp16": [dict(state_in_registers=True), dict(num_warps=8)],
+    "S speech 2L bi 80->512 B8 fp32": [dict(state_in_registers=True)],
+    "S speech 2L bi 80->512 B8 bf16": [dict(state_in_registers=True)],
+    "Q 256->512 B64 bf16": [dict(state_in_registers=True)],
+    "V 128->768 B16 T1024 fp16": [dict(state_in_registers=True)],
 }
 # the seed model at other lengths: layer pipeline against the stack kernel (where to switch)
 SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n), [dict(pipeline=True),

@@ -582,20 +582,24 @@ def test_persistent_fp16_matches_float64():
 def test_persistent_plan_fits_the_multiprocessors_and_names_its_kernel():
     from lstminfer.kernels.rnn.plan import _persistent_plan
 
-    def plan(hidden, bi, batch, dtype=torch.float32, sms=132):
-        return _persistent_plan(pack_rnn(make("lstm", 8, hidden, 1, bi, False), "cpu", dtype), batch, sms, False)
+    def plan(hidden, bi, batch, dtype=torch.float32, sms=132, num_warps=None):
+        packed = pack_rnn(make("lstm", 8, hidden, 1, bi, False), "cpu", dtype)
+        return _persistent_plan(packed, batch, sms, False, num_warps)
 
     p = plan(1024, False, 8, torch.float16)  # U: 128 programs of 8 units, batch padded to 16 rows for tl.dot
     assert (p.kernel, p.block_n, p.r_tiles, p.programs, p.block_b) == ("persistent", 8, 128, 128, 16)
-    assert p.resident and p.k_split == p.num_warps == 8  # 16 rows x HP 1024 of h: 8 warps (4 spill)
+    assert p.resident and p.k_split == p.num_warps == 4
+    assert plan(512, False, 64, torch.float16).num_warps == 8  # Q: 64 rows x HP 512 of h would spill at 4
     assert not plan(512, False, 64).resident  # fp32 with tl.dot streams its weights
     p = plan(512, True, 8)  # S: fp32 with 8 rows multiplies without tl.dot, on the real rows
     assert (p.block_n, p.r_tiles, p.programs, p.block_b) == (8, 64, 128, 8)
     assert plan(768, False, 16, torch.float16).r_tiles * 8 == 768  # V: no program for the padding to 1024
-    p1 = plan(300, False, 1)  # one warp a program, several a multiprocessor; tiles cover whole 16-wide k chunks
+    # one warp a program, several a multiprocessor; tiles cover whole 16-wide k chunks
+    p1 = plan(300, False, 1, num_warps=1)
     assert (p1.num_warps, p1.block_n, p1.r_tiles * p1.block_n) == (1, 2, 304)
-    assert plan(1024, False, 1).programs == 1024  # R: 1024 one-warp programs, 128 weights a lane
-    assert plan(1024, False, 1, sms=80).num_warps == 16  # fewer multiprocessors: 64 programs of 16 units
+    assert plan(1024, False, 1, num_warps=1).programs == 1024  # R: 1024 one-warp programs, 128 weights a lane
+    # fewer multiprocessors: 64 programs of 16 units and 16 warps instead
+    assert plan(1024, False, 1, sms=80, num_warps=1).num_warps == 16
     assert plan(1024, True, 320) is None  # 5 batch groups x 2 directions x 16 tiles of 64 > 132
     assert p.describe()["kernel"] == "persistent" and p.describe()["block_n"] == 8
     assert plan_for(pack_rnn(make("lstm", 8, 20, 1, False, False), "cpu"), 4, 2).describe()["kernel"] == "stack"

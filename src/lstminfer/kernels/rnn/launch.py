@@ -145,6 +145,7 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
                           BLOCK_B=plan.block_b, BLOCK_K=plan.block_k, KH=kh,
                           POLL_ROWS=max(1, min(plan.block_b, 8192 // hp)), WORD_BITS=words.element_size() * 8,
                           USE_DOT=plan.block_b >= 16, RESIDENT=plan.resident, K_SPLIT=plan.k_split,
+                          STATE_IN_REGISTERS=plan.state_in_registers,
                           DOT_PRECISION="ieee" if packed.dtype == torch.float32 else "tf32",
                           ON_GPU=not interpreting(), FAST_MATH=fast_math)
         if not interpreting() and ws.get("resident") != constexprs:

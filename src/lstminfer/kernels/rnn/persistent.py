@@ -211,7 +211,7 @@ def _rnn_persistent_kernel(
     IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr,
     R_TILES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
     KH: tl.constexpr, POLL_ROWS: tl.constexpr, WORD_BITS: tl.constexpr, USE_DOT: tl.constexpr,
-    RESIDENT: tl.constexpr, K_SPLIT: tl.constexpr,
+    RESIDENT: tl.constexpr, K_SPLIT: tl.constexpr, STATE_IN_REGISTERS: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr, FAST_MATH: tl.constexpr,
 ):
     """One layer's recurrence. Units are (batch group, direction, row tile); on CUDA one program a unit, which
@@ -237,16 +237,24 @@ def _rnn_persistent_kernel(
                 w = _load_w_resident(w_rows, KH, HP, COLS, K_SPLIT, USE_DOT)
             else:
                 w = 0.0
-            # the state stays in registers for the whole layer
+            # the state in registers for the whole layer (v12), or through memory every step (v11: measured
+            # faster at 4-8 warps, see docs/fused_kernel.md)
             own, own_ok = _own_state(state_ptr, unit, B, D, HP, R_TILES, BLOCK_N, BLOCK_B)
             h = tl.load(state_ptr + own, mask=own_ok, other=0.0)
             c = tl.load(state_ptr + D * B * HP + own, mask=own_ok, other=0.0)
             for s in range(0, T):
+                if not STATE_IN_REGISTERS:
+                    h = tl.load(state_ptr + own, mask=own_ok, other=0.0)
+                    c = tl.load(state_ptr + D * B * HP + own, mask=own_ok, other=0.0)
                 h, c = _persistent_step(s, unit, w, h, c, gx_ptr, w_hh_ptr, slab_ptr, words, state_ptr, err_ptr,
                                  out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
                                  T, B, H, layer, is_last, spin_limit, KH,
                                  IS_LSTM, D, HP, RT, R_TILES, BLOCK_N, BLOCK_B, BLOCK_K, POLL_ROWS, USE_DOT,
                                  RESIDENT, K_SPLIT, DOT_PRECISION, ON_GPU, FAST_MATH)
+                if not STATE_IN_REGISTERS:
+                    tl.store(state_ptr + own, h, mask=own_ok)
+                    tl.store(state_ptr + D * B * HP + own, c, mask=own_ok)
+                    tl.debug_barrier()  # the next step's loads of the state may be other threads' stores
     else:
         for s in range(0, T):
             for unit in range(pid, units, programs):

@@ -37,9 +37,10 @@ PERSISTENT_MAX_ROWS = 64
 PERSISTENT_MAX_UNITS = 64
 # fp16/bf16 with at most this many batch rows multiply-and-sum (one row: P bf16 ~260 us with tl.dot at 16 padded
 # rows, ~160 us for fp32's multiply-and-sum); more rows use tensor cores
-PERSISTENT_SUM_ROWS = 2
-# one warp a program (multiply-and-sum) while a lane's share of h (block_b * HP / 32 values) stays this small
-PERSISTENT_ONE_WARP_H = 2048
+PERSISTENT_SUM_ROWS = 0
+# one warp a program (multiply-and-sum) while a lane's share of h (block_b * HP / 32 values) stays this small:
+# 0, off by default (H200: M 127 us at one warp, 130 at four; P 236 vs 161-240; R 1087 vs 368 at eight)
+PERSISTENT_ONE_WARP_H = 0
 SPIN_LIMIT = 4_000_000
 
 
@@ -65,6 +66,7 @@ class Plan:
     block_n: int = 0  # persistent kernel: hidden units per program (r_tiles tiles of them per direction)
     resident: bool = True  # persistent kernel: W_hh^T slice loaded once (else read in block_k chunks every step)
     k_split: int = 1  # persistent kernel, resident tl.dot: k slices (one a warp), summed after a batched dot
+    state_in_registers: bool = False  # persistent kernel: h and c carried in registers (else memory, a barrier)
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
     def __post_init__(self) -> None:
@@ -97,19 +99,19 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
     Every program owns block_n hidden units of one direction and one batch group of block_b rows for the whole
     layer, with their W_hh^T columns on chip. fp16/bf16 past PERSISTENT_SUM_ROWS rows multiply with a batched
     tl.dot (16 rows at least, 4 warps, one k slice each) and one program per multiprocessor; fp32 past 8 rows
-    streams its weights (v10) with tl.dot. Fewer rows multiply-and-sum over the real rows: one warp a program
-    where its h and weights fit in ~128 registers a lane each (several programs share a multiprocessor; every
-    barrier of a step is then a warp's), else 4-16 warps and one program per multiprocessor. block_n is the
-    smallest that fits the programs on the multiprocessors.
+    streams its weights (v10) with tl.dot. Fewer rows multiply-and-sum over the real rows with 4-16 warps and
+    one program per multiprocessor, or, asked for (num_warps=1 or 2), in one- or two-warp programs that share
+    a multiprocessor (every barrier of a step is then a warp's; more programs read h). block_n is the smallest
+    that fits the programs on the multiprocessors.
     """
     hp, dirs, hidden = packed.hidden_padded, packed.num_directions, packed.hidden_size
     use_dot = batch > (8 if packed.dtype == torch.float32 else PERSISTENT_SUM_ROWS)
     block_b = min(PERSISTENT_MAX_ROWS, _pow2(batch, least=16 if use_dot else 1))
     groups = -(-batch // block_b)
     if num_warps is None:
-        # tl.dot: 4 warps (H200: P bf16 258 us, 356 at 8), 8 where a lane's share of h would spill at 4
+        # tl.dot: 4 warps (H200: P bf16 258 us, 356 at 8; U 997, 1349 at 8), 8 where h would spill at 4 (Q)
         num_warps = (1 if block_b * hp <= PERSISTENT_ONE_WARP_H else 4) if not use_dot else \
-            (4 if block_b * hp <= 8192 else 8)
+            (4 if block_b * hp <= 16384 else 8)
     # programs a multiprocessor holds: one, except one-warp programs (about 168 registers a lane: 12)
     per_sm = max(1, 12 // num_warps) if num_warps < 4 else 1
     block_n = max(1, min(4, 1024 * num_warps // hp)) if num_warps < 4 else 4
@@ -127,10 +129,10 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
         # too many weights a lane for so few warps: one program of more warps per multiprocessor
         return _persistent_plan(packed, batch, sms, serial, num_warps=4)
     # W_hh^T on chip, except fp32 with tl.dot (its FMA dot would hold whole k rows per thread). Multiply-and-sum
-    # past one warp: warps for at most ~128 weights a lane (H200: P fp32 161 us at 4 warps, 181 at 8; R fp32 368
-    # at 8, 425 at 16).
+    # past one warp: warps for at most ~64 weights a lane (H200: P fp32 161 us at 4 warps, 181 at 8; R fp32 368
+    # at 8, 425 at 16; S fp32 2518 at 8).
     resident = packed.dtype != torch.float32 or not use_dot
-    while not use_dot and num_warps > 1 and num_warps < 16 and hp * 4 * block_n > 128 * 32 * num_warps:
+    while not use_dot and num_warps > 1 and num_warps < 16 and hp * 4 * block_n > 64 * 32 * num_warps:
         num_warps *= 2
     return Plan("per-layer", block_b, tiles, 1 if serial else groups * dirs * tiles, block_k=32 if kh % 32 == 0 else 16,
                 num_warps=num_warps, block_n=block_n, resident=resident, k_split=min(num_warps, hp // 16))
