@@ -183,3 +183,14 @@ def test_run_verifies_and_benchmarks_openvino_with_its_facts(cli, tmp_path):
     (timed,) = [r for r in results["bench"] if r["backend"] == "openvino"]
     assert timed["latency_ms"]["median"] > 0 and timed["cpu_mode"] == "throughput"
     assert timed["compiled_models"] >= 2  # 5x3 (compiled for the bench, sliced) and the verify points
+
+
+def test_a_users_file_with_integer_inputs_verifies(cli, tmp_path):
+    from _recurrent_files import export_vad
+
+    onnx_path, _, _ = export_vad(tmp_path)  # int64 `sr`, a scalar `gain`, an If node, state [2, batch, H]
+    code, _, err = cli("verify", onnx_path, "--backends", "openvino", "--input", "sr=16000", "--points", "16x1,9x3",
+                       "--out", tmp_path / "out", "--json", tmp_path / "v.json")
+    assert code == 0, err
+    records = json.loads((tmp_path / "v.json").read_text())
+    assert records and all(r["passed"] and r["inference_precision"] == "f32" for r in records)

@@ -34,6 +34,11 @@ def _ov() -> Any:
     return openvino
 
 
+def _host_copy(data: np.ndarray) -> np.ndarray:
+    """A copy (the request's buffer is reused by its next query); floating outputs as float32."""
+    return np.array(data, dtype=np.float32 if np.issubdtype(data.dtype, np.floating) else data.dtype)
+
+
 def _reason(err: BaseException) -> str:
     """The last line of OpenVINO's message that is not C++ location or framing (its reason)."""
     framing = ("Exception from", "Check '", "FrontEnd API failed", "Summary:")
@@ -156,7 +161,7 @@ class OpenVinoRunner(OnnxFileRunner):
                  for n, a in arrays.items()} for lo, hi in zip(bounds[:-1], bounds[1:])]
 
     def _arrays(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self.input_names}
+        return {n: np.ascontiguousarray(inputs[n]) for n in self.input_names}  # dtypes as the file wants
 
     def _requests_for(self, arrays: dict[str, np.ndarray]) -> tuple[list[Any], list[dict[str, np.ndarray]]]:
         """The query's slices and their infer requests (compiling each new slice shape once)."""
@@ -181,7 +186,7 @@ class OpenVinoRunner(OnnxFileRunner):
         return requests
 
     def download_impl(self, requests: list[Any]) -> dict[str, np.ndarray]:
-        parts = [{n: np.array(r.get_tensor(n).data, dtype=np.float32) for n in self.output_names} for r in requests]
+        parts = [{n: _host_copy(r.get_tensor(n).data) for n in self.output_names} for r in requests]
         if len(parts) == 1:
             return parts[0]
         return {n: np.concatenate([p[n] for p in parts], axis=self.batch_axes[n]) for n in self.output_names}
