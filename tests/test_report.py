@@ -398,3 +398,16 @@ def test_terminal_output_keeps_brackets_and_does_not_wrap_when_piped(capsys: pyt
     assert lines[0].startswith("Verification of model[v2].onnx")
     row = next(line for line in lines if "torch" in line)
     assert points in row and "FAILED (no output 'y[0]')" in row and "17,960" in row
+    assert "median host latency" not in out  # the vs torch note goes only under tables with that column
+
+
+def test_terminal_tables_with_vs_torch_say_it_is_from_medians(capsys: pytest.CaptureFixture[str]) -> None:
+    from lstminfer.commands.console import print_table
+    from lstminfer.report.tables import bench_rows
+
+    rows, _ = bench_rows(typed({"verify": [], "bench": [bench_record("torch", 16, 1, 2.0),
+                                                        bench_record("onnxruntime", 16, 1, 1.0)]}).bench)
+    print_table("Benchmark", rows)
+    out = capsys.readouterr().out
+    assert "2.00x" in out
+    assert out.rstrip().splitlines()[-1].startswith("vs torch: torch eager's median host latency / this backend's")

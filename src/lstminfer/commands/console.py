@@ -81,8 +81,11 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], console: Any = None)
     if not rows:
         console.print(f"[bold]{escape(title)}[/bold]: nothing to show")
         return
-    table = Table(title=escape(title), title_justify="left")  # a model named x[1].onnx keeps its [1]
+    from lstminfer.report.tables import VS_TORCH_NOTE
+
     columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(title=escape(title), title_justify="left",  # a model named x[1].onnx keeps its [1]
+                  caption=VS_TORCH_NOTE if "vs torch" in columns else None, caption_justify="left")
     for c in columns:
         table.add_column(c, justify="left" if c in LEFT_COLUMNS else "right")
     for row in rows:

@@ -15,15 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from lstminfer.errors import UserError
-from lstminfer.measure.records import SPEEDUP_NOTE
 from lstminfer.measure.store import ensure_writable_dir, write_text_atomic
 from lstminfer.report import tables
 from lstminfer.report.load import Results, typed
 
 FORMATS = ("md", "html")
 
-VS_TORCH = (f"{SPEEDUP_NOTE}; where the ratio of throughputs differs from it by more than "
-            f"{tables.QPS_DISAGREEMENT:.0%} it follows in brackets (qps).")
 
 
 def _header_facts(results: Results) -> list[tuple[str, str]]:
@@ -51,11 +48,12 @@ def _sections(results: Results) -> list[tuple[str, str, list[dict[str, Any]]]]:
     fastest, _ = tables.fastest_rows(bench_records, unit)
     if fastest:
         sections.append(("Fastest backend per point", f"{tables.wins_summary(bench_records)} Median host latency "
-                         f"in {unit.name}. {VS_TORCH} *lead* is how much faster it is than the runner-up.", fastest))
+                         f"in {unit.name}. {tables.VS_TORCH_NOTE} *lead* is how much faster it is than the "
+                         "runner-up.", fastest))
     sections.append(("Benchmark", f"Times in {unit.name}. Latency is host end to end per query (inputs and outputs "
                      "on the host); GPU compute is CUDA-event time of the computation alone; statistics as trtexec "
-                     f"computes them (TensorRT samples/common/sampleReporting.cpp). {VS_TORCH} ★ marks the fastest "
-                     "backend at each point.", tables.bench_rows(bench_records, unit)[0]))
+                     f"computes them (TensorRT samples/common/sampleReporting.cpp). {tables.VS_TORCH_NOTE} ★ marks "
+                     "the fastest backend at each point.", tables.bench_rows(bench_records, unit)[0]))
     trt = tables.trtexec_rows(bench_records, unit)
     if trt:
         sections.append(("Imported trtexec runs", f"Numbers as trtexec printed them, in {unit.name} (its Latency "

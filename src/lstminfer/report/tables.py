@@ -18,6 +18,7 @@ from typing import Any
 
 from lstminfer.measure.records import (
     SPEEDUP_BASELINE,
+    SPEEDUP_NOTE,
     BenchRecord,
     Failure,
     Point,
@@ -31,6 +32,9 @@ from lstminfer.measure.records import (
 
 # Beyond this relative difference between the median ratio and the qps ratio a "vs torch" cell shows both.
 QPS_DISAGREEMENT = 0.10
+# Said under every table with a "vs torch" column, in reports and in the terminal.
+VS_TORCH_NOTE = (f"{SPEEDUP_NOTE}; where the ratio of throughputs differs from it by more than "
+                 f"{QPS_DISAGREEMENT:.0%} it follows in brackets (qps).")
 
 
 @dataclass(frozen=True)
