@@ -77,12 +77,12 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], console: Any = None)
     from rich.markup import escape
     from rich.table import Table
 
+    from lstminfer.report.tables import VS_TORCH_NOTE
+
     console = console or stdout_console()
     if not rows:
         console.print(f"[bold]{escape(title)}[/bold]: nothing to show")
         return
-    from lstminfer.report.tables import VS_TORCH_NOTE
-
     columns = list(dict.fromkeys(k for row in rows for k in row))
     table = Table(title=escape(title), title_justify="left",  # a model named x[1].onnx keeps its [1]
                   caption=VS_TORCH_NOTE if "vs torch" in columns else None, caption_justify="left")
