@@ -155,3 +155,32 @@ def test_a_plain_recurrent_module_keeps_the_spec_path(tmp_path):
     (tmp_path / "plain.py").write_text("import torch\ndef rnn():\n    return torch.nn.GRU(3, 4)\n")
     assert isinstance(module_or_whole(f"{tmp_path}/plain.py:rnn"), nn.GRU)
     assert module_or_whole(f"{tmp_path}/plain.py:rnn", shapes="input:5x2x3").input_names == ["input"]
+
+
+def test_cli_verify_exports_and_checks_a_whole_model(cli, tmp_path):
+    code, out, err = cli("verify", "--model", EXAMPLES / "speech_encoder.py:speech_encoder", "--shapes",
+                         "feats:2x20x40", "--backends", "torch,onnxruntime", "--out", tmp_path, "--json",
+                         tmp_path / "v.json")
+    assert code == 0, err
+    assert "model: " in out and "inputs feats, seq 20 x batch 2" in out
+    proto = onnx.load(tmp_path / "model.onnx")
+    assert [n.op_type for n in proto.graph.node if n.op_type == "LSTM"] == ["LSTM", "LSTM"]
+    assert "passed" in out and "FAILED" not in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "{tmp}/m.py:conv", "--shapes", "input:1x4x9"], "found no nn.LSTM / nn.GRU inside the model"),
+    (["--model", "{examples}/speech_encoder.py:speech_encoder", "--shapes", "feats:2x20x41"],
+     "--shapes feats:2x20x41 do not fit"),
+    (["--model", "{examples}/speech_encoder.py:speech_encoder", "--shapes", "feats:2x20x40", "--dynamic",
+      "feats:0=batch,2=seq"], "feats axis 2 (seq) is not dynamic"),
+    (["--model", "{examples}/speech_encoder.py:speech_encoder"], "give the example input shapes with --shapes"),
+    (["--dynamic", "x:0=batch"], "--dynamic names the dynamic axes of a --model"),
+    (["--model", "{examples}/crnn.py:crnn", "--hidden-size", "4"], "--hidden-size sets the size of a preset"),
+])
+def test_cli_bad_whole_model_input_is_one_line_exit_2(cli, tmp_path, args, message):
+    (tmp_path / "m.py").write_text("import torch\ndef conv():\n    return torch.nn.Conv1d(4, 4, 3)\n")
+    args = [a.format(tmp=tmp_path, examples=EXAMPLES) for a in args]
+    code, out, err = cli("export", *args, "-o", tmp_path / "m.onnx")
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "m.onnx").exists()

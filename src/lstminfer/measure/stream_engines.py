@@ -242,9 +242,13 @@ class ModuleEngine:
         return out
 
     def to_device(self, array: np.ndarray) -> Any:
-        return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device, self._dtype_of(array))
+        # on the engine's stream, which the step's copy into the buffers follows
+        with self.torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext():
+            return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device, self._dtype_of(array))
 
     def to_host(self, value: Any) -> np.ndarray:
+        if self.cuda:
+            self.stream.synchronize()
         return value.detach().float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
 
     def _dtype_of(self, array: np.ndarray) -> Any:
