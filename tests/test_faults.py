@@ -74,6 +74,11 @@ CASES = [
     (["sweep", "--seq-len", "1,0"], "argument --seq-len: must be a positive integer, got '0'"),
     (["sweep", "--batch", "1,x"], "argument --batch: 'x' is not an integer"),
     (["sweep", "--precision", "fp32,fp8"], "argument --precision: 'fp32,fp8' must be a comma-separated list"),
+    (["loadtest", "127.0.0.1:1", "--duration", "nan"], "argument --duration: must be a positive finite number"),
+    (["loadtest", "127.0.0.1:1", "--timeout", "inf"], "argument --timeout: must be a positive finite number"),
+    (["serve", "--http-port", "70000"], "argument --http-port: must be an integer from 0 to 65535, got '70000'"),
+    (["serve", "--idle-timeout", "nan"], "argument --idle-timeout: must be a positive finite number"),
+    (["export-triton", "-o", "{a_directory}", "--max-batch", "0"], "argument --max-batch: must be a positive integer"),
     # 18: a model file that ends the process, or is not a model
     (["verify", "--model", "{exits}:make"], "called sys.exit(3)"),
     (["verify", "--model", "{a_directory}/x.py:make"], "does not exist"),

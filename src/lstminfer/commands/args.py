@@ -57,6 +57,7 @@ non_negative_int = _number(int, 0)
 seed_int = _number(int, 0, MAX_SEED)
 positive_float = _number(float, 0, low_open=True)
 non_negative_float = _number(float, 0)
+port_number = _number(int, 0, 65535)
 
 
 def int_list(text: str) -> tuple[int, ...]:

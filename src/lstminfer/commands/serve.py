@@ -8,7 +8,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lstminfer.commands.args import ModelArgs, backend_options, model_from_args, parse_int_list
+from lstminfer.commands.args import (
+    ModelArgs,
+    backend_options,
+    model_from_args,
+    non_negative_float,
+    non_negative_int,
+    parse_int_list,
+    port_number,
+    positive_float,
+    positive_int,
+)
 from lstminfer.commands.console import print_table, stderr_console, write_json_output
 from lstminfer.errors import UserError
 
@@ -24,12 +34,12 @@ def register(subparsers: Any) -> None:
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default loopback; 0.0.0.0 exposes the server to the network)")
-    g.add_argument("--http-port", type=int, default=8000, help="0: any free port (default 8000)")
-    g.add_argument("--grpc-port", type=int, default=8001, help="0: any free port (default 8001)")
-    g.add_argument("--metrics-port", type=int, default=8002, help="Prometheus /metrics; 0: any free port")
+    g.add_argument("--http-port", type=port_number, default=8000, help="0: any free port (default 8000)")
+    g.add_argument("--grpc-port", type=port_number, default=8001, help="0: any free port (default 8001)")
+    g.add_argument("--metrics-port", type=port_number, default=8002, help="Prometheus /metrics; 0: any free port")
     g.add_argument("--repository", default=None, metavar="DIR",
                    help="write the model repository here and keep it (default: a temporary folder)")
-    g.add_argument("--ready-timeout", type=float, default=180.0, metavar="S",
+    g.add_argument("--ready-timeout", type=positive_float, default=180.0, metavar="S",
                    help="how long the server may take to load the model (default 180)")
     g.add_argument("--log", default=None, metavar="FILE", help="tritonserver's log (default: a file in the temp dir)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the endpoints as JSON to FILE once ready")
@@ -42,7 +52,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--platform", choices=["python", "onnxruntime", "tensorrt"], default="python",
                    help="python: Triton's Python backend runs lstminfer (default); onnxruntime / tensorrt: a stock "
                         "Triton, implicit state for streams")
-    p.add_argument("--max-seq-len", type=int, default=512, help="tensorrt: the longest chunk the plan takes")
+    p.add_argument("--max-seq-len", type=positive_int, default=512, help="tensorrt: the longest chunk the plan takes")
     _add_served_args(p)
     p.add_argument("--json", default=None, metavar="FILE", help="write what was written as JSON to FILE")
     p.set_defaults(func=cmd_export_triton)
@@ -56,13 +66,15 @@ def register(subparsers: Any) -> None:
                    help="stateless requests in flight, one level each (default 1,2,4,8; 0 skips)")
     p.add_argument("--streams", default=None, metavar="N,...",
                    help="streams open at once on NAME_stream, one level each (default: none)")
-    p.add_argument("--duration", type=float, default=5.0, metavar="S", help="counted seconds per level (default 5)")
-    p.add_argument("--warmup", type=float, default=1.0, metavar="S", help="uncounted seconds first (default 1)")
-    p.add_argument("--max-requests", type=int, default=1_000_000, help="at most this many requests per level")
-    p.add_argument("--seq-len", type=int, default=1, help="chunk length of each request (default 1)")
-    p.add_argument("--batch", type=int, default=1, help="rows per request (default 1)")
-    p.add_argument("--chunks", type=int, default=20, help="chunks per stream before END (default 20)")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per-request timeout (default 30)")
+    p.add_argument("--duration", type=positive_float, default=5.0, metavar="S",
+                   help="counted seconds per level (default 5)")
+    p.add_argument("--warmup", type=non_negative_float, default=1.0, metavar="S",
+                   help="uncounted seconds first (default 1)")
+    p.add_argument("--max-requests", type=positive_int, default=1_000_000, help="at most this many requests per level")
+    p.add_argument("--seq-len", type=positive_int, default=1, help="chunk length of each request (default 1)")
+    p.add_argument("--batch", type=positive_int, default=1, help="rows per request (default 1)")
+    p.add_argument("--chunks", type=positive_int, default=20, help="chunks per stream before END (default 20)")
+    p.add_argument("--timeout", type=positive_float, default=30.0, metavar="S", help="per-request timeout (default 30)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the records as JSON to FILE")
     p.set_defaults(func=cmd_loadtest)
 
@@ -76,13 +88,16 @@ def _add_served_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: the backend's first device")
     g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     g.add_argument("--tf32", action="store_true", help="let cuDNN/cuBLAS use TF32 for fp32")
-    g.add_argument("--threads", type=int, default=None, metavar="N", help="CPU backends' intra-op threads")
-    g.add_argument("--max-batch", type=int, default=64, metavar="N",
+    g.add_argument("--threads", type=positive_int, default=None, metavar="N", help="CPU backends' intra-op threads")
+    g.add_argument("--max-batch", type=positive_int, default=64, metavar="N",
                    help="rows Triton batches into one execution (dynamic batching; streams batched together)")
-    g.add_argument("--queue-delay-us", type=int, default=100, help="how long Triton may wait to fill a batch")
-    g.add_argument("--instances", type=int, default=1, help="model instances (each its own process and runner)")
-    g.add_argument("--max-streams", type=int, default=64, help="streams open at once per instance (default 64)")
-    g.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
+    g.add_argument("--queue-delay-us", type=non_negative_int, default=100,
+                   help="how long Triton may wait to fill a batch")
+    g.add_argument("--instances", type=positive_int, default=1,
+                   help="model instances (each its own process and runner)")
+    g.add_argument("--max-streams", type=positive_int, default=64,
+                   help="streams open at once per instance (default 64)")
+    g.add_argument("--idle-timeout", type=positive_float, default=60.0, metavar="S",
                    help="a stream with no chunk for S seconds is dropped, its state freed (default 60)")
     g.add_argument("--no-stream", action="store_true", help="serve only the stateless model")
 
@@ -271,12 +286,6 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     concurrency = [] if args.concurrency.strip() == "0" else parse_int_list(args.concurrency, "concurrency")
     streams = parse_int_list(args.streams, "streams") if args.streams else []
-    for flag, value in (("duration", args.duration), ("max-requests", args.max_requests), ("seq-len", args.seq_len),
-                        ("batch", args.batch), ("chunks", args.chunks), ("timeout", args.timeout)):
-        if value <= 0:
-            raise UserError(f"--{flag} must be positive, got {value}")
-    if args.warmup < 0:
-        raise UserError(f"--warmup must be >= 0, got {args.warmup}")
     if not concurrency and not streams:
         raise UserError("nothing to run: give --concurrency levels and/or --streams levels")
     levels = len(concurrency) + len(streams)
