@@ -17,12 +17,12 @@ from lstminfer.errors import UserError
 
 
 def command_modules() -> list[str]:
-    """Every module in lstminfer.commands with a register(subparsers) function; core's commands first."""
+    """Every module in lstminfer.commands (those with a register(subparsers) add commands); core's first."""
     import pkgutil
 
     import lstminfer.commands as commands
 
-    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__) if m.name not in ("args", "console"))
+    names = sorted(m.name for m in pkgutil.iter_modules(commands.__path__))
     names.sort(key=lambda n: n != "core")
     return [f"lstminfer.commands.{n}" for n in names]
 

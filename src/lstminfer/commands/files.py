@@ -7,17 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from lstminfer.commands.args import (
-    FileArgs,
-    OutputArgs,
-    describe_model,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    seed_int,
-    split_list,
-)
+from lstminfer.commands.args import FileArgs, OutputArgs, describe_model
 from lstminfer.commands.console import print_notes, print_table, stdout_console, write_json_output
+from lstminfer.commands.values import non_negative_int, positive_float, positive_int, seed_int, split_list
 from lstminfer.errors import UserError
 
 

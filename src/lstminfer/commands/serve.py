@@ -8,10 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lstminfer.commands.args import (
-    ModelArgs,
-    backend_options,
-    model_from_args,
+from lstminfer.commands.args import ModelArgs, backend_options, model_from_args
+from lstminfer.commands.console import print_table, stderr_console, write_json_output
+from lstminfer.commands.values import (
     non_negative_float,
     non_negative_int,
     parse_int_list,
@@ -19,7 +18,6 @@ from lstminfer.commands.args import (
     positive_float,
     positive_int,
 )
-from lstminfer.commands.console import print_table, stderr_console, write_json_output
 from lstminfer.errors import UserError
 
 # Model arguments that name files: made absolute, since Triton's stub process rebuilds the model elsewhere.

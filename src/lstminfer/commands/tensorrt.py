@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lstminfer.commands.args import DEFAULT_OUT, OutputArgs, TimingArgs, positive_int
+from lstminfer.commands.args import DEFAULT_OUT, OutputArgs, TimingArgs
 from lstminfer.commands.console import print_table, stdout_console, write_json_output
+from lstminfer.commands.values import positive_int
 from lstminfer.errors import UserError
 from lstminfer.measure.store import SCHEMA_VERSION, load_results, write_json_atomic
 from lstminfer.onnx.shapes import format_dims, parse_shapes
