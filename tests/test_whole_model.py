@@ -105,6 +105,26 @@ def test_tuple_arguments_are_flattened_and_state_pairs_found():
     assert model.input_shapes(6, 3)["hx_1"] == (1, 3, 5)
 
 
+class _Packed(nn.Module):
+    """Packs its padded batch by the lengths input: the LSTM sees a PackedSequence."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(4, 6, batch_first=True)
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        return nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True, total_length=x.shape[1])[0]
+
+
+def test_probing_reads_a_packed_sequence_and_says_what_it_did_not_find():
+    model = whole_model(_Packed().eval(), (torch.randn(2, 5, 4), torch.tensor([5, 3])), name="packed")
+    # the batch reaches the LSTM through the PackedSequence; the time does not (the lengths decide it)
+    assert model.dynamic == {"x": {0: "batch"}, "lengths": {0: "batch"}}
+    assert model.notes == ["packed: no seq axis found by probing x: it keeps the example's size at every point "
+                           "(name it with --dynamic x:AXIS=seq)"]
+
+
 def test_dynamic_axes_given_are_checked():
     model = _example("speech_encoder", dynamic="feats:0=batch,1=frames")
     assert model.dynamic == {"feats": {0: "batch", 1: "frames"}}

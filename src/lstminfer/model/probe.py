@@ -108,7 +108,10 @@ class _Probe:
         def hook(layer: Any, args: tuple) -> None:
             if not seen:
                 x = args[0]
-                seen.append((tuple(x.shape) if hasattr(x, "shape") else None, layer.batch_first))
+                if hasattr(x, "batch_sizes"):  # a PackedSequence: its (time, batch, features), time first
+                    seen.append(((len(x.batch_sizes), int(x.batch_sizes[0]), x.data.shape[-1]), False))
+                else:
+                    seen.append((tuple(x.shape), layer.batch_first))
 
         handles = [m.register_forward_pre_hook(hook) for _, m in recurrent_layers(self.model.module)]
         try:
@@ -137,7 +140,7 @@ class _Probe:
         except Exception as err:  # forward's own error: the axis is not dynamic
             return None, f"forward fails when it is {new} instead of {size} ({first_line(err)})"
         if base is None or changed is None or len(base) != 3:
-            return None, "the first recurrent layer does not take a 3-d tensor (PackedSequence?)"
+            return None, "the first recurrent layer does not take a 3-d tensor"
         diff = [a for a in range(3) if base[a] != changed[a]]
         batch_axis, time_axis = (0, 1) if batch_first else (1, 0)
         if batch_axis in diff:

@@ -167,6 +167,15 @@ class WholeModel(Model):
             return False
         return True
 
+    @property
+    def notes(self) -> list[str]:
+        missing = [role for role in ("seq", "batch") if not self.axes(role)]
+        if not missing:
+            return super().notes
+        first, which = self.input_names[0], " or ".join(missing)
+        return [*super().notes, f"{self.name}: no {which} axis found by probing {first}: it keeps the example's "
+                f"size at every point (name it with --dynamic {first}:AXIS={missing[0]})"]
+
     def stream_refusal(self) -> str:
         backward = [path or "(model)" for path, m in recurrent_layers(self.module) if m.bidirectional]
         if backward:
