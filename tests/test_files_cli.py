@@ -135,7 +135,8 @@ def test_stream_torchscript_file(cli, vad, tmp_path):
 def test_stream_torchscript_without_onnx(cli, vad, tmp_path):
     args = ("stream", vad[1], "--chunk", "4", "--chunks", "3", *SCALARS, "--state", "state:output1")
     code, _, err = cli(*args)
-    _one_line_error(code, err, "the chunk input 'x' has no shape in the file: give one chunk's shape with --shapes")
+    _one_line_error(code, err, "the chunk input 'x' has no shape in the file: give it with --seq-axis x:AXIS and "
+                               "one chunk's shape with --shapes")
     code, _, err = cli(*args, "--shapes", "x:2x4x8,state:2x2x6", "--json", tmp_path / "s.json")
     assert code == 0, err
     assert json.loads((tmp_path / "s.json").read_text())[0]["chunk_shape"] == [2, 4, 8]

@@ -79,7 +79,7 @@ class OrtRunner(OnnxFileRunner):
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"provider": self.provider, "onnxruntime": _ort().__version__}
-        if self.device == "cpu" and getattr(self, "session", None) is not None:
+        if self.device == "cpu" and self._prepared:
             # Read back; 0 is ORT's default, one intra-op thread per physical core.
             out["threads"] = self.session.get_session_options().intra_op_num_threads or physical_cores()
         return out
