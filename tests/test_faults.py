@@ -95,6 +95,16 @@ CASES = [
     (["verify", "--preset", "speech", "--proj-size", "512"], "proj_size (512) must be smaller than hidden_size"),
     (["verify", "{lstm}", "--preset", "seed"], "give a model FILE or --preset, not both"),
     (["verify", "--shapes", "X:1x2x3"], "--shapes applies to a model FILE"),
+    # more: every other kind of value and file a flag takes
+    (["verify", "--points", "0x3"], "--points: '0x3' must be SEQxBATCH with positive sizes"),
+    (["verify", "--backends", "torch:tpu"], "backend 'torch' has no device 'tpu'"),
+    (["verify", "{lstm}", "--input", "X=abc"], "'abc' is not a number"),
+    (["stream", "{lstm}", "--chunk", "2", "--state", "nope:hn"], "the model has no input 'nope'"),
+    (["verify", "{text}"], "text.txt is not an ONNX file"),
+    (["trtexec-cmd", "{text}"], "text.txt is not a readable ONNX file"),
+    (["import-trtexec", "{a_directory}"], "a_directory"),
+    (["report", "{a_directory}"], "a_directory holds no results"),
+    (["verify", "--points", "1x1", "--json", "{a_directory}"], "--json {a_directory} is a directory"),
     # 3: zero-sized dims never reach a runtime (the native abort runs in a subprocess below)
     (["verify", "{lstm}", "--shapes", "X:0x2x3"], "X"),
 ]
@@ -103,11 +113,12 @@ CASES = [
 @pytest.mark.parametrize("args, message", CASES, ids=[" ".join(Path(str(a)).name for a in args) for args, _ in CASES])
 def test_bad_input_is_one_line_exit_2(cli, files, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)  # nothing a refused command might write lands in the repository
-    code, out, err = cli(*[str(a).format(**files) for a in args], "--json", tmp_path / "out.json")
+    json_flag = [] if "--json" in args else ["--json", tmp_path / "out.json"]
+    code, out, err = cli(*[str(a).format(**files) for a in args], *json_flag)
     assert code == 2, (code, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert message in lines[0]
+    assert message.format(**files) in lines[0]
     assert "Traceback" not in err and not (tmp_path / "out.json").exists()
 
 
