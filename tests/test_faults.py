@@ -235,3 +235,13 @@ def test_run_names_its_plots_in_its_last_line(cli, tmp_path):
 def test_cuda_asked_for_on_a_machine_without_it(cli, tmp_path):
     code, _, err = cli("verify", "--device", "cuda", "--kind", "gru", "--num-layers", "1", "--out", tmp_path)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_bug_is_a_traceback_and_exit_3_not_a_failed_verification(cli, tmp_path):
+    from unittest import mock
+
+    with mock.patch("lstminfer.commands.core.list_backends", side_effect=ZeroDivisionError("a bug")):
+        code, _, err = cli("backends")
+    assert code == 3
+    assert "Traceback" in err and "ZeroDivisionError: a bug" in err
+    assert err.strip().splitlines()[-1].startswith("lstminfer: internal error (a bug in lstminfer)")

@@ -1,7 +1,7 @@
 """Argument parsing only: every command is a thin call into the modules.
 
 Exit codes: 0 success, 1 verification failed, 2 usage or input error (one line, no traceback;
-``--debug`` shows it).
+``--debug`` shows it), 3 a bug in lstminfer (with its traceback), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import warnings
 
 from lstminfer import __version__
 from lstminfer.errors import UserError
+
+INTERNAL_ERROR = 3
 
 
 def command_modules() -> list[str]:
@@ -73,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lstminfer: interrupted; files already written are complete", file=sys.stderr)
         return 130
+    except Exception:
+        # Our bug, not the user's: the traceback for the report, and an exit code that no CI job reads as
+        # "verification failed" (1), which is what an uncaught exception would give.
+        traceback.print_exc()
+        print("lstminfer: internal error (a bug in lstminfer): please report it with the traceback above",
+              file=sys.stderr)
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":
