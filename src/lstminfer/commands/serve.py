@@ -158,11 +158,16 @@ def write_python_repository(args: argparse.Namespace, repo: Path, scratch: Path)
 
     device = _device(args)
     model = _spec_model(args)
-    ok, why = runner_class(args.backend)(model, device=device, precision=args.precision).supports()
-    if not ok:  # refused here in one line, not by a model that fails to load inside the server
-        raise UserError(f"backend {args.backend} cannot serve {model.name}: {why}")
+    runner_cls = runner_class(args.backend)
+    if args.precision not in runner_cls.precisions:  # before the export: the cheap refusal first
+        raise UserError(f"backend {args.backend} cannot serve {model.name}: precision {args.precision} not "
+                        f"supported (supports {', '.join(runner_cls.precisions)})")
     options = _options(args, device)
     onnx_path = _export_onnx(model, scratch)
+    model.onnx_path = onnx_path
+    ok, why = runner_cls(model, device=device, precision=args.precision).supports()
+    if not ok:  # refused here in one line, not by a model that fails to load inside the server
+        raise UserError(f"backend {args.backend} cannot serve {model.name}: {why}")
     served = ServedModel(name=_name(args, model), model_args=model_args_of(args), spec=model.spec.to_dict(),
                          backend=args.backend, device=device, precision=args.precision,
                          backend_options=backend_options(args), with_state=model.with_state)
