@@ -44,17 +44,22 @@ class TorchTensors:
         return {n: t.float().cpu().numpy() for n, t in zip(self.model.output_names, device_outputs)}
 
 
-class TorchRunner(TorchTensors, Runner):
-    """The model as PyTorch runs it: nn.LSTM / nn.GRU (cuDNN on CUDA), eager."""
+class TorchDevices(Runner):
+    """A torch backend: on the CPU, or on a CUDA device when this torch build sees one."""
 
-    name = "torch"
     devices = ("cpu", "cuda")
-    precisions = ("fp32", "fp16", "bf16")
     install_hint = "pip install torch (a CUDA build for the cuda device)"
 
     @classmethod
     def available_impl(cls, device: str) -> tuple[bool, str]:
         return cuda_available() if device == "cuda" else (True, "")
+
+
+class TorchRunner(TorchTensors, TorchDevices):
+    """The model as PyTorch runs it: nn.LSTM / nn.GRU (cuDNN on CUDA), eager."""
+
+    name = "torch"
+    precisions = ("fp32", "fp16", "bf16")
 
     @classmethod
     def applies_to(cls, model: Any) -> bool:

@@ -6,21 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from lstminfer.backends.base import Runner
-from lstminfer.backends.pytorch import cuda_available
+from lstminfer.backends.pytorch import TorchDevices
 
 
-class TorchScriptRunner(Runner):
+class TorchScriptRunner(TorchDevices):
     """The user's scripted or traced module, eager, inputs mapped to forward's arguments by name."""
 
     name = "torchscript"
-    devices = ("cpu", "cuda")
     precisions = ("fp32",)
-    install_hint = "pip install torch (a CUDA build for the cuda device)"
-
-    @classmethod
-    def available_impl(cls, device: str) -> tuple[bool, str]:
-        return cuda_available() if device == "cuda" else (True, "")
 
     @classmethod
     def applies_to(cls, model: Any) -> bool:
