@@ -8,6 +8,8 @@ from unittest import mock
 import onnx
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 FAST = ["--warmup", "0", "--duration", "0.05", "--iterations", "3"]
 
@@ -164,3 +166,30 @@ def test_verification_failure_exits_1(cli, tmp_path):
         code, out, _ = cli("verify", "--kind", "lstm", "--input-size", "3", "--hidden-size", "4", "--num-layers", "3",
                            "--backends", "onnxruntime", "--out", tmp_path)
     assert code == 1 and "FAILED" in out
+
+
+# ---- the checked numbers every flag uses (commands/values.py) -----------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), st.integers(-10**12, 10**12).map(str),
+                 st.text(max_size=6)))
+def test_checked_numbers_accept_exactly_the_finite_values_in_range(text):
+    import argparse
+    import math
+
+    from lstminfer.commands.values import non_negative_float, positive_float, positive_int, seed_int
+
+    def expected(kind, ok):
+        try:
+            value = kind(text)
+        except ValueError:
+            return None
+        return value if math.isfinite(value) and ok(value) else None
+
+    for parse, kind, ok in ((positive_float, float, lambda v: v > 0), (non_negative_float, float, lambda v: v >= 0),
+                            (positive_int, int, lambda v: v > 0), (seed_int, int, lambda v: 0 <= v < 2**32)):
+        want = expected(kind, ok)
+        if want is None:
+            with pytest.raises(argparse.ArgumentTypeError):
+                parse(text)
+        else:
+            assert parse(text) == want
