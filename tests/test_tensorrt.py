@@ -468,9 +468,12 @@ def test_tensorrt_runner_matches_reference(cls, tmp_path: Path) -> None:
     model = Model("small", spec, module=build_module(spec), seq_len=5, batch=3)
     export_model(model, tmp_path / "small.onnx")
     model.onnx_path = tmp_path / "small.onnx"
+    points = [(5, 3), (1, 1), (17, 2)]
     runner = cls(model, "cuda", "fp32", out_dir=str(tmp_path), tf32=False)
+    runner.prepare(points)  # the engine's profile covers exactly the points it serves: max 17x3
     with runner:
-        for seq_len, batch in ((5, 3), (1, 1), (17, 2)):
+        assert runner.profile.max["input"] == (17, 3, 8)
+        for seq_len, batch in points:
             inputs = model.make_inputs(seq_len, batch, np.random.default_rng(0))
             got, want = runner.infer(inputs), model.reference(inputs)
             for name in model.output_names:
@@ -478,6 +481,7 @@ def test_tensorrt_runner_matches_reference(cls, tmp_path: Path) -> None:
         with pytest.raises(UserError, match="outside the engine's profile"):
             runner.infer(model.make_inputs(1000, 3, np.random.default_rng(0)))
     again = cls(model, "cuda", "fp32", out_dir=str(tmp_path), tf32=False)
+    again.prepare(points)
     with again:
         assert again.built_now is False  # the cached engine, after its sidecar check
 
