@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lstminfer.commands.args import OutputArgs
     from lstminfer.commands.console import json_to_stdout
 
     argv = sys.argv[1:] if argv is None else argv
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        with json_to_stdout(getattr(args, "json", None) == "-"):
+        with json_to_stdout(OutputArgs.parse(args).json == "-"):
             return int(args.func(args) or 0)
     except UserError as err:
         if args.debug:  # the traceback, and still the user error's exit code

@@ -33,7 +33,10 @@ from lstminfer.commands.values import (
 from lstminfer.errors import UserError
 
 SIZE_FLAGS = ("kind", "input_size", "hidden_size", "num_layers", "bidirectional", "batch_first", "bias", "proj_size")
+
+
 def flag(dest: str) -> str:
+    """A Namespace attribute's flag: input_size -> --input-size."""
     return "--" + dest.replace("_", "-")
 
 
@@ -385,7 +388,7 @@ class OutputArgs:
 
     @staticmethod
     def parse(args: argparse.Namespace) -> OutputOptions:
-        return OutputOptions(json=args.json, out=getattr(args, "out", None) or DEFAULT_OUT)
+        return OutputOptions(json=getattr(args, "json", None), out=getattr(args, "out", None) or DEFAULT_OUT)
 
 
 class ExportArgs:
