@@ -3,6 +3,7 @@
     PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py            # the table of docs/fused_kernel.md
     PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --sweep    # plus launch-plan variants
     PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --only A --no-cudnn --sweep --sweep-only A   # A alone
+    PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --grid --iters 50    # issue 12's grid: losses to cuDNN
 
 Timing: CUDA events around every call on one stream, median of --iters calls after --warmup calls; the same
 weights and inputs every call, no L2 flush (the weights of these models live in L2, as in trtexec).
@@ -94,8 +95,10 @@ def graphed(fn, stream: torch.cuda.Stream):
 
 
 @functools.lru_cache(maxsize=4)
-def _setup(input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, seq_len: int, batch: int):
-    """The module (fp32, CPU), inputs and the float64 reference, once per shape (all precisions share them)."""
+def _setup(input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, seq_len: int, batch: int,
+           with_ref: bool = True):
+    """The module (fp32, CPU), inputs and the float64 reference (None without with_ref), once per shape (all
+    precisions share them)."""
     w = Workload("", input_size, hidden_size, num_layers, bidirectional, seq_len, batch, "fp32", 0.0)
     torch.manual_seed(0)
     module = torch.nn.LSTM(w.input_size, w.hidden_size, num_layers=w.num_layers,
@@ -104,17 +107,21 @@ def _setup(input_size: int, hidden_size: int, num_layers: int, bidirectional: bo
     x = torch.randn(w.seq_len, w.batch, w.input_size)
     h0 = torch.randn(w.num_layers * dirs, w.batch, w.hidden_size)
     c0 = torch.randn(w.num_layers * dirs, w.batch, w.hidden_size)
-    with torch.no_grad():
-        ref = module.double()(x.double(), (h0.double(), c0.double()))
-    module.float()
+    ref = None
+    if with_ref:
+        with torch.no_grad():
+            ref = module.double()(x.double(), (h0.double(), c0.double()))
+        module.float()
     return module, x, h0, c0, ref
 
 
-def setup(w: Workload):
-    return _setup(w.input_size, w.hidden_size, w.num_layers, w.bidirectional, w.seq_len, w.batch)
+def setup(w: Workload, with_ref: bool = True):
+    return _setup(w.input_size, w.hidden_size, w.num_layers, w.bidirectional, w.seq_len, w.batch, with_ref)
 
 
 def max_error(got, ref) -> float:
+    if ref is None:
+        return float("nan")
     out, (hn, cn) = ref
     return max((g.double().cpu() - r).abs().max().item() for g, r in zip(got, (out, hn, cn)))
 
@@ -179,7 +186,7 @@ def report_sass(label: str, seen: set, out_dir: Path) -> None:
 def bench(w: Workload, args, overrides: dict | None = None) -> dict:
     dev = torch.device("cuda")
     dtype = DTYPES[w.precision]
-    module, x, h0, c0, ref = setup(w)
+    module, x, h0, c0, ref = setup(w, with_ref=not args.grid)
     xd, h0d, c0d = (t.to(dev, dtype) for t in (x, h0, c0))
     stream = torch.cuda.Stream()
     row: dict = {"workload": w.name}
@@ -248,6 +255,44 @@ SEQ_SWEEP += [(dataclasses.replace(WORKLOADS[0], name=f"A seed {n} layers", num_
               for n in (1, 5)]
 
 
+# --grid: issue 12's "never slower than cuDNN in a graph" sweep, seq 100, input size = hidden; fp16 only where
+# PyTorch lets cuDNN use its persistent kernel (FACTS.md section 6)
+GRID_HIDDEN = (32, 64, 128, 256, 384, 512, 768, 1024)
+GRID_BATCH = (1, 8, 64)
+
+
+def grid_workloads() -> list[Workload]:
+    points = []
+    for hidden in GRID_HIDDEN:
+        for batch in GRID_BATCH:
+            for layers in (1, 2):
+                for bi in (False, True):
+                    persistent_fp16 = layers == 1 and not bi and hidden % 128 == 0 and batch % 8 == 0
+                    for precision in ("fp32", "bf16") + (("fp16",) if persistent_fp16 else ()):
+                        name = f"grid h{hidden} b{batch} {layers}L {'bi' if bi else 'uni'} {precision}"
+                        points.append(Workload(name, hidden, hidden, layers, bi, 100, batch, precision,
+                                               float("nan")))
+    return points
+
+
+def print_grid(workloads: list[Workload], rows: list) -> None:
+    """One line per point, then how many points fused-graph loses to cuDNN in a graph and the worst ratio."""
+    print("| point | cuDNN graph us | fused-graph us | cuDNN graph / fused-graph | kernel |")
+    print("|---|---|---|---|---|")
+    ratios = []
+    for w, r in zip(workloads, rows):
+        if r is None:
+            print(f"| {w.name} | failed | | | |")
+            continue
+        ratio = r["cudnn-graph"] / r["fused-graph"]
+        ratios.append((ratio, w.name))
+        print(f"| {w.name} | {r['cudnn-graph']:.1f} | {r['fused-graph']:.1f} | {ratio:.2f}x | {r['plan'].kernel} |")
+    losses = [n for q, n in ratios if q < 1.0]
+    worst = min(ratios) if ratios else (float("nan"), "-")
+    print(f"# grid: {len(ratios)} points timed, {len(rows) - len(ratios)} failed; fused-graph slower than cuDNN "
+          f"in a graph at {len(losses)}; worst ratio {worst[0]:.2f}x ({worst[1]})")
+
+
 def plan_text(plan) -> str:
     return " ".join(f"{k}={v}" for k, v in plan.describe().items()).replace("kernel=", "")
 
@@ -257,6 +302,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--sweep", action="store_true", help="also time launch-plan variants")
+    parser.add_argument("--grid", action="store_true",
+                        help="time the grid of hidden x batch x layers x directions x precision (seq 100; no "
+                             "float64 check) instead of the workloads, and count the points lost to cuDNN")
     parser.add_argument("--only", default="", help="comma-separated workload name prefixes (default: all)")
     parser.add_argument("--no-cudnn", action="store_true", help="time the fused kernel only")
     parser.add_argument("--sweep-only", default="", help="comma-separated workload name prefixes to sweep")
@@ -266,7 +314,8 @@ def main() -> None:
     args = parser.parse_args()
     args.sass_seen = set()
     only = [p.strip() for p in args.only.split(",") if p.strip()]
-    workloads = [w for w in WORKLOADS if not only or any(w.name.startswith(p) for p in only)]
+    workloads = [w for w in (grid_workloads() if args.grid else WORKLOADS)
+                 if not only or any(w.name.startswith(p) for p in only)]
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}, "
@@ -278,6 +327,9 @@ def main() -> None:
         except Exception as err:  # report and go on: one broken workload must not hide the others
             print(f"# {w.name} failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
             rows.append(None)
+    if args.grid:
+        print_grid(workloads, rows)
+        return
     head = ("| workload | cuDNN eager us | cuDNN graph us | fused us | fused-graph us | cuDNN graph / fused-graph "
             "| target us | max abs err vs fp64 (fused / cuDNN) | kernel, plan |")
     print(head)

@@ -312,17 +312,20 @@ def test_proj_size_is_refused_by_name():
         runner.prepare()
 
 
-def test_wrapped_module_is_refused():
+def test_wrapped_module_runs_through_its_layers_and_a_model_without_one_is_refused():
+    """A model that wraps an nn.GRU runs (lstminfer.accelerate swaps its layers: tests/test_accelerate.py);
+    one with no LSTM/GRU layer the kernel could take is refused by name."""
     class Wrapper(torch.nn.Module):
-        def __init__(self):
+        def __init__(self, rnn):
             super().__init__()
-            self.rnn = torch.nn.GRU(3, 4)
+            self.rnn = rnn
 
         def forward(self, x, h=None):
             return self.rnn(x, h)
 
-    runner = FusedRunner(model_for(Wrapper()), device=DEVICE)
-    with pytest.raises(UserError, match="plain nn.LSTM"):
+    assert FusedRunner(model_for(Wrapper(torch.nn.GRU(3, 4))), device=DEVICE).supports() == (True, "")
+    runner = FusedRunner(model_for(Wrapper(torch.nn.LSTM(3, 4, proj_size=2))), device=DEVICE)
+    with pytest.raises(UserError, match="proj_size|fused kernel"):
         runner.prepare()
 
 
@@ -601,6 +604,8 @@ def test_persistent_plan_fits_the_multiprocessors_and_names_its_kernel():
     # fewer multiprocessors: 64 programs of 16 units and 16 warps instead
     assert plan(1024, False, 1, sms=80, num_warps=1).num_warps == 16
     assert plan(1024, True, 320) is None  # 5 batch groups x 2 directions x 16 tiles of 64 > 132
+    big = plan(1024, True, 256, torch.bfloat16)  # 4 groups x 2 x 16 tiles of 64 units: too many weights to keep
+    assert (big.programs, big.block_n, big.resident) == (128, 64, False)
     assert p.describe()["kernel"] == "persistent" and p.describe()["block_n"] == 8
     assert plan_for(pack_rnn(make("lstm", 8, 20, 1, False, False), "cpu"), 4, 2).describe()["kernel"] == "stack"
 

@@ -41,6 +41,8 @@ PERSISTENT_SUM_ROWS = 0
 # one warp a program (multiply-and-sum) while a lane's share of h (block_b * HP / 32 values) stays this small:
 # 0, off by default (H200: M 127 us at one warp, 130 at four; P 236 vs 161-240; R 1087 vs 368 at eight)
 PERSISTENT_ONE_WARP_H = 0
+# the most W_hh^T weights a program keeps on chip (64 a lane at 16 warps; R fp32: 1024 x 32)
+PERSISTENT_MAX_WEIGHTS = 32768
 SPIN_LIMIT = 4_000_000
 
 
@@ -131,7 +133,8 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
     # W_hh^T on chip, except fp32 with tl.dot (its FMA dot would hold whole k rows per thread). Multiply-and-sum
     # past one warp: warps for at most ~64 weights a lane (H200: P fp32 161 us at 4 warps, 181 at 8; R fp32 368
     # at 8, 425 at 16; S fp32 2518 at 8).
-    resident = packed.dtype != torch.float32 or not use_dot
+    # (and only while the slice fits on chip: past PERSISTENT_MAX_WEIGHTS it is streamed like fp32's)
+    resident = (packed.dtype != torch.float32 or not use_dot) and hp * 4 * block_n <= PERSISTENT_MAX_WEIGHTS
     while not use_dot and num_warps > 1 and num_warps < 16 and hp * 4 * block_n > 64 * 32 * num_warps:
         num_warps *= 2
     return Plan("per-layer", block_b, tiles, 1 if serial else groups * dirs * tiles, block_k=32 if kh % 32 == 0 else 16,
