@@ -77,7 +77,7 @@ def test_profile_bench_shape_and_max(lstm_onnx: Path) -> None:
 
 
 def test_profile_overrides_in_trtexec_syntax(lstm_onnx: Path) -> None:
-    from lstminfer.tensorrt.trtexec import parse_shapes
+    from lstminfer.onnx.shapes import parse_shapes
 
     p = tb.derive_profile(lstm_onnx, max_shapes=parse_shapes("input:100x8x10"))
     assert p.max["input"] == (100, 8, 10) and p.max["h0"] == (20, 64, 20)  # only the named input changes

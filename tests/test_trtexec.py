@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from lstminfer.errors import UserError
 from lstminfer.measure import stats
-from lstminfer.tensorrt import trtexec
+from lstminfer.onnx.shapes import format_shapes, parse_shapes
+from lstminfer.tensorrt import trtexec, trtexec_times
 from lstminfer.tensorrt.build import Profile
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -161,7 +162,7 @@ def _g(x: float) -> str:
 def test_export_times_reproduce_printed_summary() -> None:
     """lstminfer.stats on trtexec's per-query records == trtexec's printed summary, to the printed digit."""
     log = trtexec.load_log(TRT10_LOG)
-    records = trtexec.load_times(TRT10_TIMES)
+    records = trtexec_times.load_times(TRT10_TIMES)
     assert len(records) == 500
     ours = stats.performance_summary(records, trtexec.unstable_cv_threshold(log.tensorrt_version))
     for metric in ("latency", "h2d", "gpu_compute", "d2h"):
@@ -183,7 +184,7 @@ def test_export_times_recovers_trtexecs_float32_values() -> None:
     gen = _generator()
     trace = gen.simulate()
     timed = [q for q in trace if q["computeStart"] >= np.float32(200)]
-    records = trtexec.load_times(TRT10_TIMES)
+    records = trtexec_times.load_times(TRT10_TIMES)
     for q, r in zip(timed, records, strict=True):
         assert r.compute_ms == float(gen.metric(q, "compute"))
         assert r.h2d_ms == float(gen.metric(q, "h2d")) and r.d2h_ms == float(gen.metric(q, "d2h"))
@@ -204,7 +205,7 @@ def test_fixture_files_are_the_generators_output() -> None:
 
 def test_log_and_times_together() -> None:
     log = trtexec.load_log(TRT10_LOG)
-    rec = trtexec.to_bench_record(log, trtexec.load_times(TRT10_TIMES))
+    rec = trtexec.to_bench_record(log, trtexec_times.load_times(TRT10_TIMES))
     assert rec["gpu_compute_ms"]["median"] == 0.224831  # printed values win
     assert _g(rec["gpu_compute_ms"]["cv"]) == "20.5509"  # ... and the trace adds every CV
     assert rec["h2d_ms"]["cv"] is not None and rec["queries"] == 500
@@ -212,7 +213,7 @@ def test_log_and_times_together() -> None:
 
 
 def test_times_alone_summarized_by_stats() -> None:
-    rec = trtexec.to_bench_record(None, trtexec.load_times(TRT10_TIMES))
+    rec = trtexec.to_bench_record(None, trtexec_times.load_times(TRT10_TIMES))
     assert rec["queries"] == 500 and _g(rec["gpu_compute_ms"]["mean"]) == "0.228405"
     assert rec["tensorrt_version"] is None and rec["source"] == "trtexec"
 
@@ -225,7 +226,7 @@ def test_hand_computed_trace() -> None:
                 "endD2hMs": 100.0 * i + 0.5 + c, "h2dMs": 0.25, "computeMs": c, "d2hMs": 0.25,
                 "latencyMs": c + 0.5}
                for i, c in enumerate([3, 1, 4, 10, 5, 9, 2, 6, 8, 7], start=1)]
-    records = trtexec.parse_times(json.dumps(queries))
+    records = trtexec_times.parse_times(json.dumps(queries))
     s = stats.performance_summary(records, unstable_cv=1.0)
     g = s.gpu_compute
     assert (g.min, g.max, g.mean, g.median, g.p90, g.p95, g.p99) == (1, 10, 5.5, 5.5, 9, 10, 10)
@@ -238,11 +239,11 @@ def test_hand_computed_trace() -> None:
 # ---- shape strings --------------------------------------------------------------------------------
 
 def test_parse_shapes() -> None:
-    assert trtexec.parse_shapes("input:16x3x10,h0:20x3x20") == {"input": (16, 3, 10), "h0": (20, 3, 20)}
+    assert parse_shapes("input:16x3x10,h0:20x3x20") == {"input": (16, 3, 10), "h0": (20, 3, 20)}
     # The name is everything before the last colon; trtexec's quoted names lose their quotes.
-    assert trtexec.parse_shapes("input:0:1x3x10") == {"input:0": (1, 3, 10)}
-    assert trtexec.parse_shapes("'x:y':5") == {"x:y": (5,)}
-    assert trtexec.parse_shapes("s:scalar") == trtexec.parse_shapes("s:") == {"s": ()}
+    assert parse_shapes("input:0:1x3x10") == {"input:0": (1, 3, 10)}
+    assert parse_shapes("'x:y':5") == {"x:y": (5,)}
+    assert parse_shapes("s:scalar") == parse_shapes("s:") == {"s": ()}
 
 
 @pytest.mark.parametrize("text, message", [
@@ -255,13 +256,13 @@ def test_parse_shapes() -> None:
 ])
 def test_parse_shapes_errors(text: str, message: str) -> None:
     with pytest.raises(UserError, match=message) as err:
-        trtexec.parse_shapes(text, "--maxShapes")
+        parse_shapes(text, "--maxShapes")
     assert str(err.value).startswith("--maxShapes") and "\n" not in str(err.value)
 
 
 def test_format_shapes_refuses_commas() -> None:
     with pytest.raises(UserError, match="splits on ','"):
-        trtexec.format_shapes({"a,b": (1,)})
+        format_shapes({"a,b": (1,)})
 
 
 names = st.text(alphabet=st.characters(blacklist_characters=",'", blacklist_categories=("Cs",)), min_size=1,
@@ -272,9 +273,9 @@ shapes = st.dictionaries(names, st.lists(st.integers(1, 4096), min_size=1, max_s
 
 @given(shapes)
 def test_shapes_round_trip(value: dict) -> None:
-    text = trtexec.format_shapes(value)
-    assert trtexec.parse_shapes(text) == value
-    assert trtexec.format_shapes(trtexec.parse_shapes(text)) == text
+    text = format_shapes(value)
+    assert parse_shapes(text) == value
+    assert format_shapes(parse_shapes(text)) == text
 
 
 # ---- command lines --------------------------------------------------------------------------------
@@ -376,13 +377,13 @@ def test_truncated_summary_line() -> None:
 ])
 def test_bad_times_file(text: str, message: str) -> None:
     with pytest.raises(UserError, match=message) as err:
-        trtexec.parse_times(text, "t.json")
+        trtexec_times.parse_times(text, "t.json")
     _one_line(err)
 
 
 def test_log_and_times_from_different_runs() -> None:
     with pytest.raises(UserError, match="not from the same trtexec run"):
-        trtexec.to_bench_record(trtexec.load_log(FP32_LOG), trtexec.load_times(TRT10_TIMES))
+        trtexec.to_bench_record(trtexec.load_log(FP32_LOG), trtexec_times.load_times(TRT10_TIMES))
     with pytest.raises(UserError, match="nothing to import"):
         trtexec.to_bench_record(None, None)
 

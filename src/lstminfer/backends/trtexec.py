@@ -23,6 +23,7 @@ from lstminfer.measure.store import ensure_writable_dir, write_text_atomic
 from lstminfer.tensorrt import build as tb
 from lstminfer.tensorrt import profile as tp
 from lstminfer.tensorrt import trtexec
+from lstminfer.tensorrt.trtexec_times import load_times
 
 TIMEOUT_S = 3600  # an LSTM engine build can take minutes; a hung trtexec should not hang a sweep forever
 
@@ -99,7 +100,7 @@ class TrtexecRunner(Runner):
         log_path = times.with_suffix("").with_suffix(".log")
         text = _run(argv, log_path)
         log = trtexec.parse_log(text, source=str(log_path))
-        record = trtexec.to_bench_record(log, trtexec.load_times(times) if times.is_file() else None,
+        record = trtexec.to_bench_record(log, load_times(times) if times.is_file() else None,
                                          model=self.model.name, seq_len=config.seq_len, batch=config.batch,
                                          precision=self.precision)
         record.update({"engine": str(self.engine), "log": str(log_path), "profile": self.profile.to_dict()})

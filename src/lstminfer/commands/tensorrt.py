@@ -15,6 +15,7 @@ from lstminfer.onnx.shapes import format_dims, parse_shapes
 from lstminfer.tensorrt import build as tb
 from lstminfer.tensorrt import trtexec
 from lstminfer.tensorrt.profile import DEFAULT_MAX_BATCH, DEFAULT_MAX_SEQ_LEN
+from lstminfer.tensorrt.trtexec_times import load_times
 
 
 def register(subparsers: Any) -> None:
@@ -141,9 +142,9 @@ def import_record(file: str | Path, times: str | Path | None = None, model: str 
     if _looks_like_json(file):
         if times:
             raise UserError(f"{file} is an --exportTimes JSON already; give the log as FILE and the JSON as --times")
-        log, queries = None, trtexec.load_times(file)
+        log, queries = None, load_times(file)
     else:
-        log, queries = trtexec.load_log(file), trtexec.load_times(times) if times else None
+        log, queries = trtexec.load_log(file), load_times(times) if times else None
     record = trtexec.to_bench_record(log, queries, model=model, seq_len=seq_len, batch=batch)
     record["imported_from"] = [str(file)] + ([str(times)] if times else [])
     return record
