@@ -32,6 +32,7 @@ from lstminfer.model.probe import (
     recurrent_layers,
 )
 from lstminfer.onnx.shapes import BATCH_DIM, SEQ_DIM
+from lstminfer.onnx.torchscript import flatten_outputs
 
 
 def role_of(label: str) -> str | None:
@@ -41,15 +42,6 @@ def role_of(label: str) -> str | None:
     if BATCH_DIM.search(label):
         return "batch"
     return None
-
-
-def flatten(value: Any) -> list[Any]:
-    """A forward's result (tensor, tuple, list, dict, nested) as a flat list of tensors, torch.onnx's order."""
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in flatten(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in flatten(v)]
-    return [value]
 
 
 class WholeModel(Model):
@@ -186,7 +178,7 @@ class WholeModel(Model):
     def call_module(self, module: Any, tensors: list[Any]) -> list[Any]:
         """Call `module` (this model's module, or a copy on another device or dtype) with tensors in
         input_names order; the outputs flattened, in output_names order."""
-        return flatten(module(*self.regroup(tensors)))
+        return flatten_outputs(module(*self.regroup(tensors)))
 
     def regroup(self, tensors: list[Any]) -> list[Any]:
         """Flat tensors (input_names order) back into the forward's arguments, a tuple argument as a tuple."""
@@ -272,13 +264,11 @@ def load_factory(ref: str, weights: str | None = None) -> tuple[Any, Any]:
     """Call ``--model``'s factory: (module in float32 eval mode, example inputs or None)."""
     import torch
 
-    from lstminfer.model.user import _import_factory, load_weights
+    from lstminfer.model.user import _import_factory, _user_code, load_weights
 
     factory: Callable[[], Any] = _import_factory(ref)
-    try:
+    with _user_code(f"calling {ref}"):  # its errors and sys.exit become one line
         result = factory()
-    except Exception as err:
-        raise UserError(f"--model: calling {ref} failed: {first_line(err)}") from err
     module, example = (result if isinstance(result, tuple) and len(result) == 2 else (result, None))
     if not isinstance(module, torch.nn.Module):
         raise UserError(f"--model: {ref} returned {type(module).__name__}, not a torch.nn.Module "
