@@ -16,8 +16,8 @@ model with recurrent layers inside, an ONNX or TorchScript file (``model.file.Fi
 - ``verify_points()``: the (seq_len, batch) points that are valid for this model; ``stream_refusal()``:
   why it cannot run chunk by chunk, if it cannot;
 - ``notes``: what a user should read before the tables; ``describe()``: the facts kept with the results;
-- ``script_path`` (a TorchScript file, else None), ``batch_first``, ``name_outputs(count)`` (for a model
-  whose outputs are known only once it has run).
+- ``script_path`` (a TorchScript file, else None) and ``name_outputs(count)`` (for a model whose outputs
+  are known only once it has run).
 """
 
 from __future__ import annotations
@@ -156,10 +156,6 @@ class Model:
     def script_path(self) -> Path | None:
         """The TorchScript file this model is (None: not a TorchScript model)."""
         return None
-
-    @property
-    def batch_first(self) -> bool:
-        return bool(self.spec and self.spec.batch_first)
 
     # ---- inputs at a point -----------------------------------------------------------------------
     def input_shapes(self, seq_len: int, batch: int) -> dict[str, tuple[int, ...]]:

@@ -84,13 +84,6 @@ class FileModel(FileInputs, Model):
         return self._given_pairs or (list(self.info.state_pairs) if self.info else [])
 
     @property
-    def state_pairs_note(self) -> str:
-        """Why no pair was found (for the error that asks for --state)."""
-        if self.state_pairs:
-            return ""
-        return self.info.state_pairs_note if self.info else "none: a TorchScript file has no output names to match"
-
-    @property
     def script_path(self) -> Path | None:
         return self._script_path
 
