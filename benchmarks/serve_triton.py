@@ -65,6 +65,34 @@ def direct_latency_ms(runner, feeds: dict, calls: int, limit_s: float = 5.0) -> 
     return statistics.median(times)
 
 
+def server_stats(http_url: str, model: str) -> dict:
+    """Triton's cumulative statistics of one model (the statistics extension)."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(http_url)
+    try:
+        return client.get_inference_statistics(model)["model_stats"][0]
+    finally:
+        client.close()
+
+
+def stats_delta(before: dict, after: dict) -> dict:
+    """What the server itself spent over one level: rows per execution, and per request the mean time
+    queued, inside the model's execute (the Python model: our batching and the backend), and moving the
+    tensors in and out (Triton <-> the Python stub's shared memory)."""
+    def ns(key: str) -> int:
+        return int(after["inference_stats"][key]["ns"]) - int(before["inference_stats"][key]["ns"])
+
+    requests = int(after["inference_stats"]["success"]["count"]) - int(before["inference_stats"]["success"]["count"])
+    executions = int(after["execution_count"]) - int(before["execution_count"])
+    inferences = int(after["inference_count"]) - int(before["inference_count"])
+    if not requests or not executions:
+        return {}
+    return {"rows_per_exec": inferences / executions, "queue_us": ns("queue") / requests / 1e3,
+            "infer_us": ns("compute_infer") / requests / 1e3,
+            "in_out_us": (ns("compute_input") + ns("compute_output")) / requests / 1e3}
+
+
 def runner_feeds(model, seq_len: int, rows: int, with_state: bool) -> dict:
     import numpy as np
 
@@ -79,6 +107,7 @@ def main(argv: list[str]) -> int:
     import dataclasses
 
     from lstminfer.backends.base import runner_class
+    from lstminfer.commands.args import backend_options
     from lstminfer.commands.serve import write_python_repository
     from lstminfer.serve.loadtest import run_level
     from lstminfer.serve.server import ServerConfig, TritonServer
@@ -96,7 +125,8 @@ def main(argv: list[str]) -> int:
         device = args.device or runner_class(args.backend).devices[0]
         stream_model = dataclasses.replace(model, with_state=True)
         stream_model.onnx_path = repo / name / "1" / "model.onnx"
-        runner = runner_class(args.backend)(stream_model, device=device, precision=args.precision)
+        runner = runner_class(args.backend)(stream_model, device=device, precision=args.precision,
+                                            **backend_options(args))
         runner.prepare()
         alone = {}
         for c in sorted(set([1, *concurrency])):
@@ -113,9 +143,11 @@ def main(argv: list[str]) -> int:
                 plan = [("stateless", name, c, seq_len, batch) for c in concurrency]
                 plan += [("stream", f"{name}_stream", c, 1, 1) for c in streams]
                 for mode, model_name, c, seq, rows in plan:
+                    before = server_stats(config.http_url, model_name)
                     record = run_level(url, protocol, model_name, mode, c, seq_len=seq, batch=rows,
                                        duration_s=mine.duration, warmup_s=mine.warmup, chunks=50,
                                        first_sequence_id=1 + len(rows_out) * 1_000_000)
+                    inside = stats_delta(before, server_stats(config.http_url, model_name))
                     floor, at_c = alone[(mode, 1)], alone[(mode, c)]
                     ceiling = c / at_c * 1e3
                     rows_out.append({
@@ -124,15 +156,18 @@ def main(argv: list[str]) -> int:
                         "p50_ms": record.latency_ms.get("p50"), "p99_ms": record.latency_ms.get("p99"),
                         "alone_p50_ms": floor, "overhead_p50_ms": (record.latency_ms.get("p50") or 0) - floor,
                         "alone_batched_ms": at_c, "ceiling_rps": ceiling,
-                        "server_share": record.throughput_rps / ceiling, "errors": record.errors})
+                        "server_share": record.throughput_rps / ceiling, **inside, "errors": record.errors})
             server_log = server.log_path
     header = ["protocol", "mode", "concurrency", "requests", "failed", "rps", "p50_ms", "p99_ms", "alone_p50_ms",
-              "overhead_p50_ms", "alone_batched_ms", "ceiling_rps", "server_share"]
+              "overhead_p50_ms", "alone_batched_ms", "ceiling_rps", "server_share", "rows_per_exec", "queue_us",
+              "infer_us", "in_out_us"]
     print(f"{model.name}: {model.spec.describe()}, request seq {seq_len} x batch {batch} (streams: 1 step x 1 row); "
-          f"backend {args.backend}[{device}] {args.precision}; server log {server_log}")
+          f"backend {args.backend}[{device}] {args.precision} threads {args.threads or 'default'}; "
+          f"server log {server_log}")
     print("  ".join(f"{h:>15}" for h in header))
     for row in rows_out:
-        print("  ".join(f"{row[h]:>15.4g}" if isinstance(row[h], float) else f"{row[h]!s:>15}" for h in header))
+        print("  ".join(f"{row.get(h):>15.4g}" if isinstance(row.get(h), float) else f"{row.get(h, '-')!s:>15}"
+                        for h in header))
     if mine.out_json:
         Path(mine.out_json).write_text(json.dumps({"model": model.name, "spec": model.spec.to_dict(),
                                                    "backend": args.backend, "device": device, "rows": rows_out},

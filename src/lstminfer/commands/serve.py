@@ -89,8 +89,9 @@ def _add_served_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=positive_int, default=None, metavar="N", help="CPU backends' intra-op threads")
     g.add_argument("--max-batch", type=positive_int, default=64, metavar="N",
                    help="rows Triton batches into one execution (dynamic batching; streams batched together)")
-    g.add_argument("--queue-delay-us", type=non_negative_int, default=100,
-                   help="how long Triton may wait to fill a batch")
+    g.add_argument("--queue-delay-us", type=non_negative_int, default=0,
+                   help="how long Triton may hold a request to fill a batch (default 0: requests that queue while "
+                        "the model is busy are batched anyway; a delay only adds latency at low load)")
     g.add_argument("--instances", type=positive_int, default=1,
                    help="model instances (each its own process and runner)")
     g.add_argument("--max-streams", type=positive_int, default=64,

@@ -55,7 +55,7 @@ class ServeOptions:
     """How Triton batches and places a served model."""
 
     max_batch: int = 64  # rows per execution (dynamic batching; chunks of streams batched together)
-    queue_delay_us: int = 100  # how long Triton may hold a request to fill a batch
+    queue_delay_us: int = 0  # how long Triton may hold a request to fill a batch (queued requests batch anyway)
     instances: int = 1
     kind: str = "KIND_CPU"  # KIND_GPU for CUDA backends
     max_streams: int = 64  # streams open at once, per instance
