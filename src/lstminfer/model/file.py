@@ -112,7 +112,11 @@ class FileModel(FileInputs, Model):
             self._run(preferred, inputs)
         except UserError:
             return preferred  # the inputs are at fault, not the reference: the real run names them
-        except Exception as err:  # an op the oracle lacks (DequantizeLinear), a module float64 breaks
+        except Exception as err:  # an op the oracle lacks, a module float64 breaks ... or inputs nothing runs
+            try:
+                self._run(fallback, inputs)
+            except Exception:
+                return preferred  # the fallback fails too: the inputs are at fault, and the real run says so
             why = f"failed at run time: {_first_line(err)}" if preferred is ORACLE else _first_line(err)
             return ReferenceSource(fallback.name, False, fallback.reason.format(why=why))
         return preferred
