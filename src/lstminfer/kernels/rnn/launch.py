@@ -98,7 +98,10 @@ def _projection(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.T
 
 def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | None,
                         plan: Plan, ws: dict[str, Any], outputs: tuple, fast_math: bool) -> None:
-    """Per layer: the projection GEMM, the slab poisoned (its initial-h slots written), one persistent launch."""
+    """Per layer: the projection GEMM, the slab poisoned, one persistent launch (which reads h0/c0 itself)."""
+    if h0 is not None:
+        h0 = h0.contiguous()
+        c0 = c0.contiguous() if c0 is not None else None
     out, stride_ot, stride_ob, hn, cn = outputs
     if packed.batch_first:
         batch, seq_len, width = x.shape
@@ -114,7 +117,7 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
     if ws.get("key") != key:
         ws.clear()
         ws.update(key=key, slab=torch.empty((seq_len + 2, batch, dirs, hp), device=device, dtype=packed.dtype),
-                  state=torch.zeros((2, dirs, batch, hp), device=device, dtype=torch.float32),
+                  state=torch.empty((2, dirs, batch, hp), device=device, dtype=torch.float32),
                   err=torch.zeros(1, device=device, dtype=torch.int32))
     slab, state = ws["slab"], ws["state"]
     words = slab.view(torch.int32 if packed.dtype == torch.float32 else torch.int16)
@@ -125,27 +128,17 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
         else:
             gx = _projection(slab[1:seq_len + 1].reshape(seq_len * batch, rt), packed.w_ihr[layer - 1],
                              packed.bias[layer])
-        words.fill_(-1)
+        words.fill_(-1)  # every slot, the initial-h ones too: each program writes its h0 there itself
         if kh < hp:
             slab[..., kh:] = 0  # units no program computes: zero for the next layer's GEMM
-        state.zero_()
-        slab[0] = 0
-        slab[seq_len + 1] = 0
-        if h0 is not None:
-            mine = slice(layer * dirs, (layer + 1) * dirs)
-            state[0, :, :, :hidden] = h0[mine]
-            if lstm:
-                state[1, :, :, :hidden] = c0[mine]
-            slab[0, :, 0, :hidden] = h0[layer * dirs]
-            if dirs == 2:
-                slab[seq_len + 1, :, 1, :hidden] = h0[layer * dirs + 1]
-        args = (gx, packed.w_hh, slab, state, ws["err"], out, stride_ot, stride_ob, out.stride(2), hn, cn,
+        args = (gx, packed.w_hh, slab, state, ws["err"], h0 if h0 is not None else hn,
+                c0 if (h0 is not None and lstm) else hn, out, stride_ot, stride_ob, out.stride(2), hn, cn,
                 seq_len, batch, hidden, layer, int(layer == layers - 1), units, SPIN_LIMIT)
         constexprs = dict(IS_LSTM=lstm, D=dirs, HP=hp, RT=rt, R_TILES=plan.r_tiles, BLOCK_N=plan.block_n,
                           BLOCK_B=plan.block_b, BLOCK_K=plan.block_k, KH=kh,
                           POLL_ROWS=max(1, min(plan.block_b, 8192 // hp)), WORD_BITS=words.element_size() * 8,
                           USE_DOT=plan.block_b >= 16, RESIDENT=plan.resident, K_SPLIT=plan.k_split,
-                          STATE_IN_REGISTERS=plan.state_in_registers,
+                          STATE_IN_REGISTERS=plan.state_in_registers, HAS_STATE=h0 is not None,
                           DOT_PRECISION="ieee" if packed.dtype == torch.float32 else "tf32",
                           ON_GPU=not interpreting(), FAST_MATH=fast_math)
         if not interpreting() and ws.get("resident") != constexprs:

@@ -203,24 +203,51 @@ def _own_state(state_ptr, unit, B, D: tl.constexpr, HP: tl.constexpr, R_TILES: t
 
 
 @triton.jit
+def _initial_state(h0_ptr, c0_ptr, slab_ptr, T, B, H, layer, unit,
+                   IS_LSTM: tl.constexpr, D: tl.constexpr, RT: tl.constexpr, HP: tl.constexpr,
+                   R_TILES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, HAS_STATE: tl.constexpr):
+    """A unit's h0 and c0 [BLOCK_B, BLOCK_N] in fp32 (zeros without state; padding units 0), its h0 also
+    written into the slab's initial slot (0 forward, T + 1 backward) for the other programs, which poll it
+    like any step's h."""
+    group = unit // (D * R_TILES)
+    d = (unit // R_TILES) % D
+    rows = group * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_n = (unit % R_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
+    b_ok = rows < B
+    h = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    c = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    if HAS_STATE:
+        state = ((layer * D + d) * B + rows[:, None]) * H + offs_n[None, :]
+        ok = b_ok[:, None] & (offs_n < H)[None, :]
+        h = tl.load(h0_ptr + state, mask=ok, other=0.0).to(tl.float32)
+        if IS_LSTM:
+            c = tl.load(c0_ptr + state, mask=ok, other=0.0).to(tl.float32)
+    slot = tl.where(d == 0, 0, T + 1).to(tl.int64)
+    tl.store(slab_ptr + (slot * B + rows[:, None]) * RT + d * HP + offs_n[None, :],
+             h.to(slab_ptr.dtype.element_ty), mask=b_ok[:, None])
+    return h, c
+
+
+@triton.jit
 def _rnn_persistent_kernel(
-    gx_ptr, w_hh_ptr, slab_ptr, state_ptr, err_ptr,
+    gx_ptr, w_hh_ptr, slab_ptr, state_ptr, err_ptr, h0_ptr, c0_ptr,
     out_ptr, stride_ot, stride_ob, stride_ok,
     hn_ptr, cn_ptr,
     T, B, H, layer, is_last, units, spin_limit,
     IS_LSTM: tl.constexpr, D: tl.constexpr, HP: tl.constexpr, RT: tl.constexpr,
     R_TILES: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
     KH: tl.constexpr, POLL_ROWS: tl.constexpr, WORD_BITS: tl.constexpr, USE_DOT: tl.constexpr,
-    RESIDENT: tl.constexpr, K_SPLIT: tl.constexpr, STATE_IN_REGISTERS: tl.constexpr,
+    RESIDENT: tl.constexpr, K_SPLIT: tl.constexpr, STATE_IN_REGISTERS: tl.constexpr, HAS_STATE: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ON_GPU: tl.constexpr, FAST_MATH: tl.constexpr,
 ):
     """One layer's recurrence. Units are (batch group, direction, row tile); on CUDA one program a unit, which
-    loads its W_hh^T slice once (RESIDENT) and runs every step; under the interpreter one program runs the
-    steps in order, every unit's in turn (W loaded every step).
+    loads its W_hh^T slice once (RESIDENT), starts from h0/c0 (writing its h0 into the slab's initial slot)
+    and runs every step; under the interpreter one program first starts every unit, then runs the steps in
+    order, every unit's in turn (W loaded every step, the state through memory).
 
     gx [T, B, C] fp32 (C = RT * 4); w_hh [L, D, HP, HP * 4]; slab [T + 2, B, RT] in the weights' dtype,
-    poisoned except the initial-h slots; state [2, D, B, HP] fp32 (h, c) holding h0/c0 at launch; err one
-    int32. Hidden units from KH on (whole padding tiles) are neither computed nor read.
+    poisoned by the launcher; state [2, D, B, HP] fp32 (h, c) scratch; err one int32; h0/c0 [L * D, B, H]
+    (HAS_STATE). Hidden units from KH on (whole padding tiles) are neither computed nor read.
     """
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
@@ -233,29 +260,39 @@ def _rnn_persistent_kernel(
         for unit in range(pid, units, programs):
             d = (unit // R_TILES) % D
             w_rows = w_hh_ptr + (layer * D + d) * HP * (HP * 4) + (unit % R_TILES) * BLOCK_N * 4
+            h, c = _initial_state(h0_ptr, c0_ptr, slab_ptr, T, B, H, layer, unit, IS_LSTM, D, RT, HP, R_TILES,
+                                  BLOCK_N, BLOCK_B, HAS_STATE)
             if RESIDENT:
                 w = _load_w_resident(w_rows, KH, HP, COLS, K_SPLIT, USE_DOT)
             else:
                 w = 0.0
-            # the state in registers for the whole layer (v12), or through memory every step (v11: measured
-            # faster at 4-8 warps, see docs/fused_kernel.md)
+            # the state in registers for the whole layer (measured no slower: docs/fused_kernel.md v13), or
+            # through memory every step
             own, own_ok = _own_state(state_ptr, unit, B, D, HP, R_TILES, BLOCK_N, BLOCK_B)
-            h = tl.load(state_ptr + own, mask=own_ok, other=0.0)
-            c = tl.load(state_ptr + D * B * HP + own, mask=own_ok, other=0.0)
+            if not STATE_IN_REGISTERS:
+                tl.store(state_ptr + own, h, mask=own_ok)
+                tl.store(state_ptr + D * B * HP + own, c, mask=own_ok)
+                tl.debug_barrier()
             for s in range(0, T):
                 if not STATE_IN_REGISTERS:
                     h = tl.load(state_ptr + own, mask=own_ok, other=0.0)
                     c = tl.load(state_ptr + D * B * HP + own, mask=own_ok, other=0.0)
                 h, c = _persistent_step(s, unit, w, h, c, gx_ptr, w_hh_ptr, slab_ptr, words, state_ptr, err_ptr,
-                                 out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
-                                 T, B, H, layer, is_last, spin_limit, KH,
-                                 IS_LSTM, D, HP, RT, R_TILES, BLOCK_N, BLOCK_B, BLOCK_K, POLL_ROWS, USE_DOT,
-                                 RESIDENT, K_SPLIT, DOT_PRECISION, ON_GPU, FAST_MATH)
+                                        out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
+                                        T, B, H, layer, is_last, spin_limit, KH,
+                                        IS_LSTM, D, HP, RT, R_TILES, BLOCK_N, BLOCK_B, BLOCK_K, POLL_ROWS, USE_DOT,
+                                        RESIDENT, K_SPLIT, DOT_PRECISION, ON_GPU, FAST_MATH)
                 if not STATE_IN_REGISTERS:
                     tl.store(state_ptr + own, h, mask=own_ok)
                     tl.store(state_ptr + D * B * HP + own, c, mask=own_ok)
                     tl.debug_barrier()  # the next step's loads of the state may be other threads' stores
     else:
+        for unit in range(pid, units, programs):
+            h, c = _initial_state(h0_ptr, c0_ptr, slab_ptr, T, B, H, layer, unit, IS_LSTM, D, RT, HP, R_TILES,
+                                  BLOCK_N, BLOCK_B, HAS_STATE)
+            own, own_ok = _own_state(state_ptr, unit, B, D, HP, R_TILES, BLOCK_N, BLOCK_B)
+            tl.store(state_ptr + own, h, mask=own_ok)
+            tl.store(state_ptr + D * B * HP + own, c, mask=own_ok)
         for s in range(0, T):
             for unit in range(pid, units, programs):
                 d = (unit // R_TILES) % D
@@ -269,9 +306,9 @@ def _rnn_persistent_kernel(
                 h = tl.load(state_ptr + own, mask=own_ok, other=0.0)
                 c = tl.load(state_ptr + D * B * HP + own, mask=own_ok, other=0.0)
                 h, c = _persistent_step(s, unit, w, h, c, gx_ptr, w_hh_ptr, slab_ptr, words, state_ptr, err_ptr,
-                                 out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
-                                 T, B, H, layer, is_last, spin_limit, KH,
-                                 IS_LSTM, D, HP, RT, R_TILES, BLOCK_N, BLOCK_B, BLOCK_K, POLL_ROWS, USE_DOT,
-                                 RESIDENT, K_SPLIT, DOT_PRECISION, ON_GPU, FAST_MATH)
+                                        out_ptr, stride_ot, stride_ob, stride_ok, hn_ptr, cn_ptr,
+                                        T, B, H, layer, is_last, spin_limit, KH,
+                                        IS_LSTM, D, HP, RT, R_TILES, BLOCK_N, BLOCK_B, BLOCK_K, POLL_ROWS, USE_DOT,
+                                        RESIDENT, K_SPLIT, DOT_PRECISION, ON_GPU, FAST_MATH)
                 tl.store(state_ptr + own, h, mask=own_ok)
                 tl.store(state_ptr + D * B * HP + own, c, mask=own_ok)

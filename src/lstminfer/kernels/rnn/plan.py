@@ -68,7 +68,7 @@ class Plan:
     block_n: int = 0  # persistent kernel: hidden units per program (r_tiles tiles of them per direction)
     resident: bool = True  # persistent kernel: W_hh^T slice loaded once (else read in block_k chunks every step)
     k_split: int = 1  # persistent kernel, resident tl.dot: k slices (one a warp), summed after a batched dot
-    state_in_registers: bool = False  # persistent kernel: h and c carried in registers (else memory, a barrier)
+    state_in_registers: bool = True  # persistent kernel: h and c carried in registers (else memory, a barrier)
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
     def __post_init__(self) -> None:
