@@ -76,9 +76,18 @@ class _HalfWrong(TorchRunner):
         return {k: v + (0.5 if self.precision == "bf16" else 0.0) for k, v in outputs.items()}
 
 
+class _ShapeFacts(TorchRunner):
+    """A backend whose launch depends on the shape (like the fused kernel's plan)."""
+
+    name = "shapefacts"
+
+    def describe_at(self, seq_len, batch):
+        return {**self.describe(), "plan": f"{seq_len}x{batch}"}
+
+
 @pytest.fixture
 def fakes(monkeypatch):
-    for cls in (_Counting, _Broken, _LongFails, _HalfWrong):
+    for cls in (_Counting, _Broken, _LongFails, _HalfWrong, _ShapeFacts):
         monkeypatch.setitem(base.BACKENDS, cls.name, f"{__name__}:{cls.__name__}")
     _Counting.calls = []
 
@@ -95,6 +104,16 @@ def test_one_prepare_serves_every_verify_and_bench_point(tiny, fakes):
     assert all(isinstance(r, VerifyRecord) and r.passed for r in result.verify)
     (bench,) = result.bench
     assert isinstance(bench, BenchRecord) and (bench.point.seq_len, bench.point.batch) == (3, 2)
+
+
+def test_each_record_carries_the_facts_of_its_own_shape(tiny, fakes, tmp_path):
+    """Sweep records showed the fused plan of the default shape, not the point's (issue 13)."""
+    from lstminfer.backends.base import BackendChoice
+    from lstminfer.measure.sweep import Grid, run_sweep
+
+    g = Grid((1, 4), (2, 3), ("fp32",), (BackendChoice("shapefacts", "cpu", True, "", ""),))
+    result = run_sweep(tiny, g, tmp_path / "s.jsonl", TIMING)
+    assert result.measured and all(r.extra["plan"] == r.point.shape for r in result.measured)
 
 
 def test_records_carry_the_real_input_shapes(tiny, fakes):

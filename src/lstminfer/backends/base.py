@@ -194,6 +194,11 @@ class Runner:
         """Extra facts recorded with every result (e.g. tf32, provider, engine file)."""
         return {}
 
+    def describe_at(self, seq_len: int, batch: int) -> dict[str, Any]:
+        """The facts recorded with a result at one shape: `describe()`, plus what depends on the shape (the
+        fused kernel's launch plan), so a sweep's records show each point's own, not the first point's."""
+        return self.describe()
+
     def benchmark(self, config: Any) -> dict[str, Any]:  # only for self_timed backends
         raise NotImplementedError
 

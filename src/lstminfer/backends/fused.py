@@ -133,11 +133,16 @@ class FusedRunner(TorchTensors, Runner):
             out["fused_layers"] = self.whole.lstminfer_summary.replaced
         elif self._prepared:
             spec = self.model.spec
-            # which kernel serves the model's shape and how it is launched (kernel, path, tiles, programs)
-            out.update(self.plan(*self.shape).describe())  # the shape prepare was asked to optimize for
             out["hidden_padded"] = self.packed.hidden_padded
             out["interpreter"] = self.device == "cpu"
             out["num_directions"] = spec.num_directions
+        return out
+
+    def describe_at(self, seq_len: int, batch: int) -> dict[str, Any]:
+        out = self.describe()
+        if self._prepared and self.whole is None:
+            # which kernel serves this point and how it is launched (kernel, path, tiles, programs)
+            out.update(self.plan(seq_len, batch).describe())
         return out
 
 

@@ -144,7 +144,7 @@ def time_queries(runner: Runner, inputs: dict[str, np.ndarray], config: BenchCon
 def bench_record(runner: Runner, point: Point, records: Sequence[QueryRecord], config: BenchConfig) -> BenchRecord:
     """The record of one benchmark at `point` (schema in docs/reports.md)."""
     summary = performance_summary(records)
-    extra: dict[str, Any] = {"config": asdict(config), **runner.describe()}
+    extra: dict[str, Any] = {"config": asdict(config), **runner.describe_at(point.seq_len, point.batch)}
     if config.keep_raw:
         extra["queries_raw"] = [r.to_dict() for r in records]
     return BenchRecord(

@@ -126,7 +126,7 @@ def _measure_step(model: Model, runner: Runner, target: Point, step: Step, refer
             if progress:
                 progress(f"verify {point.describe()}", None)
             outputs = runner.infer(references.inputs(step.seq_len, step.batch))
-            extra = runner.describe()
+            extra = runner.describe_at(step.seq_len, step.batch)
             records += verify_outputs(point, outputs, references, bool(extra.get("tf32")), extra)
         except Exception as err:  # noqa: BLE001
             _free_device_memory()
