@@ -290,3 +290,36 @@ def test_progress_is_one_line_per_step_when_stderr_is_not_a_terminal(cli, tmp_pa
     assert results["model"]["onnx"] == str(tmp_path / "o" / "model.onnx")
     assert not (tmp_path / "o" / ".lstminfer-partial").exists()
     assert np.isfinite(results["bench"][0]["latency_ms"]["median"])
+
+
+# ---- on a GPU (the lead runs these on the H200) ----------------------------------------------------------------
+@pytest.mark.gpu
+def test_tf32_is_restored_when_a_cuda_runner_closes(tiny):
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    runner = TorchRunner(tiny, device="cuda", tf32=not before[0])
+    runner.prepare()
+    assert torch.backends.cudnn.allow_tf32 is (not before[0])  # switched for this runner's lifetime ...
+    runner.close()
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before  # ... and back
+
+
+@pytest.mark.gpu
+def test_a_gpu_sweep_prepares_each_runner_once(tiny, tmp_path, monkeypatch):
+    from lstminfer.backends.base import BackendChoice
+    from lstminfer.backends.pytorch import TorchGraphRunner
+    from lstminfer.measure.sweep import Grid, run_sweep
+
+    prepared = []
+    real = TorchGraphRunner.prepare_impl
+
+    def counting(self):
+        prepared.append((self.name, self.precision))
+        real(self)
+
+    monkeypatch.setattr(TorchGraphRunner, "prepare_impl", counting)
+    choices = (BackendChoice("torch", "cuda", True, "", ""), BackendChoice("torch-graph", "cuda", True, "", ""))
+    result = run_sweep(tiny, Grid((1, 4), (2, 3), ("fp32", "fp16"), choices), tmp_path / "s.jsonl", TIMING)
+    assert prepared == [("torch-graph", "fp32"), ("torch-graph", "fp16")]
+    bench = [r for r in result.measured if r.stage == "bench"]
+    assert len(bench) == 16 and all(isinstance(r, BenchRecord) and r.clock == "cuda-events" for r in bench)
+    assert verdicts(result.measured) == {Point(c.name, "cuda", p): "passed" for p in ("fp32", "fp16") for c in choices}
