@@ -232,6 +232,15 @@ def test_cli_unverified_exits_1_unless_allowed_and_says_so_before_the_notes(cli,
     assert code == 0
 
 
+def test_cli_sweep_on_an_unverified_file_says_so_first_and_exits_1(cli, tmp_path):
+    path = save(lstm_proto(clip=3.0), tmp_path / "clipped.onnx")
+    args = ["sweep", path, "--backends", "onnxruntime", "--seq-len", "2", "--batch", "1", *FAST]
+    code, out, err = cli(*args, "--out", tmp_path / "a")
+    assert code == 1 and err.splitlines()[0].startswith("note: unverified: no independent reference")
+    code, out, err = cli(*args, "--out", tmp_path / "b", "--allow-unverified")
+    assert code == 0, err
+
+
 # ---- nothing to run is an error (exit 2), not a green exit -----------------------------------------------------
 def test_device_cuda_without_cuda_is_exit_2(cli, tmp_path):
     if torch.cuda.is_available():

@@ -32,6 +32,7 @@ from lstminfer.commands.measuring import (
 from lstminfer.measure.bench import BenchConfig
 from lstminfer.measure.records import Failure, Point, Record
 from lstminfer.measure.store import ensure_writable_dir, load_results
+from lstminfer.measure.verify import why_unverified
 from lstminfer.report.load import as_records, load_inputs
 from lstminfer.report.render import FORMATS, write_report
 from lstminfer.report.tables import fastest_rows, wins_summary
@@ -95,7 +96,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         notes = export_for(model, out, args.exporter, log)
     # again with the exported model: by default, backends that do not apply to it (no ONNX file) are left out
     grid = replace(grid, choices=tuple(select_backends(split_list(args.backends), args.device, model)))
-    print_reference(None, [*model.notes, *notes], args.allow_unverified)
+    print_reference(why_unverified(model), [*model.notes, *notes], args.allow_unverified)
 
     state = {"done": 0, "todo": 0}
     console = stderr_console()

@@ -169,15 +169,18 @@ class References:
 
     @property
     def unverified(self) -> str | None:
-        """Why a comparison with this reference proves nothing (it is a runtime under test); None if independent.
+        """Why a comparison with this reference proves nothing; read after the reference has run (a file's
+        reference can fall back at run time, on an operator onnx.reference lacks)."""
+        return why_unverified(self.model)
 
-        Read after the reference has run: a file's reference can fall back at run time (an operator
-        onnx.reference lacks).
-        """
-        source = self.model.reference_source
-        if source.independent:
-            return None
-        return source.reason or f"the reference {source.name} is one of the runtimes under test"
+
+def why_unverified(model: Model) -> str | None:
+    """Why a comparison with the model's reference proves nothing (it is a runtime under test); None if
+    the reference is independent."""
+    source = model.reference_source
+    if source.independent:
+        return None
+    return source.reason or f"the reference {source.name} is one of the runtimes under test"
 
 
 def verify_outputs(point: Point, outputs: Mapping[str, np.ndarray], references: References,
