@@ -286,6 +286,26 @@ def test_a_refused_resume_writes_nothing(cli, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # model.onnx included
 
 
+def test_a_staged_run_replaces_its_files_together_and_drops_stale_plots(tmp_path):
+    from lstminfer.measure.store import StagedDir
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in (("results.json", "old"), ("report.md", "old"), ("report-latency.png", "old"),
+                       ("notes.txt", "the user's")):
+        (out / name).write_text(text)
+    staged = StagedDir(out)
+    stage = staged.start()
+    (stage / "results.json").write_text("new")
+    (stage / "report.md").write_text("new")
+    (stage / "report-speedup.png").write_text("new")
+    assert (out / "results.json").read_text() == "old"  # nothing in OUT changes until commit
+    written = staged.commit(stale="report-*.png")
+    assert [p.name for p in written][-1] == "results.json"  # moved last: it marks the run complete
+    assert {p.name: p.read_text() for p in out.iterdir()} == {
+        "results.json": "new", "report.md": "new", "report-speedup.png": "new", "notes.txt": "the user's"}
+
+
 # ---- progress a CI log can read --------------------------------------------------------------------------------
 def test_progress_is_one_line_per_step_when_stderr_is_not_a_terminal(cli, tmp_path):
     code, out, err = cli("run", *TINY, *FAST, "--backends", "torch", "--out", tmp_path / "o")
