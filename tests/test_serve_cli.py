@@ -155,3 +155,11 @@ def test_a_precision_the_backend_lacks_is_refused_before_the_server_starts(cli):
     code, _, err = cli("serve", "--precision", "fp16", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
     assert code == 2 and "backend onnxruntime cannot serve seed: precision fp16" in err
     assert len(err.strip().splitlines()) == 1
+
+
+@needs_serve_extra
+def test_a_model_file_is_refused_in_one_line(cli, tmp_path):
+    code, _, err = cli("export", "--preset", "timeseries", "-o", tmp_path / "gru.onnx")
+    assert code == 0, err
+    code, _, err = cli("serve", tmp_path / "gru.onnx", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
+    assert code == 2 and "not served yet" in err and len(err.strip().splitlines()) == 1

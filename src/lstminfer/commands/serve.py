@@ -137,8 +137,9 @@ def _device(args: argparse.Namespace) -> str:
 def _spec_model(args: argparse.Namespace) -> Any:
     model = model_from_args(args)
     if model.spec is None:
-        raise UserError(f"{model.name}: serving a model file is not supported yet; serve a model lstminfer builds "
-                        "(--preset, sizes, or --model FILE.py:factory)")
+        raise UserError(f"{model.name}: Triton serving takes a model with one LSTM/GRU stack (--preset, sizes, or "
+                        "--model FILE.py:factory returning one); ONNX/TorchScript files and whole models are not "
+                        "served yet")
     return model
 
 
