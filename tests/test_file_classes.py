@@ -165,6 +165,7 @@ def test_fixed_window_model_keeps_the_points_it_can_run(tmp_path):
     assert model.seq_varies and model.seq_len == 16
     points = model.verify_points()
     assert points == [(16, 1), (16, 3)]  # 64x1 dropped: the graph takes 16 steps only
+    assert model.verify_points() == points
     (note,) = [n for n in model.notes if n.startswith("verify point 64x1 dropped")]
     assert "X:64x1x3" in note and "choose points with --points" in note
 

@@ -202,7 +202,7 @@ class FileModel(FileInputs, Model):
         """No recurrent node, which reference and why, points dropped."""
         out = list(self.info.notes) if self.info else []
         out.extend(super().notes)
-        return out + self._late_notes
+        return list(dict.fromkeys(out + self._late_notes))  # verify_points may run more than once
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
