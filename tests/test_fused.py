@@ -636,6 +636,14 @@ def test_a_stalled_launch_raises_and_clears_its_error_word():
     raise_if_stalled(ws)  # cleared: the next call is judged on its own
 
 
+def test_runner_describes_the_kernel_and_plan_that_serve_it():
+    module = make("lstm", 3, 5, 1, False, False)
+    with FusedRunner(model_for(module), device=DEVICE) as runner:
+        # per point where the runner says so (a sweep's points may take different kernels)
+        info = runner.describe_at(4, 2) if hasattr(runner, "describe_at") else runner.describe()
+    assert info["kernel"] in ("stack", "pipeline", "relay", "persistent") and "programs" in info
+
+
 def test_fused_rnn_is_a_public_entry_point():
     import lstminfer.kernels as kernels
 

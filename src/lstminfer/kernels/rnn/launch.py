@@ -19,14 +19,14 @@ class KernelStalled(RuntimeError):
     resident (another kernel holding multiprocessors?). The call's numbers are wrong and were not returned."""
 
 
-def raise_if_stalled(workspace: dict[str, Any]) -> None:
-    """Raise KernelStalled if a persistent launch that used `workspace` gave up a wait (reads the error word:
-    synchronizes with the stream)."""
+def raise_if_stalled(workspace: dict[str, Any], any_stream: bool = True) -> None:
+    """Raise KernelStalled if a persistent launch that used `workspace` gave up a wait. Reads the error word:
+    waits for the device (any_stream: the launch may have been on another stream) or the current stream."""
     err = workspace.get("err")
     if err is None:
         return
-    if err.is_cuda:
-        torch.cuda.synchronize(err.device)  # the launch may be on any stream
+    if err.is_cuda and any_stream:
+        torch.cuda.synchronize(err.device)
     if int(err.item()):
         err.zero_()
         raise KernelStalled("fused kernel: a persistent program gave up waiting for the others' h (not every "
@@ -213,7 +213,7 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     if plan.kernel == "persistent":
         _persistent_forward(packed, x, h0, c0, plan, ws, (out, stride_ot, stride_ob, hn, cn), fast_math)
         if check and not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-            raise_if_stalled(ws)
+            raise_if_stalled(ws, any_stream=False)  # launched on the current stream
         return (out, hn, cn) if lstm else (out, hn)
     if plan.pipeline:
         if ws.get("key") != key:
