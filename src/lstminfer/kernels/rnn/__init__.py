@@ -1,4 +1,6 @@
-"""Triton kernels for whole nn.LSTM / nn.GRU stacks: every layer, direction and time step in one launch.
+"""Triton kernels for whole nn.LSTM / nn.GRU stacks: every layer, direction and time step in one launch (or, for
+hidden 256 and up, one launch per layer). One file per kernel (stack, pipeline, relay, persistent); the
+shared pieces in cell, sync, packing, plan and launch; the public entry points fused_rnn (api) and pack_rnn.
 
 Layout of the work (docs/fused_kernel.md has the numbers and which path each size takes):
 
@@ -34,6 +36,9 @@ Layout of the work (docs/fused_kernel.md has the numbers and which path each siz
   the current layer completes the rows (polled as poisoned words, in two sets used by alternate launches)
   and count their rows done; a unit starts a layer when the count is complete. No grid barrier: a layer
   hands over to the next in ~1.9 us instead of ~4.7.
+* Persistent kernel (``persistent.py``, path ``per-layer``, CUDA default from padded hidden 256): per layer
+  one projection GEMM and one launch whose programs each keep a slice of W_hh^T on chip for the whole
+  sequence and exchange h through the poisoned layer output slab (data as flag), both directions at once.
 * ``multi-launch``: sizes whose programs cannot all be resident run the same kernel once per layer for the
   projection and once per (layer, time step) for the recurrence, with ``h`` and ``c`` in global memory.
 

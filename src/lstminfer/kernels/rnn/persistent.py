@@ -1,37 +1,37 @@
 """The persistent kernel: the recurrence of one layer (both directions) in one launch, for hidden 256-1024.
 
 Per layer the launcher first computes the input projection of every time step as one GEMM (``gx = x @ W_ih^T +
-b``, fp32 accumulation, in launch.py), then launches ``_rnn_persistent_kernel`` once. Every program owns
-``BLOCK_N`` hidden units (``4 * BLOCK_N`` interleaved gate columns) of one direction and one batch group for
-the whole sequence; a step is
+b``, fp32 accumulation, in launch.py), poisons the layer output slab, then launches ``_rnn_persistent_kernel``
+once. Every program owns ``BLOCK_N`` hidden units (``4 * BLOCK_N`` interleaved gate columns) of one direction
+and one batch group for the whole sequence. It loads their W_hh^T columns once (RESIDENT: the compiler keeps
+the loop-invariant slice in registers, in the layout the product needs; fp32 with more than 8 rows streams
+them in BLOCK_K chunks every step instead), reads its h0/c0 and writes its h0 into the slab's initial slot.
+A step is
 
-1. read the step's projection and the program's own c (and h for a GRU), which do not depend on the other
-   programs, so they are in flight during the wait;
-2. wait until every word of the direction's previous h is written: the layer output slab is poisoned with
-   all-ones words (a NaN no GPU computes) before the launch, and a word that is no longer poison holds its
-   final value (data as flag: no counter, no fence). One vector load of the whole h per poll, so the wait is
-   one L2 round trip once the data is there;
-3. ``pre = gx + h @ W_hh^T[:, own columns]`` as a K loop of ``tl.dot`` (tensor cores for fp16/bf16 with
-   fp32 accumulation, IEEE FMA for fp32) or, for fp32 with few batch rows, broadcast-multiply-and-sum;
+1. read the step's projection, which does not depend on the other programs, so it is in flight during the
+   wait;
+2. wait until every word of the direction's previous h is written: the slab is filled with all-ones words
+   before the launch (a NaN no GPU computes: its NaNs are canonical), and a word that is no longer poison
+   holds its final value (data as flag: no counter, no fence). One vector load of the whole h per poll,
+   and the words it returns are the h that is multiplied: one L2 round trip once the data is there;
+3. ``pre = gx + h @ W_hh^T[:, own columns]``: a batched ``tl.dot`` over K_SPLIT slices of k (one a warp,
+   summed after; tensor cores for fp16/bf16 with fp32 accumulation), or for fp32 with few rows an IEEE
+   multiply-and-sum over the real rows;
 4. the LSTM/GRU cell in fp32, and the stores of h: into the slab (the other programs' input next step and
-   the next layer's GEMM input; in the weights' dtype), the own state (fp32), the user's output and hn/cn.
+   the next layer's GEMM input; in the weights' dtype), the user's output and hn/cn.
 
 The slab has T + 2 time slots: slot t + 1 holds h at time t; slot 0 the forward direction's initial h and
-slot T + 1 the backward one's, written by the launcher. Every slot is written once per launch, so nobody
-overwrites a word someone may still have to read.
+slot T + 1 the backward one's, written by the programs that own those units. Every slot is written once per
+launch, so nobody overwrites a word someone may still have to read.
 
-The weights are read every step through the cache hierarchy (each program's slice is 32-128 KiB; all of
-W_hh fits in L2), not pinned in registers or shared memory: Triton keeps a loop-invariant dot operand
-neither in registers nor in shared memory across a loop it does not unroll. Keeping them on chip (Gluon or
-CUDA C++ with shared memory) is the next step; docs/fused_kernel.md has the numbers.
-
-Waiting needs every program resident: the plan launches at most one program per multiprocessor, and a wait
-that gives up (``spin_limit`` polls, about a second) sets the error word, which the launcher turns into an
-exception (KernelStalled) instead of returning the numbers. Under ``TRITON_INTERPRET=1`` programs run one
-after another, so there the grid is one program that runs, step by step, every unit's step in turn (the
-state lives in memory for exactly that reason), and each h it reads is checked once for poison.
+Waiting needs every program resident: the plan launches at most one program per multiprocessor (several
+one-warp programs where asked), the launcher checks the compiled kernel's registers against that before the
+first launch, and a wait that gives up (``spin_limit`` polls, about a second) sets the error word, which the
+launcher turns into an exception (KernelStalled) instead of returning the numbers. Under
+``TRITON_INTERPRET=1`` programs run one after another, so there the grid is one program that starts every
+unit, then runs, step by step, every unit's step in turn (the state through memory, W loaded every step),
+and each h it reads is checked once for poison.
 """
-
 from __future__ import annotations
 
 import triton
