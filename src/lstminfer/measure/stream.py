@@ -134,6 +134,7 @@ class Session:
         if self.carried:
             self.state_inputs = self._engine.state_names
         self._state: dict[str, Any] | None = None
+        self._dtypes: dict[str, Any] | None = None
 
     # ---- the state ----------------------------------------------------------------------------------
     def _zero_state(self, chunk: np.ndarray) -> dict[str, np.ndarray]:
@@ -205,7 +206,7 @@ class Session:
         """Run one chunk; returns every non-state output as a host array.  The state outputs become the
         state inputs of the next call."""
         chunk = np.asarray(chunk)
-        unknown = sorted(set(extra) - set(self.model.input_names))
+        unknown = sorted(set(extra) - set(self.model.input_names)) if extra else []
         if unknown:
             raise UserError(f"step(): the model has no input {', '.join(unknown)} "
                             f"(inputs: {', '.join(self.model.input_names)})")
@@ -221,9 +222,10 @@ class Session:
         return outputs
 
     def _dtype(self, name: str, value: Any) -> Any:
-        info = {i.name: i for i in self.model.inputs}.get(name)
-        if info is not None:
-            return np.dtype(info.dtype)
+        if self._dtypes is None:  # read once: a step of a small model takes microseconds
+            self._dtypes = {i.name: np.dtype(i.dtype) for i in self.model.inputs}
+        if name in self._dtypes:
+            return self._dtypes[name]
         return np.asarray(value).dtype if np.asarray(value).dtype.kind != "f" else np.float32
 
     def close(self) -> None:

@@ -217,6 +217,7 @@ class ModuleEngine:
         self.module, self.wrappers = carry_state(module.to(self.device, self.dtype).eval()) if carried else (
             module.to(self.device, self.dtype).eval(), {})
         self.state_out = {o: i for i, o in session.pairs}
+        self.input_names, self.output_names = model.input_names, model.output_names  # fixed: read once
         self.buffers: dict[str, Any] = {}
         self.graphed = name.endswith("-graph")
         self.graphs: dict[tuple, tuple[Any, dict[str, Any], dict[str, Any]]] = {}
@@ -257,6 +258,8 @@ class ModuleEngine:
     def _bind(self, state: dict[str, Any]) -> None:
         """Copy a state set from outside into the buffers every step reads (new shapes: new buffers, and the
         graphs captured with the old ones are dropped)."""
+        if state is self.buffers:  # what the last step returned: nothing to do (every step but the first)
+            return
         for name, value in state.items():
             buf = self.buffers.get(name)
             if buf is value:
@@ -273,9 +276,8 @@ class ModuleEngine:
     # -- one step --
     def _step(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The model on device inputs; the state outputs copied into the buffers; the other outputs."""
-        model = self.session.model
-        tensors = [inputs[n] if n in inputs else self.buffers[n] for n in model.input_names]
-        values = dict(zip(model.output_names, model.call_module(self.module, tensors)))
+        tensors = [inputs[n] if n in inputs else self.buffers[n] for n in self.input_names]
+        values = dict(zip(self.output_names, self.session.model.call_module(self.module, tensors)))
         for out, name in self.state_out.items():
             self.buffers[name].copy_(values[out])
         return {n: v for n, v in values.items() if n not in self.state_out}
@@ -340,13 +342,15 @@ class ModuleEngine:
     def run(self, feeds: dict[str, np.ndarray], state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         torch = self.torch
         on_stream = torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext()
-        with torch.no_grad(), on_stream, self._ieee():
+        with torch.no_grad(), on_stream:
             self._bind(state)
             if not self.graphed:
-                return self._download(self._step(self._upload(feeds, None))), self.buffers
+                with self._ieee():
+                    return self._download(self._step(self._upload(feeds, None))), self.buffers
             key = tuple((n, a.shape) for n, a in feeds.items())
             if key not in self.graphs:
-                self.graphs[key] = self._capture(feeds)
+                with self._ieee():
+                    self.graphs[key] = self._capture(feeds)
             graph, static, static_out = self.graphs[key]
             self._upload(feeds, static)
             graph.replay()
