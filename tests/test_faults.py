@@ -30,6 +30,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (d / "garbage.json").write_text("garbage\n")
     (d / "binary.json").write_bytes(b"\x00\x01\x02garbage")
     (d / "not_records.json").write_text(json.dumps({"verify": "x", "bench": 5}))
+    keys = ("startEnqMs", "endEnqMs", "startH2dMs", "endH2dMs", "startComputeMs", "endComputeMs", "startD2hMs",
+            "endD2hMs")
+    (d / "nan_times.json").write_text(json.dumps([{k: float("nan") for k in keys}]))
     (d / "a_directory").mkdir()
     (d / "exits.py").write_text("import sys\nsys.exit(3)\ndef make():\n    pass\n")
     (d / "exits0.py").write_text("import sys\nsys.exit(0)\n")
@@ -49,6 +52,8 @@ CASES = [
     (["import-trtexec", LOG, "--times", "{garbage}"], "garbage.json is not valid JSON"),
     (["import-trtexec", LOG, "--times", "{binary}"], "binary.json is not valid JSON"),
     (["import-trtexec", "{binary}"], "binary.json"),
+    (["import-trtexec", "{nan_times}"], "query 0 has a time that is not a finite number"),
+    (["import-trtexec", LOG, "--times", "{nan_times}"], "query 0 has a time that is not a finite number"),
     (["report", "{binary}"], "binary.json"),
     (["report", "{not_records}"], "not_records.json"),
     # 17: non-finite and out-of-range numbers

@@ -84,6 +84,8 @@ def parse_times(text: str, source: str = "--exportTimes file") -> list[ExportedQ
             s = {k: float(q[k]) for k in _TIME_KEYS if k in q}
         except (TypeError, ValueError) as err:
             raise UserError(f"{source}: query {i} has a non-numeric time ({err})") from err
+        if not all(math.isfinite(v) for v in s.values()):  # json reads NaN and Infinity; trtexec never writes them
+            raise UserError(f"{source}: query {i} has a time that is not a finite number (NaN or Infinity)")
         h2d = _on_float32_grid(s["h2dMs"], s["startH2dMs"]) if "h2dMs" in s else _f32(s["endH2dMs"] - s["startH2dMs"])
         compute = (_on_float32_grid(s["computeMs"], s["startComputeMs"]) if "computeMs" in s
                    else _f32(s["endComputeMs"] - s["startComputeMs"]))
