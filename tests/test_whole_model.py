@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,17 @@ def test_cli_bad_whole_model_input_is_one_line_exit_2(cli, tmp_path, args, messa
     code, out, err = cli("export", *args, "-o", tmp_path / "m.onnx")
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_bench_and_sweep_take_a_whole_model(cli, tmp_path):
+    vad = EXAMPLES / "vad.py:vad"
+    code, out, err = cli("bench", "--model", vad, "--backends", "torch", "--duration", "0.05", "--warmup", "5",
+                         "--out", tmp_path / "b", "--json", tmp_path / "b.json")
+    assert code == 0, err
+    assert "Benchmark of" in out and "seq 8 x batch 1" in out
+    code, out, err = cli("sweep", "--model", vad, "--backends", "torch,onnxruntime", "--seq-len", "3,9", "--batch",
+                         "2", "--duration", "0.05", "--warmup", "5", "--out", tmp_path / "s")
+    assert code == 0, err
+    lines = [json.loads(line) for line in (tmp_path / "s" / "sweep.jsonl").read_text().splitlines()]
+    measured = {(r["backend"], r["seq_len"], r["batch"]) for r in lines if r.get("kind") == "bench"}
+    assert measured == {(b, s, 2) for b in ("torch", "onnxruntime") for s in (3, 9)}
