@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call: the gpu-marked tests, `lstminfer run` on the seed model, the
-# fused-vs-cuDNN benchmark. Run from the repository root on a CUDA machine; logs go to $OUT (default gpu-out).
-# Optional: TEST_TIMEOUT, RUN_TIMEOUT, BENCH_TIMEOUT (seconds), RUN_ARGS (extra `lstminfer run` flags);
+# fused-vs-cuDNN benchmark, the streaming targets (benchmarks/stream_gpu.py). Run from the repository root on a CUDA machine; logs go to $OUT (default gpu-out).
+# Optional: TEST_TIMEOUT, RUN_TIMEOUT, BENCH_TIMEOUT, STREAM_TIMEOUT (seconds), RUN_ARGS (extra `lstminfer run` flags);
 # arguments go to benchmarks/fused_vs_cudnn.py.
 set -uo pipefail
 OUT=${OUT:-gpu-out}
@@ -15,3 +15,4 @@ timeout "${RUN_TIMEOUT:-300}" python3 -m lstminfer run --out /tmp/lstminfer-gpu-
 echo "lstminfer run: exit $?"
 cp /tmp/lstminfer-gpu-run/results.json /tmp/lstminfer-gpu-run/report.md "$OUT/"
 timeout "${BENCH_TIMEOUT:-600}" python3 benchmarks/fused_vs_cudnn.py "$@" 2>&1 | tee "$OUT/fused_vs_cudnn.txt" | tail -14
+timeout "${STREAM_TIMEOUT:-300}" python3 benchmarks/stream_gpu.py --json "$OUT/stream_gpu.json" 2>&1 | tee "$OUT/stream_gpu.txt"

@@ -212,3 +212,20 @@ def test_the_fused_backend_runs_a_whole_model(device):
             want, got = model.reference(inputs), runner.infer(inputs)
             for name in model.output_names:
                 np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_fused_graph_replays_a_whole_model():
+    import numpy as np
+
+    from lstminfer.backends.base import runner_class
+    from lstminfer.model.whole import whole_model
+
+    torch.manual_seed(7)
+    model = whole_model(Encoder().eval(), torch.randn(2, 5, 3), name="encoder")
+    with runner_class("fused-graph")(model, device="cuda") as runner:
+        for seq_len, batch in model.verify_points() * 2:  # the second round replays the captured graphs
+            inputs = model.make_inputs(seq_len, batch, np.random.default_rng(seq_len))
+            want, got = model.reference(inputs), runner.infer(inputs)
+            for name in model.output_names:
+                np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=1e-4)
