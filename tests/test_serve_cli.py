@@ -157,9 +157,8 @@ def test_a_precision_the_backend_lacks_is_refused_before_the_server_starts(cli):
     assert len(err.strip().splitlines()) == 1
 
 
-@needs_serve_extra
-def test_a_model_file_is_refused_in_one_line(cli, tmp_path):
+def test_a_stock_repository_of_a_model_file_is_refused_in_one_line(cli, tmp_path):
     code, _, err = cli("export", "--preset", "timeseries", "-o", tmp_path / "gru.onnx")
     assert code == 0, err
-    code, _, err = cli("serve", tmp_path / "gru.onnx", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0")
-    assert code == 2 and "not served yet" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("export-triton", tmp_path / "gru.onnx", "-o", tmp_path / "repo", "--platform", "onnxruntime")
+    assert code == 2 and "--platform python" in err and len(err.strip().splitlines()) == 1

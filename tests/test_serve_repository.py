@@ -320,3 +320,32 @@ def test_loadtest_argument_errors(cli):
     assert code == 2 and "nothing to run" in err
     code, _, err = cli("loadtest", "127.0.0.1:1", "--duration", "0")
     assert code == 2 and "--duration" in err
+
+
+@needs_tritonclient
+def test_a_model_file_is_written_as_it_is(tmp_path):
+    import argparse
+
+    from _recurrent_files import export_vad
+    from lstminfer.commands.args import ModelArgs, model_from_args
+
+    vad_onnx, _, _ = export_vad(tmp_path)
+    parser = argparse.ArgumentParser()
+    ModelArgs().add_to(parser)
+    model = model_from_args(parser.parse_args([str(vad_onnx), "--input", "sr=16000", "--input", "gain=1.0"]))
+    tensors = repo.served_tensors(model)
+    assert tensors.fixed == {"sr": 16000, "gain": 1.0} and tensors.state_pairs == [("state", "stateN")]
+    served = repo.ServedModel(name="vad", model_args={}, spec=None)
+    assert repo.write_python_models(tmp_path / "r", served, None, repo.ServeOptions(), tensors=tensors) == [
+        "vad", "vad_stream"]
+    stateless = repo.parse_config((tmp_path / "r" / "vad" / "config.pbtxt").read_text())
+    assert stateless.max_batch_size == 0 and not stateless.HasField("dynamic_batching")
+    assert [(i.name, list(i.dims)) for i in stateless.input] == [("x", [-1, -1, 8]), ("state", [2, -1, 6])]
+    stream = repo.parse_config((tmp_path / "r" / "vad_stream" / "config.pbtxt").read_text())
+    assert [i.name for i in stream.input] == ["x"] and [o.name for o in stream.output] == ["prob"]
+    desc = json.loads((tmp_path / "r" / "vad" / "1" / "lstminfer.json").read_text())
+    assert desc["batched"] is False and desc["fixed"] == {"sr": 16000, "gain": 1.0}
+    # Without sr given, the client sends it: a scalar travels as [1].
+    model = model_from_args(parser.parse_args([str(vad_onnx), "--input", "gain=1.0"]))
+    sr = next(t for t in repo.served_tensors(model).inputs if t.name == "sr")
+    assert sr.dims == (1,) and sr.data_type == "TYPE_INT64"

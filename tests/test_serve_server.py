@@ -45,6 +45,15 @@ def server(tmp_path_factory):
         served = ServedModel(name=name, model_args=model_args, spec=model.spec.to_dict())
         write_python_models(root / "repo", served, model.spec, ServeOptions(max_batch=16, max_streams=8), onnx_path)
         models[name] = model
+    # A user's ONNX file (a VAD-like GRU with scalar inputs), served as it is; sr and gain filled in by the server.
+    from _recurrent_files import export_vad
+    from lstminfer.serve.repository import served_tensors
+
+    vad_onnx, _, _ = export_vad(root)
+    model, model_args = _model([str(vad_onnx), "--input", "sr=16000", "--input", "gain=1.0"])
+    served = ServedModel(name="vad", model_args=model_args, spec=None)
+    write_python_models(root / "repo", served, None, ServeOptions(max_streams=8), tensors=served_tensors(model))
+    models["vad"] = model
     config = ServerConfig(repository=root / "repo", http_port=0, grpc_port=0, metrics_port=0, exit_timeout_s=2)
     triton = TritonServer(config, log_path=root / "tritonserver.log")
     triton.start(ready_timeout_s=150)
@@ -239,3 +248,33 @@ def test_concurrent_clients_are_answered_in_their_own_order(server):
     for t in threads:
         t.join(timeout=60)
     assert not errors and not any(t.is_alive() for t in threads)
+
+
+def test_a_model_file_is_served_as_it_is(server):
+    """The file's own tensors (no batch-major layout, no Triton batching): stateless against the file's
+    float64 reference, and two interleaved streams equal their one-pass reference."""
+    _, models = server
+    model = models["vad"]
+    client = _client(server, "http")
+    rng = np.random.default_rng(5)
+    fixed = {"sr": np.array(16000, np.int64), "gain": np.array(1.0, np.float32)}
+    x = rng.standard_normal((2, 7, 8)).astype(np.float32)
+    state = rng.standard_normal((2, 2, 6)).astype(np.float32)
+    try:
+        result = _infer(client, "http", "vad", {"x": x, "state": state})
+        want = model.reference({"x": x, "state": state, **fixed})
+        for name in ("prob", "stateN"):
+            np.testing.assert_allclose(result.as_numpy(name), want[name], atol=ATOL, rtol=RTOL, err_msg=name)
+        xs = {501: rng.standard_normal((1, 6, 8)).astype(np.float32),
+              502: rng.standard_normal((1, 6, 8)).astype(np.float32)}
+        got = {501: [], 502: []}
+        for k, (lo, hi) in enumerate(((0, 2), (2, 3), (3, 6))):
+            for sid, xi in xs.items():
+                out = _infer(client, "http", "vad_stream", {"x": np.ascontiguousarray(xi[:, lo:hi])},
+                             sequence_id=sid, sequence_start=k == 0, sequence_end=k == 2)
+                got[sid].append(out.as_numpy("prob"))
+    finally:
+        client.close()
+    for sid, xi in xs.items():
+        want = model.reference({"x": xi, "state": np.zeros((2, 1, 6), np.float32), **fixed})["prob"]
+        np.testing.assert_allclose(np.concatenate(got[sid], axis=1), want, atol=ATOL, rtol=RTOL)

@@ -137,9 +137,9 @@ def _device(args: argparse.Namespace) -> str:
 def _spec_model(args: argparse.Namespace) -> Any:
     model = model_from_args(args)
     if model.spec is None:
-        raise UserError(f"{model.name}: Triton serving takes a model with one LSTM/GRU stack (--preset, sizes, or "
-                        "--model FILE.py:factory returning one); ONNX/TorchScript files and whole models are not "
-                        "served yet")
+        raise UserError(f"{model.name}: a stock repository (--platform onnxruntime/tensorrt) is written for a "
+                        "model with one LSTM/GRU stack (--preset, sizes, --model returning one); serve a file or a "
+                        "whole model with --platform python")
     return model
 
 
@@ -156,32 +156,48 @@ def _export_onnx(model: Any, folder: Path) -> Path | None:
 def write_python_repository(args: argparse.Namespace, repo: Path, scratch: Path) -> tuple[Any, list[str]]:
     """The Python-backend repository for `args` (serve and export-triton --platform python)."""
     from lstminfer.backends.base import runner_class
-    from lstminfer.serve.repository import ServedModel, write_python_models
+    from lstminfer.serve.repository import ServedModel, served_tensors, write_python_models
 
     device = _device(args)
-    model = _spec_model(args)
+    model = model_from_args(args)
     runner_cls = runner_class(args.backend)
     if args.precision not in runner_cls.precisions:  # before the export: the cheap refusal first
         raise UserError(f"backend {args.backend} cannot serve {model.name}: precision {args.precision} not "
                         f"supported (supports {', '.join(runner_cls.precisions)})")
     options = _options(args, device)
-    onnx_path = _export_onnx(model, scratch)
-    model.onnx_path = onnx_path
+    tensors = None
+    if model.spec is None:  # a user's file or a whole model: served as it is
+        tensors = served_tensors(model)
+        onnx_path = None
+    else:
+        onnx_path = _export_onnx(model, scratch)
+        model.onnx_path = onnx_path
     ok, why = runner_cls(model, device=device, precision=args.precision).supports()
     if not ok:  # refused here in one line, not by a model that fails to load inside the server
         raise UserError(f"backend {args.backend} cannot serve {model.name}: {why}")
-    served = ServedModel(name=_name(args, model), model_args=model_args_of(args), spec=model.spec.to_dict(),
-                         backend=args.backend, device=device, precision=args.precision,
-                         backend_options=backend_options(args), with_state=model.with_state)
-    names = write_python_models(repo, served, model.spec, options, onnx_path, stream=False if args.no_stream else None)
+    served = ServedModel(name=_name(args, model), model_args=model_args_of(args),
+                         spec=model.spec.to_dict() if model.spec else None, backend=args.backend, device=device,
+                         precision=args.precision, backend_options=backend_options(args),
+                         with_state=model.with_state)
+    names = write_python_models(repo, served, model.spec, options, onnx_path,
+                                stream=False if args.no_stream else None, tensors=tensors)
     return model, names
 
 
 def _name(args: argparse.Namespace, model: Any) -> str:
-    name = args.name or args.preset or (args.model.rpartition(":")[2] if args.model else "seed")
+    if args.name:
+        name = args.name
+    elif getattr(args, "file", None):
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(args.file).stem)
+    else:
+        name = args.preset or (args.model.rpartition(":")[2] if args.model else "seed")
     if not name.replace("_", "").replace("-", "").isalnum():
         raise UserError(f"--name {name!r}: use letters, digits, '-' and '_'")
     return name
+
+
+def _describe(model: Any) -> str:
+    return model.spec.describe() if model.spec is not None else model.name
 
 
 # ---- serve -----------------------------------------------------------------------------------------------------
@@ -218,7 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     {"endpoint": "gRPC", "address": config.grpc_url},
                     {"endpoint": "metrics", "address": config.metrics_url},
                     {"endpoint": "ready", "address": f"http://{config.http_url}/v2/health/ready"}]
-            print_table(f"Serving {', '.join(names)} ({model.spec.describe()}, backend {args.backend}); "
+            print_table(f"Serving {', '.join(names)} ({_describe(model)}, backend {args.backend}); "
                         "Ctrl-C stops", rows)
             write_json_output(args.json, info)
             print(f"ready: lstminfer loadtest {config.http_url}", flush=True)

@@ -36,16 +36,23 @@ class StreamChunk:
     input: Any  # [rows, seq, features], batch-major
 
 
+def rebuild_model(desc: dict[str, Any]) -> Any:
+    """The model from a repository's ``lstminfer.json``: the model flags' values, as the command had them."""
+    import argparse
+
+    from lstminfer.commands.args import model_from_args
+
+    return model_from_args(argparse.Namespace(**desc["model_args"]))
+
+
 def build_runner(desc: dict[str, Any], version_dir: Path) -> tuple[Any, Any]:
     """(model, prepared Runner) from a repository's ``lstminfer.json``: the model argument group's values
     rebuild the model exactly as the serving command built it (same seed, same weights, same file)."""
-    import argparse
     import dataclasses
 
     from lstminfer.backends.base import runner_class, select_backends
-    from lstminfer.commands.args import model_from_args
 
-    model = model_from_args(argparse.Namespace(**desc["model_args"]))
+    model = rebuild_model(desc)
     if desc.get("with_state") and not model.with_state:
         model = dataclasses.replace(model, with_state=True)  # streams carry the state even with --no-state
     onnx_path = version_dir / "model.onnx"
@@ -194,6 +201,103 @@ class Handler:
         return results
 
 
+@dataclass
+class FeedsChunk:
+    """A stream chunk of a model served as it is: every non-state input the client sent."""
+
+    sequence_id: Any
+    start: bool
+    end: bool
+    feeds: dict[str, Any]
+
+
+class UnbatchedHandler:
+    """A model without a ModelSpec (a user's file, a whole model), served as it is: one request, one backend
+    call; streams through one ``lstminfer.Session`` whose state is swapped in and out per sequence id (the
+    Session knows how to size a file's zero state from the chunk and which inputs are the chunk's)."""
+
+    def __init__(self, model: Any, *, stream: bool, backend: str, device: str, precision: str,
+                 backend_options: dict[str, Any], fixed: dict[str, Any], outputs: dict[str, str],
+                 ranks: dict[str, int], max_streams: int = 64, idle_timeout_s: float = 60.0):
+        import numpy as np
+
+        self.np = np
+        self.stream = stream
+        self.outputs = outputs  # name -> numpy dtype the config declares
+        self.ranks = ranks  # input name -> the model's rank (0: a scalar, sent as [1])
+        dtypes = {i.name: i.dtype for i in model.inputs}
+        self.fixed = {n: np.asarray(v, dtype=dtypes.get(n)) for n, v in fixed.items()}
+        if stream:
+            from lstminfer.measure.stream import Session
+
+            self.session = Session(model, backend=backend, device=device, precision=precision, inputs=self.fixed)
+            self.runner = None
+            self.store = StreamStore(max_streams, idle_timeout_s)
+        else:
+            from lstminfer.backends.base import runner_class
+
+            self.runner = runner_class(backend)(model, device=device, precision=precision, **backend_options)
+            self.runner.prepare()
+            self.session = self.store = None
+
+    def _model_feeds(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        return {n: a.reshape(()) if self.ranks.get(n) == 0 else a for n, a in feeds.items()}
+
+    def _answer(self, values: dict[str, Any]) -> dict[str, Any]:
+        np = self.np
+        return {n: np.asarray(values[n], dtype=dtype).reshape(np.shape(values[n]) or (1,))
+                for n, dtype in self.outputs.items() if n in values}
+
+    def infer(self, requests: list[dict[str, Any]]) -> list[Any]:
+        results = []
+        for feeds in requests:
+            try:
+                values = self.runner.infer({**self.fixed, **self._model_feeds(feeds)})
+                results.append(self._answer(values))
+            except Exception as err:  # this request's error only
+                results.append(RequestError(f"the {self.runner.name} backend failed: {type(err).__name__}: {err}"))
+        return results
+
+    def step(self, chunks: list[FeedsChunk]) -> list[Any]:
+        results = []
+        for chunk in chunks:  # one at a time: the Session holds one stream's state while it runs
+            try:
+                results.append(self._step_one(chunk))
+            except RequestError as err:
+                results.append(err)
+            except Exception as err:
+                results.append(RequestError(f"the {self.session.backend} backend failed: {type(err).__name__}: "
+                                            f"{err}"))
+        return results
+
+    def _step_one(self, chunk: FeedsChunk) -> dict[str, Any]:
+        session = self.session
+        if chunk.start:
+            session.state = None  # step() starts from the zero state the chunk sizes
+        else:
+            try:
+                session.state = self.store.get(chunk.sequence_id)
+            except UnknownStream:
+                raise RequestError(
+                    f"sequence {chunk.sequence_id} has no state here: it never started, it ended, or it was idle "
+                    f"for more than {self.store.idle_timeout_s:g} s; send its first chunk with START") from None
+        feeds = self._model_feeds(chunk.feeds)
+        values = session.step(feeds.pop(session.chunk_input), **feeds)
+        if chunk.end:
+            self.store.end(chunk.sequence_id)
+        elif chunk.start:
+            self.store.start(chunk.sequence_id, session.state)
+        else:
+            self.store.put(chunk.sequence_id, session.state)
+        return self._answer(values)
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+        if self.session is not None:
+            self.session.close()
+
+
 class TritonPythonModel:
     """Triton's entry point (``model.py`` in the repository imports this class)."""
 
@@ -204,10 +308,24 @@ class TritonPythonModel:
             import torch
 
             torch.cuda.set_device(int(args.get("model_instance_device_id", 0)))
-        model, runner = build_runner(desc, version_dir)
-        self.handler = Handler(model.spec, runner, stream=desc["stream"], max_streams=desc["max_streams"],
-                               idle_timeout_s=desc["idle_timeout_s"], with_state=desc["with_state"])
-        self.input_names = [i["name"] for i in json.loads(args["model_config"])["input"]]
+        config = json.loads(args["model_config"])
+        self.input_names = [i["name"] for i in config["input"]]
+        self.batched = desc.get("batched", True)
+        if self.batched:
+            model, runner = build_runner(desc, version_dir)
+            self.handler = Handler(model.spec, runner, stream=desc["stream"], max_streams=desc["max_streams"],
+                                   idle_timeout_s=desc["idle_timeout_s"], with_state=desc["with_state"])
+            return
+        import triton_python_backend_utils as pb_utils
+
+        model = rebuild_model(desc)
+        device = desc["device"].split(":")[0]
+        self.handler = UnbatchedHandler(
+            model, stream=desc["stream"], backend=desc["backend"], device=device, precision=desc["precision"],
+            backend_options=desc.get("backend_options") or {}, fixed=desc.get("fixed") or {},
+            outputs={o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]},
+            ranks={i.name: len(i.dims or ()) for i in model.inputs}, max_streams=desc["max_streams"],
+            idle_timeout_s=desc["idle_timeout_s"])
 
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils
@@ -216,7 +334,12 @@ class TritonPythonModel:
             value = pb_utils.get_input_tensor_by_name(request, name)
             return None if value is None else value.as_numpy()
 
-        if self.handler.stream:
+        if self.handler.stream and not self.batched:
+            chunks = [FeedsChunk(request.correlation_id(), bool(tensor(request, "START").reshape(-1)[0]),
+                                 bool(tensor(request, "END").reshape(-1)[0]),
+                                 {n: tensor(request, n) for n in self.input_names}) for request in requests]
+            results = self.handler.step(chunks)
+        elif self.handler.stream:
             chunks = [StreamChunk(request.correlation_id(), bool(tensor(request, "START").reshape(-1)[0]),
                                   bool(tensor(request, "END").reshape(-1)[0]), tensor(request, "input"))
                       for request in requests]
@@ -233,4 +356,7 @@ class TritonPythonModel:
         return responses
 
     def finalize(self) -> None:
-        self.handler.runner.close()
+        if self.batched:
+            self.handler.runner.close()
+        else:
+            self.handler.close()

@@ -10,6 +10,11 @@ Every tensor is batch-major on the wire (Triton's batch dimension is the first o
   batcher (the ``oldest`` strategy batches chunks of different streams; START/END per request). Only for
   models that can stream: a bidirectional layer needs the future.
 
+A model without a ModelSpec (a user's ONNX / TorchScript file, a whole model) is served as it is: its own
+tensor names, dims and dtypes, no Triton batching (``max_batch_size: 0``: its batch axis need not be the
+first), scalars as ``[1]``; inputs given on the command line (``--input sr=16000``) are filled in by the
+server; streams go through one ``lstminfer.Session`` whose state is swapped per sequence id.
+
 Two kinds of repository:
 - ``python``: Triton's Python backend runs ``lstminfer.serve.pymodel`` with any lstminfer backend (onnxruntime,
   torch, fused, fused-graph, ...); the stream state is kept by the model, keyed by the correlation id
@@ -48,6 +53,63 @@ class TensorConfig:
 
     def to_config(self) -> dict[str, Any]:
         return {"name": self.name, "data_type": Enum(self.data_type), "dims": list(self.dims)}
+
+
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "bfloat16": "TYPE_BF16",
+                "int64": "TYPE_INT64", "int32": "TYPE_INT32", "int16": "TYPE_INT16", "int8": "TYPE_INT8",
+                "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL"}
+
+
+@dataclass(frozen=True)
+class ServedTensors:
+    """The tensors of a model served as it is (no ModelSpec): what the config of NAME and NAME_stream lists."""
+
+    inputs: list[TensorConfig]  # the model's inputs less those the server fills in
+    outputs: list[TensorConfig]
+    state_pairs: list[tuple[str, str]]
+    stream_refusal: str  # "" when the model can stream
+    fixed: dict[str, Any]  # input name -> the value the server fills in (--input NAME=VALUE)
+
+    def stream_io(self) -> tuple[list[TensorConfig], list[TensorConfig]]:
+        state_in = {i for i, _ in self.state_pairs}
+        state_out = {o for _, o in self.state_pairs}
+        return [t for t in self.inputs if t.name not in state_in], [t for t in self.outputs if t.name not in state_out]
+
+
+def _tensor_of(info: Any, what: str) -> TensorConfig:
+    if info.dims is None:
+        raise UserError(f"{what} {info.name!r} has no shape in the model, and a Triton config needs one: serve a "
+                        "file whose inputs and outputs carry shapes")
+    data_type = TRITON_TYPES.get(str(info.dtype))
+    if data_type is None:
+        raise UserError(f"{what} {info.name!r} has dtype {info.dtype}, which lstminfer does not serve")
+    dims = tuple(-1 if isinstance(d, str) else int(d) for d in info.dims)
+    return TensorConfig(info.name, dims or (1,), data_type)  # a scalar travels as [1]
+
+
+def served_tensors(model: Any) -> ServedTensors:
+    """The tensors of a model without a ModelSpec (see the module docstring); UserError when unservable."""
+    values = dict(getattr(model, "values", None) or {})
+    arrays = dict(getattr(model, "arrays", None) or {})
+    fixed: dict[str, Any] = {}
+    inputs = []
+    for info in model.inputs:
+        if info.name in arrays:
+            raise UserError(f"input {info.name!r} comes from --inputs FILE.npz: serving fills in scalars given "
+                            "with --input NAME=VALUE only; let clients send it")
+        if info.name in values:
+            if info.dims:
+                raise UserError(f"--input {info.name}=...: only scalar inputs can be filled in by the server; let "
+                                "clients send it")
+            fixed[info.name] = values[info.name]
+            continue
+        inputs.append(_tensor_of(info, "input"))
+    outputs = [_tensor_of(info, "output") for info in model.outputs]
+    if not outputs:
+        raise UserError(f"{model.name}: its outputs are not known before it runs; serve its ONNX export")
+    pairs = [(p.input, p.output) for p in model.state_pairs]
+    refusal = model.stream_refusal() or ("" if pairs else "it has no recurrent state input/output pair")
+    return ServedTensors(inputs, outputs, pairs, refusal, fixed)
 
 
 @dataclass(frozen=True)
@@ -143,18 +205,19 @@ def _sequence_batching(options: ServeOptions, controls: list[str], states: list[
 
 
 def python_config(name: str, inputs: list[TensorConfig], outputs: list[TensorConfig], options: ServeOptions,
-                  stream: bool) -> dict[str, Any]:
-    """The Python-backend model: dynamic batching, or the sequence batcher with START/END for streams."""
+                  stream: bool, batched: bool = True) -> dict[str, Any]:
+    """The Python-backend model: dynamic batching, or the sequence batcher with START/END for streams.
+    Unbatched (a model served as it is): ``max_batch_size: 0``, one request per backend call."""
     config: dict[str, Any] = {
         "name": name,
         "backend": "python",
-        "max_batch_size": options.max_batch,
+        "max_batch_size": options.max_batch if batched else 0,
         "input": [t.to_config() for t in inputs],
         "output": [t.to_config() for t in outputs],
     }
     if stream:
         config["sequence_batching"] = _sequence_batching(options, ["START", "END"])
-    else:
+    elif batched:
         config["dynamic_batching"] = {"max_queue_delay_microseconds": options.queue_delay_us}
     config["instance_group"] = _instance_group(options)
     return config
@@ -271,15 +334,16 @@ class ServedModel:
 
     name: str
     model_args: dict[str, Any]  # the model argument group's values (see commands/serve.py)
-    spec: dict[str, Any]  # ModelSpec.to_dict()
+    spec: dict[str, Any] | None  # ModelSpec.to_dict(); None for a model served as it is
     backend: str = "onnxruntime"
     device: str = "cpu"
     precision: str = "fp32"
     backend_options: dict[str, Any] | None = None
     with_state: bool = True
 
-    def to_json(self, stream: bool, options: ServeOptions) -> dict[str, Any]:
+    def to_json(self, stream: bool, options: ServeOptions, batched: bool = True) -> dict[str, Any]:
         return {"name": self.name, "model_args": self.model_args, "spec": self.spec, "backend": self.backend,
+                "batched": batched,
                 "device": self.device, "precision": self.precision, "backend_options": self.backend_options or {},
                 "with_state": self.with_state or stream, "stream": stream,
                 "max_streams": options.max_streams, "idle_timeout_s": options.idle_timeout_s}
@@ -295,25 +359,35 @@ def _write(path: Path, text: str | bytes) -> Path:
 
 
 def write_python_models(repo: str | Path, served: ServedModel, spec: Any, options: ServeOptions,
-                        onnx_path: str | Path | None = None, stream: bool | None = None) -> list[str]:
+                        onnx_path: str | Path | None = None, stream: bool | None = None,
+                        tensors: ServedTensors | None = None) -> list[str]:
     """NAME (stateless) and, where the model can stream (`stream` None: when it can), NAME_stream, for the
-    Python backend. Returns the model names written."""
+    Python backend: batch-major for a `spec`, or as the model has them (`tensors`, with `spec` None).
+    Returns the model names written."""
     repo = Path(repo)
+    batched = tensors is None
+    refusal = can_stream(spec)[1] if batched else tensors.stream_refusal
     if stream is None:
-        stream = can_stream(spec)[0]
-    elif stream and not can_stream(spec)[0]:
-        raise UserError(f"cannot serve streams of {served.name}: {can_stream(spec)[1]}")
+        stream = not refusal
+    elif stream and refusal:
+        raise UserError(f"cannot serve streams of {served.name}: {refusal}")
     written = []
     for is_stream in (False, True) if stream else (False,):
         name = served.name + (STREAM_SUFFIX if is_stream else "")
-        inputs, outputs = io_tensors(spec, with_state=served.with_state)
-        if is_stream:
-            inputs, outputs = inputs[:1], outputs[:1]
-        config = python_config(name, inputs, outputs, options, stream=is_stream)
+        if batched:
+            inputs, outputs = io_tensors(spec, with_state=served.with_state)
+            if is_stream:
+                inputs, outputs = inputs[:1], outputs[:1]
+        else:
+            inputs, outputs = tensors.stream_io() if is_stream else (tensors.inputs, tensors.outputs)
+        config = python_config(name, inputs, outputs, options, stream=is_stream, batched=batched)
         _write(repo / name / "config.pbtxt", to_pbtxt(config))
         version = repo / name / "1"
         _write(version / "model.py", MODEL_PY)
-        _write(version / "lstminfer.json", json.dumps(served.to_json(is_stream, options), indent=2) + "\n")
+        desc = served.to_json(is_stream, options, batched)
+        if not batched:
+            desc["fixed"] = tensors.fixed
+        _write(version / "lstminfer.json", json.dumps(desc, indent=2) + "\n")
         if onnx_path is not None:
             _write(version / "model.onnx", Path(onnx_path).read_bytes())
         written.append(name)
