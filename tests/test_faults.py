@@ -104,6 +104,8 @@ CASES = [
     (["verify", "--points", "0x3"], "--points: '0x3' must be SEQxBATCH with positive sizes"),
     (["verify", "--backends", "torch:tpu"], "backend 'torch' has no device 'tpu'"),
     (["verify", "{lstm}", "--input", "X=abc"], "'abc' is not a number"),
+    (["verify", "{lstm}", "--input", "X=nan"], "'nan' is not a finite number"),
+    (["stream", "{lstm}", "--chunk", "2", "--input", "X=-inf"], "'-inf' is not a finite number"),
     (["stream", "{lstm}", "--chunk", "2", "--state", "nope:hn"], "the model has no input 'nope'"),
     (["verify", "{text}"], "text.txt is not an ONNX file"),
     (["trtexec-cmd", "{text}"], "text.txt is not a readable ONNX file"),
