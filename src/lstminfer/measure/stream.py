@@ -50,8 +50,7 @@ def _as_model(source: Any, shapes: Any, inputs: dict[str, Any] | None, onnx: Any
 
         module = module.float().eval()
         if type(module) in (torch.nn.LSTM, torch.nn.GRU) and example is None and not shapes:
-            # called without state: the session carries it (a ModelSpec source feeds h0/c0 instead)
-            return Model(name=type(module).__name__, spec=spec_of_module(module), module=module, with_state=False)
+            return _stateless(type(module).__name__, module)
         return whole_model(module, example, name=type(module).__name__, shapes=shapes)
     if isinstance(source, (str, Path)):
         from lstminfer.model.file import load_model_file
@@ -81,9 +80,13 @@ def stream_model(ref: str, weights: str | None = None, shapes: str | None = None
     from lstminfer.model.whole import module_or_whole
 
     module = module_or_whole(ref, weights, shapes=shapes, dynamic=dynamic)
-    if isinstance(module, Model):
-        return module
-    return Model(name=ref, spec=spec_of_module(module), module=module, with_state=False)
+    return module if isinstance(module, Model) else _stateless(ref, module)
+
+
+def _stateless(name: str, module: Any) -> Model:
+    """A module built around one recurrent stack, called without state: the session carries it (a ModelSpec
+    source feeds h0/c0 instead)."""
+    return Model(name=name, spec=spec_of_module(module), module=module, with_state=False)
 
 
 def refuse_unstreamable(model: Model) -> None:
