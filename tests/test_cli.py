@@ -193,3 +193,18 @@ def test_checked_numbers_accept_exactly_the_finite_values_in_range(text):
                 parse(text)
         else:
             assert parse(text) == want
+
+
+def test_no_command_redefines_a_flag():
+    """sweep once replaced the single-value --seq-len/--batch/--precision with conflict_handler="resolve"."""
+    import argparse
+
+    from lstminfer.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {name for name, p in commands.items() if p.conflict_handler != "error"} == set()
+    sweep = {a.dest: a for a in commands["sweep"]._actions}
+    assert sweep["seq_lens"].option_strings == ["--seq-len"] and "seq_len" not in sweep
+    assert parser.parse_args(["sweep", "--seq-len", "1,16", "--precision", "fp32,fp16"]).precisions == (
+        "fp32", "fp16")
