@@ -105,6 +105,10 @@ def served_tensors(model: Any) -> ServedTensors:
             continue
         inputs.append(_tensor_of(info, "input"))
     outputs = [_tensor_of(info, "output") for info in model.outputs]
+    if getattr(model, "onnx_path", None) is None:
+        # A whole PyTorch model's output dims come from one probe run at its example shape: fixed numbers
+        # that other shapes do not keep. Only the rank is known.
+        outputs = [TensorConfig(t.name, (-1,) * len(t.dims), t.data_type) for t in outputs]
     if not outputs:
         raise UserError(f"{model.name}: its outputs are not known before it runs; serve its ONNX export")
     pairs = [(p.input, p.output) for p in model.state_pairs]
