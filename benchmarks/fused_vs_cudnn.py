@@ -230,17 +230,18 @@ SWEEP = {
                        dict(k_chain=128)],
     "H 64->128 bf16": [dict(wide_weights=True)],
     "H 64->128 fp16": [dict(wide_weights=True)],
-    # the persistent kernel against v9's plan (M), its state in registers (v12) and other warp counts (block_n
-    # and programs follow the warps)
-    "M 256->256 B1 fp32": [dict(path="single-launch"), dict(num_warps=1), dict(state_in_registers=True)],
-    "P 256->512 B1 fp32": [dict(state_in_registers=True), dict(num_warps=8)],
-    "P 256->512 B1 bf16": [dict(state_in_registers=True), dict(num_warps=8)],
-    "R 80->1024 B1 T200 fp32": [dict(state_in_registers=True), dict(num_warps=16)],
-    "U 128->1024 B8 T200 fp16": [dict(state_in_registers=True), dict(num_warps=8)],
-    "S speech 2L bi 80->512 B8 fp32": [dict(state_in_registers=True)],
-    "S speech 2L bi 80->512 B8 bf16": [dict(state_in_registers=True)],
-    "Q 256->512 B64 bf16": [dict(state_in_registers=True)],
-    "V 128->768 B16 T1024 fp16": [dict(state_in_registers=True)],
+    # the persistent kernel against v9's plan (M), its state through memory (v13), other warp counts (block_n
+    # and programs follow the warps) and fp16/bf16 on the fp32 kernel (wide)
+    "M 256->256 B1 fp32": [dict(path="single-launch"), dict(num_warps=1), dict(state_in_registers=False)],
+    "P 256->512 B1 fp32": [dict(state_in_registers=False), dict(num_warps=8)],
+    "P 256->512 B1 bf16": [dict(wide=True), dict(state_in_registers=False)],
+    "R 80->1024 B1 T200 fp32": [dict(state_in_registers=False), dict(num_warps=8)],
+    "R 80->1024 B1 T200 bf16": [dict(wide=True)],
+    "U 128->1024 B8 T200 fp16": [dict(state_in_registers=False), dict(num_warps=8)],
+    "S speech 2L bi 80->512 B8 fp32": [dict(state_in_registers=False)],
+    "S speech 2L bi 80->512 B8 bf16": [dict(state_in_registers=False)],
+    "Q 256->512 B64 bf16": [dict(state_in_registers=False)],
+    "V 128->768 B16 T1024 fp16": [dict(state_in_registers=False)],
 }
 # the seed model at other lengths: layer pipeline against the stack kernel (where to switch)
 SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n), [dict(pipeline=True),

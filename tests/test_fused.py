@@ -576,6 +576,19 @@ def test_persistent_streamed_weights_match_float64(dtype, atol):
     assert_close(got, reference(module, x, hx), atol)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_persistent_wide_fp16_matches_float64(kind):
+    """fp16 weights widened to fp32 and h exchanged in fp32 (the fp32 kernel), for few batch rows."""
+    module = make(kind, 5, 20, 2, True, False)
+    x, hx = random_inputs(module, 4, 2, True)
+    packed = pack_rnn(module, DEVICE, torch.float16)
+    plan = plan_for(packed, 4, 2, path="per-layer", wide=True)
+    assert plan.wide and plan.block_b == 2 and plan.resident
+    got = run_fused(module, x, hx, dtype=torch.float16, path="per-layer", wide=True)
+    assert all(g.dtype == torch.float16 for g in got)
+    assert_close(got, reference(module, x, hx), 5e-3)
+
+
 def test_persistent_fp16_matches_float64():
     module = make("lstm", 5, 20, 2, True, False)
     x, hx = random_inputs(module, 4, 3, True)
@@ -671,6 +684,20 @@ def test_gpu_persistent_matches_float64(case, precision, atol):
     x, hx = random_inputs(module, seq_len, batch, with_state)
     assert plan_for(pack_rnn(module, "cuda", dtype), seq_len, batch).kernel == "persistent"
     got = run_fused(module, x, hx, dtype=dtype, device="cuda")
+    assert all(g.dtype == dtype for g in got)
+    assert_close(got, reference(module, x, hx), atol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision,atol", [("fp16", 1e-2), ("bf16", 8e-2)])
+@pytest.mark.parametrize("case", [c for c in GPU_PERSISTENT_CASES if c[7] <= 8], ids=lambda c: "-".join(map(str, c)))
+def test_gpu_persistent_wide_matches_float64(case, precision, atol):
+    """fp16/bf16 on the fp32 kernel (plan option wide)."""
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    got = run_fused(module, x, hx, dtype=dtype, device="cuda", path="per-layer", wide=True)
     assert all(g.dtype == dtype for g in got)
     assert_close(got, reference(module, x, hx), atol)
 

@@ -84,6 +84,7 @@ class _NoTF32:
 def _projection(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """a @ w + bias in fp32 ([rows, C] float32): IEEE fp32 for fp32; for fp16/bf16 the 16-bit products summed
     in fp32 (cuBLAS with an fp32 output where PyTorch offers it; else the exact fp32 values of the operands)."""
+    a = a.to(w.dtype)  # a wide plan's fp32 layer output into 16-bit weights: rounded as the kernel rounds h
     if a.dtype == torch.float32:
         with _NoTF32():
             return torch.addmm(bias, a, w)
@@ -116,11 +117,13 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
     key = (seq_len, batch, plan)
     if ws.get("key") != key:
         ws.clear()
-        ws.update(key=key, slab=torch.empty((seq_len + 2, batch, dirs, hp), device=device, dtype=packed.dtype),
+        ws.update(key=key, slab=torch.empty((seq_len + 2, batch, dirs, hp), device=device,
+                                            dtype=torch.float32 if plan.wide else packed.dtype),
+                  w_hh=packed.w_hh.float() if plan.wide else packed.w_hh,
                   state=torch.empty((2, dirs, batch, hp), device=device, dtype=torch.float32),
                   err=torch.zeros(1, device=device, dtype=torch.int32))
     slab, state = ws["slab"], ws["state"]
-    words = slab.view(torch.int32 if packed.dtype == torch.float32 else torch.int16)
+    words = slab.view(torch.int32 if slab.dtype == torch.float32 else torch.int16)
     units = -(-batch // plan.block_b) * dirs * plan.r_tiles
     for layer in range(layers):
         if layer == 0:
@@ -131,7 +134,7 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
         words.fill_(-1)  # every slot, the initial-h ones too: each program writes its h0 there itself
         if kh < hp:
             slab[..., kh:] = 0  # units no program computes: zero for the next layer's GEMM
-        args = (gx, packed.w_hh, slab, state, ws["err"], h0 if h0 is not None else hn,
+        args = (gx, ws["w_hh"], slab, state, ws["err"], h0 if h0 is not None else hn,
                 c0 if (h0 is not None and lstm) else hn, out, stride_ot, stride_ob, out.stride(2), hn, cn,
                 seq_len, batch, hidden, layer, int(layer == layers - 1), units, SPIN_LIMIT)
         constexprs = dict(IS_LSTM=lstm, D=dirs, HP=hp, RT=rt, R_TILES=plan.r_tiles, BLOCK_N=plan.block_n,
@@ -139,7 +142,7 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
                           POLL_ROWS=max(1, min(plan.block_b, 8192 // hp)), WORD_BITS=words.element_size() * 8,
                           USE_DOT=plan.block_b >= 16, RESIDENT=plan.resident, K_SPLIT=plan.k_split,
                           STATE_IN_REGISTERS=plan.state_in_registers, HAS_STATE=h0 is not None,
-                          DOT_PRECISION="ieee" if packed.dtype == torch.float32 else "tf32",
+                          DOT_PRECISION="ieee" if slab.dtype == torch.float32 else "tf32",
                           ON_GPU=not interpreting(), FAST_MATH=fast_math)
         if not interpreting() and ws.get("resident") != constexprs:
             _check_resident(plan, args, constexprs)

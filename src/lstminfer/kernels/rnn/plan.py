@@ -38,6 +38,9 @@ PERSISTENT_MAX_UNITS = 64
 # fp16/bf16 with at most this many batch rows multiply-and-sum (one row: P bf16 ~260 us with tl.dot at 16 padded
 # rows, ~160 us for fp32's multiply-and-sum); more rows use tensor cores
 PERSISTENT_SUM_ROWS = 0
+# fp16/bf16 with few rows on the fp32 kernel (weights widened once, h exchanged in fp32): off until measured;
+# at one row the 16-bit paths took 274 (P) and 817 us (R) against fp32's 154 and 396 (H200, v13)
+PERSISTENT_WIDE = False
 # one warp a program (multiply-and-sum) while a lane's share of h (block_b * HP / 32 values) stays this small:
 # 0, off by default (H200: M 127 us at one warp, 130 at four; P 236 vs 161-240; R 1087 vs 368 at eight)
 PERSISTENT_ONE_WARP_H = 0
@@ -69,6 +72,7 @@ class Plan:
     resident: bool = True  # persistent kernel: W_hh^T slice loaded once (else read in block_k chunks every step)
     k_split: int = 1  # persistent kernel, resident tl.dot: k slices (one a warp), summed after a batched dot
     state_in_registers: bool = True  # persistent kernel: h and c carried in registers (else memory, a barrier)
+    wide: bool = False  # persistent kernel, fp16/bf16: W_hh and the h exchange in fp32 (the fp32 kernel)
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
     def __post_init__(self) -> None:
@@ -94,8 +98,8 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_warps: int | None = None
-                     ) -> Plan | None:
+def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_warps: int | None = None,
+                     wide: bool | None = None) -> Plan | None:
     """The persistent kernel's plan, or None where its programs cannot all be resident.
 
     Every program owns block_n hidden units of one direction and one batch group of block_b rows for the whole
@@ -104,10 +108,13 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
     streams its weights (v10) with tl.dot. Fewer rows multiply-and-sum over the real rows with 4-16 warps and
     one program per multiprocessor, or, asked for (num_warps=1 or 2), in one- or two-warp programs that share
     a multiprocessor (every barrier of a step is then a warp's; more programs read h). block_n is the smallest
-    that fits the programs on the multiprocessors.
+    that fits the programs on the multiprocessors. `wide` (fp16/bf16, at most 8 rows): the fp32 plan and
+    kernel on the 16-bit weights' values widened to fp32 (h exchanged in fp32), instead of tl.dot.
     """
     hp, dirs, hidden = packed.hidden_padded, packed.num_directions, packed.hidden_size
-    use_dot = batch > (8 if packed.dtype == torch.float32 else PERSISTENT_SUM_ROWS)
+    wide = bool(PERSISTENT_WIDE if wide is None else wide) and packed.dtype != torch.float32 and batch <= 8
+    as_fp32 = packed.dtype == torch.float32 or wide
+    use_dot = batch > (8 if as_fp32 else PERSISTENT_SUM_ROWS)
     block_b = min(PERSISTENT_MAX_ROWS, _pow2(batch, least=16 if use_dot else 1))
     groups = -(-batch // block_b)
     if num_warps is None:
@@ -134,11 +141,12 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
     # past one warp: warps for at most ~64 weights a lane (H200: P fp32 161 us at 4 warps, 181 at 8; R fp32 368
     # at 8, 425 at 16; S fp32 2518 at 8).
     # (and only while the slice fits on chip: past PERSISTENT_MAX_WEIGHTS it is streamed like fp32's)
-    resident = (packed.dtype != torch.float32 or not use_dot) and hp * 4 * block_n <= PERSISTENT_MAX_WEIGHTS
+    resident = (not as_fp32 or not use_dot) and hp * 4 * block_n <= PERSISTENT_MAX_WEIGHTS
     while not use_dot and num_warps > 1 and num_warps < 16 and hp * 4 * block_n > 64 * 32 * num_warps:
         num_warps *= 2
     return Plan("per-layer", block_b, tiles, 1 if serial else groups * dirs * tiles, block_k=32 if kh % 32 == 0 else 16,
-                num_warps=num_warps, block_n=block_n, resident=resident, k_split=min(num_warps, hp // 16))
+                num_warps=num_warps, block_n=block_n, resident=resident, k_split=min(num_warps, hp // 16),
+                wide=wide)
 
 
 def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = None, **overrides: Any) -> Plan:
@@ -179,10 +187,15 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
         block_m, block_c = 16, min(cols, 64)
     batch_tiles = -(-batch // block_b)
     items = -(-seq_len * block_b // block_m) * (cols // block_c)
-    persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda,
-                                  num_warps=overrides.pop("num_warps", None) if path == "per-layer" else None)
+    # the persistent plan's own choices (its block_n and programs follow the warps)
+    per_layer = {k: overrides.pop(k) for k in ("num_warps", "wide") if k in overrides} \
+        if path in (None, "per-layer") else {}
+    persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda, **per_layer)
     if path is None and on_cuda and persistent is not None and hp >= PERSISTENT_MIN_HIDDEN:
         path = "per-layer"
+    if path != "per-layer":
+        per_layer.pop("wide", None)
+        overrides.update(per_layer)
     if path == "per-layer":
         if persistent is None:
             raise ValueError(f"the persistent kernel does not fit this size: {dirs} direction(s) x batch {batch} "
