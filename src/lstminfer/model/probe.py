@@ -100,6 +100,7 @@ class _Probe:
 
     def __init__(self, model: WholeModel):
         self.model = model
+        self._base: tuple | None = None  # what the example itself gives the recurrent layer
 
     def rnn_input_shape(self, inputs: dict[str, np.ndarray]) -> tuple[tuple[int, ...] | None, bool]:
         """(shape of the first recurrent layer's input, its batch_first); raises what forward raises."""
@@ -129,25 +130,25 @@ class _Probe:
             inputs[name] = np.resize(inputs[name], shape)
         return inputs
 
-    def role(self, group: dict[str, int]) -> tuple[str | None, str]:
-        """("batch" / "seq" / None, why not) when the axes in `group` are changed together."""
+    def role(self, group: dict[str, int]) -> str | None:
+        """"batch" or "seq" when changing the axes in `group` together changes the recurrent layer's batch or
+        time axis; None when forward fails (not dynamic) or the change does not reach either."""
         first, axis = next(iter(group.items()))
-        size = self.model.example[first].shape[axis]
-        new = 2 * size + 2  # doubled and even: a stride-2 or -4 front end still changes the length
-        base, batch_first = self.rnn_input_shape(self.model.example)
+        new = 2 * self.model.example[first].shape[axis] + 2  # doubled, even: a stride-2 or -4 front end follows
+        if self._base is None:
+            self._base = self.rnn_input_shape(self.model.example)
+        base, batch_first = self._base
         try:
             changed, _ = self.rnn_input_shape(self.resized(group, new))
-        except Exception as err:  # forward's own error: the axis is not dynamic
-            return None, f"forward fails when it is {new} instead of {size} ({first_line(err)})"
+        except Exception:  # forward's own error: the axis is not dynamic
+            return None
         if base is None or changed is None or len(base) != 3:
-            return None, "the first recurrent layer does not take a 3-d tensor"
+            return None
         diff = [a for a in range(3) if base[a] != changed[a]]
         batch_axis, time_axis = (0, 1) if batch_first else (1, 0)
         if batch_axis in diff:
-            return "batch", ""
-        if time_axis in diff:
-            return "seq", ""
-        return None, "the change does not reach the recurrent layer's batch or time axis"
+            return "batch"
+        return "seq" if time_axis in diff else None
 
 
 def default_dynamic(model: WholeModel) -> dict[str, dict[int, str]]:
@@ -157,7 +158,7 @@ def default_dynamic(model: WholeModel) -> dict[str, dict[int, str]]:
     shape = model.example[first].shape
     found: dict[str, dict[int, str]] = {}
     for axis in range(len(shape)):
-        role, _ = probe.role({first: axis})
+        role = probe.role({first: axis})
         group = {first: axis}
         if role is None and len(model.input_names) > 1:
             group, role = _with_partners(probe, model, first, axis)
@@ -175,7 +176,7 @@ def _with_partners(probe: _Probe, model: WholeModel, first: str, axis: int) -> t
     candidates = {n: c for n, c in candidates.items() if c}
     for k in range(max((len(c) for c in candidates.values()), default=0)):
         group = {first: axis, **{n: c[min(k, len(c) - 1)] for n, c in candidates.items()}}
-        role, _ = probe.role(group)
+        role = probe.role(group)
         if role:
             return group, role
     return {first: axis}, None
