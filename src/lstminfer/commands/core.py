@@ -28,6 +28,7 @@ from lstminfer.measure.run import Measurement, measure
 from lstminfer.measure.store import StagedDir, ensure_writable_dir, new_results, write_json_atomic
 from lstminfer.measure.verify import References, affordable_points, check_onnx_reference, parse_points
 from lstminfer.model.base import Model
+from lstminfer.model.spec import check_memory
 
 
 def register(subparsers: Any) -> None:
@@ -118,6 +119,9 @@ def _job(args: argparse.Namespace, verify: bool, bench: bool) -> Job:
     notes: list[str] = []
     if verify and points is None:
         points, notes = affordable_points(model, model.verify_points())
+    elif points and model.spec is not None:  # a --points shape too large to allocate: one line, before any work
+        for seq_len, batch in points:
+            check_memory(model.spec, seq_len, batch)
     timing = TimingArgs.parse(args) if bench else None
     config = BenchConfig(warmup_ms=timing.warmup_ms, duration_s=timing.duration_s, iterations=timing.iterations,
                          no_data_transfers=timing.no_data_transfers, keep_raw=timing.keep_raw,

@@ -131,10 +131,10 @@ BYTES_PER_WEIGHT = 24
 
 
 def estimated_bytes(spec: ModelSpec, seq_len: int, batch: int) -> int:
-    """A lower bound of the memory a run needs: the weights' copies, and float64 inputs and every layer's
-    outputs at 4x the sequence length (verify's long point)."""
+    """A lower bound of the memory a run at (seq_len, batch) needs: the weights' copies, and the input and every
+    layer's output in float64 (the reference) and in float32 (the runtime under test)."""
     per_step = spec.input_size + spec.num_layers * spec.num_directions * spec.state_size
-    return spec.num_parameters * BYTES_PER_WEIGHT + 8 * 4 * seq_len * batch * per_step
+    return spec.num_parameters * BYTES_PER_WEIGHT + (8 + 4) * seq_len * batch * per_step
 
 
 def available_memory() -> int | None:
