@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,13 @@ from torch.nn.utils.rnn import PackedSequence
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # scratch buffers of the kernel, one dict per (weights, input shape, state given): a CUDA graph captured for
-# one shape keeps pointing at its own buffers while other shapes run
+# one shape keeps pointing at its own buffers while other shapes run; dropped with the packed weights
 _WORKSPACES: dict[tuple, dict] = {}
+
+
+def _forget_workspaces(weights_ptr: int) -> None:
+    for key in [k for k in _WORKSPACES if k[0] == weights_ptr]:
+        del _WORKSPACES[key]
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,8 @@ class FusedRNN(nn.Module):
         weight = self.weight_hh_l0
         self._fused = (pack_rnn(self.original, weight.device, PRECISIONS[self.precision])
                        if weight.is_cuda or self._cpu else None)
+        if self._fused is not None:
+            weakref.finalize(self._fused.w_hh, _forget_workspaces, self._fused.w_hh.data_ptr())
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:  # .to(), .cuda(), .half(): the same
         out = super()._apply(fn, *args, **kwargs)                # Parameter objects, new data: pack again
