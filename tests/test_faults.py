@@ -48,6 +48,7 @@ CASES = [
     (["bench", "--seed", "1.5"], "argument --seed: '1.5' is not an integer"),
     (["verify", "--hidden-size", "100000"], "of memory"),
     (["verify", "--points", "1x3,100000000x3"], "at seq 100000000 x batch 3 needs at least"),
+    (["sweep", "--seq-len", "1,100000000", "--batch", "1,100000"], "at seq 100000000 x batch 100000 needs at least"),
     (["export", "--num-layers", "1", "--no-bidirectional", "--seq-len", "100000000", "--batch", "100000"],
      "of memory"),
     (["import-trtexec", LOG, "--times", "{garbage}"], "garbage.json is not valid JSON"),

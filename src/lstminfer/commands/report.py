@@ -33,6 +33,7 @@ from lstminfer.measure.bench import BenchConfig
 from lstminfer.measure.records import Failure, Point, Record
 from lstminfer.measure.store import ensure_writable_dir, load_results
 from lstminfer.measure.verify import why_unverified
+from lstminfer.model.spec import check_memory
 from lstminfer.report.load import as_records, load_inputs
 from lstminfer.report.render import FORMATS, write_report
 from lstminfer.report.tables import fastest_rows, wins_summary
@@ -88,6 +89,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     path = out / SWEEP_FILE
     check_target(path, grid_args.resume)
     model = model_from_args(args)
+    if model.spec is not None:  # the grid's largest point too large to allocate: one line, before any work
+        check_memory(model.spec, max(grid_args.seq_lens), max(grid_args.batches))
     grid = Grid(seq_lens=grid_args.seq_lens, batches=grid_args.batches, precisions=grid_args.precisions,
                 choices=tuple(select_backends(split_list(args.backends), args.device)))
     check_precision(grid.targets())
