@@ -59,7 +59,8 @@ def load_onnx(path: str | Path, check: bool = True) -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path} is a directory, not a model file: give the file inside it" if path.is_dir()
+                        else f"{path}: no such file")
     data = path.read_bytes()
     if not data:
         raise UserError(f"{path} is empty, not an ONNX model")

@@ -124,6 +124,8 @@ def parse_values(items: list[str] | None) -> dict[str, float | int]:
                     value = int(text.lower() == "true")
                 else:
                     raise UserError(f"--input {item!r}: {text!r} is not a number") from None
+        if not np.isfinite(value):  # a NaN or infinite input verifies nothing
+            raise UserError(f"--input {item!r}: {text!r} is not a finite number")
         out[name.strip()] = value
     return out
 
@@ -131,7 +133,12 @@ def parse_values(items: list[str] | None) -> dict[str, float | int]:
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"--inputs: file {path} does not exist")
+        raise UserError(f"--inputs: {path} is a directory, not a .npz file" if path.is_dir()
+                        else f"--inputs: file {path} does not exist")
+    with open(path, "rb") as f:  # anything else numpy would try as a pickle, and advise loading it unsafely
+        if f.read(4) != b"PK\x03\x04":
+            raise UserError(f"--inputs: {path} is not a .npz file (the zip archive numpy.savez writes); save the "
+                            "arrays with numpy.savez(PATH, name=array, ...)")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: np.asarray(data[k]) for k in data.files}

@@ -49,7 +49,8 @@ def load_torchscript(path: str | Path, device: str = "cpu") -> Any:
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{path} is a directory, not a model file: give the file inside it" if path.is_dir()
+                        else f"{path}: no such file")
     if not zipfile.is_zipfile(path):
         raise UserError(f"{path} is not a TorchScript file: it is not the zip archive torch.jit.save writes")
     try:
