@@ -11,9 +11,7 @@ is the batch (sequence) axis.  A named axis that turns out not to be dynamic is 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -87,11 +85,6 @@ class WholeModel(Model):
             labels = self.dynamic.get(name, {})
             out.append(TensorInfo(name, array.dtype.name, [labels.get(a, d) for a, d in enumerate(array.shape)]))
         return out + [TensorInfo(n, "float32", list(s)) for n, s in zip(self._output_names, self.output_shapes)]
-
-    @property
-    def batch_first(self) -> bool:
-        seq, batch = self.axes("seq").get(self.input_names[0]), self.axes("batch").get(self.input_names[0])
-        return seq is not None and batch is not None and batch < seq
 
     @property
     def state_pairs(self) -> list:
@@ -199,14 +192,11 @@ class WholeModel(Model):
             return self.call_module(module, tensors)
 
     def reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Float64 PyTorch, integer inputs (lengths, flags) left as they are."""
         import torch
 
         outputs = self.run(self._module64, inputs, torch.float64)
         return {n: t.numpy() for n, t in zip(self.output_names, outputs)}
-
-    @cached_property
-    def _module64(self) -> Any:
-        return copy.deepcopy(self.module).double().eval()
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
