@@ -76,9 +76,6 @@ class WholeModel(Model):
     def output_names(self) -> list[str]:
         return list(self._output_names)
 
-    def name_outputs(self, count: int) -> list[str]:
-        return self.output_names
-
     def _tensors(self) -> list[TensorInfo]:
         out = []
         for name, array in self.example.items():
