@@ -97,15 +97,21 @@ def test_fixed_and_symbolic_state_dims_pair(tmp_path):
 
 
 def test_no_state_pair_says_why(tmp_path):
+    from lstminfer.measure.stream import Session
+
     proto = lstm_proto()
     dims = proto.graph.output[1].type.tensor_type.shape.dim
     dims[2].dim_value = 5  # hn [1, batch, 5] cannot carry h0 [1, batch, 4]
     proto.graph.output[2].name = "cell"
     proto.graph.node[0].output[2] = "cell"
-    info = inspect_file(save(proto, tmp_path / "m.onnx"))
+    path = save(proto, tmp_path / "m.onnx")
+    info = inspect_file(path)
     assert info.state_pairs == []
-    assert info.state_pairs_note == ("none: h0 -> hn match by name but shapes differ ([1, batch, 4] vs "
-                                     "[1, batch, 5]) (give --state IN:OUT)")
+    miss = "h0 -> hn match by name but shapes differ ([1, batch, 4] vs [1, batch, 5])"
+    assert info.state_pairs_note == f"none: {miss} (give --state IN:OUT)"
+    with pytest.raises(UserError, match=r"found no recurrent state .*; outputs Y, hn, cell; h0 -> hn match by name "
+                                        r"but shapes differ .*give the pairs with --state IN:OUT"):
+        Session(path)
 
 
 def test_state_given_at_load_is_the_models_own(tmp_path):

@@ -122,8 +122,9 @@ class Session:
         if not self.pairs and not self.carried:
             outputs = ", ".join(self.model.output_names) or "named once it has run"
             hint = "; or stream its PyTorch module on torch or fused" if self.model.module is not None else ""
+            misses = "".join(f"; {m}" for m in self.model.state_pair_misses)
             raise UserError(f"found no recurrent state in {self.model.name} (inputs "
-                            f"{', '.join(self.model.input_names)}; outputs {outputs}): give the pairs with "
+                            f"{', '.join(self.model.input_names)}; outputs {outputs}{misses}): give the pairs with "
                             f"--state IN:OUT{hint}")
         self.state_inputs = [i for i, _ in self.pairs]
         self.fixed = dict(inputs or {})

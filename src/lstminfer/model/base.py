@@ -8,7 +8,8 @@ model with recurrent layers inside, an ONNX or TorchScript file (``model.file.Fi
 - ``inputs`` / ``outputs``: named tensors with their dims (``TensorInfo``); ``input_names`` /
   ``output_names`` follow from them;
 - ``state_pairs``: which output carries which input's state to the next call. The model owns them
-  (files take ``--state`` when they are built); nothing assigns them from outside;
+  (files take ``--state`` when they are built); nothing assigns them from outside. ``state_pair_misses``
+  says which names matched but could not pair, when that is why none was found;
 - ``input_shapes(seq_len, batch)`` and ``make_inputs(seq_len, batch, rng)``: the real shapes and fresh
   inputs at one point;
 - ``reference(inputs)``: the float64 outputs every backend is compared with, and ``reference_source``:
@@ -151,6 +152,11 @@ class Model:
         if not self.with_state:
             return []
         return [StatePair(i, o, "model") for i, o in zip(self.input_names[1:], self.output_names[1:])]
+
+    @property
+    def state_pair_misses(self) -> list[str]:
+        """Inputs and outputs whose names pair but whose tensors cannot (why a state was not found)."""
+        return []
 
     @property
     def script_path(self) -> Path | None:

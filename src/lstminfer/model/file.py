@@ -84,6 +84,10 @@ class FileModel(FileInputs, Model):
         return self._given_pairs or (list(self.info.state_pairs) if self.info else [])
 
     @property
+    def state_pair_misses(self) -> list[str]:
+        return list(self.info.state_pair_misses) if self.info and not self.state_pairs else []
+
+    @property
     def script_path(self) -> Path | None:
         return self._script_path
 

@@ -61,6 +61,7 @@ class OnnxInfo:
     notes: list[str] = field(default_factory=list)
     length_inputs: list[str] = field(default_factory=list)  # graph inputs fed to a node's sequence_lens
     state_pairs_note: str = ""  # why no state pair was found, when none was
+    state_pair_misses: list[str] = field(default_factory=list)  # names that match, tensors that cannot pair
 
     @property
     def bidirectional(self) -> list[RecurrentNode]:
@@ -286,13 +287,18 @@ def find_state_pairs(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> lis
     return _pairs_and_misses(inputs, outputs)[0]
 
 
+def state_pair_misses(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> list[str]:
+    """Input/output names that match but tensors that cannot carry the state (shape, rank, dtype), each once."""
+    return list(dict.fromkeys(_pairs_and_misses(inputs, outputs)[1]))
+
+
 def state_pairs_note(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str:
     """Why no state pair was found: the near misses, or that no input/output names match."""
-    pairs, misses = _pairs_and_misses(inputs, outputs)
-    if pairs:
+    if find_state_pairs(inputs, outputs):
         return ""
+    misses = state_pair_misses(inputs, outputs)
     if misses:
-        return "none: " + "; ".join(dict.fromkeys(misses)) + " (give --state IN:OUT)"
+        return "none: " + "; ".join(misses) + " (give --state IN:OUT)"
     return "none: no input/output names match (h0->hn, state->stateN, x_in->x_out, ...); give --state IN:OUT"
 
 
@@ -308,6 +314,7 @@ def inspect_proto(proto: Any, path: str = "") -> OnnxInfo:
         state_pairs=find_state_pairs(inputs, outputs), oracle=applicable(proto),
         dim_roles=dim_roles(inputs, graph_dim_roles(proto, inputs), export_batch_first(proto)),
         length_inputs=_length_inputs(proto), state_pairs_note=state_pairs_note(inputs, outputs),
+        state_pair_misses=state_pair_misses(inputs, outputs),
     )
     if not recurrent:
         info.notes.append("no recurrent node (LSTM/GRU/RNN) in this graph: it runs like any ONNX model")
