@@ -280,13 +280,14 @@ def test_torchscript_that_cannot_run_in_float64_says_so(scalar_modules):
     assert out.shape == (6, 2, 2)
 
 
-def test_torchscript_backend_casts_the_scalar(scalar_modules):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_torchscript_backend_casts_the_scalar(scalar_modules, device):
     from lstminfer.backends.torchscript import TorchScriptRunner
 
     path, _ = scalar_modules["MakesItsState"]
     model = load_model_file(path, shapes="x:6x2x3", values={"sr": 8000})
     inputs = model.make_inputs(6, 2, np.random.default_rng(0))
-    with TorchScriptRunner(model) as runner:
+    with TorchScriptRunner(model, device) as runner:
         got = runner.infer(inputs)["output0"]
     np.testing.assert_allclose(got, model.reference(inputs)["output0"], atol=1e-5)
 
