@@ -129,6 +129,19 @@ def test_unnamed_dims_take_their_roles_from_the_graph(tmp_path):
     assert model.input_shapes(7, 2) == {"X": (7, 2, 3), "h0": (1, 2, 4), "c0": (1, 2, 4)}
 
 
+def test_fixed_axes_are_labelled_with_their_real_sizes(tmp_path):
+    """A file whose sequence and batch are fixed runs at 7x2: its point says so, not a made-up 16x1."""
+    proto = lstm_proto()
+    for value, sizes in zip(proto.graph.input, ((7, 2, 3), (1, 2, 4), (1, 2, 4))):
+        for dim, size in zip(value.type.tensor_type.shape.dim, sizes):
+            dim.Clear()
+            dim.dim_value = size
+    model = load_model_file(save(proto, tmp_path / "fixed.onnx"))
+    assert model.info.fixed_axes == {"seq": 7, "batch": 2}
+    assert (model.seq_len, model.batch) == (7, 2) and model.verify_points() == [(7, 2)]
+    assert model.input_shapes(7, 2)["X"] == (7, 2, 3)
+
+
 def test_fixed_input_keeps_its_real_shape(tmp_path):
     from onnx import TensorProto, helper
 

@@ -41,9 +41,13 @@ class FileInputs:
         fixed_batch = [self.bindings[d] for d, r in used.items() if r == "batch" and d in self.bindings]
         self.seq_varies = any(r == "seq" and d not in self.bindings for d, r in used.items())
         self.batch_varies = any(r == "batch" and d not in self.bindings for d, r in used.items())
+        # An axis the user cannot vary is labelled with its real size: bound by --shapes, else the size the
+        # graph's recurrent node runs at (a fixed [512, 1, 64] input is 512x1, never a made-up 16x1).
+        graph = dict(info.fixed_axes) if info else {}
         self.seq_len = seq_len if self.seq_varies and seq_len else (
-            fixed_seq[0] if fixed_seq else (seq_len or DEFAULT_SEQ_LEN))
-        self.batch = batch if self.batch_varies and batch else (fixed_batch[0] if fixed_batch else (batch or 1))
+            fixed_seq[0] if fixed_seq else (graph.get("seq") or seq_len or DEFAULT_SEQ_LEN))
+        self.batch = batch if self.batch_varies and batch else (
+            fixed_batch[0] if fixed_batch else (graph.get("batch") or batch or 1))
         if validate:  # every dim resolvable, or a UserError naming those unset
             self.input_shapes(self.seq_len, self.batch)
 

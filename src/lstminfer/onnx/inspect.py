@@ -62,6 +62,7 @@ class OnnxInfo:
     length_inputs: list[str] = field(default_factory=list)  # graph inputs fed to a node's sequence_lens
     state_pairs_note: str = ""  # why no state pair was found, when none was
     state_pair_misses: list[str] = field(default_factory=list)  # names that match, tensors that cannot pair
+    fixed_axes: dict[str, int] = field(default_factory=dict)  # "seq"/"batch" -> size, where not symbolic
 
     @property
     def bidirectional(self) -> list[RecurrentNode]:
@@ -304,6 +305,7 @@ def state_pairs_note(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> str
 
 def inspect_proto(proto: Any, path: str = "") -> OnnxInfo:
     inputs = graph_inputs(proto)
+    graph_roles, fixed_axes = graph_axes(proto, inputs)
     outputs = [tensor_info(o) for o in proto.graph.output]
     recurrent = recurrent_nodes(proto)
     info = OnnxInfo(
@@ -312,7 +314,7 @@ def inspect_proto(proto: Any, path: str = "") -> OnnxInfo:
         producer=f"{proto.producer_name} {proto.producer_version}".strip(),
         inputs=inputs, outputs=outputs, recurrent=recurrent,
         state_pairs=find_state_pairs(inputs, outputs), oracle=applicable(proto),
-        dim_roles=dim_roles(inputs, graph_dim_roles(proto, inputs), export_batch_first(proto)),
+        dim_roles=dim_roles(inputs, graph_roles, export_batch_first(proto)), fixed_axes=fixed_axes,
         length_inputs=_length_inputs(proto), state_pairs_note=state_pairs_note(inputs, outputs),
         state_pair_misses=state_pair_misses(inputs, outputs),
     )
@@ -364,22 +366,24 @@ def export_batch_first(proto: Any) -> bool | None:
     return None
 
 
-def graph_dim_roles(proto: Any, inputs: list[TensorInfo]) -> dict[str, str]:
-    """Symbolic input dim -> "seq" or "batch" from where ONNX shape inference carries it onto a recurrent
-    node: X is [seq, batch, feature] with layout=0 ([batch, seq, feature] with layout=1), initial_h
-    [dirs, batch, H] ([batch, dirs, H])."""
+def graph_axes(proto: Any, inputs: list[TensorInfo]) -> tuple[dict[str, str], dict[str, int]]:
+    """Where ONNX shape inference carries the inputs onto the recurrent nodes: symbolic input dim -> "seq" or
+    "batch", and the fixed sizes the first recurrent node runs at ({"seq": 512, "batch": 1} when its axes are
+    not symbolic). X is [seq, batch, feature] with layout=0 ([batch, seq, feature] with layout=1),
+    initial_h [dirs, batch, H] ([batch, dirs, H])."""
     import onnx
 
     symbolic = {d for i in inputs if i.dims for d in i.dims if isinstance(d, str)}
     try:
         inferred = onnx.shape_inference.infer_shapes(proto)
     except Exception:  # a graph shape inference cannot follow: names and the other rules still apply
-        return {}
+        return {}, {}
     shapes = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input):
         info = tensor_info(vi)
         shapes[info.name] = info.dims
     roles: dict[str, str] = {}
+    fixed: dict[str, int] = {}
     for node in inferred.graph.node:
         if not is_recurrent(node):
             continue
@@ -390,10 +394,12 @@ def graph_dim_roles(proto: Any, inputs: list[TensorInfo]) -> dict[str, str]:
             for axis, role in ((seq_axis, "seq"), (batch_axis, "batch")):
                 if isinstance(x[axis], str) and x[axis] in symbolic:
                     roles.setdefault(x[axis], role)
+                elif isinstance(x[axis], int) and x[axis] > 0:
+                    fixed.setdefault(role, x[axis])
         for idx in (5, 6):
             h = shapes.get(node.input[idx]) if len(node.input) > idx and node.input[idx] else None
             if h and len(h) == 3:
                 b = h[0] if layout else h[1]
                 if isinstance(b, str) and b in symbolic:
                     roles.setdefault(b, "batch")
-    return roles
+    return roles, fixed

@@ -28,7 +28,7 @@ def dim_roles(inputs: Sequence[TensorInfo], graph_roles: dict[str, str] | None =
     """Symbolic dim -> "seq" or "batch": the one rule `inspect`, files, `build` and trtexec all read a file by.
 
     In order: the dim's name (``SEQ_DIM``, ``BATCH_DIM``); where ONNX shape inference carries it onto a
-    recurrent node (``graph_roles``, from ``onnx.inspect.graph_dim_roles``); a dim several inputs share is
+    recurrent node (``graph_roles``, from ``onnx.inspect.graph_axes``); a dim several inputs share is
     the batch (x and its states share it, the sequence is x's alone); and, only when the layout is known
     (``batch_first`` not None, e.g. from lstminfer's export metadata), the position of the first two axes
     of a 3-D input, where it agrees with the roles found so far. Anonymous dims are named ``input[axis]``

@@ -12,7 +12,7 @@ from typing import Any
 
 from lstminfer.errors import UserError
 from lstminfer.model.base import TensorInfo
-from lstminfer.onnx.inspect import export_batch_first, graph_dim_roles, graph_inputs
+from lstminfer.onnx.inspect import export_batch_first, graph_axes, graph_inputs
 from lstminfer.onnx.shapes import Shapes, dim_roles, format_dims
 
 DEFAULT_MAX_SEQ_LEN = 512
@@ -55,7 +55,7 @@ def onnx_inputs(onnx_path: str | Path) -> OnnxInputs:
     except Exception as err:  # onnx raises DecodeError and others for a bad file
         raise UserError(f"{path} is not a readable ONNX file: {str(err).splitlines()[0] if str(err) else err}") from err
     inputs = graph_inputs(proto)
-    roles = dim_roles(inputs, graph_dim_roles(proto, inputs), export_batch_first(proto))
+    roles = dim_roles(inputs, graph_axes(proto, inputs)[0], export_batch_first(proto))
     return OnnxInputs(inputs, {p.key: p.value for p in proto.metadata_props}, roles)
 
 
