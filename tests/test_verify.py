@@ -19,6 +19,7 @@ from lstminfer.measure.verify import (
     affordable_points,
     check_onnx_reference,
     compare,
+    oracle_points,
     parse_points,
 )
 from lstminfer.model.base import Model, default_points
@@ -134,3 +135,13 @@ def test_long_default_points_are_cut_to_the_reference_budget_and_said():
     assert len(notes) == 1 and "200x8, 1600x8, 200x10 reduced" in notes[0] and "--points" in notes[0]
     tiny = Model("tiny", ModelSpec("lstm", 3, 5, 1), None, seq_len=4, batch=2)
     assert affordable_points(tiny, default_points(4, 2)) == (default_points(4, 2), [])
+
+
+def test_the_oracle_row_leaves_out_points_it_would_be_slowest_at_and_says_so():
+    spec = ModelSpec("lstm", 80, 512, 2, bidirectional=True, batch_first=True)
+    model = Model("speech", spec, None, seq_len=200, batch=8)
+    points, notes = oracle_points(model, [(1, 8), (200, 1)])
+    assert points == [(1, 8)] and len(notes) == 1 and "leaves out 200x1" in notes[0]
+    assert oracle_points(model, [(200, 1), (300, 1)])[0] == [(200, 1)]  # never empty: the cheapest stays
+    tiny = Model("tiny", ModelSpec("lstm", 3, 5, 1), None, seq_len=4, batch=2)
+    assert oracle_points(tiny, default_points(4, 2)) == (default_points(4, 2), [])

@@ -26,7 +26,13 @@ from lstminfer.measure.bench import BenchConfig
 from lstminfer.measure.records import BenchRecord, Point, Record, verdicts
 from lstminfer.measure.run import Measurement, measure
 from lstminfer.measure.store import StagedDir, ensure_writable_dir, new_results, write_json_atomic
-from lstminfer.measure.verify import References, affordable_points, check_onnx_reference, parse_points
+from lstminfer.measure.verify import (
+    References,
+    affordable_points,
+    check_onnx_reference,
+    oracle_points,
+    parse_points,
+)
 from lstminfer.model.base import Model
 from lstminfer.model.spec import check_memory
 
@@ -144,11 +150,13 @@ def _measure(job: Job, args: argparse.Namespace, directory: Path,
             log(f"float64 reference at {', '.join(f'{s}x{b}' for s, b in job.verify_points)} (seq x batch)")
             for seq_len, batch in job.verify_points:
                 references.outputs(seq_len, batch)
-    notes = [*model.notes, *notes]
+    oracle = job.verify_points if model.onnx_path is not None and model.module is not None else []
+    oracle, oracle_notes = oracle_points(model, oracle)
+    notes = [*model.notes, *notes, *oracle_notes]
     print_reference(references.unverified if job.verify_points else None, notes, job.allow_unverified)
     result = Measurement()
-    if job.verify_points and model.onnx_path is not None and model.module is not None:
-        result.add(check_onnx_reference(model, references, job.verify_points))
+    if oracle:
+        result.add(check_onnx_reference(model, references, oracle))
     with StepLog() as log:
         done = measure(model, job.targets, references, job.verify_points, job.bench_points, job.timing,
                        runner_options(args, job.out), progress=log, finished=finished)
