@@ -79,8 +79,9 @@ def fused_rnn_op(x: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | No
     from lstminfer.kernels.rnn import PackedRNN, rnn_forward
 
     lstm, input_size, hidden, layers, dirs, batch_first, hp, k0 = meta
-    packed = PackedRNN("lstm" if lstm else "gru", input_size, hidden, layers, dirs, bool(batch_first), hp, k0,
-                       x.dtype, w_ih0, w_ihr, w_hh, bias)
+    packed = PackedRNN(kind="lstm" if lstm else "gru", input_size=input_size, hidden_size=hidden, num_layers=layers,
+                       num_directions=dirs, batch_first=bool(batch_first), hidden_padded=hp, input_padded=k0,
+                       dtype=x.dtype, w_ih0=w_ih0, w_ihr=w_ihr, w_hh=w_hh, bias=bias)
     key = (w_hh.data_ptr(), x.device, tuple(x.shape), h0 is not None)
     outs = rnn_forward(packed, x, h0, c0, workspace=_WORKSPACES.setdefault(key, {}))
     cn = outs[2] if lstm else outs[1].new_empty(0)
