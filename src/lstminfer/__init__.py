@@ -5,7 +5,7 @@ from typing import Any
 from lstminfer.errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["Session", "UserError", "__version__", "accelerate"]
+__all__ = ["Session", "UserError", "__version__", "accelerate", "fused_rnn", "pack_rnn"]
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +18,8 @@ def __getattr__(name: str) -> Any:
         from lstminfer.fused_layers import accelerate
 
         return accelerate
+    if name in ("fused_rnn", "pack_rnn"):  # the fused kernels' entry points; triton imported on first use
+        from lstminfer import kernels
+
+        return getattr(kernels, name)
     raise AttributeError(f"module 'lstminfer' has no attribute {name!r}")
