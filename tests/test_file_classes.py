@@ -228,7 +228,7 @@ class MakesItsState(torch.nn.Module):
         self.lstm = torch.nn.LSTM(3, 4)
 
     def forward(self, x, sr: int):
-        h = torch.zeros(1, x.size(1), 4)  # the default dtype: float32 unless the caller changes it
+        h = torch.zeros(1, x.size(1), 4, device=x.device)  # the default dtype: float32 unless the caller changes it
         out, _ = self.lstm(x * (sr / 16000), (h, h))
         return out
 
