@@ -15,7 +15,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from lstminfer.backends.base import runner_class
 from lstminfer.errors import UserError
 from lstminfer.measure.bench import BenchConfig, time_queries
 from lstminfer.measure.stats import performance_summary
+from lstminfer.measure.store import machine_info
 from lstminfer.model.base import Model
 from lstminfer.model.spec import build_module, preset
 from lstminfer.onnx.export import export_model
@@ -47,16 +47,6 @@ def default_threads() -> list[int | None]:
 
 def parse_threads(text: str) -> list[int | None]:
     return [None if t.strip() == "default" else int(t) for t in text.split(",") if t.strip()]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def versions() -> str:
@@ -251,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                               args.rounds, out)
         probe = "" if args.no_probe or "speech" not in presets else ort_probe(out, args.duration)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical CPUs; {versions()}; "
+    print(f"CPU: {machine_info()['cpu']}, {os.cpu_count()} logical CPUs; {versions()}; "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; load average {load:.2f} at the end; "
           f"{time.time() - started:.0f} s")
     print(f"command: benchmarks/cpu_table.sh {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
