@@ -45,6 +45,8 @@ class Runner:
     install_hint: ClassVar[str] = ""
     # A backend that times itself (e.g. an external trtexec run) sets this and implements benchmark().
     self_timed: ClassVar[bool] = False
+    # Why `applies_to` is False for a model: the one line `supports()` answers with.
+    not_applicable: ClassVar[str] = "this backend does not apply to this model"
 
     def __init__(self, model: Model, device: str = "cpu", precision: str = "fp32", **options: Any):
         self.model = model
@@ -82,6 +84,8 @@ class Runner:
         """Whether this runner can run ``self.model`` at ``self.precision``; (False, reason) if not."""
         if self.precision not in self.precisions:
             return False, f"precision {self.precision} not supported (supports {', '.join(self.precisions)})"
+        if not self.applies_to(self.model):
+            return False, self.not_applicable
         return self.supports_impl()
 
     def supports_impl(self) -> tuple[bool, str]:
@@ -227,14 +231,11 @@ def torch_settings(tf32: bool | None = None, threads: int | None = None) -> Iter
 class OnnxFileRunner(Runner):
     """A backend that runs the model's ONNX file (exported by lstminfer, or the user's own)."""
 
+    not_applicable = "the model has no ONNX file (export failed or was refused, e.g. proj_size)"
+
     @classmethod
     def applies_to(cls, model: Model) -> bool:
         return model.onnx_path is not None
-
-    def supports_impl(self) -> tuple[bool, str]:
-        if self.model.onnx_path is None:
-            return False, "the model has no ONNX file (export failed or was refused, e.g. proj_size)"
-        return True, ""
 
 
 # ---- registry -----------------------------------------------------------------------------------

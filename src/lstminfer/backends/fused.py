@@ -60,14 +60,14 @@ class FusedRunner(TorchTensors, Runner):
             return False, "TRITON_INTERPRET=1 is set: unset it to run the kernel on the GPU"
         return True, ""
 
+    not_applicable = "no PyTorch module for this model (the fused kernel reads nn.LSTM / nn.GRU weights)"
+
     @classmethod
     def applies_to(cls, model: Any) -> bool:
         return model.module is not None
 
     def supports_impl(self) -> tuple[bool, str]:
         spec = self.model.spec
-        if self.model.module is None:
-            return False, "no PyTorch module for this model (the fused kernel reads nn.LSTM / nn.GRU weights)"
         if _plain_rnn(self.model.module) is None:  # a whole model: lstminfer.accelerate swaps its layers
             from lstminfer.fused_layers import fusable
 

@@ -60,14 +60,13 @@ class TorchRunner(TorchTensors, TorchDevices):
 
     name = "torch"
     precisions = ("fp32", "fp16", "bf16")
+    not_applicable = "no PyTorch module for this model (an ONNX file: use onnxruntime or tensorrt)"
 
     @classmethod
     def applies_to(cls, model: Any) -> bool:
         return model.module is not None
 
     def supports_impl(self) -> tuple[bool, str]:
-        if self.model.module is None:
-            return False, "no PyTorch module for this model (an ONNX file: use onnxruntime or tensorrt)"
         if self.device == "cpu" and self.precision == "fp16":
             return False, "fp16 RNNs are not implemented on the CPU in PyTorch; use bf16 or a GPU"
         return True, ""

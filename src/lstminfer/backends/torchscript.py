@@ -14,15 +14,11 @@ class TorchScriptRunner(TorchDevices):
 
     name = "torchscript"
     precisions = ("fp32",)
+    not_applicable = "not a TorchScript model (give a .pt file saved with torch.jit.save)"
 
     @classmethod
     def applies_to(cls, model: Any) -> bool:
         return model.script_path is not None
-
-    def supports_impl(self) -> tuple[bool, str]:
-        if self.model.script_path is None:
-            return False, "not a TorchScript model (give a .pt file saved with torch.jit.save)"
-        return True, ""
 
     def prepare_impl(self) -> None:
         import torch
