@@ -411,3 +411,128 @@ def test_terminal_tables_with_vs_torch_say_it_is_from_medians(capsys: pytest.Cap
     out = capsys.readouterr().out
     assert "2.00x" in out
     assert out.rstrip().splitlines()[-1].startswith("vs torch: torch eager's median host latency / this backend's")
+
+
+def test_serve_tables_left_align_their_text_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    """`lstminfer serve`'s endpoint / address and `loadtest`'s mode / model / protocol were right-aligned."""
+    from lstminfer.commands.console import print_table
+
+    print_table("Serving seed", [{"endpoint": "HTTP/REST", "address": "http://127.0.0.1:8000/v2/models/seed/infer"},
+                                 {"endpoint": "gRPC", "address": "127.0.0.1:8001"}])
+    print_table("Load test", [{"mode": "stateless", "model": "seed", "protocol": "http", "requests": 12345},
+                              {"mode": "stream", "model": "uni_stream", "protocol": "grpc", "requests": 7}])
+    out = capsys.readouterr().out
+    assert "│ gRPC      │ 127.0.0.1:8001                             │" in out
+    assert "│ stream    │ uni_stream │ grpc     │        7 │" in out  # numbers stay right-aligned
+
+
+# ---- load tests (lstminfer loadtest --json) -------------------------------------------------------
+
+def load_level(mode: str, model: str, concurrency: int, rps: float, p50: float, failed: int = 0, **extra):
+    """A level as `lstminfer loadtest` records it: its own record type, written by its own to_dict."""
+    from lstminfer.serve.loadtest import LoadRecord
+
+    fields = {"protocol": "http", "requests": int(rps * 5), "failed": failed, "duration_s": 5.0, "seq_len": 1,
+              "batch": 3 if mode == "stateless" else 1, "errors": ["timed out"] if failed else [], **extra}
+    latency = {"p50": p50, "p90": p50 * 1.3, "p95": p50 * 1.6, "p99": p50 * 2.5, "mean": p50 * 1.1, "min": p50 / 2,
+               "max": p50 * 4}
+    return LoadRecord(mode=mode, model=model, concurrency=concurrency, throughput_rps=rps, latency_ms=latency,
+                      **fields).to_dict()
+
+
+LEVELS = [load_level("stateless", "seed", 1, 1240.4, 0.785), load_level("stateless", "seed", 4, 2655.0, 1.42),
+          load_level("stateless", "seed", 8, 3746.2, 1.94), load_level("stream", "uni_stream", 1, 1615.3, 0.601),
+          load_level("stream", "uni_stream", 8, 4872.9, 1.45, failed=2)]
+
+
+def _loadtest_file(tmp_path: Path, levels: list[dict]) -> Path:
+    path = tmp_path / "loadtest.json"
+    path.write_text(json.dumps({"loadtest": levels, "server": "127.0.0.1:8000",
+                                "machine": {"cpu": "Load CPU", "cpu_count": 2}}))
+    return path
+
+
+def _not_blank(png: bytes, tmp_path: Path) -> None:
+    import matplotlib.image
+
+    width, height = decode_png(png, tmp_path)
+    assert width >= 600 and height >= 300
+    pixels = matplotlib.image.imread(tmp_path / "decoded.png")[..., :3].reshape(-1, 3)
+    inked = (pixels < 0.9).any(axis=1).mean()  # not white
+    coloured = (pixels.max(axis=1) - pixels.min(axis=1) > 0.3).mean()  # lines in colour, not only the axes
+    assert inked > 0.01 and coloured > 0.001, (inked, coloured)
+
+
+def _md_rows(text: str, section: str) -> list[list[str]]:
+    """The cells of the markdown table under `## section`."""
+    block = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in block.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
+
+
+def test_loadtest_report_markdown_table_and_plot(cli, tmp_path: Path) -> None:
+    from lstminfer.report.tables import fmt
+
+    path = _loadtest_file(tmp_path, LEVELS)
+    code, out, err = cli("report", path, "--format", "md", "-o", tmp_path / "rep" / "report.md")
+    assert code == 0, err
+    assert "5 load-test levels" in out and "report-loadtest.png" in out
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "Load CPU (2 cores)" in text
+    assert "## Benchmark" not in text and "## Verification" not in text  # nothing measured but the load test
+    header, _, *rows = _md_rows(text, "Load test")
+    assert header == ["mode", "model", "protocol", "shape", "concurrency", "requests", "failed", "throughput (req/s)",
+                      "p50 (ms)", "p90 (ms)", "p95 (ms)", "p99 (ms)"]
+    assert len(rows) == len(LEVELS)
+    for row, level in zip(rows, LEVELS):
+        cells = dict(zip(header, row))
+        assert cells["mode"] == level["mode"] and cells["model"] == level["model"]
+        assert cells["shape"] == f"{level['seq_len']}x{level['batch']}"
+        for column, value in (("concurrency", level["concurrency"]), ("requests", level["requests"]),
+                              ("failed", level["failed"]), ("throughput (req/s)", level["throughput_rps"]),
+                              *((f"{k} (ms)", level["latency_ms"][k]) for k in ("p50", "p90", "p95", "p99"))):
+            assert cells[column] == fmt(value), (column, cells[column], value)
+    assert "![Load test](report-loadtest.png)" in text
+    _not_blank((tmp_path / "rep" / "report-loadtest.png").read_bytes(), tmp_path)
+
+
+def test_loadtest_report_html_beside_a_sweep(sweep_file: Path, tmp_path: Path) -> None:
+    """A load-test file and a sweep in one report: the sweep's tables and plots, then the load test's."""
+    out = write_report(load_inputs([sweep_file, _loadtest_file(tmp_path, LEVELS)]), tmp_path / "report.html", "html")
+    page = out.read_text()
+    assert external_references(page) == []
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    assert [alt for alt, _ in images] == ["Latency vs sequence length", "Throughput vs batch size",
+                                          "Speedup over torch eager", "Accuracy", "Load test"]
+    _not_blank(base64.b64decode(images[-1][1]), tmp_path)
+    table = page.split("<h2>Load test</h2>", 1)[1]
+    assert "<td>stream</td><td>uni_stream</td><td>http</td><td>1x1</td>" in table
+    assert '<td class="num">4873</td>' in table and '<td class="num">1.45</td>' in table
+
+
+def test_loadtest_plot_draws_each_series_from_its_records(figures) -> None:
+    """Throughput and p50 / p99 per series, stateless and streams apart; a re-measured level replaces the first."""
+    levels = [load_level("stateless", "seed", 4, 999.0, 9.9), *LEVELS]  # the older run of stateless c=4
+    fig = figures({"loadtest": levels})["loadtest"]
+    throughput, latency = fig.axes[:2]
+    lines = {line.get_label(): line for line in throughput.get_lines()}
+    assert set(lines) == {"stateless seed http 1x3", "stream uni_stream http 1x1"}
+    assert list(lines["stateless seed http 1x3"].get_xdata()) == [1, 4, 8]
+    assert list(lines["stateless seed http 1x3"].get_ydata()) == [1240.4, 2655.0, 3746.2]
+    p99 = {line.get_label(): list(line.get_ydata()) for line in latency.get_lines()}
+    assert p99["stream uni_stream http 1x1 p99"] == [0.601 * 2.5, 1.45 * 2.5]
+    assert p99["stateless seed http 1x3 p50"] == [0.785, 1.42, 1.94]
+    assert [t.get_text() for t in throughput.get_xticklabels()] == ["1", "4", "8"]
+    rings = [c for c in throughput.collections if len(c.get_offsets())]
+    assert [list(c.get_offsets()[0]) for c in rings] == [[8, 4872.9]]  # the level with failed requests
+
+
+def test_a_bad_loadtest_file_is_one_line(cli, tmp_path: Path) -> None:
+    bad = {k: v for k, v in LEVELS[0].items() if k != "concurrency"}
+    path = _loadtest_file(tmp_path, [LEVELS[1], bad])
+    code, _, err = cli("report", path, "-o", tmp_path / "r.md", "--format", "md")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "record 2 of 'loadtest'" in err and "lacks the field 'concurrency'" in err
+    path.write_text(json.dumps({"loadtest": [{**LEVELS[0], "mode": "burst"}]}))
+    code, _, err = cli("report", path, "-o", tmp_path / "r.md", "--format", "md")
+    assert code == 2 and "mode='burst'" in err

@@ -278,3 +278,35 @@ def test_a_model_file_is_served_as_it_is(server):
     for sid, xi in xs.items():
         want = model.reference({"x": xi, "state": np.zeros((2, 1, 6), np.float32), **fixed})["prob"]
         np.testing.assert_allclose(np.concatenate(got[sid], axis=1), want, atol=ATOL, rtol=RTOL)
+
+
+def test_loadtest_json_makes_a_report(server, cli, tmp_path):
+    """`lstminfer loadtest --json` against the real server, then `lstminfer report` on that file: the table
+    holds the file's numbers and the load-test plot decodes as a picture with lines in it."""
+    import json
+
+    import matplotlib.image
+
+    from lstminfer.report.tables import fmt
+
+    triton, _ = server
+    path = tmp_path / "loadtest.json"
+    code, out, err = cli("loadtest", triton.config.http_url, "--model", "uni", "--concurrency", "1,2",
+                         "--streams", "1,2", "--duration", "0.6", "--warmup", "0.1", "--chunks", "5",
+                         "--timeout", "20", "--json", path)
+    assert code == 0, (out, err)
+    levels = json.loads(path.read_text())["loadtest"]
+    assert [(r["mode"], r["concurrency"]) for r in levels] == [("stateless", 1), ("stateless", 2), ("stream", 1),
+                                                              ("stream", 2)]
+    code, out, err = cli("report", path, "--format", "md", "-o", tmp_path / "report.md")
+    assert code == 0, err
+    text = (tmp_path / "report.md").read_text()
+    for r in levels:
+        lat = r["latency_ms"]
+        row = (f"| {r['mode']} | {r['model']} | http | {r['seq_len']}x{r['batch']} | {r['concurrency']} | "
+               f"{r['requests']} | 0 | {fmt(r['throughput_rps'])} | {fmt(lat['p50'])} | {fmt(lat['p90'])} | "
+               f"{fmt(lat['p95'])} | {fmt(lat['p99'])} |")
+        assert row in text, row
+    image = matplotlib.image.imread(tmp_path / "report-loadtest.png")
+    assert image.shape[0] >= 300 and image.shape[1] >= 600
+    assert (image[..., :3] < 0.9).any(axis=-1).mean() > 0.01  # not a blank page

@@ -67,10 +67,12 @@ def print_notes(notes: Sequence[str]) -> None:
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
 
 
-# Text columns; numbers are right-aligned.  The second line: `inspect`'s tables.
+# Text columns; numbers are right-aligned.  The second line: `inspect`'s tables; the third: `serve`,
+# `export-triton` and `loadtest`'s.
 LEFT_COLUMNS = ("backend", "verified", "install", "device", "precision", "verdict", "note", "reason", "points",
                 "reference", "name", "dtype", "shape", "role", "op", "where", "direction", "attributes", "node",
-                "onnxruntime", "tensorrt", "onnx-reference", "stream")
+                "onnxruntime", "tensorrt", "onnx-reference", "stream",
+                "endpoint", "address", "file", "mode", "model", "protocol")
 
 
 def print_table(title: str, rows: Sequence[dict[str, Any]], console: Any = None) -> None:

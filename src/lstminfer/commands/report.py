@@ -55,9 +55,11 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_sweep)
 
     p = subparsers.add_parser("report", help="tables and plots (markdown or one self-contained HTML file)",
-                              description="Read results.json / sweep.jsonl / imported trtexec records (files or "
-                                          "directories) and write a report with plots beside it.")
-    p.add_argument("inputs", nargs="+", metavar="DIR_or_FILE", help="results directories or files")
+                              description="Read results.json / sweep.jsonl / imported trtexec records / "
+                                          "`lstminfer loadtest --json` files (files or directories) and write a "
+                                          "report with plots beside it.")
+    p.add_argument("inputs", nargs="+", metavar="DIR_or_FILE",
+                   help="results directories or files (results.json, sweep.jsonl, loadtest JSON)")
     p.add_argument("--format", choices=FORMATS, default="html", help="html (default, images embedded) or md")
     p.add_argument("-o", "--output", default=None, metavar="PATH",
                    help="report file, or a directory for report.FORMAT in it (default: the first directory given, "
@@ -157,7 +159,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     written = write_report(results, output, args.format)
     plots = sorted(p.name for p in written.parent.glob(f"{written.stem}-*.png"))
     n_bench = sum(1 for r in results["bench"] if "latency_ms" in r)
+    n_load = len(results.get("loadtest") or [])
     print(f"wrote {written} ({n_bench} benchmarks, {len(results['verify'])} verify records"
-          f"{', plots ' + ', '.join(plots) if plots else ''})")
+          f"{f', {n_load} load-test levels' if n_load else ''}{', plots ' + ', '.join(plots) if plots else ''})")
     write_json_output(args.json, results)
     return 0

@@ -303,7 +303,8 @@ def cmd_export_triton(args: argparse.Namespace) -> int:
 
 # ---- loadtest --------------------------------------------------------------------------------------------------
 def cmd_loadtest(args: argparse.Namespace) -> int:
-    from lstminfer.serve.loadtest import loadtest, record_rows
+    from lstminfer.report.tables import loadtest_rows
+    from lstminfer.serve.loadtest import loadtest
 
     concurrency = [] if args.concurrency.strip() == "0" else parse_int_list(args.concurrency, "concurrency")
     streams = parse_int_list(args.streams, "streams") if args.streams else []
@@ -316,7 +317,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
                            warmup_s=args.warmup, max_requests=args.max_requests, chunks=args.chunks,
                            timeout_s=args.timeout)
     print_table(f"Load test of {args.url} ({args.protocol}, seq {args.seq_len} x batch {args.batch})",
-                record_rows(records))
+                loadtest_rows(records))
     failed = [r for r in records if r.failed]
     for r in failed:
         print(f"{r.mode} at concurrency {r.concurrency}: {r.failed} failed: {'; '.join(r.errors)}")

@@ -1,9 +1,10 @@
 """Reading result files for a report, and turning a results object into typed records.
 
 This is the report's file boundary: `load_inputs` reads results.json files, sweep JSONL files, record
-lists (`--json` output, imported trtexec runs) and directories of them into one results object (the
-documented JSON shape, docs/reports.md), and `typed` turns such an object into `Results`, whose records
-are `measure.records` dataclasses: the only thing tables and plots read.  Whatever a file holds is
+lists (`--json` output, imported trtexec runs), `lstminfer loadtest --json` files and directories of them
+into one results object (the documented JSON shape, docs/reports.md), and `typed` turns such an object into
+`Results`, whose records are `measure.records` dataclasses (load-test levels: `serve.loadtest.LoadRecord`):
+the only thing tables and plots read.  Whatever a file holds is
 checked here, so a file that is not ours (binary garbage, `{"verify": "x", "bench": 5}`, a record
 without its backend or a field of the wrong type) is one `UserError` naming the file and the problem,
 never a traceback further down.
@@ -19,8 +20,10 @@ from typing import Any
 from lstminfer.errors import UserError
 from lstminfer.measure.records import BenchRecord, Failure, Point, Record, Skip, from_dict, from_line
 from lstminfer.measure.store import SCHEMA_VERSION, load_results, read_json
+from lstminfer.serve.loadtest import LoadRecord
 
 RECORD_LISTS = ("verify", "bench", "errors")
+LOADTEST = "loadtest"  # the list `lstminfer loadtest --json` writes: {"loadtest": [...], "server", "machine"}
 
 
 def _kind_of(record: dict[str, Any]) -> str | None:
@@ -30,6 +33,8 @@ def _kind_of(record: dict[str, Any]) -> str | None:
         return kind
     if kind is not None:
         return None
+    if "throughput_rps" in record and "concurrency" in record:  # a load-test level (it has latency_ms too)
+        return LOADTEST
     if "max_abs_err" in record or "passed" in record:
         return "verify"
     if "latency_ms" in record or "throughput_qps" in record or "skipped" in record:
@@ -38,7 +43,8 @@ def _kind_of(record: dict[str, Any]) -> str | None:
 
 
 def _empty() -> dict[str, Any]:
-    return {"schema": SCHEMA_VERSION, "machine": {}, "model": {}, "verify": [], "bench": [], "errors": []}
+    return {"schema": SCHEMA_VERSION, "machine": {}, "model": {}, "verify": [], "bench": [], "errors": [],
+            LOADTEST: []}
 
 
 def _from_list(data: list[Any]) -> dict[str, Any]:
@@ -58,11 +64,13 @@ def _parse(path: Path, explicit: bool) -> dict[str, Any] | None:
     if isinstance(data, list) and data and all(isinstance(r, dict) for r in data):
         return _from_list(data)
     if isinstance(data, dict) and {"verify", "bench"} & set(data):
-        return load_results(path)
+        return {**load_results(path), LOADTEST: data.get(LOADTEST) or []}
+    if isinstance(data, dict) and LOADTEST in data:  # `lstminfer loadtest --json`
+        return {**_empty(), "machine": data.get("machine") or {}, LOADTEST: data[LOADTEST]}
     if isinstance(data, dict) and _kind_of(data) == "bench":  # one `bench --json` record
         return {**_empty(), "bench": [data]}
     if explicit:
-        raise UserError(f"{path} is not an lstminfer results file (no 'verify' or 'bench' records)")
+        raise UserError(f"{path} is not an lstminfer results file (no 'verify', 'bench' or 'loadtest' records)")
     return None
 
 
@@ -75,6 +83,7 @@ class Results:
     verify: tuple[Record, ...]
     bench: tuple[Record, ...]
     failed: tuple[Failure, ...]  # sweep points that raised and never ran after all
+    loadtest: tuple[LoadRecord, ...] = ()  # `lstminfer loadtest` levels
 
 
 def _bench_record(d: Mapping[str, Any]) -> Record:
@@ -119,7 +128,27 @@ def typed(results: Mapping[str, Any] | Results, where: str = "results") -> Resul
     verify, bench, errors = (_records(results.get(key) or [], key, where) for key in RECORD_LISTS)
     ran = {(r.point.runner, r.point.seq_len, r.point.batch) for r in bench if isinstance(r, BenchRecord)}
     return Results(results.get("machine") or {}, results.get("model") or {}, tuple(verify), tuple(bench),
-                   tuple(e for e in errors if (e.point.runner, e.point.seq_len, e.point.batch) not in ran))
+                   tuple(e for e in errors if (e.point.runner, e.point.seq_len, e.point.batch) not in ran),
+                   tuple(_load_levels(results.get(LOADTEST) or [], where)))
+
+
+def _load_levels(items: Any, where: str) -> list[LoadRecord]:
+    """The load-test levels of a results object; a bad one is a UserError naming `where`."""
+    if not isinstance(items, list):
+        raise UserError(f"{where}: '{LOADTEST}' must be a list of records, not {type(items).__name__}; is it a file "
+                        "that `lstminfer loadtest --json` wrote?")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, LoadRecord):
+            out.append(item)
+            continue
+        try:
+            if not isinstance(item, Mapping):
+                raise UserError(f"is {type(item).__name__}, not an object")
+            out.append(LoadRecord.from_dict(item))
+        except UserError as err:
+            raise UserError(f"{where}, record {i + 1} of '{LOADTEST}': {err}") from None
+    return out
 
 
 def as_records(items: Sequence[Any], stage: str) -> list[Record]:
@@ -136,7 +165,7 @@ def _load_file(path: Path, explicit: bool) -> dict[str, Any] | None:
     if results is None:
         return None
     typed(results, str(path))
-    if explicit and not any(results.get(key) for key in RECORD_LISTS):
+    if explicit and not any(results.get(key) for key in (*RECORD_LISTS, LOADTEST)):
         raise UserError(f"{path} holds no records (an empty or unfinished file?); run the sweep or pick another file")
     return results
 
@@ -151,7 +180,7 @@ def load_inputs(paths: Sequence[str | Path]) -> dict[str, Any]:
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and not p.name.startswith("."))
             found = [r for r in (_load_file(f, explicit=False) for f in files) if r is not None]
-            if not any(r.get(key) for r in found for key in RECORD_LISTS):
+            if not any(r.get(key) for r in found for key in (*RECORD_LISTS, LOADTEST)):
                 raise UserError(f"{path} holds no results (results.json or *.jsonl records); run `lstminfer sweep "
                                 f"--out {path}` or `lstminfer run --out {path}` first")
             loaded.extend(found)
@@ -163,6 +192,6 @@ def load_inputs(paths: Sequence[str | Path]) -> dict[str, Any]:
     for r in loaded:
         out["machine"] = out["machine"] or r.get("machine") or {}
         out["model"] = out["model"] or r.get("model") or {}
-        for key in RECORD_LISTS:
+        for key in (*RECORD_LISTS, LOADTEST):
             out[key].extend(r.get(key) or [])
     return out

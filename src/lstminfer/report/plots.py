@@ -22,10 +22,10 @@ from typing import Any
 
 from lstminfer.measure.records import SPEEDUP_BASELINE, BenchRecord, Record, VerifyRecord, speedups
 from lstminfer.report.load import Results
-from lstminfer.report.tables import bench_unit, fastest_by_point, timed
+from lstminfer.report.tables import bench_unit, fastest_by_point, latest_levels, timed
 
 DPI = 110
-PLOT_NAMES = ("latency", "throughput", "speedup", "accuracy")
+PLOT_NAMES = ("latency", "throughput", "speedup", "accuracy", "loadtest")
 PRECISION_MARKERS = {"fp64": "D", "fp32": "o", "tf32": "s", "fp16": "^", "bf16": "v"}
 PRECISION_LINES = {"fp64": ":", "fp32": "-", "tf32": "-.", "fp16": "--", "bf16": (0, (5, 1, 1, 1))}
 
@@ -314,6 +314,53 @@ def accuracy_plot(verify_records: Sequence[Record], colors: dict[str, Any]) -> A
     return fig
 
 
+def _level_label(record: Any) -> str:
+    """One load-test series: "stateless seed http 1x3" (mode, model, protocol, request seq x batch)."""
+    return f"{record.series} {record.seq_len}x{record.batch}"
+
+
+def loadtest_plot(load_records: Sequence[Any]) -> Any | None:
+    """Throughput, and p50 / p99 latency, vs concurrency: a line per series (stateless and streams apart).
+
+    Levels where every request failed have no latency and no throughput to draw; levels with some failed
+    requests are ringed red.
+    """
+    records = [r for r in latest_levels(load_records) if r.requests > 0 and r.latency_ms.get("p50") is not None]
+    if not records:
+        return None
+    labels = list(dict.fromkeys(_level_label(r) for r in records))
+    colors = palette(labels)
+    levels = sorted({r.concurrency for r in records})
+    fig, axes = _figure(1, 2, width=5.2, height=3.8)
+    throughput, latency = axes[0]
+    for name in labels:
+        line = sorted((r for r in records if _level_label(r) == name), key=lambda r: r.concurrency)
+        xs = [r.concurrency for r in line]
+        bad = [r for r in line if r.failed]
+        throughput.plot(xs, [r.throughput_rps for r in line], marker="o", markersize=4, color=colors[name],
+                        label=name)
+        latency.plot(xs, [r.latency_ms["p50"] for r in line], marker="o", markersize=4, color=colors[name],
+                     label=f"{name} p50")
+        p99 = [(r.concurrency, r.latency_ms["p99"]) for r in line if r.latency_ms.get("p99") is not None]
+        latency.plot([x for x, _ in p99], [y for _, y in p99], marker="^", markersize=4, linestyle="--",
+                     color=colors[name], label=f"{name} p99")
+        for ax, y_of in ((throughput, lambda r: r.throughput_rps), (latency, lambda r: r.latency_ms["p50"])):
+            ax.scatter([r.concurrency for r in bad], [y_of(r) for r in bad], s=90, facecolors="none",
+                       edgecolors="red", linewidths=1.5, zorder=3)
+    for ax, label, title in ((throughput, "requests per second", "Throughput vs concurrency"),
+                             (latency, "latency (ms)", "p50 (solid) and p99 (dashed) latency")):
+        _categorical_x(ax, levels, "concurrency (requests or streams in flight)")
+        ax.margins(y=0.1)
+        _log_y(ax)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.set_ylabel(label)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Load test of the served model" + ("  (red ring: some requests failed)" if any(
+        r.failed for r in records) else ""), fontsize=11)
+    return fig
+
+
 def make_plots(results: Results) -> list[Plot]:
     """Every plot the records support, in report order, with one colour per backend across them."""
     bench_records, verify_records = results.bench, results.verify
@@ -333,6 +380,10 @@ def make_plots(results: Results) -> list[Plot]:
          "Largest absolute error against the float64 reference over every point and output, per backend and "
          "precision (marker: precision; colour: backend, as in the other plots); a dotted line marks exact 0.",
          lambda: accuracy_plot(verify_records, colors)),
+        ("loadtest", "Load test",
+         "Per concurrency level of `lstminfer loadtest`: requests (stream chunks) per second, and the client's "
+         "p50 / p99 latency per request; one line per mode, model, protocol and request shape (seq x batch), "
+         "log-log.", lambda: loadtest_plot(results.loadtest)),
     ]
     plots = []
     for name, title, caption, draw in candidates:

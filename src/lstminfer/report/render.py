@@ -50,19 +50,30 @@ def _sections(results: Results) -> list[tuple[str, str, list[dict[str, Any]]]]:
         sections.append(("Fastest backend per point", f"{tables.wins_summary(bench_records)} Median host latency "
                          f"in {unit.name}. {tables.VS_TORCH_NOTE} *lead* is how much faster it is than the "
                          "runner-up.", fastest))
-    sections.append(("Benchmark", f"Times in {unit.name}. Latency is host end to end per query (inputs and outputs "
-                     "on the host); GPU compute is CUDA-event time of the computation alone; statistics as trtexec "
-                     f"computes them (TensorRT samples/common/sampleReporting.cpp). {tables.VS_TORCH_NOTE} ★ marks "
-                     "the fastest backend at each point.", tables.bench_rows(bench_records, unit)[0]))
+    measured = bool(bench_records or results.verify or results.failed)
+    if measured or not results.loadtest:  # a report of load tests alone has no empty benchmark tables
+        sections.append(("Benchmark", f"Times in {unit.name}. Latency is host end to end per query (inputs and "
+                         "outputs on the host); GPU compute is CUDA-event time of the computation alone; statistics "
+                         "as trtexec computes them (TensorRT samples/common/sampleReporting.cpp). "
+                         f"{tables.VS_TORCH_NOTE} ★ marks the fastest backend at each point.",
+                         tables.bench_rows(bench_records, unit)[0]))
     trt = tables.trtexec_rows(bench_records, unit)
     if trt:
         sections.append(("Imported trtexec runs", f"Numbers as trtexec printed them, in {unit.name} (its Latency "
                          "is H2D + GPU compute + D2H); they also appear in the tables and plots above where their "
                          "shape is known.", trt))
     verify_records = results.verify
-    sections.append(("Verification", f"Each backend against the reference ({tables.reference_names(verify_records)}) "
-                     "on fresh random inputs; an element fails only if it exceeds both atol and rtol (Polygraphy's "
-                     "rule). One row per backend, device and precision.", tables.verify_rows(verify_records)))
+    if measured or not results.loadtest:
+        sections.append(("Verification", f"Each backend against the reference "
+                         f"({tables.reference_names(verify_records)}) on fresh random inputs; an element fails only "
+                         "if it exceeds both atol and rtol (Polygraphy's rule). One row per backend, device and "
+                         "precision.", tables.verify_rows(verify_records)))
+    if results.loadtest:
+        sections.append(("Load test", "lstminfer loadtest against a Triton Inference Server, one row per "
+                         "concurrency level (stateless: requests in flight; stream: streams open at once, one chunk "
+                         "per request); latency is the client's clock around one request, percentiles as trtexec "
+                         "computes them; throughput counts the requests that finished in the measured window "
+                         "(docs/serving.md).", tables.loadtest_rows(tables.latest_levels(results.loadtest))))
     errors = tables.failure_rows(results.failed)
     if errors:
         sections.append(("Points that failed", "These points raised an error; the rest of the sweep went on.",

@@ -235,3 +235,21 @@ def failure_rows(failures: Sequence[Failure]) -> list[dict[str, Any]]:
 def warning_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
     return [{"backend": r.point.backend, "device": r.point.device, "shape": r.point.shape, "warning": w}
             for r in records if isinstance(r, BenchRecord) for w in r.warnings]
+
+
+# ---- load tests (lstminfer loadtest) ------------------------------------------------------------------
+
+def latest_levels(records: Sequence[Any]) -> list[Any]:
+    """Load-test records, one per (mode, model, protocol, shape, concurrency): the last measured, in series and
+    concurrency order (two runs of one level in the inputs are one row, the newer)."""
+    latest = {(r.mode, r.model, r.protocol, r.seq_len, r.batch, r.concurrency): r for r in records}
+    return [latest[k] for k in sorted(latest, key=lambda k: (k[0] != "stateless", *k[1:]))]
+
+
+def loadtest_rows(records: Sequence[Any]) -> list[dict[str, Any]]:
+    """One row per concurrency level (`serve.loadtest.LoadRecord`s): what `lstminfer loadtest` prints and the
+    report's load-test table shows; latency in ms, as the load test measured it."""
+    return [{"mode": r.mode, "model": r.model, "protocol": r.protocol, "shape": f"{r.seq_len}x{r.batch}",
+             "concurrency": r.concurrency, "requests": r.requests, "failed": r.failed,
+             "throughput (req/s)": r.throughput_rps,
+             **{f"{k} (ms)": r.latency_ms.get(k) for k in ("p50", "p90", "p95", "p99")}} for r in records]

@@ -19,12 +19,14 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lstminfer.errors import UserError
 from lstminfer.serve.repository import STREAM_SUFFIX
 
+LOAD_MODES = ("stateless", "stream")
 DTYPES = {"TYPE_FP32": ("FP32", "float32"), "TYPE_FP16": ("FP16", "float16"), "TYPE_INT64": ("INT64", "int64"),
           "TYPE_INT32": ("INT32", "int32")}
 
@@ -33,7 +35,7 @@ DTYPES = {"TYPE_FP32": ("FP32", "float32"), "TYPE_FP16": ("FP16", "float16"), "T
 class LoadRecord:
     """One concurrency level of one mode: the JSON record `lstminfer loadtest --json` writes."""
 
-    mode: str  # stateless | stream
+    mode: str  # one of LOAD_MODES
     model: str
     protocol: str
     concurrency: int
@@ -48,6 +50,32 @@ class LoadRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def series(self) -> str:
+        """What one line of the report's plot is: mode, model and protocol ("stateless seed http")."""
+        return f"{self.mode} {self.model} {self.protocol}"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LoadRecord:
+        """A record as `to_dict` wrote it; anything else is a one-line UserError (the report's file boundary)."""
+        from lstminfer.measure.records import _float, _get
+
+        what = "a loadtest record"
+        mode = _get(d, "mode", str, what)
+        if mode not in LOAD_MODES:
+            raise UserError(f"{what} has mode={mode!r}, not one of {', '.join(LOAD_MODES)}; is this a file that "
+                            "`lstminfer loadtest --json` wrote?")
+        latency = _get(d, "latency_ms", Mapping, what)
+        latency = {str(k): _float(latency, k, f"{what}'s latency_ms") for k in latency}
+        errors = _get(d, "errors", list, what, optional=True) or []
+        return cls(mode=mode, model=_get(d, "model", str, what), protocol=_get(d, "protocol", str, what),
+                   concurrency=_get(d, "concurrency", int, what), requests=_get(d, "requests", int, what),
+                   failed=_get(d, "failed", int, what), duration_s=_float(d, "duration_s", what) or 0.0,
+                   throughput_rps=_float(d, "throughput_rps", what) or 0.0,
+                   latency_ms={k: v for k, v in latency.items() if v is not None},
+                   seq_len=_get(d, "seq_len", int, what, optional=True) or 1,
+                   batch=_get(d, "batch", int, what, optional=True) or 1, errors=[str(e) for e in errors])
 
 
 def split_url(url: str, protocol: str) -> str:
@@ -298,10 +326,3 @@ def loadtest(url: str, *, protocol: str = "http", model: str | None = None, conc
         records.append(run_level(url, protocol, stream, "stream", level, first_sequence_id=next_id, **level_options))
         next_id += level * 1_000_000
     return records
-
-
-def record_rows(records: list[LoadRecord]) -> list[dict[str, Any]]:
-    """Table rows: one per level."""
-    return [{"mode": r.mode, "model": r.model, "protocol": r.protocol, "concurrency": r.concurrency,
-             "requests": r.requests, "failed": r.failed, "throughput (req/s)": r.throughput_rps,
-             **{f"{k} (ms)": r.latency_ms.get(k) for k in ("p50", "p90", "p95", "p99")}} for r in records]
