@@ -162,3 +162,32 @@ def test_a_stock_repository_of_a_model_file_is_refused_in_one_line(cli, tmp_path
     assert code == 0, err
     code, _, err = cli("export-triton", tmp_path / "gru.onnx", "-o", tmp_path / "repo", "--platform", "onnxruntime")
     assert code == 2 and "--platform python" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["serve", "export-triton", "loadtest"])
+def test_every_flag_has_help_and_its_default(command):
+    """`--help` of the serve commands: no flag without a help text, and every non-trivial default stated in it."""
+    import argparse
+
+    from lstminfer.commands import serve
+
+    parser = argparse.ArgumentParser()
+    serve.register(parser.add_subparsers())
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    for action in sub._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        flag = action.option_strings[-1]
+        assert action.help, f"{command} {flag} has no help"
+        if action.default not in (None, False) and action.dest not in serve.PATH_ARGS and flag.startswith("--"):
+            shown = {1_000_000: "1000000"}.get(action.default, f"{action.default:g}" if isinstance(
+                action.default, float) else str(action.default))
+            if flag in MODEL_FLAGS:  # the model group is every command's: its defaults come from the preset
+                continue
+            assert shown in action.help, f"{command} {flag}: default {action.default!r} not in {action.help!r}"
+        if action.nargs != 0 and action.choices is None:  # not QUEUE_DELAY_US: a metavar that says what it takes
+            assert action.metavar or "_" not in action.dest, f"{command} {flag} shows its dest in capitals"
+
+
+MODEL_FLAGS = {"--seed", "--preset", "--kind", "--input-size", "--hidden-size", "--num-layers", "--bidirectional",
+               "--batch-first", "--bias", "--seq-len", "--batch", "--no-state"}

@@ -31,10 +31,14 @@ def register(subparsers: Any) -> None:
     _add_served_args(p)
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default loopback; 0.0.0.0 exposes the server to the network)")
-    g.add_argument("--http-port", type=port_number, default=8000, help="0: any free port (default 8000)")
-    g.add_argument("--grpc-port", type=port_number, default=8001, help="0: any free port (default 8001)")
-    g.add_argument("--metrics-port", type=port_number, default=8002, help="Prometheus /metrics; 0: any free port")
+                   help="address to listen on (default 127.0.0.1, loopback; 0.0.0.0 exposes the server to the "
+                        "network)")
+    g.add_argument("--http-port", type=port_number, default=8000, metavar="PORT",
+                   help="HTTP/REST (KServe v2 protocol); 0: any free port (default 8000)")
+    g.add_argument("--grpc-port", type=port_number, default=8001, metavar="PORT",
+                   help="gRPC; 0: any free port (default 8001)")
+    g.add_argument("--metrics-port", type=port_number, default=8002, metavar="PORT",
+                   help="Prometheus /metrics; 0: any free port (default 8002)")
     g.add_argument("--repository", default=None, metavar="DIR",
                    help="write the model repository here and keep it (default: a temporary folder)")
     g.add_argument("--ready-timeout", type=positive_float, default=180.0, metavar="S",
@@ -50,7 +54,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--platform", choices=["python", "onnxruntime", "tensorrt"], default="python",
                    help="python: Triton's Python backend runs lstminfer (default); onnxruntime / tensorrt: a stock "
                         "Triton, implicit state for streams")
-    p.add_argument("--max-seq-len", type=positive_int, default=512, help="tensorrt: the longest chunk the plan takes")
+    p.add_argument("--max-seq-len", type=positive_int, default=512, metavar="N",
+                   help="tensorrt: the longest chunk (time steps per request) the plan takes (default 512)")
     _add_served_args(p)
     p.add_argument("--json", default=None, metavar="FILE", help="write what was written as JSON to FILE")
     p.set_defaults(func=cmd_export_triton)
@@ -58,8 +63,10 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("loadtest", help="latency percentiles and throughput of a Triton server per "
                                                "concurrency level (stateless requests and streams)")
     p.add_argument("url", metavar="URL", help="host:port of the server (HTTP port, or gRPC with --protocol grpc)")
-    p.add_argument("--model", default=None, help="model name (default: the one model the server serves)")
-    p.add_argument("--protocol", choices=["http", "grpc"], default="http")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="model name; NAME_stream for --streams (default: the one model the server serves)")
+    p.add_argument("--protocol", choices=["http", "grpc"], default="http",
+                   help="how the client talks to the server; give URL's port to match (default http)")
     p.add_argument("--concurrency", default="1,2,4,8", metavar="N,...",
                    help="stateless requests in flight, one level each (default 1,2,4,8; 0 skips)")
     p.add_argument("--streams", default=None, metavar="N,...",
@@ -68,10 +75,14 @@ def register(subparsers: Any) -> None:
                    help="counted seconds per level (default 5)")
     p.add_argument("--warmup", type=non_negative_float, default=1.0, metavar="S",
                    help="uncounted seconds first (default 1)")
-    p.add_argument("--max-requests", type=positive_int, default=1_000_000, help="at most this many requests per level")
-    p.add_argument("--seq-len", type=positive_int, default=1, help="chunk length of each request (default 1)")
-    p.add_argument("--batch", type=positive_int, default=1, help="rows per request (default 1)")
-    p.add_argument("--chunks", type=positive_int, default=20, help="chunks per stream before END (default 20)")
+    p.add_argument("--max-requests", type=positive_int, default=1_000_000, metavar="N",
+                   help="at most N requests per level, whatever --duration says (default 1000000)")
+    p.add_argument("--seq-len", type=positive_int, default=1, metavar="N",
+                   help="time steps of each stateless request (default 1; stream chunks are 1 step)")
+    p.add_argument("--batch", type=positive_int, default=1, metavar="N",
+                   help="rows of each stateless request (default 1; a stream chunk has 1 row)")
+    p.add_argument("--chunks", type=positive_int, default=20, metavar="N",
+                   help="chunks per stream before END, then a new stream (default 20)")
     p.add_argument("--timeout", type=positive_float, default=30.0, metavar="S", help="per-request timeout (default 30)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the records as JSON to FILE")
     p.set_defaults(func=cmd_loadtest)
@@ -80,25 +91,30 @@ def register(subparsers: Any) -> None:
 def _add_served_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("served model")
     g.add_argument("--name", default=None,
-                   help="model name on the server (default: the preset's, or --model's factory)")
+                   help="model name on the server (default: the preset's name, --model's factory or FILE's stem)")
     g.add_argument("--backend", default="onnxruntime",
                    help="the lstminfer backend that runs it (default onnxruntime; any of `lstminfer backends`)")
-    g.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: the backend's first device")
-    g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    g.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="where the backend runs (default: the backend's first device, cuda for GPU-only backends)")
+    g.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="the backend's compute precision; requests and answers keep the model's dtypes "
+                        "(fp32 for a model lstminfer builds; default fp32)")
     g.add_argument("--tf32", action="store_true", help="let cuDNN/cuBLAS use TF32 for fp32")
-    g.add_argument("--threads", type=positive_int, default=None, metavar="N", help="CPU backends' intra-op threads")
+    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="CPU backends' intra-op threads (default: the backend's own choice)")
     g.add_argument("--max-batch", type=positive_int, default=64, metavar="N",
-                   help="rows Triton batches into one execution (dynamic batching; streams batched together)")
-    g.add_argument("--queue-delay-us", type=non_negative_int, default=0,
+                   help="rows Triton batches into one execution (dynamic batching; streams batched together; "
+                        "default 64)")
+    g.add_argument("--queue-delay-us", type=non_negative_int, default=0, metavar="US",
                    help="how long Triton may hold a request to fill a batch (default 0: requests that queue while "
                         "the model is busy are batched anyway; a delay only adds latency at low load)")
-    g.add_argument("--instances", type=positive_int, default=1,
-                   help="model instances (each its own process and runner)")
-    g.add_argument("--max-streams", type=positive_int, default=64,
+    g.add_argument("--instances", type=positive_int, default=1, metavar="N",
+                   help="model instances, each its own process and runner (default 1)")
+    g.add_argument("--max-streams", type=positive_int, default=64, metavar="N",
                    help="streams open at once per instance (default 64)")
     g.add_argument("--idle-timeout", type=positive_float, default=60.0, metavar="S",
                    help="a stream with no chunk for S seconds is dropped, its state freed (default 60)")
-    g.add_argument("--no-stream", action="store_true", help="serve only the stateless model")
+    g.add_argument("--no-stream", action="store_true", help="serve only the stateless NAME (no NAME_stream)")
 
 
 # ---- shared by serve and export-triton ---------------------------------------------------------------------------
