@@ -10,6 +10,11 @@
 Host latency is what `lstminfer stream` measures: the host clock around Session.step() (the chunk copied up
 from pinned memory, the step run or replayed, the outputs copied down and waited for), nearest-rank
 percentiles of `--chunks` timed chunks after `--warmup-chunks` untimed ones.
+
+A second table splits a chunk's median into its parts, each timed on its own (`--chunks` times): the
+engine's run (Session.step without the session's bookkeeping), for the graph backends the replay waited for
+(the copies are inside the graph: chunk up, step, outputs down), the replay alone without the wait (the host
+cost of launching the graph), and the replay's GPU time (CUDA events on the engine's stream around it).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +44,48 @@ def models() -> dict[str, tuple]:
     return {"lstm": torch.nn.LSTM(128, 128).eval(), "vad": vad.vad()}
 
 
+def parts(session: lstminfer.Session, shape: list[int], count: int) -> dict[str, float | str]:
+    """Median microseconds of a chunk's parts (see the module docstring), timed after the stream ran."""
+    engine = session._engine
+    chunk = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    feeds = {session.chunk_input: chunk}
+    out: dict[str, float | str] = {"run": _median_us(lambda: engine.run(feeds, engine.buffers), count)}
+    step = engine.last
+    if step is None:  # an eager backend
+        return out
+    out["replay_wait"] = _median_us(lambda: engine.replay(step), count)
+    out["copies"] = "in graph" if step.staged else "around"
+
+    def launch() -> None:
+        with engine.on_stream:
+            step.graph.replay()
+
+    out["launch"] = _median_us(launch, count, after=engine.stream.synchronize)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    gpu = []
+    for _ in range(count):
+        with engine.on_stream:
+            start.record()
+            step.graph.replay()
+            end.record()
+        end.synchronize()
+        gpu.append(start.elapsed_time(end) * 1000.0)
+    out["gpu"] = float(np.median(gpu))
+    return out
+
+
+def _median_us(call, count: int, after=None) -> float:
+    """Median host time of `call` in us; `after` (untimed) runs after each call."""
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1e6)
+        if after is not None:
+            after()
+    return float(np.median(times))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=2000, help="timed chunks per backend (default 2000)")
@@ -57,6 +105,7 @@ def main() -> None:
             session = lstminfer.Session(source, backend=backend, device="cuda")
             rec = stream_one(session, 1, args.chunks, args.warmup_chunks, args.batch, 32.0,
                              np.random.default_rng(0))
+            rec["parts_us"] = parts(session, rec["chunk_shape"], args.chunks)
             session.close()
             lat = {k: rec["latency_ms"][k] * 1000.0 for k in ("median", "p90", "p99")}
             eager = eager or lat["median"]
@@ -65,6 +114,16 @@ def main() -> None:
             print(f"{label:6} {backend:12} {lat['median']:8.1f} {lat['p90']:8.1f} {lat['p99']:8.1f} "
                   f"{eager / lat['median']:8.2f}x {f'<= {target:g}' if target else '':>7} {verdict}")
             records.append({"model": label, "backend": backend, **rec})
+    print("\nwhere a chunk's time goes (median us, each part timed on its own): Session.step = engine.run + "
+          "the session's bookkeeping; the graph backends' run = the replay waited for + writing the chunk into "
+          "pinned memory + copying the outputs out of it")
+    print(f"{'model':6} {'backend':12} {'step':>8} {'run':>8} {'replay+wait':>12} {'launch':>8} {'GPU':>8} copies")
+    for rec in records:
+        part = rec["parts_us"]
+        cells = " ".join(f"{part[k]:{width}.1f}" if k in part else f"{'-':>{width}}"
+                         for k, width in (("run", 8), ("replay_wait", 12), ("launch", 8), ("gpu", 8)))
+        print(f"{rec['model']:6} {rec['backend']:12} {rec['latency_ms']['median'] * 1000.0:8.1f} {cells} "
+              f"{part.get('copies', '')}")
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
 

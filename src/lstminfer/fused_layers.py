@@ -173,6 +173,17 @@ class FusedRNN(nn.Module):
         return out.to(dtype), hn.to(dtype)
 
 
+def fused_workspaces(module: nn.Module) -> list[dict]:
+    """The kernel's scratch workspaces that the FusedRNN layers of `module` have used, one per input shape.
+
+    A persistent launch reports a stall in its workspace's error word (``"err"``); the eager call checks it at
+    once, but under CUDA-graph capture it cannot (nothing runs yet), so whoever replays the graph checks these
+    words where it synchronizes anyway (``lstminfer.kernels.rnn.raise_if_stalled``; the session copies the
+    words down inside the graph, measure/stream_engines.py)."""
+    pointers = {m._fused.w_hh.data_ptr() for m in module.modules() if isinstance(m, FusedRNN) and m._fused}
+    return [ws for key, ws in _WORKSPACES.items() if key[0] in pointers]
+
+
 def recurrent(module: nn.Module) -> bool:
     """An nn.LSTM / nn.GRU, or the drop-in that stands in for one."""
     return isinstance(module, (nn.LSTM, nn.GRU, FusedRNN))

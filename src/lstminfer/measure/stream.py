@@ -207,9 +207,19 @@ class Session:
 
     # ---- one chunk --------------------------------------------------------------------------------------
     def step(self, chunk: Any, **extra: Any) -> dict[str, np.ndarray]:
-        """Run one chunk; returns every non-state output as a host array.  The state outputs become the
-        state inputs of the next call."""
-        chunk = np.asarray(chunk)
+        """Run one chunk; returns every non-state output as a host array (the caller's to keep: a later step
+        does not change it).  The state outputs become the state inputs of the next call."""
+        if extra or self.fixed or self.other_inputs:
+            feeds = self._feeds(chunk, extra)
+        else:  # the chunk alone, the common stream: one dtype check, no per-call dict building beyond this one
+            feeds = {self.chunk_input: np.asarray(chunk, dtype=self._dtype(self.chunk_input, chunk))}
+        if self._state is None:
+            self.state = self._zero_state(feeds[self.chunk_input])
+        outputs, self._state = self._engine.run(feeds, self._state)
+        return outputs
+
+    def _feeds(self, chunk: Any, extra: dict[str, Any]) -> dict[str, np.ndarray]:
+        """The chunk, the fixed inputs and this call's extra ones, checked and in the model's dtypes."""
         unknown = sorted(set(extra) - set(self.model.input_names)) if extra else []
         if unknown:
             raise UserError(f"step(): the model has no input {', '.join(unknown)} "
@@ -218,12 +228,7 @@ class Session:
         missing = [n for n in self.other_inputs if n not in feeds]
         if missing:
             raise UserError(f"step(): give {', '.join(missing)} as keyword arguments or in Session(inputs=...)")
-        if self._state is None:
-            self.state = self._zero_state(chunk)
-        host = {n: np.asarray(v, dtype=self._dtype(n, v)) for n, v in feeds.items()}
-        outputs, new_state = self._engine.run(host, self._state)
-        self._state = new_state
-        return outputs
+        return {n: np.asarray(v, dtype=self._dtype(n, v)) for n, v in feeds.items()}
 
     def _dtype(self, name: str, value: Any) -> Any:
         if self._dtypes is None:  # read once: a step of a small model takes microseconds

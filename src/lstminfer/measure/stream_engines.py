@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -188,12 +189,58 @@ def carry_state(module: Any) -> tuple[Any, dict[str, Any]]:
     return module, wrappers
 
 
+class StallWatch:
+    """The fused kernel's error words (``lstminfer.fused_layers.fused_workspaces``: a persistent launch that gave
+    up a wait sets its word), copied by the step itself into one pinned host array, inside the CUDA graph, and
+    read after the synchronize that a chunk needs anyway: a stalled replay raises KernelStalled instead of
+    handing out wrong numbers, for the price of a few bytes copied down."""
+
+    def __init__(self, torch: Any, workspaces: list[dict]):
+        self.workspaces = [ws for ws in workspaces if "err" in ws]
+        self.flags = torch.zeros(len(self.workspaces), dtype=torch.int32,
+                                 pin_memory=bool(self.workspaces) and self.workspaces[0]["err"].is_cuda)
+        self.view = self.flags.numpy()
+
+    def record(self) -> None:
+        """Copy every error word into the flags (on the current stream; inside a capture, one copy node each)."""
+        for i, ws in enumerate(self.workspaces):
+            self.flags[i:i + 1].copy_(ws["err"], non_blocking=True)
+
+    def check(self) -> None:
+        """After the step was waited for: raise KernelStalled if a word was set (the kernel's own check reads and
+        clears it)."""
+        if self.view.any():
+            from lstminfer.kernels.rnn import raise_if_stalled
+
+            self.view[:] = 0
+            for ws in self.workspaces:
+                raise_if_stalled(ws)
+
+
+@dataclass(eq=False)
+class CapturedStep:
+    """One chunk shape's CUDA graph and the buffers it reads and writes.  With ``staged`` the graph itself
+    copies the chunk up from the pinned input buffers and the outputs (and the stall flags) down into the
+    pinned output buffers; without it (a torch that refuses copies in a capture) the copies run around it."""
+
+    graph: Any
+    inputs: dict[str, np.ndarray]  # numpy views of the pinned input buffers: a chunk is written here
+    outputs: dict[str, np.ndarray]  # numpy views of the pinned output buffers: read after the replay
+    staged: bool
+    tensors: dict[str, Any]  # every buffer above as a tensor, with the device ones (kept alive for the graph)
+    stalls: StallWatch | None
+
+
 class ModuleEngine:
     """torch, torch-graph, fused, fused-graph on the model's PyTorch module (see the module docstring).
 
     The state is the session's pairs (the forward takes and returns it) or, with ``carried``, each recurrent
-    layer's own (names ``PATH.h`` / ``PATH.c``).  On CUDA the chunk goes up and the outputs come down
-    through pinned host buffers on the engine's stream: a step's host latency is those copies and the work.
+    layer's own (names ``PATH.h`` / ``PATH.c``).  Everything runs on the engine's own CUDA stream (made current
+    for the call and restored: the caller's other work is never waited for).  A graphed chunk is: the chunk
+    written into a pinned buffer, one replay (which copies it up, runs the step, writes the state in place and
+    copies the outputs down into pinned buffers), one stream synchronize, one numpy copy of each output.  The
+    returned arrays are copies, so they stay valid after the next step overwrites the pinned buffers.  The eager
+    backends copy through the same pinned buffers around the module call.
     """
 
     def __init__(self, session: Any, name: str, precision: str, carried: bool):
@@ -214,16 +261,20 @@ class ModuleEngine:
             from lstminfer.fused_layers import accelerate
 
             module = accelerate(module, precision)
-        self.module, self.wrappers = carry_state(module.to(self.device, self.dtype).eval()) if carried else (
-            module.to(self.device, self.dtype).eval(), {})
+        # no parameter needs a gradient: no autograd bookkeeping without a no_grad context per chunk
+        module = module.to(self.device, self.dtype).eval().requires_grad_(False)
+        self.module, self.wrappers = carry_state(module) if carried else (module, {})
         self.state_out = {o: i for i, o in session.pairs}
         self.input_names, self.output_names = model.input_names, model.output_names  # fixed: read once
         self.buffers: dict[str, Any] = {}
         self.graphed = name.endswith("-graph")
-        self.graphs: dict[tuple, tuple[Any, dict[str, Any], dict[str, Any]]] = {}
+        self.graphs: dict[tuple, CapturedStep] = {}
+        self.last: CapturedStep | None = None  # the step the last chunk replayed (benchmarks/stream_gpu.py)
         self.cuda = self.device == "cuda"
         self.stream = torch.cuda.Stream() if self.cuda else None
-        self.pinned: dict[tuple, Any] = {}
+        self.on_stream = OnStream(torch, self.stream) if self.cuda else contextlib.nullcontext()
+        self.staged = True  # copies inside the graph until a capture refuses them
+        self.pinned: dict[tuple, tuple[Any, np.ndarray]] = {}  # eager CUDA: (pinned tensor, its numpy view)
 
     # -- the state --
     @property
@@ -243,8 +294,8 @@ class ModuleEngine:
         return out
 
     def to_device(self, array: np.ndarray) -> Any:
-        # on the engine's stream, which the step's copy into the buffers follows
-        with self.torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext():
+        # on the engine's stream, which the step's copy into the buffers follows (a blocking copy: done on return)
+        with self.on_stream:
             return self.torch.from_numpy(np.ascontiguousarray(array)).to(self.device, self._dtype_of(array))
 
     def to_host(self, value: Any) -> np.ndarray:
@@ -258,8 +309,6 @@ class ModuleEngine:
     def _bind(self, state: dict[str, Any]) -> None:
         """Copy a state set from outside into the buffers every step reads (new shapes: new buffers, and the
         graphs captured with the old ones are dropped)."""
-        if state is self.buffers:  # what the last step returned: nothing to do (every step but the first)
-            return
         for name, value in state.items():
             buf = self.buffers.get(name)
             if buf is value:
@@ -269,6 +318,7 @@ class ModuleEngine:
                 continue
             self.buffers[name] = value.clone()
             self.graphs.clear()
+            self.last = None
         for path, w in self.wrappers.items():
             w.h = self.buffers[f"{path}.h"]
             w.c = self.buffers.get(f"{path}.c")
@@ -282,79 +332,182 @@ class ModuleEngine:
             self.buffers[name].copy_(values[out])
         return {n: v for n, v in values.items() if n not in self.state_out}
 
-    def _ieee(self) -> Any:
-        """fp32 means IEEE fp32 for the step (PyTorch lets cuDNN RNNs use TF32 by default: docs/verify.md)."""
-        from lstminfer.backends.base import torch_settings
+    def _to_compute(self, tensors: dict[str, Any]) -> dict[str, Any]:
+        """Float inputs in the precision the module computes in (no copy when they already are)."""
+        return {n: t.to(self.dtype) if t.is_floating_point() else t for n, t in tensors.items()}
 
-        return torch_settings(tf32=False) if self.cuda else contextlib.nullcontext()
+    def _pinned(self, key: tuple, shape: tuple, dtype: Any) -> tuple[Any, np.ndarray]:
+        entry = self.pinned.get(key)
+        if entry is None:
+            host = self.torch.empty(shape, dtype=dtype, pin_memory=True)
+            entry = self.pinned[key] = (host, host.numpy())
+        return entry
 
-    def _upload(self, feeds: dict[str, np.ndarray], static: dict[str, Any] | None) -> dict[str, Any]:
+    def _eager(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self.torch
-        out = {}
-        for name, array in feeds.items():
-            if self.cuda:
-                key = ("in", name, array.shape, array.dtype.str)
-                host = self.pinned.get(key)
-                if host is None:
-                    host = self.pinned[key] = torch.empty(array.shape, dtype=torch.from_numpy(array[:0]).dtype,
-                                                          pin_memory=True)
-                host.numpy()[...] = array
-                dst = static[name] if static else torch.empty(array.shape, dtype=self._dtype_of(array) or host.dtype,
-                                                              device=self.device)
-                dst.copy_(host, non_blocking=True)
-                out[name] = dst
-            else:
-                out[name] = torch.from_numpy(np.ascontiguousarray(array)).to(self.device, self._dtype_of(array))
-        return out
-
-    def _download(self, values: dict[str, Any]) -> dict[str, np.ndarray]:
         if not self.cuda:
-            return {n: self.to_host(v) for n, v in values.items()}
-        torch = self.torch
+            inputs = {n: torch.from_numpy(np.ascontiguousarray(a)).to(self.device, self._dtype_of(a))
+                      for n, a in feeds.items()}
+            return {n: self.to_host(v) for n, v in self._step(inputs).items()}
+        inputs = {}
+        for name, array in feeds.items():
+            host, view = self._pinned(("in", name, array.shape, array.dtype.str), array.shape,
+                                      _torch_dtype(torch, array.dtype))
+            view[...] = array
+            inputs[name] = host.to(self.device, non_blocking=True)
         hosts = {}
+        with IeeeFp32(torch):  # PyTorch lets cuDNN RNNs use TF32 by default: fp32 means IEEE (docs/verify.md)
+            values = self._step(self._to_compute(inputs))
         for name, value in values.items():
-            key = ("out", name, tuple(value.shape))
-            host = self.pinned.get(key)
-            if host is None:
-                host = self.pinned[key] = torch.empty(value.shape, dtype=torch.float32, pin_memory=True)
+            host, view = self._pinned(("out", name, tuple(value.shape)), tuple(value.shape), _host_dtype(torch, value))
             host.copy_(value, non_blocking=True)
-            hosts[name] = host
+            hosts[name] = view
         self.stream.synchronize()
-        return {n: h.numpy().copy() for n, h in hosts.items()}
+        return {n: v.copy() for n, v in hosts.items()}
 
-    def _capture(self, feeds: dict[str, np.ndarray]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    def _capture(self, feeds: dict[str, np.ndarray]) -> CapturedStep:
         """One graph per chunk shape: warmed up twice outside the capture (compilation, the kernels' scratch
-        buffers), the state put back as it was, then the step captured."""
+        buffers), the state put back as it was, then the step captured with its copies (or, where the capture
+        refuses them, without: the copies then run around the replay)."""
         torch = self.torch
-        static = {n: torch.zeros(a.shape, dtype=self._dtype_of(a) or torch.from_numpy(a[:0]).dtype,
-                                 device=self.device) for n, a in feeds.items()}
+        pinned_in = {n: torch.zeros(a.shape, dtype=_torch_dtype(torch, a.dtype), pin_memory=True)
+                     for n, a in feeds.items()}
+        landing = {n: torch.zeros(a.shape, dtype=t.dtype, device=self.device) for (n, a), t in
+                   zip(feeds.items(), pinned_in.values())}
         saved = {n: b.clone() for n, b in self.buffers.items()}
-        for _ in range(2):
-            self._step(static)
-        self.stream.synchronize()
+        try:
+            with IeeeFp32(torch):  # what a graph runs is fixed at capture: IEEE fp32 in cuDNN and cuBLAS
+                for _ in range(2):
+                    values = self._step(self._to_compute(landing))
+                self.stream.synchronize()
+                pinned_out = {n: torch.zeros(tuple(v.shape), dtype=_host_dtype(torch, v), pin_memory=True)
+                              for n, v in values.items()}
+                stalls = self._stall_watch()
+                step = None
+                if self.staged:
+                    try:
+                        step = self._capture_step(pinned_in, landing, pinned_out, stalls, staged=True)
+                    except RuntimeError as err:  # an older torch refusing a host copy in a capture
+                        import sys
+
+                        print(f"lstminfer: copies inside the CUDA graph refused ({str(err).splitlines()[0]}); "
+                              "copying around the replay instead", file=sys.stderr)
+                        self.staged = False
+                if step is None:
+                    step = self._capture_step(pinned_in, landing, pinned_out, stalls, staged=False)
+        finally:
+            for name, buf in self.buffers.items():
+                buf.copy_(saved[name])
+            self.stream.synchronize()
+        return step
+
+    def _capture_step(self, pinned_in: dict[str, Any], landing: dict[str, Any], pinned_out: dict[str, Any],
+                      stalls: StallWatch | None, staged: bool) -> CapturedStep:
+        torch = self.torch
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=self.stream):
-            static_out = self._step(static)
-        for name, buf in self.buffers.items():
-            buf.copy_(saved[name])
-        return graph, static, static_out
+            if staged:
+                for name, host in pinned_in.items():
+                    landing[name].copy_(host, non_blocking=True)
+            outs = self._step(self._to_compute(landing))
+            device_out = {n: v if v.dtype == pinned_out[n].dtype else v.to(pinned_out[n].dtype)
+                          for n, v in outs.items()}
+            if staged:
+                for name, value in device_out.items():
+                    pinned_out[name].copy_(value, non_blocking=True)
+                if stalls is not None:
+                    stalls.record()
+        tensors = {**{f"in:{n}": t for n, t in pinned_in.items()}, **{f"land:{n}": t for n, t in landing.items()},
+                   **{f"out:{n}": t for n, t in pinned_out.items()}, **{f"dev:{n}": t for n, t in device_out.items()}}
+        return CapturedStep(graph, {n: t.numpy() for n, t in pinned_in.items()},
+                            {n: t.numpy() for n, t in pinned_out.items()}, staged, tensors, stalls)
+
+    def _stall_watch(self) -> StallWatch | None:
+        """The fused layers' error words (persistent launches only; the other kernels have none)."""
+        from lstminfer.fused_layers import fused_workspaces
+
+        watch = StallWatch(self.torch, fused_workspaces(self.module))
+        return watch if watch.workspaces else None
+
+    def replay(self, step: CapturedStep) -> None:
+        """One replay on the engine's stream, waited for (the inputs already in step.inputs)."""
+        if step.staged:
+            with self.on_stream:
+                step.graph.replay()
+        else:
+            t = step.tensors
+            with self.on_stream:
+                for name in step.inputs:
+                    t[f"land:{name}"].copy_(t[f"in:{name}"], non_blocking=True)
+                step.graph.replay()
+                for name in step.outputs:
+                    t[f"out:{name}"].copy_(t[f"dev:{name}"], non_blocking=True)
+                if step.stalls is not None:
+                    step.stalls.record()
+        self.stream.synchronize()
+        if step.stalls is not None:
+            step.stalls.check()
 
     def run(self, feeds: dict[str, np.ndarray], state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        torch = self.torch
-        on_stream = torch.cuda.stream(self.stream) if self.cuda else contextlib.nullcontext()
-        with torch.no_grad(), on_stream:
-            self._bind(state)
-            if not self.graphed:
-                with self._ieee():
-                    return self._download(self._step(self._upload(feeds, None))), self.buffers
-            key = tuple((n, a.shape) for n, a in feeds.items())
-            if key not in self.graphs:
-                with self._ieee():
-                    self.graphs[key] = self._capture(feeds)
-            graph, static, static_out = self.graphs[key]
-            self._upload(feeds, static)
-            graph.replay()
-            return self._download(static_out), self.buffers
+        if state is not self.buffers:  # a state set from outside (the first step, reset, Session.state = ...)
+            with self.on_stream:
+                self._bind(state)
+        if not (self.graphed and self.cuda):
+            with self.on_stream:
+                return self._eager(feeds), self.buffers
+        key = tuple((n, a.shape) for n, a in feeds.items())
+        step = self.graphs.get(key)
+        if step is None:
+            with self.on_stream:
+                step = self.graphs[key] = self._capture(feeds)
+        for name, array in feeds.items():
+            step.inputs[name][...] = array
+        self.replay(step)
+        self.last = step
+        return {n: a.copy() for n, a in step.outputs.items()}, self.buffers
 
     def close(self) -> None:
-        self.module, self.graphs, self.buffers, self.pinned = None, {}, {}, {}
+        self.module, self.graphs, self.buffers, self.pinned, self.last = None, {}, {}, {}, None
+
+
+class OnStream:
+    """`stream` made the current stream for a block, the caller's restored after: torch.cuda.stream() without its
+    checks for a stream on another device, which cost microseconds a chunk (the engine's stream is on the
+    current device).  Made once, entered per call; not re-entrant."""
+
+    def __init__(self, torch: Any, stream: Any):
+        self.cuda, self.stream = torch.cuda, stream
+
+    def __enter__(self) -> None:
+        self.previous = self.cuda.current_stream()
+        self.cuda.set_stream(self.stream)
+
+    def __exit__(self, *exc: object) -> None:
+        self.cuda.set_stream(self.previous)
+
+
+class IeeeFp32:
+    """TF32 off in cuDNN and cuBLAS for a block, restored after (a class: a generator context manager costs
+    microseconds a chunk).  fp32 means IEEE fp32 (PyTorch lets cuDNN RNNs use TF32 by default: docs/verify.md)."""
+
+    def __init__(self, torch: Any):
+        self.backends = torch.backends
+
+    def __enter__(self) -> None:
+        cudnn, matmul = self.backends.cudnn, self.backends.cuda.matmul
+        self.saved = (cudnn.allow_tf32, matmul.allow_tf32)
+        if any(self.saved):
+            cudnn.allow_tf32 = matmul.allow_tf32 = False
+
+    def __exit__(self, *exc: object) -> None:
+        if any(self.saved):
+            self.backends.cudnn.allow_tf32, self.backends.cuda.matmul.allow_tf32 = self.saved
+
+
+def _torch_dtype(torch: Any, dtype: np.dtype) -> Any:
+    return torch.from_numpy(np.empty(0, dtype)).dtype
+
+
+def _host_dtype(torch: Any, value: Any) -> Any:
+    """Outputs come back as float32 (whatever the precision), other dtypes as they are."""
+    return torch.float32 if value.is_floating_point() else value.dtype
