@@ -92,6 +92,22 @@ def reference_names(records: Sequence[Record]) -> str:
 
 # ---- verification ------------------------------------------------------------------------------------
 
+def point_text(point: Point) -> str:
+    """A verify point as the table shows it: SEQxBATCH ("16x3") where its inputs are laid out by sequence and
+    batch, else every input's real shape ("x:1x3x10"): a file whose inputs have no sequence or batch axis
+    would otherwise read as a made-up 16x1. Laid out means some input has both sizes among its dims (every
+    model lstminfer builds, and files whose axes were recognised or fixed by the graph)."""
+    if not point.input_shapes:
+        return point.shape
+    for _, dims in point.input_shapes:
+        rest = list(dims)
+        if point.seq_len in rest:
+            rest.remove(point.seq_len)
+            if point.batch in rest:
+                return point.shape
+    return " ".join(f"{name}:{'x'.join(str(d) for d in dims) or 'scalar'}" for name, dims in point.input_shapes)
+
+
 def verify_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
     """One row per (backend, device, precision): worst errors over every point and output, and its own verdict."""
     groups: dict[Point, list[Record]] = {}
@@ -103,12 +119,13 @@ def verify_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
         compared = [r for r in recs if isinstance(r, VerifyRecord)]
         abs_errs = [r.max_abs_err for r in compared if r.max_abs_err is not None]
         rel_errs = [r.max_rel_err for r in compared if r.max_rel_err is not None]
-        points = sorted({(r.point.seq_len, r.point.batch) for r in recs if r.point.seq_len is not None})
+        points = sorted({(r.point.seq_len, r.point.batch, point_text(r.point)) for r in recs
+                         if r.point.seq_len is not None})
         why = next((r.error for r in recs if isinstance(r, Failure | VerifyRecord) and r.error), None)
         first = compared[0] if compared else None
         rows.append({
             "backend": runner.backend, "device": runner.device, "precision": runner.precision,
-            "points": ", ".join(f"{s}x{b}" for s, b in points) or "-",
+            "points": ", ".join(dict.fromkeys(text for _, _, text in points)) or "-",
             "max_abs_err": max(abs_errs) if abs_errs else None, "max_rel_err": max(rel_errs) if rel_errs else None,
             "atol": first.atol if first else None, "rtol": first.rtol if first else None,
             "verdict": verdict.get(runner, "-") + (f" ({why})" if why else ""),
