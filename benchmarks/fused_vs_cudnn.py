@@ -4,6 +4,7 @@
     PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --sweep    # plus launch-plan variants
     PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --only A --no-cudnn --sweep --sweep-only A   # A alone
     PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --grid --iters 50    # issue 12's grid: losses to cuDNN
+    PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --compare-triton   # CUDA persistent kernel vs Triton's
 
 Timing: CUDA events around every call on one stream, median of --iters calls after --warmup calls; the same
 weights and inputs every call, no L2 flush (the weights of these models live in L2, as in trtexec).
@@ -232,12 +233,14 @@ SWEEP = {
     "H 64->128 fp16": [dict(wide_weights=True)],
     # the persistent kernel against v9's plan (M), its state through memory (v13), other warp counts (block_n
     # and programs follow the warps) and fp16/bf16 on the fp32 kernel (wide)
+    # --compare-triton times every workload the CUDA kernel serves again with cuda=False (the Triton kernel);
+    # 16-bit with few rows also on the CUDA kernel's FFMA (mma=False)
     "M 256->256 B1 fp32": [dict(path="single-launch"), dict(num_warps=1), dict(state_in_registers=False)],
     "P 256->512 B1 fp32": [dict(state_in_registers=False), dict(num_warps=8)],
-    "P 256->512 B1 bf16": [dict(wide=True), dict(state_in_registers=False)],
+    "P 256->512 B1 bf16": [dict(wide=True), dict(state_in_registers=False), dict(mma=False)],
     "R 80->1024 B1 T200 fp32": [dict(state_in_registers=False), dict(num_warps=8)],
-    "R 80->1024 B1 T200 bf16": [dict(wide=True)],
-    "U 128->1024 B8 T200 fp16": [dict(state_in_registers=False), dict(num_warps=8)],
+    "R 80->1024 B1 T200 bf16": [dict(wide=True), dict(mma=False)],
+    "U 128->1024 B8 T200 fp16": [dict(state_in_registers=False), dict(num_warps=8), dict(mma=False)],
     "S speech 2L bi 80->512 B8 fp32": [dict(state_in_registers=False)],
     "S speech 2L bi 80->512 B8 bf16": [dict(state_in_registers=False)],
     "Q 256->512 B64 bf16": [dict(state_in_registers=False)],
@@ -294,6 +297,26 @@ def print_grid(workloads: list[Workload], rows: list) -> None:
           f"in a graph at {len(losses)}; worst ratio {worst[0]:.2f}x ({worst[1]})")
 
 
+def print_cuda_vs_triton(workloads: list[Workload], rows: list, args) -> None:
+    """Each workload the CUDA persistent kernel served, timed again with cuda=False (the Triton kernel) in the
+    same run: fused-graph us of both and cuDNN in a graph."""
+    print("\n| workload | cuDNN graph us | fused-graph CUDA kernel us | fused-graph Triton kernel us | CUDA / Triton "
+          "| cuDNN graph / CUDA | err CUDA / Triton | CUDA plan |")
+    print("|" + "---|" * 8)
+    for w, r in zip(workloads, rows):
+        if r is None or r["plan"].kernel != "persistent-cuda":
+            continue
+        try:
+            t = bench(w, args, dict(cuda=False))
+        except Exception as err:  # report and go on
+            print(f"| {w.name} | | {r['fused-graph']:.1f} | failed: {type(err).__name__}: {str(err)[:100]} | | | | |")
+            continue
+        cudnn_graph = r.get("cudnn-graph", float("nan"))
+        print(f"| {w.name} | {cudnn_graph:.1f} | {r['fused-graph']:.1f} | {t['fused-graph']:.1f} "
+              f"| {r['fused-graph'] / t['fused-graph']:.2f} | {cudnn_graph / r['fused-graph']:.2f}x "
+              f"| {r['err']:.1e} / {t['err']:.1e} | {plan_text(r['plan'])} |", flush=True)
+
+
 def plan_text(plan) -> str:
     return " ".join(f"{k}={v}" for k, v in plan.describe().items()).replace("kernel=", "")
 
@@ -309,6 +332,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated workload name prefixes (default: all)")
     parser.add_argument("--no-cudnn", action="store_true", help="time the fused kernel only")
     parser.add_argument("--sweep-only", default="", help="comma-separated workload name prefixes to sweep")
+    parser.add_argument("--compare-triton", action="store_true",
+                        help="time each workload the CUDA persistent kernel serves again on the Triton kernel "
+                             "(cuda=False) and print both against cuDNN in a graph")
     parser.add_argument("--sass", metavar="DIR", default="",
                         help="after each timing, print registers, spills and the loops' instruction mix of the "
                              "kernels it compiled, and keep their SASS in DIR")
@@ -347,6 +373,8 @@ def main() -> None:
               f"{'met' if r['fused-graph'] <= w.target_us else 'MISSED'} "
               f"| {r['err']:.1e} / {r.get('cudnn-err', float('nan')):.1e} | {plan_text(r['plan'])} |", flush=True)
     print(f"# targets met: {met} of {len(workloads)}")
+    if args.compare_triton:
+        print_cuda_vs_triton(workloads, rows, args)
     if args.sweep:
         print("\n| workload | variant | fused us | fused-graph us | err |")
         print("|---|---|---|---|---|")

@@ -425,7 +425,7 @@ def test_gpu_large_hidden_multi_launch(kind, hidden):
     """The one-launch-per-step fallback, still there for sizes the persistent kernel does not fit."""
     module = make(kind, 20, hidden, 2, True, False)
     x, hx = random_inputs(module, 3, 3, True)
-    assert plan_for(pack_rnn(module, "cuda"), 3, 3).kernel == "persistent"
+    assert plan_for(pack_rnn(module, "cuda"), 3, 3).path == "per-layer"
     assert_close(run_fused(module, x, hx, device="cuda", path="multi-launch"), reference(module, x, hx), 1e-4)
 
 
@@ -654,7 +654,7 @@ def test_runner_describes_the_kernel_and_plan_that_serve_it():
     with FusedRunner(model_for(module), device=DEVICE) as runner:
         # per point where the runner says so (a sweep's points may take different kernels)
         info = runner.describe_at(4, 2) if hasattr(runner, "describe_at") else runner.describe()
-    assert info["kernel"] in ("stack", "pipeline", "relay", "persistent") and "programs" in info
+    assert info["kernel"] in ("stack", "pipeline", "relay", "persistent", "persistent-cuda") and "programs" in info
 
 
 def test_fused_rnn_is_a_public_entry_point():
@@ -682,8 +682,9 @@ def test_gpu_persistent_matches_float64(case, precision, atol):
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     module = make(kind, input_size, hidden, layers, bi, bf)
     x, hx = random_inputs(module, seq_len, batch, with_state)
-    assert plan_for(pack_rnn(module, "cuda", dtype), seq_len, batch).kernel == "persistent"
-    got = run_fused(module, x, hx, dtype=dtype, device="cuda")
+    # the Triton kernel (cuda=False); tests/test_cuda_persistent.py runs the same cases on the CUDA one
+    assert plan_for(pack_rnn(module, "cuda", dtype), seq_len, batch, cuda=False).kernel == "persistent"
+    got = run_fused(module, x, hx, dtype=dtype, device="cuda", cuda=False)
     assert all(g.dtype == dtype for g in got)
     assert_close(got, reference(module, x, hx), atol)
 
@@ -708,7 +709,7 @@ def test_gpu_persistent_graph_replays_equal_eager_and_nan_propagates():
     x, hx = random_inputs(module, 16, 4, True)
     x[3, 1, 5] = float("nan")  # batch row 1 only
     packed = pack_rnn(module, "cuda")
-    plan = plan_for(packed, 16, 4)
+    plan = plan_for(packed, 16, 4, cuda=False)
     assert plan.kernel == "persistent"
     args = [x.cuda(), hx[0].cuda(), hx[1].cuda()]
     eager = rnn_forward(packed, *args, plan=plan)

@@ -99,11 +99,19 @@ def _projection(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.T
 
 def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | None,
                         plan: Plan, ws: dict[str, Any], outputs: tuple, fast_math: bool) -> None:
-    """Per layer: the projection GEMM, the slab poisoned, one persistent launch (which reads h0/c0 itself)."""
+    """Per layer: the projection GEMM, the slab poisoned, one persistent launch (which reads h0/c0 itself):
+    the CUDA C++ kernel where the plan says so (plan.cuda), else the Triton one."""
+    out, stride_ot, stride_ob, hn, cn = outputs
+    if plan.cuda and (out.dtype != packed.dtype or x.dtype != packed.dtype):
+        # the CUDA kernel reads h0/c0 and writes its outputs in the weights' dtype
+        raise ValueError(f"the CUDA persistent kernel needs the input in the weights' dtype ({packed.dtype}), "
+                         f"got {x.dtype}: cast the input, or plan with cuda=False")
     if h0 is not None:
         h0 = h0.contiguous()
         c0 = c0.contiguous() if c0 is not None else None
-    out, stride_ot, stride_ob, hn, cn = outputs
+        if plan.cuda:
+            h0 = h0.to(packed.dtype)
+            c0 = c0.to(packed.dtype) if c0 is not None else None
     if packed.batch_first:
         batch, seq_len, width = x.shape
         x = x.transpose(0, 1)
@@ -134,6 +142,16 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
         words.fill_(-1)  # every slot, the initial-h ones too: each program writes its h0 there itself
         if kh < hp:
             slab[..., kh:] = 0  # units no program computes: zero for the next layer's GEMM
+        if plan.cuda:
+            from .cuda_persistent import CudaConfig, launch
+
+            cfg = CudaConfig(lstm, dirs, hp, kh, plan.block_n, plan.r_tiles, plan.block_b, 32 * plan.num_warps,
+                             plan.k_split, plan.mma, 8 * slab.element_size(), slab.dtype == torch.bfloat16,
+                             h0 is not None, fast_math)
+            launch(cfg, plan.programs, gx, ws["w_hh"], slab, ws["err"], h0 if h0 is not None else hn,
+                   c0 if (h0 is not None and lstm) else hn, out, stride_ot, stride_ob, out.stride(2), hn, cn,
+                   seq_len, batch, hidden, layer, layer == layers - 1, SPIN_LIMIT)
+            continue
         args = (gx, ws["w_hh"], slab, state, ws["err"], h0 if h0 is not None else hn,
                 c0 if (h0 is not None and lstm) else hn, out, stride_ot, stride_ob, out.stride(2), hn, cn,
                 seq_len, batch, hidden, layer, int(layer == layers - 1), units, SPIN_LIMIT)
@@ -213,7 +231,7 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
               c0.contiguous() if (has_state and lstm) else hn, packed.w_ih0, packed.w_ihr, packed.w_hh, packed.bias)
     outputs = (out, stride_ot, stride_ob, out.stride(2), hn, cn, seq_len, batch, packed.input_size, hidden, layers)
     key = (seq_len, batch, plan)
-    if plan.kernel == "persistent":
+    if plan.path == "per-layer":
         _persistent_forward(packed, x, h0, c0, plan, ws, (out, stride_ot, stride_ob, hn, cn), fast_math)
         if check and not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
             raise_if_stalled(ws, any_stream=False)  # launched on the current stream

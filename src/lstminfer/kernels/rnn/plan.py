@@ -13,7 +13,7 @@ from .packing import PackedRNN, _pow2
 # single-launch: the whole stack in one launch (stack, pipeline or relay kernel); per-layer: per layer one GEMM and
 # one launch of the persistent kernel; multi-launch: the stack kernel once per (layer, time step)
 PATHS = ("single-launch", "per-layer", "multi-launch")
-KERNELS = ("stack", "pipeline", "relay", "persistent")
+KERNELS = ("stack", "pipeline", "relay", "persistent", "persistent-cuda")
 # Recurrent weights per thread a program keeps in registers for a whole layer (fp32 values).
 WEIGHT_REGISTERS = 128
 POLL_H_MAX_BYTES = 64 << 20
@@ -47,6 +47,19 @@ PERSISTENT_ONE_WARP_H = 0
 # the most W_hh^T weights a program keeps on chip (64 a lane at 16 warps; R fp32: 1024 x 32)
 PERSISTENT_MAX_WEIGHTS = 32768
 SPIN_LIMIT = 4_000_000
+# The CUDA C++ persistent kernel (cuda_persistent.py; docs/fused_kernel.md v15): the per-layer path's default
+# where NVRTC is there and the size fits. 16-bit: mma.sync over 16 batch rows a block, about CUDA_MMA_WARPS
+# warps (k slices fill the warps the column tiles leave); fp32 (and 16-bit asked with mma=False): FFMA with
+# CUDA_FFMA_MAX_ROWS rows a block and W_hh^T in registers, k per thread from CUDA_FFMA_KPT, at most what fits
+# next to the ~90 other registers a thread needs (sm_90 ptxas: 214 registers at 128 k, no spill; 512 threads
+# capped at 128 registers spilled W inside the step loop). CUDA_MAX_SHARED: a block's dynamic shared memory.
+CUDA_DEFAULT = True
+CUDA_MMA_ROWS = 16
+CUDA_MMA_WARPS = 8
+CUDA_FFMA_MAX_ROWS = 16
+CUDA_FFMA_KPT = (64, 128, 32, 16, 8)
+CUDA_OTHER_REGISTERS = 90
+CUDA_MAX_SHARED = 227 << 10
 
 
 @dataclass(frozen=True)
@@ -73,11 +86,14 @@ class Plan:
     k_split: int = 1  # persistent kernel, resident tl.dot: k slices (one a warp), summed after a batched dot
     state_in_registers: bool = True  # persistent kernel: h and c carried in registers (else memory, a barrier)
     wide: bool = False  # persistent kernel, fp16/bf16: W_hh and the h exchange in fp32 (the fp32 kernel)
+    cuda: bool = False  # per-layer path: the CUDA C++ kernel (cuda_persistent.py) instead of the Triton one
+    mma: bool = False  # CUDA kernel: mma.sync (16-bit) instead of FFMA
+    note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
     def __post_init__(self) -> None:
-        kernel = ("persistent" if self.path == "per-layer" else "pipeline" if self.pipeline
-                  else "relay" if self.relay else "stack")
+        kernel = (("persistent-cuda" if self.cuda else "persistent") if self.path == "per-layer"
+                  else "pipeline" if self.pipeline else "relay" if self.relay else "stack")
         object.__setattr__(self, "kernel", kernel)
 
     def describe(self) -> dict[str, Any]:
@@ -86,8 +102,13 @@ class Plan:
                   "pipeline": ("block_b", "programs", "num_warps"),
                   "relay": ("block_b", "programs", "num_warps"),
                   "persistent": ("block_b", "block_n", "r_tiles", "programs", "resident", "k_split",
-                                 "num_warps")}[self.kernel]
-        return {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
+                                 "num_warps"),
+                  "persistent-cuda": ("block_b", "block_n", "r_tiles", "programs", "k_split", "num_warps",
+                                      "mma")}[self.kernel]
+        out = {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
+        if self.note:
+            out["note"] = self.note
+        return out
 
 
 def interpreting() -> bool:
@@ -149,6 +170,83 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
                 wide=wide)
 
 
+def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None) -> Plan | None:
+    """The CUDA C++ kernel's plan (cuda_source.py), or None where it does not fit.
+
+    A block owns nb hidden units of one direction and bb batch rows; nb is the smallest power of two >= 4 for
+    which groups x directions x tiles <= SMs, tiles rounded so that the units computed (kh) are a multiple of
+    64. 16-bit: mma.sync, bb 16, a warp per (8-column tile, k slice); fp32: FFMA, W_hh^T in registers (one
+    column and kh / k_split consecutive k a thread), bb up to CUDA_FFMA_MAX_ROWS real rows.
+    """
+    hp, dirs, hidden = packed.hidden_padded, packed.num_directions, packed.hidden_size
+    sixteen = packed.dtype != torch.float32
+    mma = sixteen if mma is None else (bool(mma) and sixteen)
+    if hp < 64:
+        return None
+    bb = CUDA_MMA_ROWS if mma else min(batch, CUDA_FFMA_MAX_ROWS)
+    groups = -(-batch // bb)
+    nb = 4
+    while True:
+        align = max(1, 64 // nb)  # tiles a multiple of align: kh a multiple of 64
+        tiles = -(-hidden // nb)
+        tiles = -(-tiles // align) * align
+        if groups * dirs * tiles <= sms:
+            break
+        nb *= 2
+        if nb > 64:
+            return None
+    kh = tiles * nb
+    cols = 4 * nb
+    if kh > hp:
+        return None
+    if mma:
+        n_tiles = cols // 8
+        k_split = max(1, CUDA_MMA_WARPS // n_tiles)
+        while k_split > 1 and (kh // 16) % k_split:
+            k_split //= 2
+        threads = 32 * n_tiles * k_split
+        if threads > 1024:
+            return None
+    else:
+        for kpt in CUDA_FFMA_KPT:
+            threads = cols * kh // kpt
+            if (kh % kpt == 0 and threads % 32 == 0 and threads <= 1024
+                    and kpt + CUDA_OTHER_REGISTERS <= min(255, 65536 // threads)):
+                break
+        else:
+            return None
+        k_split = kh // kpt
+    elem_bits = 16 if sixteen else 32
+    from .cuda_persistent import shared_bytes  # no cuda.bindings import: sizes only
+
+    if shared_bytes(mma, elem_bits, bb, kh, nb, k_split) > CUDA_MAX_SHARED:
+        return None
+    return Plan("per-layer", bb, tiles, groups * dirs * tiles, num_warps=threads // 32, block_n=nb,
+                k_split=k_split, cuda=True, mma=mma)
+
+
+def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: bool | None, mma: bool | None,
+                 wide: bool | None) -> tuple[Plan | None, str]:
+    """(the CUDA kernel's plan, "") where it runs this call, else (None, why not)."""
+    if cuda is False:
+        return None, "cuda=False"
+    if not on_cuda:
+        return None, "no CUDA device"
+    if wide:
+        return None, "wide plans run on the Triton kernel"
+    if cuda is None and not CUDA_DEFAULT:
+        return None, "the CUDA kernel is off by default (CUDA_DEFAULT)"
+    from .cuda_persistent import available
+
+    ok, why = available()
+    if not ok:
+        return None, why
+    plan = _cuda_plan(packed, batch, sms, mma)
+    if plan is None:
+        return None, "the size does not fit the CUDA kernel (blocks, registers or shared memory)"
+    return plan, ""
+
+
 def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = None, **overrides: Any) -> Plan:
     """Pick the path and tile sizes.
 
@@ -188,19 +286,26 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
     batch_tiles = -(-batch // block_b)
     items = -(-seq_len * block_b // block_m) * (cols // block_c)
     # the persistent plan's own choices (its block_n and programs follow the warps)
-    per_layer = {k: overrides.pop(k) for k in ("num_warps", "wide") if k in overrides} \
+    per_layer = {k: overrides.pop(k) for k in ("num_warps", "wide", "cuda", "mma") if k in overrides} \
         if path in (None, "per-layer") else {}
+    cuda, mma = per_layer.pop("cuda", None), per_layer.pop("mma", None)
     persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda, **per_layer)
-    if path is None and on_cuda and persistent is not None and hp >= PERSISTENT_MIN_HIDDEN:
+    cuda_plan, why_not_cuda = _cuda_choice(packed, batch, sms, on_cuda, cuda, mma, per_layer.get("wide"))
+    if (path is None and on_cuda and (persistent is not None or cuda_plan is not None)
+            and hp >= PERSISTENT_MIN_HIDDEN):
         path = "per-layer"
     if path != "per-layer":
         per_layer.pop("wide", None)
         overrides.update(per_layer)
     if path == "per-layer":
+        if cuda_plan is not None and "num_warps" not in per_layer:
+            return Plan(**{**{k: v for k, v in cuda_plan.__dict__.items() if k != "kernel"}, **overrides})
         if persistent is None:
             raise ValueError(f"the persistent kernel does not fit this size: {dirs} direction(s) x batch {batch} "
                              f"x hidden {packed.hidden_size} need more programs than the {sms} multiprocessors")
-        return Plan(**{**{k: v for k, v in persistent.__dict__.items() if k != "kernel"}, **overrides})
+        note = why_not_cuda if on_cuda else ""
+        return Plan(**{**{k: v for k, v in persistent.__dict__.items() if k != "kernel"}, "note": note,
+                       **overrides})
     if path is None:
         if not on_cuda:
             path = "single-launch"

@@ -1,0 +1,195 @@
+"""The CUDA C++ persistent kernel (cuda_source.py): NVRTC compile, one cached module per size, launch.
+
+``cuda.bindings`` (NVIDIA's cuda-python, the optional `gpu` extra) is imported on first use only; without it,
+or without NVRTC, ``available()`` says why and the plan keeps the Triton persistent kernel. Sizes are
+compile-time constants (#defines in front of the source); a module is compiled once per (sizes, dtype, cell)
+key and device, loaded with cuModuleLoadData and launched with cuLaunchKernel on torch's current stream, so
+a CUDA-graph capture records it like any other kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from .cuda_source import SOURCE
+
+KERNEL_NAME = b"rnn_persistent_cuda"
+
+
+@dataclass(frozen=True)
+class CudaConfig:
+    """The compile-time constants of one kernel variant (the #defines of cuda_source.SOURCE)."""
+
+    is_lstm: bool
+    dirs: int  # D
+    hidden_padded: int  # HP
+    kh: int  # hidden units computed per direction (tiles x nb), a multiple of 64
+    nb: int  # hidden units a block
+    tiles: int  # blocks a direction and batch group
+    bb: int  # batch rows a block (16 with MMA)
+    threads: int  # NT
+    k_slices: int  # KSL
+    mma: bool
+    elem_bits: int  # 32 (fp32) or 16 (fp16 / bf16)
+    bf16: bool
+    has_state: bool
+    fast: bool = True
+
+    def defines(self) -> str:
+        values = dict(IS_LSTM=self.is_lstm, D=self.dirs, HP=self.hidden_padded, KH=self.kh, NB=self.nb,
+                      TILES=self.tiles, BB=self.bb, NT=self.threads, KSL=self.k_slices, MMA=self.mma,
+                      ELEM_BITS=self.elem_bits, IS_BF16=self.bf16, HAS_STATE=self.has_state, FAST=self.fast)
+        return "".join(f"#define {k} {int(v)}\n" for k, v in values.items())
+
+    def shared_bytes(self) -> int:
+        """Dynamic shared memory of a block: h, (MMA: W^T), the partial sums."""
+        return shared_bytes(self.mma, self.elem_bits, self.bb, self.kh, self.nb, self.k_slices)
+
+
+def shared_bytes(mma: bool, elem_bits: int, bb: int, kh: int, nb: int, k_slices: int) -> int:
+    cols = 4 * nb
+    red = 4 * k_slices * bb * (cols + 8)
+    if mma:
+        return (elem_bits // 8) * (bb + cols) * (kh + 8) + red
+    return 4 * bb * k_slices * (kh // k_slices + 4) + red
+
+
+def _bindings() -> tuple[Any, Any]:
+    """cuda-python's driver and nvrtc modules (cuda.bindings since 12.6; cuda.cuda / cuda.nvrtc before)."""
+    try:
+        from cuda.bindings import driver, nvrtc
+    except ImportError:
+        from cuda import cuda as driver
+        from cuda import nvrtc
+    return driver, nvrtc
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> tuple[bool, str]:
+    """(True, "") where cuda.bindings and NVRTC load; else (False, why). Never raises."""
+    try:
+        driver, nvrtc = _bindings()
+    except ImportError as err:
+        return False, f"cuda-bindings is not installed ({err}): pip install 'lstminfer[gpu]'"
+    try:
+        result, major, minor = nvrtc.nvrtcVersion()
+    except Exception as err:  # the NVRTC library itself is missing
+        return False, f"NVRTC did not load: {err}"
+    if int(result) != 0:
+        return False, f"NVRTC did not load: {result}"
+    return True, ""
+
+
+def _check(result: Any, what: str) -> Any:
+    """Unpack a cuda.bindings (error, values...) tuple; raise on an error code."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise RuntimeError(f"{what} failed: {err}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def compile_cubin(cfg: CudaConfig, arch: str = "sm_90") -> tuple[bytes, str]:
+    """NVRTC: the variant's cubin for `arch` and the compiler's log (ptxas's registers and spills)."""
+    _, nvrtc = _bindings()
+    source = (cfg.defines() + SOURCE).encode()
+    program = _check(nvrtc.nvrtcCreateProgram(source, b"rnn_persistent_cuda.cu", 0, [], []), "nvrtcCreateProgram")
+    options = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"--ptxas-options=-v"]
+    try:
+        result = nvrtc.nvrtcCompileProgram(program, len(options), options)
+        size = _check(nvrtc.nvrtcGetProgramLogSize(program), "nvrtcGetProgramLogSize")
+        log = b" " * size
+        _check(nvrtc.nvrtcGetProgramLog(program, log), "nvrtcGetProgramLog")
+        log_text = log.decode(errors="replace").rstrip("\x00 \n")
+        if int(result[0]) != 0:
+            raise RuntimeError(f"NVRTC could not compile the persistent kernel ({cfg}):\n{log_text}")
+        size = _check(nvrtc.nvrtcGetCUBINSize(program), "nvrtcGetCUBINSize")
+        cubin = b" " * size
+        _check(nvrtc.nvrtcGetCUBIN(program, cubin), "nvrtcGetCUBIN")
+    finally:
+        nvrtc.nvrtcDestroyProgram(program)
+    return cubin, log_text
+
+
+class _Loaded:
+    """A variant's module and function on one device, its shared memory raised, its residency checked."""
+
+    def __init__(self, cfg: CudaConfig, device_index: int) -> None:
+        import torch
+
+        driver, _ = _bindings()
+        major, minor = torch.cuda.get_device_capability(device_index)
+        self.cubin, self.log = compile_cubin(cfg, f"sm_{major}{minor}")
+        _ensure_context(device_index)
+        self.module = _check(driver.cuModuleLoadData(self.cubin), "cuModuleLoadData")
+        self.function = _check(driver.cuModuleGetFunction(self.module, KERNEL_NAME), "cuModuleGetFunction")
+        self.shared = cfg.shared_bytes()
+        _check(driver.cuFuncSetAttribute(
+            self.function, driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            self.shared), "cuFuncSetAttribute")
+        self.registers = _check(driver.cuFuncGetAttribute(
+            driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_NUM_REGS, self.function), "cuFuncGetAttribute")
+        self.per_sm = _check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(self.function, cfg.threads,
+                                                                                 self.shared),
+                             "cuOccupancyMaxActiveBlocksPerMultiprocessor")
+        self.sms = torch.cuda.get_device_properties(device_index).multi_processor_count
+
+    def check_resident(self, programs: int) -> None:
+        """Refuse a grid whose blocks cannot all be resident at once on an idle GPU: their waits would never
+        end (cuOccupancyMaxActiveBlocksPerMultiprocessor x multiprocessors >= blocks)."""
+        if self.per_sm * self.sms < programs:
+            raise ValueError(f"the CUDA persistent kernel's {programs} blocks cannot all be resident "
+                             f"({self.per_sm} a multiprocessor at {self.registers} registers a thread and "
+                             f"{self.shared} bytes of shared memory, {self.sms} multiprocessors): "
+                             f"use cuda=False or path='multi-launch'")
+
+
+def _ensure_context(device_index: int) -> None:
+    """Make the device's primary context (torch's) current on this thread for the driver calls."""
+    import torch
+
+    driver, _ = _bindings()
+    torch.cuda.init()
+    ctx = _check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
+    if ctx is None or int(ctx) == 0:
+        device = _check(driver.cuDeviceGet(device_index), "cuDeviceGet")
+        ctx = _check(driver.cuDevicePrimaryCtxRetain(device), "cuDevicePrimaryCtxRetain")
+        _check(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+
+
+_LOADED: dict[tuple[CudaConfig, int], _Loaded] = {}
+
+
+def loaded(cfg: CudaConfig, device_index: int) -> _Loaded:
+    """The compiled and loaded variant (compiled on first use, then cached for the process)."""
+    key = (cfg, device_index)
+    entry = _LOADED.get(key)
+    if entry is None:
+        entry = _LOADED[key] = _Loaded(cfg, device_index)
+    return entry
+
+
+_ARG_TYPES = (ctypes.c_void_p,) * 7 + (ctypes.c_longlong,) * 3 + (ctypes.c_void_p,) * 2 + (ctypes.c_int,) * 5 \
+    + (ctypes.c_longlong,)
+
+
+def launch(cfg: CudaConfig, programs: int, gx: Any, w_hh: Any, slab: Any, err: Any, h0: Any, c0: Any, out: Any,
+           stride_ot: int, stride_ob: int, stride_ok: int, hn: Any, cn: Any, seq_len: int, batch: int, hidden: int,
+           layer: int, is_last: bool, spin_limit: int) -> None:
+    """One layer's recurrence: `programs` blocks of cfg.threads on torch's current stream (see cuda_source)."""
+    import torch
+
+    driver, _ = _bindings()
+    kernel = loaded(cfg, gx.device.index or 0)
+    kernel.check_resident(programs)
+    values = (gx.data_ptr(), w_hh.data_ptr(), slab.data_ptr(), err.data_ptr(), h0.data_ptr(), c0.data_ptr(),
+              out.data_ptr(), stride_ot, stride_ob, stride_ok, hn.data_ptr(), cn.data_ptr(), seq_len, batch, hidden,
+              layer, int(is_last), spin_limit)
+    # kernelParams as an array of pointers to each argument's bytes (cuda-python's own examples pass it so)
+    boxed = [kind(value) for kind, value in zip(_ARG_TYPES, values)]
+    pointers = (ctypes.c_void_p * len(boxed))(*(ctypes.addressof(b) for b in boxed))
+    stream = driver.CUstream(torch.cuda.current_stream(gx.device).cuda_stream)
+    _check(driver.cuLaunchKernel(kernel.function, programs, 1, 1, cfg.threads, 1, 1, kernel.shared, stream,
+                                 ctypes.addressof(pointers), 0), "cuLaunchKernel")

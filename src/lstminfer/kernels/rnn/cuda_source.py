@@ -1,0 +1,340 @@
+"""CUDA C++ source of the persistent recurrence kernel (``rnn_persistent_cuda``), compiled at run time by NVRTC.
+
+The same algorithm as ``persistent.py``'s ``_rnn_persistent_kernel`` (one layer, both directions, h exchanged
+through the poisoned slab ``[T + 2, B, D, HP]``, data as flag), written so that a step costs two block-wide
+barriers: Triton's version of it had 11-17 (docs/fused_kernel.md, v11-v13). A block owns NB hidden units
+(``COLS = 4 NB`` interleaved gate columns) of one direction and BB batch rows for the whole sequence:
+
+1. (start) its W_hh^T columns on chip once: 16-bit as ``w_s[COLS][KH + 8]`` in shared memory for ``mma.sync``
+   m16n8k16 (fp32 accumulation, batch padded to 16 rows); fp32 (or 16-bit with MMA=0) in registers, one column
+   and KPT consecutive k a thread, for IEEE FFMA. Its h0/c0 into registers, its h0 into the slab's initial slot.
+2. (step) this step's gx into registers (independent of the other blocks: in flight during the wait); every
+   thread polls its own 16-byte chunks of the direction's previous h (``ld.relaxed.gpu``, re-read until no
+   word is the poison all-ones) and puts them into shared memory: barrier 1;
+3. the product: MMA: warp = (n tile of 8 columns, k slice), A (h) by ``ldmatrix.x4``, B from ``w_s``; FFMA:
+   thread = (column, k slice), h read as broadcast float4. Partial sums into ``red[KSL][BB][COLS + 8]``:
+   barrier 2;
+4. the cell: thread = (row, unit), its four gates summed over the k slices plus gx, LSTM/GRU in fp32 with h
+   and c in registers; h into the slab (the word is the flag), the user's output, hn/cn.
+
+No barrier closes a step: the next poll writes ``h_s`` only after barrier 2 (every product read done), the next
+product writes ``red`` only after the next barrier 1 (every cell read done). A poll past ``spin_limit`` reads
+sets the error word (launch.py's raise_if_stalled) and the whole block leaves after barrier 1: never wrong
+numbers. Sizes are compile-time constants (the #defines ``cuda_persistent.py`` puts in front).
+"""
+
+SOURCE = r"""
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+#define COLS (4 * NB)
+#define RROW (COLS + 8)
+#if MMA
+#define HROW (KH + 8)
+#else
+#define KPT (KH / KSL)
+#define HROW (KSL * (KPT + 4))
+#endif
+#define CE (16 / (ELEM_BITS / 8))
+#define CPR (KH / CE)
+#define NCH (BB * CPR)
+#define PC ((NCH + NT - 1) / NT)
+#define CELLS (BB * NB)
+#define CPT ((CELLS + NT - 1) / NT)
+
+#if ELEM_BITS == 32
+typedef float elem_t;
+#else
+typedef u16 elem_t;
+#endif
+#if MMA
+typedef elem_t hs_t;
+#else
+typedef float hs_t;
+#endif
+
+__device__ __forceinline__ float to_f32(elem_t v) {
+#if ELEM_BITS == 32
+    return v;
+#elif IS_BF16
+    return __uint_as_float(((u32)v) << 16);
+#else
+    float f;
+    asm("{.reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t;}" : "=f"(f) : "h"(v));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ elem_t from_f32(float f) {
+#if ELEM_BITS == 32
+    return f;
+#elif IS_BF16
+    u16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+#else
+    u16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+#endif
+}
+
+__device__ __forceinline__ float sigmoid_f(float x) {
+#if FAST
+    float e, r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -1.4426950408889634f));
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
+    return r;
+#else
+    return 1.0f / (1.0f + expf(-x));
+#endif
+}
+
+__device__ __forceinline__ float tanh_f(float x) {
+    // 2 sigmoid(2x) - 1: exact limits at +-inf, NaN stays NaN, absolute error ~1e-7 near 0 (as cell.py)
+#if FAST
+    float e, r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -2.8853900817779268f));
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
+    return 2.0f * r - 1.0f;
+#else
+    return 2.0f / (1.0f + expf(-2.0f * x)) - 1.0f;
+#endif
+}
+
+__device__ __forceinline__ uint4 ld_poll(const void* p) {
+    uint4 v;
+    asm volatile("ld.relaxed.gpu.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ bool has_poison(uint4 v) {
+#if ELEM_BITS == 32
+    return (v.x == 0xffffffffu) | (v.y == 0xffffffffu) | (v.z == 0xffffffffu) | (v.w == 0xffffffffu);
+#else
+    // a 16-bit word all ones (a NaN no GPU computes: its NaNs are 0x7fff / 0x7fc0 ...)
+    const u32 w[4] = {v.x, v.y, v.z, v.w};
+    bool any = false;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) any |= ((w[i] & 0xffffu) == 0xffffu) | (w[i] >= 0xffff0000u);
+    return any;
+#endif
+}
+
+__device__ __forceinline__ int h_index(int b, int k) {
+#if MMA
+    return b * HROW + k;
+#else
+    return b * HROW + (k / KPT) * (KPT + 4) + (k % KPT);
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
+    const float* __restrict__ gx, const elem_t* __restrict__ w_hh, elem_t* slab, int* err,
+    const elem_t* __restrict__ h0, const elem_t* __restrict__ c0, elem_t* out,
+    long long stride_ot, long long stride_ob, long long stride_ok, elem_t* hn, elem_t* cn,
+    int T, int B, int H, int layer, int is_last, long long spin_limit)
+{
+    extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ int s_abort;
+    hs_t* h_s = (hs_t*)smem;
+#if MMA
+    elem_t* w_s = (elem_t*)(smem + sizeof(hs_t) * BB * HROW);
+    float* red = (float*)(smem + sizeof(hs_t) * BB * HROW + sizeof(elem_t) * COLS * HROW);
+#else
+    float* red = (float*)(smem + sizeof(hs_t) * BB * HROW);
+#endif
+    const int tid = threadIdx.x;
+    const int unit = blockIdx.x;
+    const int group = unit / (D * TILES);
+    const int d = (unit / TILES) % D;
+    const int n0 = (unit % TILES) * NB;
+    const int row0 = group * BB;
+    const int nrows = min(BB, B - row0);
+    const long long RT = (long long)D * HP;
+    const long long C = RT * 4;
+    const elem_t* w_dir = w_hh + (long long)(layer * D + d) * HP * (HP * 4) + n0 * 4;
+
+    if (tid == 0) s_abort = 0;
+    // h rows past the batch stay 0 (the MMA reads 16 rows; their results are never stored)
+    for (int i = tid; i < BB * HROW; i += NT) {
+        if (i / HROW >= nrows) h_s[i] = (hs_t)0;
+    }
+#if MMA
+    for (int i = tid; i < KH * COLS; i += NT) {  // coalesced along the columns, transposed into w_s
+        const int k = i / COLS, c = i % COLS;
+        w_s[c * HROW + k] = w_dir[(long long)k * (HP * 4) + c];
+    }
+    const int lane = tid & 31, warp = tid >> 5;
+    const int ks = warp % KSL;
+    const int nt = warp / KSL;  // one m tile: BB == 16
+#else
+    const int col = tid % COLS, ks = tid / COLS;
+    float w[KPT];
+#pragma unroll
+    for (int i = 0; i < KPT; ++i) w[i] = to_f32(w_dir[(long long)(ks * KPT + i) * (HP * 4) + col]);
+#endif
+
+    // the cells this thread owns: (row b, unit u), j = tid + i NT
+    float h_st[CPT], c_st[CPT];
+    const int init_slot = d == 0 ? 0 : T + 1;
+#pragma unroll
+    for (int i = 0; i < CPT; ++i) {
+        const int j = tid + i * NT, b = j / NB, n = n0 + j % NB;
+        h_st[i] = 0.0f;
+        c_st[i] = 0.0f;
+        if (j < CELLS && b < nrows) {
+#if HAS_STATE
+            if (n < H) {
+                const long long si = ((long long)(layer * D + d) * B + row0 + b) * H + n;
+                h_st[i] = to_f32(h0[si]);
+#if IS_LSTM
+                c_st[i] = to_f32(c0[si]);
+#endif
+            }
+#endif
+            slab[((long long)init_slot * B + row0 + b) * RT + d * HP + n] = from_f32(h_st[i]);
+        }
+    }
+    __syncthreads();
+
+    for (int s = 0; s < T; ++s) {
+        const int t = d == 0 ? s : T - 1 - s;
+        const long long read_slot = d == 0 ? t : t + 2;
+        // this step's projection: no other block's work, so in flight during the wait
+        float4 g[CPT];
+#pragma unroll
+        for (int i = 0; i < CPT; ++i) {
+            const int j = tid + i * NT, b = j / NB, n = n0 + j % NB;
+            g[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (j < CELLS && b < nrows)
+                g[i] = __ldg((const float4*)(gx + ((long long)t * B + row0 + b) * C + (d * HP + n) * 4));
+        }
+        // wait for the previous h: every thread its own 16-byte chunks, all in flight, re-read until clean
+        const elem_t* src = slab + (read_slot * B + row0) * RT + d * HP;
+        uint4 v[PC];
+        bool gave_up = false;
+#pragma unroll
+        for (int i = 0; i < PC; ++i) {
+            const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
+            if (q < NCH && b < nrows) v[i] = ld_poll(src + b * RT + k);
+        }
+#pragma unroll
+        for (int i = 0; i < PC; ++i) {
+            const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
+            if (q < NCH && b < nrows && !gave_up) {
+                long long spins = 1;
+                while (has_poison(v[i])) {
+                    if (spins >= spin_limit) { gave_up = true; break; }
+                    v[i] = ld_poll(src + b * RT + k);
+                    ++spins;
+                }
+                if (!gave_up) {
+#if MMA || ELEM_BITS == 32
+                    *(uint4*)(h_s + h_index(b, k)) = v[i];
+#else
+                    const u32 ww[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+                    float f[8];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        f[2 * e] = to_f32((elem_t)(ww[e] & 0xffffu));
+                        f[2 * e + 1] = to_f32((elem_t)(ww[e] >> 16));
+                    }
+                    *(float4*)(h_s + h_index(b, k)) = make_float4(f[0], f[1], f[2], f[3]);
+                    *(float4*)(h_s + h_index(b, k + 4)) = make_float4(f[4], f[5], f[6], f[7]);
+#endif
+                }
+            }
+        }
+        if (gave_up) {
+            atomicMax(err, 1);
+            s_abort = 1;
+        }
+        __syncthreads();  // barrier 1: h is in shared memory
+        if (s_abort) return;
+
+#if MMA
+        {
+            float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+            const int kbeg = ks * (KH / KSL);
+            const u32 a_base = (u32)__cvta_generic_to_shared(h_s + (lane & 15) * HROW + (lane >> 4) * 8 + kbeg);
+            const elem_t* b_base = w_s + (nt * 8 + (lane >> 2)) * HROW + (lane & 3) * 2 + kbeg;
+#pragma unroll
+            for (int kc = 0; kc < KH / KSL / 16; ++kc) {
+                u32 a0, a1, a2, a3;
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                             : "=r"(a0), "=r"(a1), "=r"(a2), "=r"(a3) : "r"(a_base + kc * 32) : "memory");
+                const u32 b0 = *(const u32*)(b_base + kc * 16);
+                const u32 b1 = *(const u32*)(b_base + kc * 16 + 8);
+                float* acc = (kc & 1) ? acc1 : acc0;
+#if IS_BF16
+                asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+#else
+                asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+#endif
+                             "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                             : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
+                             : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+            }
+            float* r = red + (ks * BB + (lane >> 2)) * RROW + nt * 8 + (lane & 3) * 2;
+            *(float2*)r = make_float2(acc0[0] + acc1[0], acc0[1] + acc1[1]);
+            *(float2*)(r + 8 * RROW) = make_float2(acc0[2] + acc1[2], acc0[3] + acc1[3]);
+        }
+#else
+#pragma unroll 1
+        for (int b = 0; b < nrows; ++b) {
+            const float4* hp = (const float4*)(h_s + b * HROW + ks * (KPT + 4));
+            float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+#pragma unroll
+            for (int i = 0; i < KPT / 4; ++i) {
+                const float4 hv = hp[i];
+                a0 = fmaf(hv.x, w[4 * i], a0);
+                a1 = fmaf(hv.y, w[4 * i + 1], a1);
+                a2 = fmaf(hv.z, w[4 * i + 2], a2);
+                a3 = fmaf(hv.w, w[4 * i + 3], a3);
+            }
+            red[(ks * BB + b) * RROW + col] = (a0 + a1) + (a2 + a3);
+        }
+#endif
+        __syncthreads();  // barrier 2: the partial sums are in shared memory
+
+#pragma unroll
+        for (int i = 0; i < CPT; ++i) {
+            const int j = tid + i * NT, b = j / NB, u = j % NB, n = n0 + u;
+            if (j < CELLS && b < nrows) {
+                float4 p = g[i];
+#pragma unroll
+                for (int k2 = 0; k2 < KSL; ++k2) {
+                    const float4 r = *(const float4*)(red + (k2 * BB + b) * RROW + u * 4);
+                    p.x += r.x; p.y += r.y; p.z += r.z; p.w += r.w;
+                }
+                float h;
+#if IS_LSTM
+                const float c = sigmoid_f(p.y) * c_st[i] + sigmoid_f(p.x) * tanh_f(p.z);
+                h = sigmoid_f(p.w) * tanh_f(c);
+                c_st[i] = c;
+#else
+                const float z = sigmoid_f(p.y);
+                const float nn = tanh_f(p.w + sigmoid_f(p.x) * p.z);
+                h = (1.0f - z) * nn + z * h_st[i];
+#endif
+                h_st[i] = h;
+                const int row = row0 + b;
+                const elem_t hv = from_f32(h);
+                slab[((long long)(t + 1) * B + row) * RT + d * HP + n] = hv;  // the word is the flag
+                if (n < H) {
+                    if (is_last) out[t * stride_ot + row * stride_ob + (d * H + n) * stride_ok] = hv;
+                    if (s == T - 1) {
+                        const long long si = ((long long)(layer * D + d) * B + row) * H + n;
+                        hn[si] = hv;
+#if IS_LSTM
+                        cn[si] = from_f32(c_st[i]);
+#endif
+                    }
+                }
+            }
+        }
+    }
+}
+"""

@@ -1,0 +1,206 @@
+"""The CUDA C++ persistent kernel (kernels/rnn/cuda_source.py, compiled by NVRTC).
+
+On the CPU: every kind of variant compiles for sm_90 without errors or spills (NVRTC runs without a GPU), and
+the plan picks the CUDA kernel or says why not. The slab algorithm both persistent kernels share is checked
+against float64 under Triton's interpreter in test_fused.py (test_persistent_*). With a GPU (`gpu` marker):
+the kernel itself against float64 PyTorch, CUDA-graph replay, NaN propagation, and a stalled wait raising.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton", reason="triton is not installed (pip install 'lstminfer[gpu]')")
+
+from lstminfer.kernels.rnn import KernelStalled, pack_rnn, plan_for, rnn_forward  # noqa: E402
+from lstminfer.kernels.rnn.plan import _cuda_choice, _cuda_plan  # noqa: E402
+from test_fused import assert_close, make, random_inputs, reference, run_fused  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def packed_of(hidden, bi, dtype=torch.float32, kind="lstm", layers=1):
+    return pack_rnn(make(kind, 8, hidden, layers, bi, False), "cpu", dtype)
+
+
+# ---- CPU: the plan ------------------------------------------------------------------------------------------
+
+def test_cuda_plan_fits_the_multiprocessors_and_names_its_kernel():
+    p = _cuda_plan(packed_of(1024, False, torch.float16), 8, 132)  # U: 128 blocks of 8 units, 16 rows, mma
+    assert (p.kernel, p.block_n, p.r_tiles, p.programs, p.block_b, p.mma) == ("persistent-cuda", 8, 128, 128, 16,
+                                                                             True)
+    assert p.num_warps == (4 * 8 // 8) * p.k_split == 8  # a warp per (8-column tile, k slice)
+    q = _cuda_plan(packed_of(512, False, torch.bfloat16), 64, 132)  # Q: 4 groups of 16 rows x 32 blocks
+    assert (q.block_b, q.block_n, q.programs, q.k_split) == (16, 16, 128, 1)
+    r = _cuda_plan(packed_of(1024, False), 1, 132)  # R fp32: FFMA, one row, 128 k a thread (256 threads)
+    assert (r.mma, r.block_b, r.block_n, r.num_warps, r.k_split) == (False, 1, 8, 8, 8)
+    s = _cuda_plan(packed_of(512, True), 8, 132)  # S fp32: 64 blocks a direction
+    assert (s.programs, s.block_n, s.block_b) == (128, 8, 8)
+    v = _cuda_plan(packed_of(768, False, torch.float16), 16, 132)  # V: no block for the padding to 1024
+    assert v.r_tiles * v.block_n == 768 and v.programs == 96
+    odd = _cuda_plan(packed_of(300, False), 5, 132)  # units computed: 300 rounded up to a multiple of 64
+    assert odd.r_tiles * odd.block_n == 320
+    assert _cuda_plan(packed_of(1024, True), 64, 132) is None  # fp32 W_hh^T slices past the registers
+    assert not _cuda_plan(packed_of(512, False, torch.float16), 1, 132, mma=False).mma  # 16-bit FFMA asked
+    d = p.describe()
+    assert d["kernel"] == "persistent-cuda" and d["mma"] is True and "note" not in d
+
+
+def test_cuda_choice_says_why_not():
+    packed = packed_of(512, False)
+    assert _cuda_choice(packed, 1, 132, True, False, None, None) == (None, "cuda=False")
+    assert _cuda_choice(packed, 1, 132, False, None, None, None) == (None, "no CUDA device")
+    assert _cuda_choice(packed, 1, 132, True, None, None, True)[1] == "wide plans run on the Triton kernel"
+    from lstminfer.kernels.rnn.cuda_persistent import available
+
+    ok, why = available()
+    plan, reason = _cuda_choice(packed, 1, 132, True, None, None, None)
+    if ok:
+        assert plan.kernel == "persistent-cuda" and reason == ""
+        big = packed_of(1024, True)
+        assert _cuda_choice(big, 64, 132, True, None, None, None) == (
+            None, "the size does not fit the CUDA kernel (blocks, registers or shared memory)")
+    else:
+        assert plan is None and reason == why and ("cuda-bindings" in why or "NVRTC" in why)
+
+
+def test_plan_without_a_gpu_keeps_the_triton_kernel():
+    """On the CPU (the interpreter) the per-layer path is the Triton kernel, which the interpreter can run."""
+    plan = plan_for(packed_of(20, False), 4, 3, path="per-layer")
+    assert plan.kernel == "persistent" and not plan.cuda and plan.note == ""
+
+
+# ---- CPU: NVRTC compiles every kind of variant for sm_90 ------------------------------------------------------
+
+def _variants():
+    from lstminfer.kernels.rnn.cuda_persistent import CudaConfig
+
+    # (is_lstm, D, HP, KH, NB, TILES, BB, NT, KSL, MMA, ELEM_BITS, BF16, HAS_STATE): the issue's shapes
+    return {
+        "P fp32 lstm ffma": CudaConfig(True, 1, 512, 512, 4, 128, 1, 128, 8, False, 32, False, True),
+        "S fp32 gru bi ffma no state": CudaConfig(False, 2, 512, 512, 8, 64, 8, 256, 8, False, 32, False, False),
+        "R fp32 lstm ffma 128 k a thread": CudaConfig(True, 1, 1024, 1024, 8, 128, 1, 256, 8, False, 32, False, True),
+        "U fp16 lstm mma": CudaConfig(True, 1, 1024, 1024, 8, 128, 16, 256, 2, True, 16, False, False),
+        "Q bf16 gru mma": CudaConfig(False, 1, 512, 512, 16, 32, 16, 256, 1, True, 16, True, True),
+        "P bf16 lstm ffma": CudaConfig(True, 1, 512, 512, 4, 128, 1, 128, 8, False, 16, True, True),
+    }
+
+
+@pytest.mark.parametrize("name", list(_variants()))
+def test_nvrtc_compiles_each_variant_for_sm90_without_spills(name):
+    pytest.importorskip("cuda.bindings", reason="cuda-bindings is not installed (pip install 'lstminfer[dev]')")
+    from lstminfer.kernels.rnn.cuda_persistent import available, compile_cubin
+
+    ok, why = available()
+    if not ok:
+        pytest.skip(why)
+    cubin, log = compile_cubin(_variants()[name], "sm_90a")
+    assert cubin[:4] == b"\x7fELF"  # a cubin, not PTX
+    assert "0 bytes spill stores" in log and "rnn_persistent_cuda" in log, log
+
+
+# ---- GPU: the kernel against float64 ---------------------------------------------------------------------------
+
+# (kind, input, hidden, layers, bi, batch_first, seq, batch, state)
+GPU_CASES = [
+    ("lstm", 256, 512, 1, False, False, 30, 1, True),
+    ("lstm", 80, 512, 2, True, True, 20, 8, True),
+    ("gru", 64, 300, 2, True, False, 10, 5, False),
+    ("lstm", 128, 1024, 1, False, False, 20, 8, False),
+    ("gru", 128, 768, 1, False, True, 12, 16, True),
+    ("lstm", 32, 256, 1, False, False, 10, 64, True),
+    ("gru", 64, 1024, 1, False, False, 8, 1, True),
+    ("lstm", 48, 512, 1, False, False, 6, 37, False),
+]
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision,atol", [("fp32", 1e-4), ("fp16", 1e-2), ("bf16", 8e-2)])
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_gpu_cuda_persistent_matches_float64(case, precision, atol):
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    dtype = DTYPES[precision]
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    plan = plan_for(pack_rnn(module, "cuda", dtype), seq_len, batch, path="per-layer", cuda=True)
+    assert plan.kernel == "persistent-cuda", plan.note
+    got = run_fused(module, x, hx, dtype=dtype, device="cuda", path="per-layer", cuda=True)
+    assert all(g.dtype == dtype for g in got)
+    assert_close(got, reference(module, x, hx), atol)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c[7] <= 8], ids=lambda c: "-".join(map(str, c)))
+def test_gpu_cuda_persistent_ffma_on_16_bit_matches_float64(case, precision):
+    """16-bit weights and h on the FFMA product (mma=False: the real rows only)."""
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    plan = plan_for(pack_rnn(module, "cuda", DTYPES[precision]), seq_len, batch, path="per-layer", mma=False)
+    assert plan.kernel == "persistent-cuda" and not plan.mma
+    got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", path="per-layer", mma=False)
+    assert_close(got, reference(module, x, hx), 1e-2 if precision == "fp16" else 8e-2)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gpu_cuda_persistent_graph_replays_equal_eager_and_nan_propagates(precision):
+    module = make("lstm", 80, 512, 2, True, False)
+    x, hx = random_inputs(module, 16, 4, True)
+    x[3, 1, 5] = float("nan")  # batch row 1 only
+    dtype = DTYPES[precision]
+    packed = pack_rnn(module, "cuda", dtype)
+    plan = plan_for(packed, 16, 4)
+    assert plan.kernel == "persistent-cuda", plan.note
+    args = [t.cuda().to(dtype) for t in (x, *hx)]
+    eager = rnn_forward(packed, *args, plan=plan)
+    ws: dict = {}
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        rnn_forward(packed, *args, plan=plan, workspace=ws)
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        static = rnn_forward(packed, *args, plan=plan, workspace=ws, check=False)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        for g, e in zip(static, eager):
+            assert torch.equal(torch.isnan(g), torch.isnan(e))
+            assert torch.equal(torch.nan_to_num(g), torch.nan_to_num(e))
+    want = reference(module, x, hx)
+    for g, w in zip(static, want):
+        assert torch.equal(torch.isnan(g.cpu()), torch.isnan(w))
+    finite = [torch.nan_to_num(g.cpu().double(), nan=0.0) for g in static]
+    assert_close(finite, [torch.nan_to_num(w, nan=0.0) for w in want], 1e-4 if precision == "fp32" else 8e-2)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_cuda_persistent_stall_raises(monkeypatch):
+    """One block short of the plan (its units' h never written): the others give up their waits after the spin
+    limit and the call raises KernelStalled instead of returning numbers."""
+    from lstminfer.kernels.rnn import launch as launch_module
+
+    monkeypatch.setattr(launch_module, "SPIN_LIMIT", 20000)
+    module = make("lstm", 16, 512, 1, False, False)
+    x, hx = random_inputs(module, 5, 2, True)
+    packed = pack_rnn(module, "cuda")
+    plan = plan_for(packed, 5, 2)
+    assert plan.kernel == "persistent-cuda", plan.note
+    short = dataclasses.replace(plan, programs=plan.programs - 1)
+    with pytest.raises(KernelStalled, match="resident"):
+        rnn_forward(packed, x.cuda(), hx[0].cuda(), hx[1].cuda(), plan=short)
+    assert_close([t.cpu() for t in rnn_forward(packed, x.cuda(), hx[0].cuda(), hx[1].cuda(), plan=plan)],
+                 reference(module, x, hx), 1e-4)  # the error word was cleared: the next call is judged alone
