@@ -349,3 +349,23 @@ def test_a_model_file_is_written_as_it_is(tmp_path):
     model = model_from_args(parser.parse_args([str(vad_onnx), "--input", "gain=1.0"]))
     sr = next(t for t in repo.served_tensors(model).inputs if t.name == "sr")
     assert sr.dims == (1,) and sr.data_type == "TYPE_INT64"
+
+
+def test_model_py_finds_the_lstminfer_that_wrote_it(tmp_path):
+    """The Python-backend stub ignores PYTHONPATH: a source checkout run as PYTHONPATH=src (the GPU machine's
+    way) served nothing until model.py named where lstminfer lies. Checked with an interpreter that has
+    neither PYTHONPATH nor site-packages (-I -S), from another folder."""
+    import subprocess
+    import sys
+
+    import lstminfer
+    from lstminfer.serve.repository import model_py
+
+    (tmp_path / "model.py").write_text(model_py())
+    code = ("import runpy; g = runpy.run_path('model.py'); import lstminfer; "
+            "print(g['TritonPythonModel'].__module__, lstminfer.__file__)")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    module, where = done.stdout.split()
+    assert module == "lstminfer.serve.pymodel" and where == lstminfer.__file__

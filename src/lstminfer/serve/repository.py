@@ -37,8 +37,24 @@ PLATFORMS = ("python", "onnxruntime", "tensorrt")
 STREAM_SUFFIX = "_stream"
 MODEL_PY = '''"""Triton Python-backend model written by lstminfer: the logic lives in lstminfer.serve.pymodel."""
 
-from lstminfer.serve.pymodel import TritonPythonModel  # noqa: F401
+import os
+import sys
+
+# Where the lstminfer that wrote this repository lies, tried last: the Python-backend stub ignores PYTHONPATH,
+# so a source checkout run with PYTHONPATH=src (or a --target install) is found only through this line.
+# An lstminfer installed in the stub's site-packages comes first.
+if os.path.isdir({root!r}) and {root!r} not in sys.path:
+    sys.path.append({root!r})
+
+from lstminfer.serve.pymodel import TritonPythonModel  # noqa: E402,F401
 '''
+
+
+def model_py() -> str:
+    """The `model.py` of a Python-backend model: it imports lstminfer.serve.pymodel."""
+    import lstminfer
+
+    return MODEL_PY.format(root=str(Path(lstminfer.__file__).resolve().parent.parent))
 
 
 class Enum(str):
@@ -387,7 +403,7 @@ def write_python_models(repo: str | Path, served: ServedModel, spec: Any, option
         config = python_config(name, inputs, outputs, options, stream=is_stream, batched=batched)
         _write(repo / name / "config.pbtxt", to_pbtxt(config))
         version = repo / name / "1"
-        _write(version / "model.py", MODEL_PY)
+        _write(version / "model.py", model_py())
         desc = served.to_json(is_stream, options, batched)
         if not batched:
             desc["fixed"] = tensors.fixed
