@@ -237,14 +237,15 @@ SWEEP = {
     # 16-bit with few rows also on the CUDA kernel's FFMA (mma=False)
     "M 256->256 B1 fp32": [dict(path="single-launch"), dict(num_warps=1), dict(state_in_registers=False)],
     "P 256->512 B1 fp32": [dict(state_in_registers=False), dict(num_warps=8)],
-    "P 256->512 B1 bf16": [dict(wide=True), dict(state_in_registers=False), dict(mma=False)],
+    "P 256->512 B1 bf16": [dict(wide=True), dict(state_in_registers=False)],
     "R 80->1024 B1 T200 fp32": [dict(state_in_registers=False), dict(num_warps=8)],
-    "R 80->1024 B1 T200 bf16": [dict(wide=True), dict(mma=False)],
-    "U 128->1024 B8 T200 fp16": [dict(state_in_registers=False), dict(num_warps=8), dict(mma=False)],
+    "R 80->1024 B1 T200 bf16": [dict(wide=True)],
+    # the CUDA kernel with twice the k slices (16 warps: half the mma chain a warp, a larger reduction)
+    "U 128->1024 B8 T200 fp16": [dict(cuda=True, k_split=4, num_warps=16)],
     "S speech 2L bi 80->512 B8 fp32": [dict(state_in_registers=False)],
     "S speech 2L bi 80->512 B8 bf16": [dict(state_in_registers=False)],
-    "Q 256->512 B64 bf16": [dict(state_in_registers=False)],
-    "V 128->768 B16 T1024 fp16": [dict(state_in_registers=False)],
+    "Q 256->512 B64 bf16": [dict(cuda=True, k_split=2, num_warps=16)],
+    "V 128->768 B16 T1024 fp16": [dict(cuda=True, k_split=4, num_warps=16)],
 }
 # the seed model at other lengths: layer pipeline against the stack kernel (where to switch)
 SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n), [dict(pipeline=True),
@@ -301,8 +302,8 @@ def print_cuda_vs_triton(workloads: list[Workload], rows: list, args) -> None:
     """Each workload the CUDA persistent kernel served, timed again with cuda=False (the Triton kernel) in the
     same run: fused-graph us of both and cuDNN in a graph."""
     print("\n| workload | cuDNN graph us | fused-graph CUDA kernel us | fused-graph Triton kernel us | CUDA / Triton "
-          "| cuDNN graph / CUDA | err CUDA / Triton | CUDA plan |")
-    print("|" + "---|" * 8)
+          "| cuDNN graph / CUDA | err CUDA / Triton | CUDA plan | CUDA other product (mma=False / True) us |")
+    print("|" + "---|" * 9)
     for w, r in zip(workloads, rows):
         if r is None or r["plan"].kernel != "persistent-cuda":
             continue
@@ -311,10 +312,17 @@ def print_cuda_vs_triton(workloads: list[Workload], rows: list, args) -> None:
         except Exception as err:  # report and go on
             print(f"| {w.name} | | {r['fused-graph']:.1f} | failed: {type(err).__name__}: {str(err)[:100]} | | | | |")
             continue
+        other = ""
+        if w.precision != "fp32" and w.batch <= 16:  # 16-bit with few rows: FFMA on the real rows, or mma
+            try:
+                o = bench(w, args, dict(mma=not r["plan"].mma))
+                other = f"{o['fused-graph']:.1f} (err {o['err']:.1e}, {plan_text(o['plan'])})"
+            except Exception as err:
+                other = f"failed: {type(err).__name__}: {str(err)[:80]}"
         cudnn_graph = r.get("cudnn-graph", float("nan"))
         print(f"| {w.name} | {cudnn_graph:.1f} | {r['fused-graph']:.1f} | {t['fused-graph']:.1f} "
               f"| {r['fused-graph'] / t['fused-graph']:.2f} | {cudnn_graph / r['fused-graph']:.2f}x "
-              f"| {r['err']:.1e} / {t['err']:.1e} | {plan_text(r['plan'])} |", flush=True)
+              f"| {r['err']:.1e} / {t['err']:.1e} | {plan_text(r['plan'])} | {other} |", flush=True)
 
 
 def plan_text(plan) -> str:

@@ -47,7 +47,9 @@ def test_cuda_plan_fits_the_multiprocessors_and_names_its_kernel():
     odd = _cuda_plan(packed_of(300, False), 5, 132)  # units computed: 300 rounded up to a multiple of 64
     assert odd.r_tiles * odd.block_n == 320
     assert _cuda_plan(packed_of(1024, True), 64, 132) is None  # fp32 W_hh^T slices past the registers
-    assert not _cuda_plan(packed_of(512, False, torch.float16), 1, 132, mma=False).mma  # 16-bit FFMA asked
+    assert not _cuda_plan(packed_of(512, False, torch.float16), 1, 132).mma  # 16-bit, one row: FFMA
+    assert _cuda_plan(packed_of(512, False, torch.float16), 1, 132, mma=True).mma
+    assert not _cuda_plan(packed_of(512, False, torch.float16), 8, 132, mma=False).mma
     d = p.describe()
     assert d["kernel"] == "persistent-cuda" and d["mma"] is True and "note" not in d
 
@@ -139,16 +141,18 @@ def test_gpu_cuda_persistent_matches_float64(case, precision, atol):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("mma", [False, True])
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 @pytest.mark.parametrize("case", [c for c in GPU_CASES if c[7] <= 8], ids=lambda c: "-".join(map(str, c)))
-def test_gpu_cuda_persistent_ffma_on_16_bit_matches_float64(case, precision):
-    """16-bit weights and h on the FFMA product (mma=False: the real rows only)."""
+def test_gpu_cuda_persistent_both_products_on_16_bit_match_float64(case, precision, mma):
+    """16-bit weights and h on either product: FFMA on the real rows (h widened in shared memory; the default
+    at one row) or mma.sync over 16 padded rows."""
     kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
     module = make(kind, input_size, hidden, layers, bi, bf)
     x, hx = random_inputs(module, seq_len, batch, with_state)
-    plan = plan_for(pack_rnn(module, "cuda", DTYPES[precision]), seq_len, batch, path="per-layer", mma=False)
-    assert plan.kernel == "persistent-cuda" and not plan.mma
-    got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", path="per-layer", mma=False)
+    plan = plan_for(pack_rnn(module, "cuda", DTYPES[precision]), seq_len, batch, path="per-layer", mma=mma)
+    assert plan.kernel == "persistent-cuda" and plan.mma == mma
+    got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", path="per-layer", mma=mma)
     assert_close(got, reference(module, x, hx), 1e-2 if precision == "fp16" else 8e-2)
 
 

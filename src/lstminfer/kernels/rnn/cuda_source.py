@@ -41,6 +41,8 @@ typedef unsigned int u32;
 #define PC ((NCH + NT - 1) / NT)
 #define CELLS (BB * NB)
 #define CPT ((CELLS + NT - 1) / NT)
+#define MMA_BATCH 8
+static_assert(PC <= 32, "at most 32 poll chunks a thread (a bit mask)");
 
 #if ELEM_BITS == 32
 typedef float elem_t;
@@ -162,9 +164,18 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         if (i / HROW >= nrows) h_s[i] = (hs_t)0;
     }
 #if MMA
-    for (int i = tid; i < KH * COLS; i += NT) {  // coalesced along the columns, transposed into w_s
-        const int k = i / COLS, c = i % COLS;
-        w_s[c * HROW + k] = w_dir[(long long)k * (HP * 4) + c];
+    // 16-byte loads along a row's columns, several in flight, transposed into w_s (v15 loaded one 2-byte word
+    // an iteration: ~100 dependent round trips a launch)
+#pragma unroll 8
+    for (int i = tid; i < KH * (COLS / 8); i += NT) {
+        const int k = i / (COLS / 8), c = (i % (COLS / 8)) * 8;
+        const uint4 q = __ldg((const uint4*)(w_dir + (long long)k * (HP * 4) + c));
+        const u32 ww[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            w_s[(c + 2 * e) * HROW + k] = (elem_t)(ww[e] & 0xffffu);
+            w_s[(c + 2 * e + 1) * HROW + k] = (elem_t)(ww[e] >> 16);
+        }
     }
     const int lane = tid & 31, warp = tid >> 5;
     const int ks = warp % KSL;
@@ -211,26 +222,41 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             if (j < CELLS && b < nrows)
                 g[i] = __ldg((const float4*)(gx + ((long long)t * B + row0 + b) * C + (d * HP + n) * 4));
         }
-        // wait for the previous h: every thread its own 16-byte chunks, all in flight, re-read until clean
+        // wait for the previous h: every thread its own 16-byte chunks, all in flight; the chunks still holding
+        // poison are re-read together, so a wait costs one L2 round trip after the data is there, not one a
+        // chunk (v15 re-read them one after another: 4-8 round trips a step at 16 rows)
         const elem_t* src = slab + (read_slot * B + row0) * RT + d * HP;
         uint4 v[PC];
-        bool gave_up = false;
+        u32 pending = 0;
 #pragma unroll
         for (int i = 0; i < PC; ++i) {
             const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
-            if (q < NCH && b < nrows) v[i] = ld_poll(src + b * RT + k);
+            if (q < NCH && b < nrows) {
+                v[i] = ld_poll(src + b * RT + k);
+                pending |= 1u << i;
+            }
         }
+        bool gave_up = false;
+        long long spins = 1;
+        while (true) {
+            u32 bad = 0;
 #pragma unroll
-        for (int i = 0; i < PC; ++i) {
-            const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
-            if (q < NCH && b < nrows && !gave_up) {
-                long long spins = 1;
-                while (has_poison(v[i])) {
-                    if (spins >= spin_limit) { gave_up = true; break; }
-                    v[i] = ld_poll(src + b * RT + k);
-                    ++spins;
-                }
-                if (!gave_up) {
+            for (int i = 0; i < PC; ++i)
+                if (((pending >> i) & 1u) && has_poison(v[i])) bad |= 1u << i;
+            if (bad == 0) break;
+            if (spins >= spin_limit) { gave_up = true; break; }
+#pragma unroll
+            for (int i = 0; i < PC; ++i) {
+                const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
+                if ((bad >> i) & 1u) v[i] = ld_poll(src + b * RT + k);
+            }
+            ++spins;
+        }
+        if (!gave_up) {
+#pragma unroll
+            for (int i = 0; i < PC; ++i) {
+                const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
+                if ((pending >> i) & 1u) {
 #if MMA || ELEM_BITS == 32
                     *(uint4*)(h_s + h_index(b, k)) = v[i];
 #else
@@ -256,30 +282,48 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 
 #if MMA
         {
-            float acc0[4] = {0.f, 0.f, 0.f, 0.f}, acc1[4] = {0.f, 0.f, 0.f, 0.f};
+            // fragments of MMA_BATCH k chunks loaded before their mma's (all loads in flight together), four
+            // accumulators (v15 issued load, mma, load, mma: a shared-memory latency every chunk)
+            float acc[4][4];
+#pragma unroll
+            for (int a = 0; a < 4; ++a) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.f;
             const int kbeg = ks * (KH / KSL);
             const u32 a_base = (u32)__cvta_generic_to_shared(h_s + (lane & 15) * HROW + (lane >> 4) * 8 + kbeg);
             const elem_t* b_base = w_s + (nt * 8 + (lane >> 2)) * HROW + (lane & 3) * 2 + kbeg;
 #pragma unroll
-            for (int kc = 0; kc < KH / KSL / 16; ++kc) {
-                u32 a0, a1, a2, a3;
-                asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                             : "=r"(a0), "=r"(a1), "=r"(a2), "=r"(a3) : "r"(a_base + kc * 32) : "memory");
-                const u32 b0 = *(const u32*)(b_base + kc * 16);
-                const u32 b1 = *(const u32*)(b_base + kc * 16 + 8);
-                float* acc = (kc & 1) ? acc1 : acc0;
+            for (int k0 = 0; k0 < KH / KSL / 16; k0 += MMA_BATCH) {
+                u32 af[MMA_BATCH][4], bf[MMA_BATCH][2];
+#pragma unroll
+                for (int j = 0; j < MMA_BATCH; ++j) {
+                    if (k0 + j < KH / KSL / 16) {
+                        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                                     : "=r"(af[j][0]), "=r"(af[j][1]), "=r"(af[j][2]), "=r"(af[j][3])
+                                     : "r"(a_base + (k0 + j) * 32) : "memory");
+                        bf[j][0] = *(const u32*)(b_base + (k0 + j) * 16);
+                        bf[j][1] = *(const u32*)(b_base + (k0 + j) * 16 + 8);
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < MMA_BATCH; ++j) {
+                    if (k0 + j < KH / KSL / 16) {
+                        float* c = acc[j & 3];
 #if IS_BF16
-                asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
 #else
-                asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+                        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
 #endif
-                             "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                             : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-                             : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+                            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                            : "r"(af[j][0]), "r"(af[j][1]), "r"(af[j][2]), "r"(af[j][3]), "r"(bf[j][0]),
+                              "r"(bf[j][1]));
+                    }
+                }
             }
             float* r = red + (ks * BB + (lane >> 2)) * RROW + nt * 8 + (lane & 3) * 2;
-            *(float2*)r = make_float2(acc0[0] + acc1[0], acc0[1] + acc1[1]);
-            *(float2*)(r + 8 * RROW) = make_float2(acc0[2] + acc1[2], acc0[3] + acc1[3]);
+            *(float2*)r = make_float2((acc[0][0] + acc[1][0]) + (acc[2][0] + acc[3][0]),
+                                      (acc[0][1] + acc[1][1]) + (acc[2][1] + acc[3][1]));
+            *(float2*)(r + 8 * RROW) = make_float2((acc[0][2] + acc[1][2]) + (acc[2][2] + acc[3][2]),
+                                                   (acc[0][3] + acc[1][3]) + (acc[2][3] + acc[3][3]));
         }
 #else
 #pragma unroll 1

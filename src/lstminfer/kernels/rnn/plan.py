@@ -54,6 +54,10 @@ SPIN_LIMIT = 4_000_000
 # next to the ~90 other registers a thread needs (sm_90 ptxas: 214 registers at 128 k, no spill; 512 threads
 # capped at 128 registers spilled W inside the step loop). CUDA_MAX_SHARED: a block's dynamic shared memory.
 CUDA_DEFAULT = True
+# 16-bit with at most this many batch rows: FFMA on the real rows (16-bit h widened in shared memory) instead of
+# mma.sync over 16 padded rows (H200, v15: P bf16 123 vs 177 us, R bf16 282 vs 509; at 8 rows mma won: S bf16
+# 1124 vs 1390, U 980 vs 1244)
+CUDA_FFMA_16BIT_MAX_ROWS = 1
 CUDA_MMA_ROWS = 16
 CUDA_MMA_WARPS = 8
 CUDA_FFMA_MAX_ROWS = 16
@@ -180,7 +184,7 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None)
     """
     hp, dirs, hidden = packed.hidden_padded, packed.num_directions, packed.hidden_size
     sixteen = packed.dtype != torch.float32
-    mma = sixteen if mma is None else (bool(mma) and sixteen)
+    mma = (sixteen and batch > CUDA_FFMA_16BIT_MAX_ROWS) if mma is None else (bool(mma) and sixteen)
     if hp < 64:
         return None
     bb = CUDA_MMA_ROWS if mma else min(batch, CUDA_FFMA_MAX_ROWS)
@@ -298,8 +302,10 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
         per_layer.pop("wide", None)
         overrides.update(per_layer)
     if path == "per-layer":
-        if cuda_plan is not None and "num_warps" not in per_layer:
-            return Plan(**{**{k: v for k, v in cuda_plan.__dict__.items() if k != "kernel"}, **overrides})
+        if cuda_plan is not None and ("num_warps" not in per_layer or cuda):
+            # num_warps (with k_split) shapes the CUDA kernel only where cuda=True is asked, else Triton's
+            warps = {"num_warps": per_layer["num_warps"]} if "num_warps" in per_layer else {}
+            return Plan(**{**{k: v for k, v in cuda_plan.__dict__.items() if k != "kernel"}, **overrides, **warps})
         if persistent is None:
             raise ValueError(f"the persistent kernel does not fit this size: {dirs} direction(s) x batch {batch} "
                              f"x hidden {packed.hidden_size} need more programs than the {sms} multiprocessors")
