@@ -298,6 +298,44 @@ class UnbatchedHandler:
             self.session.close()
 
 
+def _numpy_2() -> bool:
+    import numpy as np
+
+    return int(np.__version__.split(".")[0]) >= 2
+
+
+def _as_array(tensor: Any) -> Any:
+    """A request's tensor as a numpy array (zero-copy).
+
+    Under numpy 2 through DLPack, not the stub's ``as_numpy`` / ``Tensor(name, array)``: the bundled stub's
+    pybind11 was built for numpy 1 and reads numpy 2's dtype layout wrong (an fp32 answer came back with 0
+    bytes under numpy 2.4), while DLPack does not depend on numpy's C structures. Under numpy 1 the stub's own
+    way (numpy 1.26's DLPack capsules and the stub's do not agree: "PyCapsule_GetPointer called with incorrect
+    name"). A dtype DLPack lacks (strings) takes the stub's way too.
+    """
+    if _numpy_2():
+        import numpy as np
+
+        try:
+            return np.from_dlpack(tensor)
+        except (BufferError, TypeError, ValueError, RuntimeError):
+            pass
+    return tensor.as_numpy()
+
+
+def _output(pb_utils: Any, name: str, array: Any) -> Any:
+    """An answer's tensor, through DLPack under numpy 2 for the same reason (``_as_array``)."""
+    import numpy as np
+
+    array = np.ascontiguousarray(array)
+    if _numpy_2():
+        try:
+            return pb_utils.Tensor.from_dlpack(name, array)
+        except Exception:  # noqa: BLE001 - the stub raises its own exception types: its own way is the fallback
+            pass
+    return pb_utils.Tensor(name, array)
+
+
 class TritonPythonModel:
     """Triton's entry point (``model.py`` in the repository imports this class)."""
 
@@ -332,7 +370,7 @@ class TritonPythonModel:
 
         def tensor(request: Any, name: str) -> Any:
             value = pb_utils.get_input_tensor_by_name(request, name)
-            return None if value is None else value.as_numpy()
+            return None if value is None else _as_array(value)
 
         if self.handler.stream and not self.batched:
             chunks = [FeedsChunk(request.correlation_id(), bool(tensor(request, "START").reshape(-1)[0]),
@@ -352,7 +390,7 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
             else:
                 responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[pb_utils.Tensor(n, v) for n, v in result.items()]))
+                    output_tensors=[_output(pb_utils, n, v) for n, v in result.items()]))
         return responses
 
     def finalize(self) -> None:
