@@ -91,6 +91,8 @@ def _variants():
         "U fp16 lstm mma": CudaConfig(True, 1, 1024, 1024, 8, 128, 16, 256, 2, True, 16, False, False),
         "Q bf16 gru mma": CudaConfig(False, 1, 512, 512, 16, 32, 16, 256, 1, True, 16, True, True),
         "P bf16 lstm ffma": CudaConfig(True, 1, 512, 512, 4, 128, 1, 128, 8, False, 16, True, True),
+        "V fp16 lstm mma, sleep in the wait": CudaConfig(True, 1, 1024, 768, 8, 96, 16, 256, 2, True, 16, False,
+                                                         True, poll_sleep=64),
     }
 
 

@@ -37,11 +37,13 @@ class CudaConfig:
     bf16: bool
     has_state: bool
     fast: bool = True
+    poll_sleep: int = 0  # ns of __nanosleep between two reads of a wait (0: none, the default)
 
     def defines(self) -> str:
         values = dict(IS_LSTM=self.is_lstm, D=self.dirs, HP=self.hidden_padded, KH=self.kh, NB=self.nb,
                       TILES=self.tiles, BB=self.bb, NT=self.threads, KSL=self.k_slices, MMA=self.mma,
-                      ELEM_BITS=self.elem_bits, IS_BF16=self.bf16, HAS_STATE=self.has_state, FAST=self.fast)
+                      ELEM_BITS=self.elem_bits, IS_BF16=self.bf16, HAS_STATE=self.has_state, FAST=self.fast,
+                      POLL_SLEEP=self.poll_sleep)
         return "".join(f"#define {k} {int(v)}\n" for k, v in values.items())
 
     def shared_bytes(self) -> int:

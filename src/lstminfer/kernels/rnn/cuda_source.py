@@ -245,6 +245,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                 if (((pending >> i) & 1u) && has_poison(v[i])) bad |= 1u << i;
             if (bad == 0) break;
             if (spins >= spin_limit) { gave_up = true; break; }
+#if POLL_SLEEP
+            __nanosleep(POLL_SLEEP);  // fewer re-reads while the others compute (every re-read is L2 traffic)
+#endif
 #pragma unroll
             for (int i = 0; i < PC; ++i) {
                 const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;

@@ -92,6 +92,7 @@ class Plan:
     wide: bool = False  # persistent kernel, fp16/bf16: W_hh and the h exchange in fp32 (the fp32 kernel)
     cuda: bool = False  # per-layer path: the CUDA C++ kernel (cuda_persistent.py) instead of the Triton one
     mma: bool = False  # CUDA kernel: mma.sync (16-bit) instead of FFMA
+    poll_sleep: int = 0  # CUDA kernel: ns slept between two reads of a wait (0: spin; not measured yet)
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
