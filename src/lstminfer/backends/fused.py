@@ -1,4 +1,6 @@
-"""Our own backend: the whole nn.LSTM / nn.GRU stack in one Triton kernel (lstminfer.kernels.rnn).
+"""Our own backend: the whole nn.LSTM / nn.GRU stack in one Triton kernel (lstminfer.kernels.rnn), or for hidden
+256 and up per layer a GEMM and one persistent launch (CUDA C++ compiled by NVRTC where cuda-bindings is there,
+else Triton; the record's `kernel` says which: persistent-cuda or persistent).
 
 `fused` launches the kernel eagerly; `fused-graph` captures the launch in a CUDA graph per input shape and
 replays it. Triton is an optional extra (`pip install "lstminfer[gpu]"`): this module imports it only when
@@ -136,6 +138,11 @@ class FusedRunner(TorchTensors, Runner):
             out["hidden_padded"] = self.packed.hidden_padded
             out["interpreter"] = self.device == "cpu"
             out["num_directions"] = spec.num_directions
+            if self.device == "cuda":
+                from lstminfer.kernels.rnn.cuda_persistent import available
+
+                ok, why = available()  # the CUDA persistent kernel, or why the Triton one serves instead
+                out["cuda_kernel"] = "available" if ok else why
         return out
 
     def describe_at(self, seq_len: int, batch: int) -> dict[str, Any]:
