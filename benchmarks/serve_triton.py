@@ -9,12 +9,14 @@ server (HTTP/gRPC, Python backend, batching) is.
 CPU (the docs' numbers):
     python benchmarks/serve_triton.py --preset seed --concurrency 1,8 --protocols http,grpc
     python benchmarks/serve_triton.py --preset seed --no-bidirectional --num-layers 2 --streams 1,8 --concurrency 0
-H200 (issue 16's targets; the fused kernel behind the server):
+H200 (issue 16's targets; the fused kernel behind the server; benchmarks/serve_gpu.sh runs both, bounded):
     python benchmarks/serve_triton.py --preset seed --backend fused-graph --device cuda --concurrency 1,2,4,8,16,32,64
     python benchmarks/serve_triton.py --preset seed --no-bidirectional --num-layers 1 --input-size 128 \
         --hidden-size 128 --backend fused-graph --device cuda --concurrency 0 --streams 1,2,4,8,16,32,64
 
-Needs the serve extra (pip install 'lstminfer[serve]'). The server listens on loopback only.
+Needs the serve extra (pip install 'lstminfer[serve]'). The server listens on loopback only. Each row is
+printed, and the JSON files rewritten, as soon as its level is measured: a run stopped by a time limit keeps
+the levels it finished.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]
     own.add_argument("--duration", type=float, default=5.0, help="counted seconds per level")
     own.add_argument("--warmup", type=float, default=1.0)
     own.add_argument("--direct-calls", type=int, default=2000, help="backend-alone calls per shape (and <= 5 s)")
-    own.add_argument("--out-json", default=None, metavar="FILE")
+    own.add_argument("--out-json", default=None, metavar="FILE", help="the table's rows (rewritten after each level)")
+    own.add_argument("--server-log", default=None, metavar="FILE",
+                     help="keep tritonserver's log here (default: in the scratch folder, removed at the end)")
+    own.add_argument("--loadtest-json", default=None, metavar="FILE",
+                     help="the levels as `lstminfer loadtest --json` writes them, for `lstminfer report`")
     mine, rest = own.parse_known_args(argv)
     parser = argparse.ArgumentParser(prog="serve_triton.py")
     sub = parser.add_subparsers(dest="command")
@@ -136,8 +142,17 @@ def main(argv: list[str]) -> int:
             alone[("stream", c)] = direct_latency_ms(runner, runner_feeds(model, 1, c, True), mine.direct_calls)
         runner.close()
 
+        header = ["protocol", "mode", "concurrency", "requests", "failed", "rps", "p50_ms", "p99_ms",
+                  "alone_p50_ms", "overhead_p50_ms", "alone_batched_ms", "ceiling_rps", "server_share",
+                  "rows_per_exec", "queue_us", "infer_us", "in_out_us"]
+        print(f"{model.name}: {model.spec.describe()}, request seq {seq_len} x batch {batch} (streams: 1 step x 1 "
+              f"row); backend {args.backend}[{device}] {args.precision} threads {args.threads or 'default'}",
+              flush=True)
+        print("  ".join(f"{h:>15}" for h in header), flush=True)
+        records = []
         config = ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)
-        with TritonServer(config, log_path=Path(scratch) / "tritonserver.log") as server:
+        log_path = Path(mine.server_log) if mine.server_log else Path(scratch) / "tritonserver.log"
+        with TritonServer(config, log_path=log_path) as server:
             for protocol in protocols:
                 url = config.grpc_url if protocol == "grpc" else config.http_url
                 plan = [("stateless", name, c, seq_len, batch) for c in concurrency]
@@ -157,23 +172,36 @@ def main(argv: list[str]) -> int:
                         "alone_p50_ms": floor, "overhead_p50_ms": (record.latency_ms.get("p50") or 0) - floor,
                         "alone_batched_ms": at_c, "ceiling_rps": ceiling,
                         "server_share": record.throughput_rps / ceiling, **inside, "errors": record.errors})
-            server_log = server.log_path
-    header = ["protocol", "mode", "concurrency", "requests", "failed", "rps", "p50_ms", "p99_ms", "alone_p50_ms",
-              "overhead_p50_ms", "alone_batched_ms", "ceiling_rps", "server_share", "rows_per_exec", "queue_us",
-              "infer_us", "in_out_us"]
-    print(f"{model.name}: {model.spec.describe()}, request seq {seq_len} x batch {batch} (streams: 1 step x 1 row); "
-          f"backend {args.backend}[{device}] {args.precision} threads {args.threads or 'default'}; "
-          f"server log {server_log}")
-    print("  ".join(f"{h:>15}" for h in header))
+                    records.append(record)
+                    row = rows_out[-1]
+                    print("  ".join(f"{row.get(h):>15.4g}" if isinstance(row.get(h), float)
+                                    else f"{row.get(h, '-')!s:>15}" for h in header), flush=True)
+                    write_json(mine, model, args.backend, device, rows_out, records)
+            print(f"server log: {server.log_path}" + ("" if mine.server_log else " (removed with the scratch folder)"))
     for row in rows_out:
-        print("  ".join(f"{row.get(h):>15.4g}" if isinstance(row.get(h), float) else f"{row.get(h, '-')!s:>15}"
-                        for h in header))
-    if mine.out_json:
-        Path(mine.out_json).write_text(json.dumps({"model": model.name, "spec": model.spec.to_dict(),
-                                                   "backend": args.backend, "device": device, "rows": rows_out},
-                                                  indent=2))
+        for error in row["errors"]:
+            print(f"{row['protocol']} {row['mode']} at concurrency {row['concurrency']}: {error}")
     return 1 if any(r["failed"] for r in rows_out) else 0
 
 
+def write_json(mine: argparse.Namespace, model, backend: str, device: str, rows: list, records: list) -> None:
+    """Both JSON files as they stand (after every level, so a stopped run keeps what it measured)."""
+    from lstminfer.measure.store import machine_info
+
+    if mine.out_json:
+        Path(mine.out_json).write_text(json.dumps({"model": model.name, "spec": model.spec.to_dict(),
+                                                   "backend": backend, "device": device, "rows": rows}, indent=2))
+    if mine.loadtest_json:
+        Path(mine.loadtest_json).write_text(json.dumps({
+            "loadtest": [{**r.to_dict(), "model": f"{r.model} ({backend}[{device}])"} for r in records],
+            "server": "benchmarks/serve_triton.py", "machine": machine_info()}, indent=2))
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from lstminfer.errors import UserError
+
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except UserError as err:  # the server could not start, a backend is missing: one line, as the CLI says it
+        print(f"serve_triton.py: {err}", file=sys.stderr)
+        sys.exit(2)
