@@ -149,11 +149,13 @@ class _Loaded:
 
 
 def _ensure_context(device_index: int) -> None:
-    """Make the device's primary context (torch's) current on this thread for the driver calls."""
+    """Make the device's primary context (torch's) current on this thread for the driver calls (the caller
+    holds torch.cuda.device(device_index), so the runtime has made it current already where torch ran)."""
     import torch
 
     driver, _ = _bindings()
     torch.cuda.init()
+    torch.cuda.set_device(device_index)  # inside the caller's torch.cuda.device: restored after
     ctx = _check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
     if ctx is None or int(ctx) == 0:
         device = _check(driver.cuDeviceGet(device_index), "cuDeviceGet")
@@ -184,7 +186,18 @@ def launch(cfg: CudaConfig, programs: int, gx: Any, w_hh: Any, slab: Any, err: A
     import torch
 
     driver, _ = _bindings()
-    kernel = loaded(cfg, gx.device.index or 0)
+    device = gx.device.index if gx.device.index is not None else torch.cuda.current_device()
+    with torch.cuda.device(device):  # the module is loaded into, and launched on, the tensors' device's context
+        kernel = loaded(cfg, device)
+        _launch(driver, kernel, cfg, programs, gx, w_hh, slab, err, h0, c0, out, stride_ot, stride_ob, stride_ok,
+                hn, cn, seq_len, batch, hidden, layer, is_last, spin_limit)
+
+
+def _launch(driver: Any, kernel: _Loaded, cfg: CudaConfig, programs: int, gx: Any, w_hh: Any, slab: Any,
+            err: Any, h0: Any, c0: Any, out: Any, stride_ot: int, stride_ob: int, stride_ok: int, hn: Any, cn: Any,
+            seq_len: int, batch: int, hidden: int, layer: int, is_last: bool, spin_limit: int) -> None:
+    import torch
+
     kernel.check_resident(programs)
     values = (gx.data_ptr(), w_hh.data_ptr(), slab.data_ptr(), err.data_ptr(), h0.data_ptr(), c0.data_ptr(),
               out.data_ptr(), stride_ot, stride_ob, stride_ok, hn.data_ptr(), cn.data_ptr(), seq_len, batch, hidden,
