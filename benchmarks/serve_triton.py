@@ -159,9 +159,10 @@ def main(argv: list[str]) -> int:
                 plan += [("stream", f"{name}_stream", c, 1, 1) for c in streams]
                 for mode, model_name, c, seq, rows in plan:
                     before = server_stats(config.http_url, model_name)
+                    # run_level gives worker w the ids from first + w * 10**6: levels 10**9 apart never share one
                     record = run_level(url, protocol, model_name, mode, c, seq_len=seq, batch=rows,
                                        duration_s=mine.duration, warmup_s=mine.warmup, chunks=50,
-                                       first_sequence_id=1 + len(rows_out) * 1_000_000)
+                                       first_sequence_id=1 + len(rows_out) * 10**9)
                     inside = stats_delta(before, server_stats(config.http_url, model_name))
                     floor, at_c = alone[(mode, 1)], alone[(mode, c)]
                     ceiling = c / at_c * 1e3
