@@ -381,7 +381,7 @@ def make_plots(results: Results) -> list[Plot]:
          "precision (marker: precision; colour: backend, as in the other plots); a dotted line marks exact 0.",
          lambda: accuracy_plot(verify_records, colors)),
         ("loadtest", "Load test",
-         "Per concurrency level of `lstminfer loadtest`: requests (stream chunks) per second, and the client's "
+         "Per concurrency level of lstminfer loadtest: requests (stream chunks) per second, and the client's "
          "p50 / p99 latency per request; one line per mode, model, protocol and request shape (seq x batch), "
          "log-log.", lambda: loadtest_plot(results.loadtest)),
     ]
