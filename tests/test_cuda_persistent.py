@@ -47,6 +47,10 @@ def test_cuda_plan_fits_the_multiprocessors_and_names_its_kernel():
     odd = _cuda_plan(packed_of(300, False), 5, 132)  # units computed: 300 rounded up to a multiple of 64
     assert odd.r_tiles * odd.block_n == 320
     assert _cuda_plan(packed_of(1024, True), 64, 132) is None  # fp32 W_hh^T slices past the registers
+    assert _cuda_plan(packed_of(768, True), 8, 132) is None  # 16 units x 768 k of fp32: past the registers
+    shared = _cuda_plan(packed_of(768, True), 8, 132, w_shared=True)  # asked: W^T in shared memory instead
+    assert (shared.w_shared, shared.block_n, shared.programs, shared.num_warps) == (True, 16, 96, 6)
+    assert not _cuda_plan(packed_of(512, False, torch.float16), 8, 132, w_shared=True).w_shared  # mma: no use
     assert not _cuda_plan(packed_of(512, False, torch.float16), 1, 132).mma  # 16-bit, one row: FFMA
     assert _cuda_plan(packed_of(512, False, torch.float16), 1, 132, mma=True).mma
     assert not _cuda_plan(packed_of(512, False, torch.float16), 8, 132, mma=False).mma
@@ -93,6 +97,8 @@ def _variants():
         "P bf16 lstm ffma": CudaConfig(True, 1, 512, 512, 4, 128, 1, 128, 8, False, 16, True, True),
         "V fp16 lstm mma, sleep in the wait": CudaConfig(True, 1, 1024, 768, 8, 96, 16, 256, 2, True, 16, False,
                                                          True, poll_sleep=64),
+        "fp32 bi 768 W in shared memory": CudaConfig(True, 2, 1024, 768, 16, 48, 8, 192, 3, False, 32, False, True,
+                                                     w_shared=True),
     }
 
 
@@ -156,6 +162,30 @@ def test_gpu_cuda_persistent_both_products_on_16_bit_match_float64(case, precisi
     assert plan.kernel == "persistent-cuda" and plan.mma == mma
     got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", path="per-layer", mma=mma)
     assert_close(got, reference(module, x, hx), 1e-2 if precision == "fp16" else 8e-2)
+
+
+W_SHARED_CASES = [
+    ("lstm", 64, 768, 1, True, False, 8, 8, True),
+    ("gru", 32, 300, 2, False, True, 6, 5, False),
+    ("lstm", 16, 512, 1, False, False, 10, 1, True),
+]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("case", W_SHARED_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_gpu_cuda_persistent_w_in_shared_memory_matches_float64(case, precision):
+    """The FFMA product with W_hh^T in shared memory (w_shared=True, asked for only: not yet measured), which
+    fits fp32 slices past the registers (bidirectional hidden 768)."""
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    overrides = dict(path="per-layer", cuda=True, w_shared=True, mma=False)
+    plan = plan_for(pack_rnn(module, "cuda", DTYPES[precision]), seq_len, batch, **overrides)
+    assert plan.kernel == "persistent-cuda" and plan.w_shared, plan.note
+    got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", **overrides)
+    assert_close(got, reference(module, x, hx), 1e-4 if precision == "fp32" else 8e-2)
 
 
 @pytest.mark.gpu

@@ -34,6 +34,10 @@ typedef unsigned int u32;
 #else
 #define KPT (KH / KSL)
 #define HROW (KSL * (KPT + 4))
+#define WROW (KH + 4)
+#endif
+#ifndef W_SHARED
+#define W_SHARED 0
 #endif
 #define CE (16 / (ELEM_BITS / 8))
 #define CPR (KH / CE)
@@ -144,6 +148,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #if MMA
     elem_t* w_s = (elem_t*)(smem + sizeof(hs_t) * BB * HROW);
     float* red = (float*)(smem + sizeof(hs_t) * BB * HROW + sizeof(elem_t) * COLS * HROW);
+#elif W_SHARED
+    float* w_s = (float*)(smem + sizeof(hs_t) * BB * HROW);
+    float* red = (float*)(smem + sizeof(hs_t) * BB * HROW + sizeof(float) * COLS * WROW);
 #else
     float* red = (float*)(smem + sizeof(hs_t) * BB * HROW);
 #endif
@@ -180,6 +187,15 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     const int lane = tid & 31, warp = tid >> 5;
     const int ks = warp % KSL;
     const int nt = warp / KSL;  // one m tile: BB == 16
+#elif W_SHARED
+    // W^T columns in shared memory as fp32 [COLS][KH + 4] (rows 4 words apart: a quarter warp's float4 reads of
+    // consecutive columns hit distinct banks), for slices past the registers
+    const int col = tid % COLS, ks = tid / COLS;
+#pragma unroll 8
+    for (int i = tid; i < KH * COLS; i += NT) {
+        const int k = i / COLS, c = i % COLS;
+        w_s[c * WROW + k] = to_f32(w_dir[(long long)k * (HP * 4) + c]);
+    }
 #else
     const int col = tid % COLS, ks = tid / COLS;
     float w[KPT];
@@ -327,6 +343,32 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                                       (acc[0][1] + acc[1][1]) + (acc[2][1] + acc[3][1]));
             *(float2*)(r + 8 * RROW) = make_float2((acc[0][2] + acc[1][2]) + (acc[2][2] + acc[3][2]),
                                                    (acc[0][3] + acc[1][3]) + (acc[2][3] + acc[3][3]));
+        }
+#elif W_SHARED
+        {
+            // every float4 of the W column read once a step and used for every row (h reads: broadcasts)
+            const float* wcol = w_s + col * WROW + ks * KPT;
+            const float* hbase = h_s + ks * (KPT + 4);
+            float acc[BB][2];
+#pragma unroll
+            for (int b = 0; b < BB; ++b) acc[b][0] = acc[b][1] = 0.f;
+#pragma unroll 4
+            for (int i = 0; i < KPT / 4; ++i) {
+                const float4 wv = *(const float4*)(wcol + 4 * i);
+#pragma unroll
+                for (int b = 0; b < BB; ++b) {
+                    if (b < nrows) {
+                        const float4 hv = *(const float4*)(hbase + b * HROW + 4 * i);
+                        acc[b][0] = fmaf(hv.x, wv.x, acc[b][0]);
+                        acc[b][1] = fmaf(hv.y, wv.y, acc[b][1]);
+                        acc[b][0] = fmaf(hv.z, wv.z, acc[b][0]);
+                        acc[b][1] = fmaf(hv.w, wv.w, acc[b][1]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int b = 0; b < BB; ++b)
+                if (b < nrows) red[(ks * BB + b) * RROW + col] = acc[b][0] + acc[b][1];
         }
 #else
 #pragma unroll 1

@@ -93,6 +93,7 @@ class Plan:
     cuda: bool = False  # per-layer path: the CUDA C++ kernel (cuda_persistent.py) instead of the Triton one
     mma: bool = False  # CUDA kernel: mma.sync (16-bit) instead of FFMA
     poll_sleep: int = 0  # CUDA kernel: ns slept between two reads of a wait (0: spin; not measured yet)
+    w_shared: bool = False  # CUDA kernel, FFMA: W_hh^T in shared memory, not registers (asked only; not measured)
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
@@ -109,7 +110,7 @@ class Plan:
                   "persistent": ("block_b", "block_n", "r_tiles", "programs", "resident", "k_split",
                                  "num_warps"),
                   "persistent-cuda": ("block_b", "block_n", "r_tiles", "programs", "k_split", "num_warps",
-                                      "mma")}[self.kernel]
+                                      "mma", "w_shared")}[self.kernel]
         out = {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
         if self.note:
             out["note"] = self.note
@@ -175,14 +176,19 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
                 wide=wide)
 
 
-def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None) -> Plan | None:
+def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
+               w_shared: bool | None = None) -> Plan | None:
     """The CUDA C++ kernel's plan (cuda_source.py), or None where it does not fit.
 
     A block owns nb hidden units of one direction and bb batch rows; nb is the smallest power of two >= 4 for
     which groups x directions x tiles <= SMs, tiles rounded so that the units computed (kh) are a multiple of
     64. 16-bit: mma.sync, bb 16, a warp per (8-column tile, k slice); fp32: FFMA, W_hh^T in registers (one
-    column and kh / k_split consecutive k a thread), bb up to CUDA_FFMA_MAX_ROWS real rows.
+    column and kh / k_split consecutive k a thread), bb up to CUDA_FFMA_MAX_ROWS real rows; asked for
+    (w_shared=True), FFMA with W_hh^T in shared memory instead, for slices past the registers (not measured
+    yet: never the default).
     """
+    from .cuda_persistent import shared_bytes  # no cuda.bindings import: sizes only
+
     hp, dirs, hidden = packed.hidden_padded, packed.num_directions, packed.hidden_size
     sixteen = packed.dtype != torch.float32
     mma = (sixteen and batch > CUDA_FFMA_16BIT_MAX_ROWS) if mma is None else (bool(mma) and sixteen)
@@ -212,6 +218,17 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None)
         threads = 32 * n_tiles * k_split
         if threads > 1024:
             return None
+    elif w_shared:
+        # at most 512 threads (768 capped the registers at 85 and spilled at hidden 768, one row), and as
+        # many as the partial sums leave room for next to W
+        for kpt in (128, 64, 256, 32):
+            threads = cols * kh // kpt
+            if (kh % kpt == 0 and threads % 32 == 0 and 64 <= threads <= 512
+                    and shared_bytes(False, 32, bb, kh, nb, kh // kpt, True) <= CUDA_MAX_SHARED):
+                break
+        else:
+            return None
+        k_split = kh // kpt
     else:
         for kpt in CUDA_FFMA_KPT:
             threads = cols * kh // kpt
@@ -222,16 +239,15 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None)
             return None
         k_split = kh // kpt
     elem_bits = 16 if sixteen else 32
-    from .cuda_persistent import shared_bytes  # no cuda.bindings import: sizes only
-
-    if shared_bytes(mma, elem_bits, bb, kh, nb, k_split) > CUDA_MAX_SHARED:
+    w_shared = bool(w_shared) and not mma
+    if shared_bytes(mma, elem_bits, bb, kh, nb, k_split, w_shared) > CUDA_MAX_SHARED:
         return None
     return Plan("per-layer", bb, tiles, groups * dirs * tiles, num_warps=threads // 32, block_n=nb,
-                k_split=k_split, cuda=True, mma=mma)
+                k_split=k_split, cuda=True, mma=mma, w_shared=w_shared)
 
 
 def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: bool | None, mma: bool | None,
-                 wide: bool | None) -> tuple[Plan | None, str]:
+                 wide: bool | None, w_shared: bool | None = None) -> tuple[Plan | None, str]:
     """(the CUDA kernel's plan, "") where it runs this call, else (None, why not)."""
     if cuda is False:
         return None, "cuda=False"
@@ -246,7 +262,7 @@ def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: b
     ok, why = available()
     if not ok:
         return None, why
-    plan = _cuda_plan(packed, batch, sms, mma)
+    plan = _cuda_plan(packed, batch, sms, mma, w_shared)
     if plan is None:
         return None, "the size does not fit the CUDA kernel (blocks, registers or shared memory)"
     return plan, ""
@@ -291,11 +307,11 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
     batch_tiles = -(-batch // block_b)
     items = -(-seq_len * block_b // block_m) * (cols // block_c)
     # the persistent plan's own choices (its block_n and programs follow the warps)
-    per_layer = {k: overrides.pop(k) for k in ("num_warps", "wide", "cuda", "mma") if k in overrides} \
+    per_layer = {k: overrides.pop(k) for k in ("num_warps", "wide", "cuda", "mma", "w_shared") if k in overrides} \
         if path in (None, "per-layer") else {}
-    cuda, mma = per_layer.pop("cuda", None), per_layer.pop("mma", None)
+    cuda, mma, w_shared = per_layer.pop("cuda", None), per_layer.pop("mma", None), per_layer.pop("w_shared", None)
     persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda, **per_layer)
-    cuda_plan, why_not_cuda = _cuda_choice(packed, batch, sms, on_cuda, cuda, mma, per_layer.get("wide"))
+    cuda_plan, why_not_cuda = _cuda_choice(packed, batch, sms, on_cuda, cuda, mma, per_layer.get("wide"), w_shared)
     if (path is None and on_cuda and (persistent is not None or cuda_plan is not None)
             and hp >= PERSISTENT_MIN_HIDDEN):
         path = "per-layer"
