@@ -355,7 +355,9 @@ def loadtest_plot(load_records: Sequence[Any]) -> Any | None:
         ax.grid(True, which="major", alpha=0.3)
         ax.set_ylabel(label)
         ax.set_title(title, fontsize=10)
-        ax.legend(fontsize=7, loc="best")
+    # One legend for both panels, below them: inside, eight p50/p99 entries covered the lines.
+    handles, names = throughput.get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 3), fontsize=8)
     fig.suptitle("Load test of the served model" + ("  (red ring: some requests failed)" if any(
         r.failed for r in records) else ""), fontsize=11)
     return fig
