@@ -241,14 +241,18 @@ SWEEP = {
     "R 80->1024 B1 T200 fp32": [dict(state_in_registers=False), dict(num_warps=8)],
     "R 80->1024 B1 T200 bf16": [dict(wide=True)],
     # the CUDA kernel with twice the k slices (16 warps: half the mma chain a warp, a larger reduction)
-    # and a sleep between two reads of a wait (fewer L2 re-reads of h while the others compute)
-    "U 128->1024 B8 T200 fp16": [dict(cuda=True, k_split=4, num_warps=16), dict(poll_sleep=64),
-                                 dict(poll_sleep=256)],
+    # a sleep between two reads of a wait (fewer L2 re-reads of h while the others compute), and mma with a warp
+    # per k slice and W^T fragments in registers (mma_regs)
+    "U 128->1024 B8 T200 fp16": [dict(cuda=True, k_split=4, num_warps=16), dict(poll_sleep=256),
+                                 dict(poll_sleep=1024), dict(mma_regs=True), dict(mma_regs=True, poll_sleep=256)],
+    "U 128->1024 B8 T200 bf16": [dict(mma_regs=True)],
+    "T 4L 1024->1024 B16 T50 bf16": [dict(mma_regs=True)],
     "S speech 2L bi 80->512 B8 fp32": [dict(state_in_registers=False)],
-    "S speech 2L bi 80->512 B8 bf16": [dict(state_in_registers=False)],
-    "Q 256->512 B64 bf16": [dict(cuda=True, k_split=2, num_warps=16), dict(poll_sleep=128)],
-    "V 128->768 B16 T1024 fp16": [dict(cuda=True, k_split=4, num_warps=16), dict(poll_sleep=64),
-                                  dict(poll_sleep=256)],
+    "S speech 2L bi 80->512 B8 bf16": [dict(mma_regs=True)],
+    "Q 256->512 B64 bf16": [dict(cuda=True, k_split=2, num_warps=16), dict(poll_sleep=256), dict(mma_regs=True)],
+    "Q 256->512 B64 fp16": [dict(mma_regs=True)],
+    "V 128->768 B16 T1024 fp16": [dict(cuda=True, k_split=4, num_warps=16), dict(poll_sleep=256),
+                                  dict(poll_sleep=1024), dict(mma_regs=True), dict(mma_regs=True, poll_sleep=256)],
 }
 # the seed model at other lengths: layer pipeline against the stack kernel (where to switch)
 SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n), [dict(pipeline=True),

@@ -51,6 +51,9 @@ def test_cuda_plan_fits_the_multiprocessors_and_names_its_kernel():
     shared = _cuda_plan(packed_of(768, True), 8, 132, w_shared=True)  # asked: W^T in shared memory instead
     assert (shared.w_shared, shared.block_n, shared.programs, shared.num_warps) == (True, 16, 96, 6)
     assert not _cuda_plan(packed_of(512, False, torch.float16), 8, 132, w_shared=True).w_shared  # mma: no use
+    regs = _cuda_plan(packed_of(1024, False, torch.float16), 8, 132, mma_regs=True)  # a warp per k slice
+    assert (regs.mma_regs, regs.num_warps, regs.k_split, regs.programs) == (True, 8, 8, 128)
+    assert _cuda_plan(packed_of(1024, False, torch.bfloat16), 64, 132, mma_regs=True) is None  # 16 tiles x 8 chunks
     assert not _cuda_plan(packed_of(512, False, torch.float16), 1, 132).mma  # 16-bit, one row: FFMA
     assert _cuda_plan(packed_of(512, False, torch.float16), 1, 132, mma=True).mma
     assert not _cuda_plan(packed_of(512, False, torch.float16), 8, 132, mma=False).mma
@@ -99,6 +102,8 @@ def _variants():
                                                          True, poll_sleep=64),
         "fp32 bi 768 W in shared memory": CudaConfig(True, 2, 1024, 768, 16, 48, 8, 192, 3, False, 32, False, True,
                                                      w_shared=True),
+        "U fp16 mma, W fragments in registers": CudaConfig(True, 1, 1024, 1024, 8, 128, 16, 256, 8, True, 16, False,
+                                                           True, mma_regs=True),
     }
 
 
@@ -186,6 +191,23 @@ def test_gpu_cuda_persistent_w_in_shared_memory_matches_float64(case, precision)
     assert plan.kernel == "persistent-cuda" and plan.w_shared, plan.note
     got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", **overrides)
     assert_close(got, reference(module, x, hx), 1e-4 if precision == "fp32" else 8e-2)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c[7] > 1], ids=lambda c: "-".join(map(str, c)))
+def test_gpu_cuda_persistent_mma_fragments_in_registers_match_float64(case, precision):
+    """mma with a warp per k slice and W_hh^T fragments in registers (mma_regs=True, asked for only: not yet
+    measured)."""
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    overrides = dict(path="per-layer", cuda=True, mma_regs=True)
+    plan = plan_for(pack_rnn(module, "cuda", DTYPES[precision]), seq_len, batch, **overrides)
+    assert plan.kernel == "persistent-cuda" and plan.mma_regs, plan.note
+    got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", **overrides)
+    assert_close(got, reference(module, x, hx), 1e-2 if precision == "fp16" else 8e-2)
 
 
 @pytest.mark.gpu

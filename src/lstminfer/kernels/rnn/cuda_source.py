@@ -39,6 +39,13 @@ typedef unsigned int u32;
 #ifndef W_SHARED
 #define W_SHARED 0
 #endif
+#ifndef MMA_REGS
+#define MMA_REGS 0
+#endif
+#if MMA && MMA_REGS
+#define NTILES (COLS / 8)
+#define CPW (KH / 16 / KSL)
+#endif
 #define CE (16 / (ELEM_BITS / 8))
 #define CPR (KH / CE)
 #define NCH (BB * CPR)
@@ -145,7 +152,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int s_abort;
     hs_t* h_s = (hs_t*)smem;
-#if MMA
+#if MMA && MMA_REGS
+    float* red = (float*)(smem + sizeof(hs_t) * BB * HROW);
+#elif MMA
     elem_t* w_s = (elem_t*)(smem + sizeof(hs_t) * BB * HROW);
     float* red = (float*)(smem + sizeof(hs_t) * BB * HROW + sizeof(elem_t) * COLS * HROW);
 #elif W_SHARED
@@ -170,7 +179,24 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     for (int i = tid; i < BB * HROW; i += NT) {
         if (i / HROW >= nrows) h_s[i] = (hs_t)0;
     }
-#if MMA
+#if MMA && MMA_REGS
+    // a warp per k slice over every column tile: its B fragments (W^T) in registers for the layer, its A
+    // fragments (h) read from shared memory once a step (the warp-per-column-tile layout reads W and, once
+    // per column tile, h from shared memory every step: ~190 KiB a step at hidden 1024)
+    const int lane = tid & 31, warp = tid >> 5;
+    const int ks = warp;
+    u32 bw[NTILES][CPW][2];
+#pragma unroll
+    for (int nt = 0; nt < NTILES; ++nt)
+#pragma unroll
+        for (int kc = 0; kc < CPW; ++kc)
+#pragma unroll
+            for (int hf = 0; hf < 2; ++hf) {
+                const int k = (ks * CPW + kc) * 16 + hf * 8 + (lane & 3) * 2;
+                const elem_t* p = w_dir + (long long)k * (HP * 4) + nt * 8 + (lane >> 2);
+                bw[nt][kc][hf] = (u32)p[0] | ((u32)p[HP * 4] << 16);
+            }
+#elif MMA
     // 16-byte loads along a row's columns, several in flight, transposed into w_s (v15 loaded one 2-byte word
     // an iteration: ~100 dependent round trips a launch)
 #pragma unroll 8
@@ -299,7 +325,42 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         __syncthreads();  // barrier 1: h is in shared memory
         if (s_abort) return;
 
-#if MMA
+#if MMA && MMA_REGS
+        {
+            float acc[NTILES][4];
+#pragma unroll
+            for (int nt = 0; nt < NTILES; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+            const u32 a_base = (u32)__cvta_generic_to_shared(h_s + (lane & 15) * HROW + (lane >> 4) * 8
+                                                             + ks * (KH / KSL));
+            u32 af[CPW][4];
+#pragma unroll
+            for (int kc = 0; kc < CPW; ++kc)
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                             : "=r"(af[kc][0]), "=r"(af[kc][1]), "=r"(af[kc][2]), "=r"(af[kc][3])
+                             : "r"(a_base + kc * 32) : "memory");
+#pragma unroll
+            for (int kc = 0; kc < CPW; ++kc) {
+#pragma unroll
+                for (int nt = 0; nt < NTILES; ++nt) {
+#if IS_BF16
+                    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+#else
+                    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+#endif
+                        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                        : "+f"(acc[nt][0]), "+f"(acc[nt][1]), "+f"(acc[nt][2]), "+f"(acc[nt][3])
+                        : "r"(af[kc][0]), "r"(af[kc][1]), "r"(af[kc][2]), "r"(af[kc][3]), "r"(bw[nt][kc][0]),
+                          "r"(bw[nt][kc][1]));
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < NTILES; ++nt) {
+                float* r = red + (ks * BB + (lane >> 2)) * RROW + nt * 8 + (lane & 3) * 2;
+                *(float2*)r = make_float2(acc[nt][0], acc[nt][1]);
+                *(float2*)(r + 8 * RROW) = make_float2(acc[nt][2], acc[nt][3]);
+            }
+        }
+#elif MMA
         {
             // fragments of MMA_BATCH k chunks loaded before their mma's (all loads in flight together), four
             // accumulators (v15 issued load, mma, load, mma: a shared-memory latency every chunk)
