@@ -235,10 +235,10 @@ SWEEP = {
     # and programs follow the warps) and fp16/bf16 on the fp32 kernel (wide)
     # --compare-triton times every workload the CUDA kernel serves again with cuda=False (the Triton kernel);
     # 16-bit with few rows also on the CUDA kernel's FFMA (mma=False)
-    "M 256->256 B1 fp32": [dict(path="single-launch"), dict(num_warps=1), dict(state_in_registers=False)],
-    "P 256->512 B1 fp32": [dict(state_in_registers=False), dict(num_warps=8)],
-    "P 256->512 B1 bf16": [dict(wide=True), dict(state_in_registers=False)],
-    "R 80->1024 B1 T200 fp32": [dict(state_in_registers=False), dict(num_warps=8)],
+    "M 256->256 B1 fp32": [dict(path="single-launch"), dict(num_warps=1), dict(cuda=False, state_in_registers=False)],
+    "P 256->512 B1 fp32": [dict(cuda=False, state_in_registers=False), dict(num_warps=8)],
+    "P 256->512 B1 bf16": [dict(wide=True), dict(cuda=False, state_in_registers=False)],
+    "R 80->1024 B1 T200 fp32": [dict(cuda=False, state_in_registers=False), dict(num_warps=8)],
     "R 80->1024 B1 T200 bf16": [dict(wide=True)],
     # the CUDA kernel with twice the k slices (16 warps: half the mma chain a warp, a larger reduction)
     # a sleep between two reads of a wait (fewer L2 re-reads of h while the others compute), and mma with a warp
@@ -247,7 +247,6 @@ SWEEP = {
                                  dict(poll_sleep=1024), dict(mma_regs=True), dict(mma_regs=True, poll_sleep=256)],
     "U 128->1024 B8 T200 bf16": [dict(mma_regs=True)],
     "T 4L 1024->1024 B16 T50 bf16": [dict(mma_regs=True)],
-    "S speech 2L bi 80->512 B8 fp32": [dict(state_in_registers=False)],
     "S speech 2L bi 80->512 B8 bf16": [dict(mma_regs=True)],
     "Q 256->512 B64 bf16": [dict(cuda=True, k_split=2, num_warps=16), dict(poll_sleep=256), dict(mma_regs=True)],
     "Q 256->512 B64 fp16": [dict(mma_regs=True)],
