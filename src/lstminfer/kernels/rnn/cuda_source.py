@@ -21,6 +21,11 @@ No barrier closes a step: the next poll writes ``h_s`` only after barrier 2 (eve
 product writes ``red`` only after the next barrier 1 (every cell read done). A poll past ``spin_limit`` reads
 sets the error word (launch.py's raise_if_stalled) and the whole block leaves after barrier 1: never wrong
 numbers. Sizes are compile-time constants (the #defines ``cuda_persistent.py`` puts in front).
+
+Options (plan fields; off by default, compiled and tested, not yet measured on a GPU): MMA_REGS, a warp per k
+slice over every column tile with its W^T fragments in registers (h's fragments read once a step, not once
+per column tile); W_SHARED, the FFMA product with W^T in shared memory (fp32 slices past the registers);
+POLL_SLEEP, ns of ``__nanosleep`` between two reads of a wait.
 """
 
 SOURCE = r"""
