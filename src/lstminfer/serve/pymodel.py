@@ -10,13 +10,22 @@ Streams: the sequence batcher routes every chunk of a stream to this instance, w
 and END on the last. The state is kept here, per correlation id, in a bounded store whose idle timeout is the
 batcher's (``state.py``), as batch-major host arrays: the Runner interface takes and returns host arrays.
 
+Batch buckets: a GPU backend specialises on the batch size (fused-graph and torch-graph capture a CUDA graph
+per input shape, the CUDA persistent kernel compiles an NVRTC module per size: about 0.5 s each on an H200),
+so on a GPU the stacked rows are padded with zero rows up to the next bucket (1, 2, 4, ... up to the most
+rows an execution can hold) and every bucket is run once when the model loads; the answers are sliced
+back. The batcher then never puts a first-time size on the request path.
+
 ``Handler`` holds the logic and is tested without Triton; ``TritonPythonModel`` adapts it to
 ``triton_python_backend_utils``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,14 +74,32 @@ def build_runner(desc: dict[str, Any], version_dir: Path) -> tuple[Any, Any]:
     return model, runner
 
 
+def bucket_sizes(limit: int) -> tuple[int, ...]:
+    """The batch buckets up to `limit` rows: the powers of two below it, then `limit` itself."""
+    sizes, size = [], 1
+    while size < limit:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, limit)
+
+
+def bucket_for(rows: int, buckets: tuple[int, ...]) -> int:
+    """The smallest bucket that holds `rows` (`rows` itself when none does, or without buckets)."""
+    return next((b for b in buckets if b >= rows), rows)
+
+
 class Handler:
-    """Stateless requests and stream chunks through one Runner. Arrays are batch-major numpy arrays."""
+    """Stateless requests and stream chunks through one Runner. Arrays are batch-major numpy arrays.
+
+    `buckets`: pad each backend call's rows up to the next of these sizes (``bucket_sizes``); empty: no padding.
+    """
 
     def __init__(self, spec: Any, runner: Any, *, stream: bool, max_streams: int = 64,
-                 idle_timeout_s: float = 60.0, with_state: bool = True):
+                 idle_timeout_s: float = 60.0, with_state: bool = True, buckets: tuple[int, ...] = ()):
         import numpy as np
 
         self.np = np
+        self.buckets = tuple(buckets)
         self.spec = spec
         self.runner = runner
         self.stream = stream
@@ -96,12 +123,32 @@ class Handler:
         """One Runner call for requests of equal chunk length: stacked on the batch axis, split after."""
         np = self.np
         rows = [f["input"].shape[0] for f in feeds]
-        inputs = {name: self._to_model(name, np.concatenate([f[name] for f in feeds], axis=0))
-                  for name in feeds[0]}
-        outputs = {name: self._from_model(name, value) for name, value in self.runner.infer(inputs).items()}
+        total = sum(rows)
+        padding = bucket_for(total, self.buckets) - total  # zero rows: each row runs independently of the others
+        inputs = {}
+        for name in feeds[0]:
+            parts = [f[name] for f in feeds]
+            if padding:
+                parts.append(np.zeros((padding, *parts[0].shape[1:]), parts[0].dtype))
+            inputs[name] = self._to_model(name, np.concatenate(parts, axis=0))
+        outputs = {name: self._from_model(name, value)[:total] for name, value in self.runner.infer(inputs).items()}
         cuts = np.cumsum(rows)[:-1]
         split = {name: np.split(value, cuts, axis=0) for name, value in outputs.items()}
         return [{name: parts[i] for name, parts in split.items()} for i in range(len(feeds))]
+
+    def warm_up(self, seq_len: int) -> float:
+        """Run every bucket once at `seq_len` steps (what a graph backend captures, what a kernel compiles),
+        so no request pays for it; returns the seconds it took."""
+        np = self.np
+        spec = self.spec
+        names = ["input", *self.state_in] if self.with_state else ["input"]
+        states = spec.num_layers * spec.num_directions
+        width = {"input": spec.input_size, "h0": spec.state_size, "c0": spec.hidden_size}
+        begin = time.perf_counter()
+        for rows in self.buckets:
+            self._run([{n: np.zeros((rows, seq_len if n == "input" else states, width[n]), np.float32)
+                        for n in names}])
+        return time.perf_counter() - begin
 
     def _check(self, name: str, array: Any, rows: int | None = None) -> None:
         if array.ndim != 3:
@@ -323,17 +370,48 @@ def _as_array(tensor: Any) -> Any:
     return tensor.as_numpy()
 
 
+@functools.cache
+def _answer_way() -> str:
+    """How this process hands answers to the stub, decided once (never per answer).
+
+    - numpy 1: the stub's own ``Tensor(name, array)`` (its pybind11 was built for numpy 1).
+    - numpy 2: that way answers fp32 tensors with 0 bytes (the stub reads numpy 2's dtype layout wrong), so
+      through DLPack, with a capsule PyTorch made. ``Tensor.from_dlpack`` takes the capsule and renames it
+      "used_dlpack"; a capsule numpy made then fails numpy's own destructor, which expects the standard
+      "used_dltensor" and writes a traceback to the server log for every answer ("PyCapsule_GetPointer
+      called with incorrect name": 56,472 of them in the first H200 run, most of the time spent in the
+      server). PyTorch's destructor leaves a capsule alone once its name is no longer "dltensor". torch is
+      a dependency of lstminfer; without it, numpy's capsule (correct answers, a noisy log).
+    """
+    if not _numpy_2():
+        return "stub"
+    try:
+        import torch.utils.dlpack  # noqa: F401
+    except ImportError:
+        return "numpy-dlpack"
+    return "torch-dlpack"
+
+
 def _output(pb_utils: Any, name: str, array: Any) -> Any:
-    """An answer's tensor, through DLPack under numpy 2 for the same reason (``_as_array``)."""
+    """An answer's tensor, the way ``_answer_way`` chose. Strings take the stub's way (DLPack has none)."""
     import numpy as np
 
     array = np.ascontiguousarray(array)
-    if _numpy_2():
-        try:
-            return pb_utils.Tensor.from_dlpack(name, array)
-        except Exception:  # noqa: BLE001 - the stub raises its own exception types: its own way is the fallback
-            pass
-    return pb_utils.Tensor(name, array)
+    way = _answer_way()
+    if way == "stub" or array.dtype.kind in "OSU":
+        return pb_utils.Tensor(name, array)
+    if way == "torch-dlpack":
+        import torch.utils.dlpack
+
+        if not array.flags.writeable:  # torch.from_numpy warns on a read-only array
+            array = array.copy()
+        return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(torch.from_numpy(array)))
+    return pb_utils.Tensor.from_dlpack(name, array)
+
+
+def _log(message: str) -> None:
+    """One line in the server log (the stub forwards its stderr there)."""
+    print(f"lstminfer: {message}", file=sys.stderr, flush=True)
 
 
 class TritonPythonModel:
@@ -349,10 +427,22 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.input_names = [i["name"] for i in config["input"]]
         self.batched = desc.get("batched", True)
+        import numpy as np
+
+        _log(f"{args.get('model_name', desc['name'])}: answers through {_answer_way()} (numpy {np.__version__})")
         if self.batched:
             model, runner = build_runner(desc, version_dir)
+            buckets = ()
+            if desc["device"].startswith("cuda"):  # GPU backends specialise on the batch size (module docstring)
+                most = int(config.get("max_batch_size") or 1)
+                buckets = bucket_sizes(min(most, desc["max_streams"]) if desc["stream"] else most)
             self.handler = Handler(model.spec, runner, stream=desc["stream"], max_streams=desc["max_streams"],
-                                   idle_timeout_s=desc["idle_timeout_s"], with_state=desc["with_state"])
+                                   idle_timeout_s=desc["idle_timeout_s"], with_state=desc["with_state"],
+                                   buckets=buckets)
+            if buckets:
+                seconds = self.handler.warm_up(model.seq_len)
+                _log(f"{args.get('model_name', desc['name'])}: batch buckets {','.join(map(str, buckets))} run at "
+                     f"load ({model.seq_len} steps, {desc['backend']}): {seconds:.2f} s")
             return
         import triton_python_backend_utils as pb_utils
 
