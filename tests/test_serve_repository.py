@@ -16,7 +16,7 @@ from lstminfer.errors import UserError
 from lstminfer.model.base import Model
 from lstminfer.model.spec import ModelSpec, build_module, preset
 from lstminfer.serve import repository as repo
-from lstminfer.serve.pymodel import Handler, RequestError, StreamChunk
+from lstminfer.serve.pymodel import Handler, RequestError, StreamChunk, bucket_for, bucket_sizes
 from lstminfer.serve.state import StreamStore, UnknownStream
 
 needs_tritonclient = pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None,
@@ -254,10 +254,50 @@ def test_handler_answers_a_bad_request_alone(exported, ort_runner):
     _close(results[1], _reference(model, good))
 
 
-def test_handler_streams_interleaved_restart_and_errors(exported, ort_runner):
+def test_bucket_sizes():
+    assert bucket_sizes(64) == (1, 2, 4, 8, 16, 32, 64)
+    assert bucket_sizes(12) == (1, 2, 4, 8, 12)
+    assert bucket_sizes(1) == (1,)
+    assert [bucket_for(r, (1, 2, 4, 8, 12)) for r in (1, 3, 5, 9, 12, 13)] == [1, 4, 8, 12, 12, 13]
+    assert bucket_for(3, ()) == 3
+
+
+def _recording(runner, calls):
+    """The runner's infer, also noting the rows (batch axis) of each call's input."""
+    infer = runner.infer
+    axis = 0 if runner.model.spec.batch_first else 1
+    runner.infer = lambda feeds: calls.append(feeds["input"].shape[axis]) or infer(feeds)
+
+
+@pytest.mark.parametrize("name", ["seed", "gru-batch-first"])
+def test_handler_pads_to_buckets_and_slices_back(exported, ort_runner, name):
+    """Rows padded with zero rows up to the next bucket, answers cut back: equal to float64 per request."""
+    model = exported[name]
+    runner = ort_runner[name]
+    handler = Handler(model.spec, runner, stream=False, buckets=bucket_sizes(8))
+    rng = np.random.default_rng(4)
+    requests = [_batch_major_inputs(model.spec, b, t, rng) for b, t in ((1, 2), (2, 2), (5, 4), (8, 1))]
+    calls = []
+    _recording(runner, calls)
+    try:
+        results = handler.infer(requests)
+        warm_calls = len(calls)
+        seconds = handler.warm_up(seq_len=2)
+    finally:
+        del runner.infer
+    assert calls[:warm_calls] == [4, 8, 8]  # 1+2 rows -> 4, 5 -> 8, 8 -> 8
+    assert calls[warm_calls:] == [1, 2, 4, 8] and seconds > 0  # the warm-up ran every bucket once
+    for feeds, got in zip(requests, results):
+        assert got["output"].shape[0] == feeds["input"].shape[0]
+        _close(got, _reference(model, feeds))
+
+
+@pytest.mark.parametrize("buckets", [(), (1, 2, 4)], ids=["unpadded", "buckets"])
+def test_handler_streams_interleaved_restart_and_errors(exported, ort_runner, buckets):
+    """With buckets, 3 rows of streams run as 4: the zero row's state goes nowhere."""
     model = exported["lstm"]
     spec = model.spec
-    handler = Handler(spec, ort_runner["lstm"], stream=True, max_streams=4, idle_timeout_s=60)
+    handler = Handler(spec, ort_runner["lstm"], stream=True, max_streams=4, idle_timeout_s=60, buckets=buckets)
     rng = np.random.default_rng(3)
     xs = {7: rng.standard_normal((1, 6, spec.input_size)).astype(np.float32),
           9: rng.standard_normal((2, 6, spec.input_size)).astype(np.float32)}

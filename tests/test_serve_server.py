@@ -203,6 +203,34 @@ def test_load_test_at_concurrency_8_for_5_seconds(server):
     assert inferences >= record.requests and executions < inferences
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_answers_are_checked_against_the_config(server, protocol):
+    """The load test's check on real answers: the config's own outputs pass; another shape, dtype or a missing
+    output is named (a load test counts such an answer as failed)."""
+    import copy
+
+    from lstminfer.serve.loadtest import check_answer, expected_outputs, model_config
+
+    _, models = server
+    client = _client(server, protocol)
+    try:
+        config = model_config(client, "seed", protocol)
+        arrays = _inputs(models["seed"].spec, 3, 1, np.random.default_rng(5))
+        result = _infer(client, protocol, "seed", arrays)
+    finally:
+        client.close()
+    assert check_answer(result, expected_outputs(config, batch=3)) is None
+    assert check_answer(result, expected_outputs(config, batch=2)) == \
+        "output output has shape [3, 1, 40], the config says [2, '*', 40]"
+    wider, half, more = copy.deepcopy(config), copy.deepcopy(config), copy.deepcopy(config)
+    wider["output"][0]["dims"] = [-1, 41]
+    assert "has shape [3, 1, 40], the config says [3, '*', 41]" in check_answer(result, expected_outputs(wider, 3))
+    half["output"][0]["data_type"] = "TYPE_FP16"
+    assert check_answer(result, expected_outputs(half, 3)) == "output output is float32, the config says float16"
+    more["output"].append({"name": "extra", "data_type": "TYPE_FP32", "dims": [4]})
+    assert check_answer(result, expected_outputs(more, 3)) == "output extra missing from the answer"
+
+
 def test_stream_load_over_grpc_has_no_failures(server):
     from lstminfer.serve.loadtest import run_level
 
@@ -310,3 +338,13 @@ def test_loadtest_json_makes_a_report(server, cli, tmp_path):
     image = matplotlib.image.imread(tmp_path / "report-loadtest.png")
     assert image.shape[0] >= 300 and image.shape[1] >= 600
     assert (image[..., :3] < 0.9).any(axis=-1).mean() > 0.01  # not a blank page
+
+
+def test_the_server_log_has_no_traceback(server):
+    """After every test above: the served models said once how they answer, and no answer wrote a traceback
+    (under numpy 2, numpy's own DLPack capsule did, one per answer, through the stub's capsule rename)."""
+    triton, _ = server
+    log = triton.log_path.read_text(errors="replace")
+    way = "torch-dlpack" if int(np.__version__.split(".")[0]) >= 2 else "stub"
+    assert f"seed: answers through {way} (numpy {np.__version__})" in log
+    assert "Traceback" not in log, log[log.index("Traceback"):][:2000]

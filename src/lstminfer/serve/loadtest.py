@@ -8,7 +8,9 @@ Two modes:
   other (START on the first chunk, END on the last, a fresh sequence id per stream).
 
 Every level is bounded in time (``warmup_s + duration_s``) and in count (``max_requests``). Requests that
-start during the warm-up are not counted. Latency is the client's clock around one ``infer`` call;
+start during the warm-up are not counted. Every answer is checked against the model's config: an output that
+is missing, unreadable, empty, or of another shape or dtype makes its request a failure (the first H200 run
+answered 0-byte tensors for a while and a load test that only counted exceptions saw none). Latency is the client's clock around one ``infer`` call;
 throughput is the counted requests over the counted window (from the end of the warm-up to the end of the
 last counted request). Percentiles are trtexec's (nearest rank,
 ``measure/stats.py``), so they read like every other number of ours.
@@ -154,6 +156,48 @@ def make_inputs(config: dict[str, Any], seq_len: int, batch: int, seed: int = 0)
     return arrays
 
 
+class WrongAnswer(Exception):
+    """The server answered, but not what the model's config declares."""
+
+
+def expected_outputs(config: dict[str, Any], batch: int) -> dict[str, tuple[tuple[int | None, ...], str | None]]:
+    """Every output of a model config: name -> (shape, numpy dtype). A -1 dim (None) takes any positive size;
+    a dtype outside DTYPES (None) is not checked."""
+    batched = int(config.get("max_batch_size", 0)) > 0
+    expected = {}
+    for tensor in config["output"]:
+        dims = tuple(None if int(d) < 0 else int(d) for d in tensor["dims"])
+        dtype = DTYPES.get(tensor.get("data_type", "TYPE_FP32"), (None, None))[1]
+        expected[tensor["name"]] = (((batch,) if batched else ()) + dims, dtype)
+    return expected
+
+
+def check_answer(result: Any, expected: dict[str, tuple[tuple[int | None, ...], str | None]]) -> str | None:
+    """Why a tritonclient result is not the answer `expected` (``expected_outputs``) declares; None if it is."""
+    for name, (shape, dtype) in expected.items():
+        try:
+            value = result.as_numpy(name)
+        except Exception as err:  # tritonclient reshapes the raw bytes: a short answer raises here
+            return f"output {name} unreadable: {_short(err)}"
+        if value is None:
+            return f"output {name} missing from the answer"
+        if value.size == 0:
+            return f"output {name} is empty (shape {list(value.shape)})"
+        if len(value.shape) != len(shape) or any(e is not None and e != v for e, v in zip(shape, value.shape)):
+            want = ["*" if e is None else e for e in shape]
+            return f"output {name} has shape {list(value.shape)}, the config says {want}"
+        if dtype is not None and value.dtype.name != dtype:
+            return f"output {name} is {value.dtype.name}, the config says {dtype}"
+    return None
+
+
+def _infer_checked(client: Any, model: str, inputs: list[Any], expected: dict[str, Any], **kwargs: Any) -> None:
+    """One request; raises WrongAnswer when the answer is not what the config declares."""
+    reason = check_answer(client.infer(model, inputs, **kwargs), expected)
+    if reason is not None:
+        raise WrongAnswer(reason)
+
+
 def _infer_inputs(module: Any, arrays: dict[str, Any]) -> list[Any]:
     from tritonclient.utils import np_to_triton_dtype
 
@@ -205,8 +249,8 @@ class _Tally:
                 self.errors.append(message)
 
 
-def _stateless_worker(url: str, protocol: str, model: str, arrays: dict[str, Any], tally: _Tally,
-                      timeout_s: float) -> None:
+def _stateless_worker(url: str, protocol: str, model: str, arrays: dict[str, Any], expected: dict[str, Any],
+                      tally: _Tally, timeout_s: float) -> None:
     module = client_module(protocol)
     client = make_client(url, protocol, timeout_s)
     inputs = _infer_inputs(module, arrays)
@@ -216,7 +260,7 @@ def _stateless_worker(url: str, protocol: str, model: str, arrays: dict[str, Any
             start = time.perf_counter()
             error = None
             try:
-                client.infer(model, inputs, **kwargs)
+                _infer_checked(client, model, inputs, expected, **kwargs)
             except Exception as err:  # a failed request is data, not a crash
                 error = err
             tally.done(start, time.perf_counter(), error)
@@ -224,8 +268,8 @@ def _stateless_worker(url: str, protocol: str, model: str, arrays: dict[str, Any
         client.close()
 
 
-def _stream_worker(url: str, protocol: str, model: str, arrays: dict[str, Any], tally: _Tally, timeout_s: float,
-                   chunks: int, first_id: int) -> None:
+def _stream_worker(url: str, protocol: str, model: str, arrays: dict[str, Any], expected: dict[str, Any],
+                   tally: _Tally, timeout_s: float, chunks: int, first_id: int) -> None:
     module = client_module(protocol)
     client = make_client(url, protocol, timeout_s)
     inputs = _infer_inputs(module, arrays)
@@ -245,8 +289,8 @@ def _stream_worker(url: str, protocol: str, model: str, arrays: dict[str, Any], 
                 start = time.perf_counter()
                 error = None
                 try:
-                    client.infer(model, inputs, sequence_id=sequence_id, sequence_start=k == 0, sequence_end=last,
-                                 **kwargs)
+                    _infer_checked(client, model, inputs, expected, sequence_id=sequence_id, sequence_start=k == 0,
+                                   sequence_end=last, **kwargs)
                 except Exception as err:
                     error = err
                 tally.done(start, time.perf_counter(), error)
@@ -265,9 +309,11 @@ def run_level(url: str, protocol: str, model: str, mode: str, concurrency: int, 
 
     client = make_client(url, protocol, timeout_s)
     try:
-        arrays = make_inputs(model_config(client, model, protocol), seq_len, batch)
+        config = model_config(client, model, protocol)
     finally:
         client.close()
+    arrays = make_inputs(config, seq_len, batch)
+    expected = expected_outputs(config, batch)
     if mode == "stream":
         arrays = {n: a for n, a in arrays.items() if n == "input"}
     begin = time.perf_counter()
@@ -278,7 +324,8 @@ def run_level(url: str, protocol: str, model: str, mode: str, concurrency: int, 
             target, extra = _stream_worker, (chunks, first_sequence_id + w * 1_000_000)
         else:
             target, extra = _stateless_worker, ()
-        workers.append(threading.Thread(target=target, args=(url, protocol, model, arrays, tally, timeout_s, *extra),
+        workers.append(threading.Thread(target=target,
+                                        args=(url, protocol, model, arrays, expected, tally, timeout_s, *extra),
                                         daemon=True, name=f"loadtest-{w}"))
     for t in workers:
         t.start()
