@@ -32,7 +32,8 @@ from lstminfer.model.spec import build_module, preset
 from lstminfer.onnx.export import export_model
 
 # (label, backend, cpu_mode)
-VARIANTS = [("torch", "torch", None), ("onnxruntime", "onnxruntime", None),
+VARIANTS = [("torch", "torch", None), ("onnxruntime", "onnxruntime", "latency"),
+            ("onnxruntime throughput", "onnxruntime", "throughput"),
             ("openvino", "openvino", "latency"), ("openvino throughput", "openvino", "throughput")]
 
 
@@ -80,15 +81,17 @@ def time_cell(model: Model, backend: str, mode: str | None, threads: int | None,
     try:
         runner.prepare()
         summary = performance_summary(time_queries(runner, inputs, config))
-        return {"latency_ms": summary.host.to_dict(), "queries": summary.queries, **runner.describe()}
+        return {"latency_ms": summary.host.to_dict(), "queries": summary.queries,
+                **runner.describe_at(config.seq_len, config.batch)}  # with the throughput plan's groups
     except UserError as err:
         return {"error": str(err)}
     finally:
         runner.close()
 
 
-def table(presets: list[str], threads: list[int | None], config: dict, rounds: int, out: Path) -> tuple[str, list]:
-    variants = [v for v in VARIANTS if runner_class(v[1]).available("cpu")[0]]
+def table(presets: list[str], threads: list[int | None], config: dict, rounds: int, out: Path,
+          only: list[str] | None = None) -> tuple[str, list]:
+    variants = [v for v in VARIANTS if runner_class(v[1]).available("cpu")[0] and (not only or v[0] in only)]
     records: list[dict] = []
     best: dict[tuple, dict] = {}
     for name in presets:
@@ -115,13 +118,15 @@ def table(presets: list[str], threads: list[int | None], config: dict, rounds: i
     for name in presets:
         cell_ms = {k: r["latency_ms"]["median"] for k, r in best.items() if k[0] == name and "latency_ms" in r}
         fastest = min(cell_ms, key=cell_ms.get) if cell_ms else None
-        for label, _, _ in variants:
+        for label, _, mode in variants:
             row = [name, label]
             for t in threads:
                 r = best.get((name, label, t))
                 text = "" if r is None else _cell(r)
                 if r is not None and t is None and "threads" in r:
                     text += f" ({r['threads']})"  # the default, read back
+                if r is not None and mode == "throughput" and "group_threads" in r and len(r["group_threads"]) > 1:
+                    text += f" [{'+'.join(map(str, r['group_threads']))}]"  # onnxruntime's row groups' threads
                 if fastest == (name, label, t):
                     text = f"**{text}**"
                 row.append(text)
@@ -229,16 +234,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved passes; each cell keeps its best median")
     parser.add_argument("--duration", type=float, default=0.5, help="timed seconds per cell and round")
     parser.add_argument("--warmup", type=float, default=100.0, help="warm-up ms per cell and round")
+    parser.add_argument("--variants", default=None, help="comma list of rows to run (default: all of "
+                        + ", ".join(v[0] for v in VARIANTS) + ")")
     parser.add_argument("--no-probe", action="store_true", help="skip the ONNX Runtime probe")
     parser.add_argument("--json", default=None, help="write every record here")
     args = parser.parse_args(argv)
     threads = parse_threads(args.threads) if args.threads else default_threads()
     presets = [p for p in args.presets.split(",") if p]
+    only = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    unknown = sorted(set(only or ()) - {v[0] for v in VARIANTS})
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)} (choose from {', '.join(v[0] for v in VARIANTS)})")
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         text, records = table(presets, threads, {"warmup_ms": args.warmup, "duration_s": args.duration},
-                              args.rounds, out)
+                              args.rounds, out, only)
         probe = "" if args.no_probe or "speech" not in presets else ort_probe(out, args.duration)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"CPU: {machine_info()['cpu']}, {os.cpu_count()} logical CPUs; {versions()}; "

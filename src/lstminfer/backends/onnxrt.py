@@ -1,16 +1,30 @@
-"""ONNX Runtime runners, one per execution provider (CPU; CUDA and TensorRT with onnxruntime-gpu)."""
+"""ONNX Runtime runners, one per execution provider (CPU; CUDA and TensorRT with onnxruntime-gpu).
+
+The CPU runner's ``cpu_mode`` "throughput" avoids a trap of ONNX Runtime's CPU LSTM kernel
+(``onnxruntime/core/providers/cpu/rnn/uni_directional_lstm.cc``, ``SetNumThreads``): above 4 batch rows it
+shares the rows out over its threads, each thread then reading the whole recurrent weight matrix every step;
+at 4 rows or fewer it splits each step's GEMM instead. So the query's batch is cut into groups of at most 4
+rows, the groups run at the same time on sessions of their own, the intra-op threads divided among them, and
+the outputs are joined along the batch axis (docs/cpu.md).
+"""
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from lstminfer.backends.base import OnnxFileRunner
+from lstminfer.backends.batch import CPU_MODES, batch_axes, group_sizes, join_rows, split_rows
 from lstminfer.errors import UserError
 from lstminfer.onnx.load import _ort_message
+
+# ORT's CPU LSTM splits each step's GEMM over its threads at 4 batch rows or fewer, the batch rows above
+# that (uni_directional_lstm.cc, SetNumThreads: `num_rows > 4 || (num_rows >= 2 && hidden_size <= 256)`)
+GROUP_ROWS = 4
 
 
 def _ort() -> Any:
@@ -48,22 +62,25 @@ class OrtRunner(OnnxFileRunner):
     def provider_options(self) -> dict[str, Any]:
         return {}
 
-    def session_options(self) -> Any:
+    def session_options(self, threads: int | None = None) -> Any:
         opts = _ort().SessionOptions()
         opts.log_severity_level = 4  # a refusal becomes our one-line error, not also ORT's log line
-        if self.device == "cpu" and self.options.get("threads"):
-            opts.intra_op_num_threads = int(self.options["threads"])
+        threads = threads or self.options.get("threads")
+        if self.device == "cpu" and threads:
+            opts.intra_op_num_threads = int(threads)
         return opts
 
-    def prepare_impl(self) -> None:
-        ort = _ort()
+    def new_session(self, threads: int | None = None) -> Any:
         try:
-            self.session = ort.InferenceSession(
-                str(self.model.onnx_path), sess_options=self.session_options(),
+            return _ort().InferenceSession(
+                str(self.model.onnx_path), sess_options=self.session_options(threads),
                 providers=[(self.provider, self.provider_options())],
             )
         except Exception as err:  # a file ORT refuses (layout=1, an op it lacks): one line, wherever it is used
             raise UserError(f"ONNX Runtime refuses {self.model.onnx_path}: {_ort_message(err)}") from err
+
+    def prepare_impl(self) -> None:
+        self.session = self.new_session()
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def execute_impl(self, device_inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -102,8 +119,103 @@ def physical_cores(cpuinfo: str | None = None) -> int:
 
 
 class OrtCpuRunner(OrtRunner):
+    """ONNX Runtime's CPU provider; ``cpu_mode`` "throughput" runs the batch as concurrent row groups.
+
+    Throughput plan for a batch of B rows on T intra-op threads (``--threads``, else ORT's default, one per
+    physical core): ``ceil(B / GROUP_ROWS)`` groups, but never more than T, each group on its own session
+    with ``T / groups`` threads (the remainder to the first groups), so the threads add up to T. Groups stay
+    at GROUP_ROWS rows or fewer unless each has a single thread, where ORT has no split to choose.  B <= 4
+    is one group on the one session: the same as latency mode.
+    """
+
     name = "onnxruntime"
     devices = ("cpu",)
+
+    @property
+    def cpu_mode(self) -> str:
+        return self.options.get("cpu_mode") or "latency"
+
+    def supports_impl(self) -> tuple[bool, str]:
+        if self.cpu_mode not in CPU_MODES:
+            return False, f"cpu mode {self.cpu_mode!r} is not one of {', '.join(CPU_MODES)}"
+        if self.cpu_mode == "throughput" and self._batch_axes() is None:
+            return False, ("cpu mode throughput cuts the batch, and the batch axis of every input and output is "
+                           "known only for lstminfer's own models, not this one; use --cpu-mode latency")
+        return True, ""
+
+    def _batch_axes(self) -> dict[str, int] | None:
+        return batch_axes(self.model, self.model.input_names + self.model.output_names)
+
+    def prepare_impl(self) -> None:
+        super().prepare_impl()
+        self.threads = self.session.get_session_options().intra_op_num_threads or physical_cores()
+        self.axes = self._batch_axes() if self.cpu_mode == "throughput" else None
+        self.group_sessions: dict[tuple[int, ...], list[Any]] = {}  # threads of each group -> their sessions
+        self.pool: ThreadPoolExecutor | None = None
+        self.pool_workers = 0
+        for _, batch in self.shapes:  # the points it will serve get their sessions now, outside any timing
+            self._sessions_for(self.plan(batch)[1])
+
+    def plan(self, batch: int) -> tuple[list[int], tuple[int, ...]]:
+        """(rows of each group, threads of each group) for one query of `batch` rows."""
+        if self.axes is None:
+            return [batch], (self.threads,)
+        rows = group_sizes(batch, min(-(-batch // GROUP_ROWS), self.threads))
+        groups = len(rows)
+        return rows, tuple(self.threads // groups + (1 if i < self.threads % groups else 0) for i in range(groups))
+
+    def _sessions_for(self, threads: tuple[int, ...]) -> list[Any]:
+        if len(threads) == 1:
+            return [self.session]
+        if threads not in self.group_sessions:
+            self.group_sessions[threads] = [self.new_session(t) for t in threads]
+            if len(threads) - 1 > self.pool_workers:  # the calling thread runs the first group
+                if self.pool is not None:
+                    self.pool.shutdown()
+                self.pool_workers = len(threads) - 1
+                self.pool = ThreadPoolExecutor(self.pool_workers, thread_name_prefix="ort-group")
+        return self.group_sessions[threads]
+
+    def upload_impl(self, inputs: dict[str, np.ndarray]) -> Any:
+        if self.axes is None:
+            return inputs
+        first = self.model.input_names[0]
+        rows, threads = self.plan(inputs[first].shape[self.axes[first]])
+        if len(rows) == 1:
+            return inputs
+        return self._sessions_for(threads), split_rows(inputs, self.axes, rows)
+
+    def execute_impl(self, device_inputs: Any) -> Any:
+        if isinstance(device_inputs, dict):  # one group: the query as it is
+            return super().execute_impl(device_inputs)
+        sessions, groups = device_inputs
+        # ORT's Run is thread-safe and releases the GIL: the other groups on the pool, the first one here
+        futures = [self.pool.submit(s.run, self.output_names, g) for s, g in zip(sessions[1:], groups[1:])]
+        parts = [sessions[0].run(self.output_names, groups[0]), *(f.result() for f in futures)]
+        return join_rows([dict(zip(self.output_names, p)) for p in parts], self.axes)
+
+    def close_impl(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+        self.pool, self.pool_workers, self.group_sessions = None, 0, {}
+        super().close_impl()
+
+    def describe(self) -> dict[str, Any]:
+        out = {**super().describe(), "cpu_mode": self.cpu_mode}
+        if self._prepared:
+            out["threads"] = self.threads
+        return out
+
+    def describe_at(self, seq_len: int, batch: int) -> dict[str, Any]:
+        """With the throughput plan at this batch: its row groups and each group's threads (read back)."""
+        out = self.describe()
+        if self._prepared and self.axes is not None:
+            rows, threads = self.plan(batch)
+            sessions = self._sessions_for(threads)
+            out["row_groups"] = rows
+            out["group_threads"] = [s.get_session_options().intra_op_num_threads or physical_cores()
+                                    for s in sessions]
+        return out
 
 
 class OrtCudaRunner(OrtRunner):

@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 
 from lstminfer.backends.base import OnnxFileRunner
+from lstminfer.backends.batch import CPU_MODES, batch_axes, group_sizes, join_rows, split_rows
 from lstminfer.errors import UserError
 
 INSTALL = 'pip install "lstminfer[cpu]" (or: pip install openvino)'
 HINTS = {"fp32": "f32", "fp16": "f16", "bf16": "bf16"}
 CAPABILITY = {"fp16": "FP16", "bf16": "BF16"}
-CPU_MODES = ("latency", "throughput")
 
 
 def _ov() -> Any:
@@ -100,7 +100,7 @@ class OpenVinoRunner(OnnxFileRunner):
             self.config["INFERENCE_NUM_THREADS"] = int(self.threads)
         self.input_names = [i.get_any_name() for i in self.source.inputs]
         self.output_names = [o.get_any_name() for o in self.source.outputs]
-        self.batch_axes = self._batch_axes()
+        self.batch_axes = batch_axes(self.model, self.input_names + self.output_names)
         # One compile of the model as read (dynamic dims) tells what this config runs: the precision, the
         # threads and the number of streams, before any query.  Queries get static-shape compiles.
         self.properties = self._read_back(self._compile(self.source))
@@ -116,14 +116,6 @@ class OpenVinoRunner(OnnxFileRunner):
     def compiles(self) -> int:
         """Static-shape models compiled so far (one per distinct slice shape)."""
         return len(self.compiled) if self._prepared else 0
-
-    def _batch_axes(self) -> dict[str, int] | None:
-        """Batch axis of every input and output (to slice the batch in throughput mode), from the spec."""
-        spec = self.model.spec
-        if spec is None:
-            return None
-        sequence_batch = 0 if spec.batch_first else 1
-        return {n: sequence_batch if n in ("input", "output") else 1 for n in self.input_names + self.output_names}
 
     def _compile(self, model: Any) -> Any:
         try:
@@ -156,9 +148,7 @@ class OpenVinoRunner(OnnxFileRunner):
             return [arrays]
         first = self.input_names[0]
         batch = arrays[first].shape[self.batch_axes[first]]
-        bounds = np.linspace(0, batch, min(streams, batch) + 1).round().astype(int)
-        return [{n: np.ascontiguousarray(np.take(a, range(lo, hi), axis=self.batch_axes[n]))
-                 for n, a in arrays.items()} for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return split_rows(arrays, self.batch_axes, group_sizes(batch, streams))
 
     def _arrays(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {n: np.ascontiguousarray(inputs[n]) for n in self.input_names}  # dtypes as the file wants
@@ -187,9 +177,7 @@ class OpenVinoRunner(OnnxFileRunner):
 
     def download_impl(self, requests: list[Any]) -> dict[str, np.ndarray]:
         parts = [{n: _host_copy(r.get_tensor(n).data) for n in self.output_names} for r in requests]
-        if len(parts) == 1:
-            return parts[0]
-        return {n: np.concatenate([p[n] for p in parts], axis=self.batch_axes[n]) for n in self.output_names}
+        return parts[0] if len(parts) == 1 else join_rows(parts, self.batch_axes)
 
     def close_impl(self) -> None:
         self.requests, self.compiled = {}, {}

@@ -275,7 +275,9 @@ class BackendArgs:
                             "inference threads (default: each runtime's own; the count that ran is recorded)")
         g.add_argument("--cpu-mode", choices=["latency", "throughput"], default="latency",
                        help="openvino: latency (one infer request) or throughput (the batch split over several "
-                            "requests in flight)")
+                            "requests in flight); onnxruntime: throughput runs the batch as concurrent groups of at "
+                            "most 4 rows, --threads divided among them (for LSTMs with batch > 4 on many cores; "
+                            "docs/cpu.md)")
 
     @staticmethod
     def parse(args: argparse.Namespace) -> BackendOptions:
