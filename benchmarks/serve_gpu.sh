@@ -8,13 +8,19 @@
 # benchmarks/make_serve_wheels.sh; carry=[".whl-serve"]) and are installed into $SITE. lstminfer itself
 # runs from src/ (PYTHONPATH); the served model finds it through the path its model.py names.
 #
-# Run from the repository root: bash benchmarks/serve_gpu.sh. Writes under $OUT (default serve-gpu-out):
-#   facts.txt           GPU, Python, numpy, where libpython lies, what the 3.12 stub cannot link
-#   seed.txt/.json      the seed model's table (and rows); stream.txt/.json the 1-layer LSTM's
-#   loadtest.json       every level as `lstminfer loadtest --json` writes it; report.md + report-*.png
-#   *-server.log        tritonserver's logs
-# Bounded: each benchmark by its own timeout (SEED_TIMEOUT, STREAM_TIMEOUT: 85 s each), the whole script
-# well within 200 s. If the wheels do not install or the server cannot start, it says why (serve_gpu.log)
+# Run from the repository root: bash benchmarks/serve_gpu.sh. A device call returns at most 8 files from $OUT
+# (two folder levels), so everything lands in six, flat, under $OUT (default serve-gpu-out):
+#   facts.txt           GPU, Python, numpy, torch, where libpython lies, what the 3.12 stub cannot link
+#   tables.txt          both printed tables (seed, then stream), this script's own lines, the end time
+#   results.json        every level as `lstminfer loadtest --json` writes it ("loadtest", what `lstminfer
+#                       report` reads) and both tables' rows ("tables": {"seed": ..., "stream": ...})
+#   report.md + report-loadtest.png   `lstminfer report results.json`
+#   server-logs.txt     per tritonserver log: its line count, tracebacks and error lines counted, the
+#                       served model's own lines (how it answers, the batch buckets run at load), the first
+#                       error lines, then its last 200 lines
+# The whole logs, pip's output and the per-run JSON stay in a scratch folder on the machine ($WORK).
+# Bounded: each benchmark by its own timeout (SEED_TIMEOUT, STREAM_TIMEOUT: 100 s each), the whole script
+# well within 240 s. If the wheels do not install or the server cannot start, it says why (tables.txt)
 # and still exits 0 with what it has.
 # Optional: LEVELS (1,4,16,64), DURATION (3), WARMUP (0.5), BACKEND (fused-graph), DEVICE (cuda), WHEELS,
 # SITE, PROTOCOLS (http,grpc; grpc is dropped when tritonclient.grpc does not import here).
@@ -29,14 +35,15 @@ BACKEND=${BACKEND:-fused-graph}
 DEVICE=${DEVICE:-cuda}
 PROTOCOLS=${PROTOCOLS:-http,grpc}
 mkdir -p "$OUT"
+WORK=${WORK:-$(mktemp -d /tmp/serve-gpu.XXXXXX)}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET
 begin=$(date +%s)
-say() { echo "serve_gpu: $*" | tee -a "$OUT/serve_gpu.log"; }
+say() { echo "serve_gpu: $*" | tee -a "$OUT/tables.txt"; }
 
 if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-    "$WHEELS"/*.whl >"$OUT/pip.txt" 2>&1; then
-  say "the wheels in $WHEELS did not install: $(tail -1 "$OUT/pip.txt")"
+    "$WHEELS"/*.whl >"$WORK/pip.txt" 2>&1; then
+  say "the wheels in $WHEELS did not install: $(tail -1 "$WORK/pip.txt")"
   exit 0
 fi
 
@@ -62,46 +69,65 @@ print("stub cannot link:", " ".join(l.split()[0] for l in ldd.splitlines() if "n
 EOF
 cat "$OUT/facts.txt"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | tee -a "$OUT/facts.txt"
-if [[ $PROTOCOLS == *grpc* ]] && ! python3 -c "import tritonclient.grpc" >"$OUT/grpc-import.txt" 2>&1; then
-  say "tritonclient.grpc does not import here ($(tail -1 "$OUT/grpc-import.txt")): HTTP only"
+if [[ $PROTOCOLS == *grpc* ]] && ! python3 -c "import tritonclient.grpc" >"$WORK/grpc-import.txt" 2>&1; then
+  say "tritonclient.grpc does not import here ($(tail -1 "$WORK/grpc-import.txt")): HTTP only"
   PROTOCOLS=http
 fi
 
-bench() {  # NAME TIMEOUT ARGS...: one benchmarks/serve_triton.py run, its table in NAME.txt
+bench() {  # NAME TIMEOUT ARGS...: one benchmarks/serve_triton.py run, its table appended to tables.txt
   local name=$1 limit=$2
   shift 2
+  echo "== $name" >>"$OUT/tables.txt"
   timeout -k 5 "$limit" python3 benchmarks/serve_triton.py --backend "$BACKEND" --device "$DEVICE" \
     --protocols "$PROTOCOLS" --duration "$DURATION" --warmup "$WARMUP" --direct-calls 500 \
-    --out-json "$OUT/$name.json" --loadtest-json "$OUT/$name-loadtest.json" --server-log "$OUT/$name-server.log" \
-    "$@" 2>&1 | tee "$OUT/$name.txt"
+    --out-json "$WORK/$name.json" --loadtest-json "$WORK/$name-loadtest.json" \
+    --server-log "$WORK/$name-server.log" "$@" 2>&1 | tee -a "$OUT/tables.txt"
   local code=${PIPESTATUS[0]}
   case $code in
     0) say "$name: done" ;;
-    124|137) say "$name: stopped at its ${limit} s limit; $OUT/$name.txt has the levels it finished" ;;
-    *) say "$name: exit $code: $(grep -m1 -E 'serve_triton.py: |Error' "$OUT/$name.txt" || tail -1 "$OUT/$name.txt")" ;;
+    1) say "$name: done, with failed requests (their reasons are above)" ;;
+    124|137) say "$name: stopped at its ${limit} s limit; the levels it finished are above" ;;
+    *) say "$name: exit $code: $(grep -m1 -E 'serve_triton.py: |Error' "$OUT/tables.txt" || tail -1 "$OUT/tables.txt")" ;;
   esac
 }
 
-bench seed "${SEED_TIMEOUT:-85}" --preset seed --concurrency "$LEVELS"
-bench stream "${STREAM_TIMEOUT:-85}" --preset seed --no-bidirectional --num-layers 1 --input-size 128 \
+bench seed "${SEED_TIMEOUT:-100}" --preset seed --concurrency "$LEVELS"
+bench stream "${STREAM_TIMEOUT:-100}" --preset seed --no-bidirectional --num-layers 1 --input-size 128 \
   --hidden-size 128 --concurrency 0 --streams "$LEVELS"
 
-python3 - "$OUT" <<'EOF'
+python3 - "$WORK" "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path
-out = Path(sys.argv[1])
-levels, machine = [], {}
+work, out = Path(sys.argv[1]), Path(sys.argv[2])
+levels, machine, tables = [], {}, {}
 for name in ("seed", "stream"):
-    path = out / f"{name}-loadtest.json"
+    path = work / f"{name}-loadtest.json"
     if path.exists():
         data = json.loads(path.read_text())
         levels += data["loadtest"]
         machine = machine or data.get("machine") or {}
-if levels:
-    (out / "loadtest.json").write_text(json.dumps({"loadtest": levels, "machine": machine}, indent=2))
+    if (work / f"{name}.json").exists():
+        tables[name] = json.loads((work / f"{name}.json").read_text())
+if levels or tables:
+    (out / "results.json").write_text(json.dumps({"loadtest": levels, "machine": machine,
+                                                   "server": "benchmarks/serve_gpu.sh", "tables": tables}, indent=2))
 EOF
-if [[ -f $OUT/loadtest.json ]]; then
-  python3 -m lstminfer report "$OUT/loadtest.json" --format md -o "$OUT/report.md" 2>&1 | tee -a "$OUT/serve_gpu.log"
+for name in seed stream; do
+  log=$WORK/$name-server.log
+  [[ -f $log ]] || continue
+  {
+    echo "== $name-server.log: $(wc -l <"$log") lines, $(grep -c 'Traceback' "$log") tracebacks," \
+      "$(grep -c -E '^E[0-9]{4} ' "$log") error lines (E...), $(grep -c -E '^W[0-9]{4} ' "$log") warnings (W...)"
+    echo "-- the served model's own lines"
+    grep 'lstminfer: ' "$log" | head -20
+    echo "-- the first error lines"
+    grep -m 10 -E '^E[0-9]{4} |Traceback|Error' "$log"
+    echo "-- the last 200 lines"
+    tail -200 "$log"
+  } >>"$OUT/server-logs.txt"
+done
+if [[ -f $OUT/results.json ]]; then
+  python3 -m lstminfer report "$OUT/results.json" --format md -o "$OUT/report.md" 2>&1 | tee -a "$OUT/tables.txt"
 fi
-say "finished in $(( $(date +%s) - begin )) s; files in $OUT"
+say "finished in $(( $(date +%s) - begin )) s; files in $OUT: $(ls "$OUT" | tr '\n' ' ')(whole logs in $WORK)"
 exit 0
