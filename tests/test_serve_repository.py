@@ -282,14 +282,39 @@ def test_handler_pads_to_buckets_and_slices_back(exported, ort_runner, name):
     try:
         results = handler.infer(requests)
         warm_calls = len(calls)
-        seconds = handler.warm_up(seq_len=2)
+        seconds, stopped = handler.warm_up(seq_len=2)
     finally:
         del runner.infer
     assert calls[:warm_calls] == [4, 8, 8]  # 1+2 rows -> 4, 5 -> 8, 8 -> 8
-    assert calls[warm_calls:] == [1, 2, 4, 8] and seconds > 0  # the warm-up ran every bucket once
+    assert calls[warm_calls:] == [1, 2, 4, 8] and seconds > 0 and stopped == ""  # every bucket ran once
     for feeds, got in zip(requests, results):
         assert got["output"].shape[0] == feeds["input"].shape[0]
         _close(got, _reference(model, feeds))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["torch-graph", "fused-graph"])
+def test_graph_backend_captures_every_bucket_at_load_and_none_after(exported, backend):
+    """What the served model does on a GPU: one CUDA graph per bucket at load, none on the request path."""
+    from lstminfer.backends.base import runner_class
+
+    model = exported["lstm"]
+    ok, why = runner_class(backend).available("cuda")
+    if not ok:
+        pytest.skip(f"{backend}: {why}")
+    runner = runner_class(backend)(model, device="cuda")
+    runner.prepare()
+    try:
+        handler = Handler(model.spec, runner, stream=False, buckets=bucket_sizes(8))
+        handler.warm_up(seq_len=2)
+        assert len(runner.graphs) == 4
+        rng = np.random.default_rng(6)
+        requests = [_batch_major_inputs(model.spec, b, 2, rng) for b in (3, 5, 1)]
+        for feeds, got in zip(requests, handler.infer(requests[:2]) + handler.infer(requests[2:])):
+            _close(got, _reference(model, feeds), atol=2e-3, rtol=1e-2)  # cuDNN may use TF32
+        assert len(runner.graphs) == 4  # 3+5 rows ran as 8, 1 as 1: both captured at load
+    finally:
+        runner.close()
 
 
 @pytest.mark.parametrize("buckets", [(), (1, 2, 4)], ids=["unpadded", "buckets"])

@@ -9,11 +9,11 @@ Two modes:
 
 Every level is bounded in time (``warmup_s + duration_s``) and in count (``max_requests``). Requests that
 start during the warm-up are not counted. Every answer is checked against the model's config: an output that
-is missing, unreadable, empty, or of another shape or dtype makes its request a failure (the first H200 run
-answered 0-byte tensors for a while and a load test that only counted exceptions saw none). Latency is the client's clock around one ``infer`` call;
-throughput is the counted requests over the counted window (from the end of the warm-up to the end of the
-last counted request). Percentiles are trtexec's (nearest rank,
-``measure/stats.py``), so they read like every other number of ours.
+is missing, unreadable, empty, or of another shape or dtype makes its request a failure (under numpy 2 the
+stub once answered fp32 tensors with 0 bytes, and a load test that counted only exceptions saw no failure).
+Latency is the client's clock around one ``infer`` call; throughput is the counted requests over the counted
+window (from the end of the warm-up to the end of the last counted request). Percentiles are trtexec's
+(nearest rank, ``measure/stats.py``), so they read like every other number of ours.
 """
 
 from __future__ import annotations

@@ -136,19 +136,26 @@ class Handler:
         split = {name: np.split(value, cuts, axis=0) for name, value in outputs.items()}
         return [{name: parts[i] for name, parts in split.items()} for i in range(len(feeds))]
 
-    def warm_up(self, seq_len: int) -> float:
+    def warm_up(self, seq_len: int) -> tuple[float, str]:
         """Run every bucket once at `seq_len` steps (what a graph backend captures, what a kernel compiles),
-        so no request pays for it; returns the seconds it took."""
+        so no request pays for it. Returns (seconds, "" or why the buckets stop early): a bucket the backend
+        refuses (a TensorRT profile's largest batch, memory) and those above it are dropped, so rows past the
+        last good bucket run unpadded, as they would have without buckets."""
         np = self.np
         spec = self.spec
         names = ["input", *self.state_in] if self.with_state else ["input"]
         states = spec.num_layers * spec.num_directions
         width = {"input": spec.input_size, "h0": spec.state_size, "c0": spec.hidden_size}
         begin = time.perf_counter()
-        for rows in self.buckets:
-            self._run([{n: np.zeros((rows, seq_len if n == "input" else states, width[n]), np.float32)
-                        for n in names}])
-        return time.perf_counter() - begin
+        for index, rows in enumerate(self.buckets):
+            feeds = {n: np.zeros((rows, seq_len if n == "input" else states, width[n]), np.float32) for n in names}
+            try:
+                self._run([feeds])
+            except Exception as err:  # noqa: BLE001 - any backend's refusal: serve without this bucket
+                self.buckets = self.buckets[:index]
+                return time.perf_counter() - begin, f"{rows} rows failed ({type(err).__name__}: {err}): buckets " \
+                    f"stop at {self.buckets[-1] if self.buckets else 'none'}"
+        return time.perf_counter() - begin, ""
 
     def _check(self, name: str, array: Any, rows: int | None = None) -> None:
         if array.ndim != 3:
@@ -440,9 +447,10 @@ class TritonPythonModel:
                                    idle_timeout_s=desc["idle_timeout_s"], with_state=desc["with_state"],
                                    buckets=buckets)
             if buckets:
-                seconds = self.handler.warm_up(model.seq_len)
+                seconds, stopped = self.handler.warm_up(model.seq_len)
                 _log(f"{args.get('model_name', desc['name'])}: batch buckets {','.join(map(str, buckets))} run at "
-                     f"load ({model.seq_len} steps, {desc['backend']}): {seconds:.2f} s")
+                     f"load ({model.seq_len} steps, {desc['backend']}): {seconds:.2f} s"
+                     + (f"; {stopped}" if stopped else ""))
             return
         import triton_python_backend_utils as pb_utils
 
