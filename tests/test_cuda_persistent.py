@@ -54,6 +54,13 @@ def test_cuda_plan_fits_the_multiprocessors_and_names_its_kernel():
     regs = _cuda_plan(packed_of(1024, False, torch.float16), 8, 132, mma_regs=True)  # a warp per k slice
     assert (regs.mma_regs, regs.num_warps, regs.k_split, regs.programs) == (True, 8, 8, 128)
     assert _cuda_plan(packed_of(1024, False, torch.bfloat16), 64, 132, mma_regs=True) is None  # 16 tiles x 8 chunks
+    frag = _cuda_plan(packed_of(768, False, torch.float16), 16, 132, poll_frag=True)  # V: implies mma_regs
+    assert (frag.poll_frag, frag.mma_regs, frag.num_warps, frag.k_split, frag.programs) == (True, True, 8, 8, 96)
+    odd = _cuda_plan(packed_of(300, True, torch.float16), 5, 132, poll_frag=True)  # 20 k chunks: 2 slices of 10
+    assert (odd.poll_frag, odd.k_split, odd.num_warps) == (True, 2, 2)
+    assert _cuda_plan(packed_of(300, True, torch.float16), 5, 132, mma_regs=True).k_split == 4  # 5 chunks a warp
+    assert not _cuda_plan(packed_of(512, False), 8, 132, poll_frag=True).poll_frag  # fp32: FFMA, no fragments
+    assert frag.describe()["poll_frag"] is True
     assert not _cuda_plan(packed_of(512, False, torch.float16), 1, 132).mma  # 16-bit, one row: FFMA
     assert _cuda_plan(packed_of(512, False, torch.float16), 1, 132, mma=True).mma
     assert not _cuda_plan(packed_of(512, False, torch.float16), 8, 132, mma=False).mma
@@ -104,6 +111,11 @@ def _variants():
                                                      w_shared=True),
         "U fp16 mma, W fragments in registers": CudaConfig(True, 1, 1024, 1024, 8, 128, 16, 256, 8, True, 16, False,
                                                            True, mma_regs=True),
+        "V fp16 mma, h polled into A fragments": CudaConfig(True, 1, 1024, 768, 8, 96, 16, 256, 8, True, 16, False,
+                                                            True, mma_regs=True, poll_frag=True),
+        "bi bf16 gru, h polled into A fragments, 2 k slices": CudaConfig(False, 2, 512, 320, 8, 40, 16, 64, 2, True,
+                                                                         16, True, False, mma_regs=True,
+                                                                         poll_frag=True),
     }
 
 
@@ -195,17 +207,19 @@ def test_gpu_cuda_persistent_w_in_shared_memory_matches_float64(case, precision)
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("poll_frag", [False, True])
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 @pytest.mark.parametrize("case", [c for c in GPU_CASES if c[7] > 1], ids=lambda c: "-".join(map(str, c)))
-def test_gpu_cuda_persistent_mma_fragments_in_registers_match_float64(case, precision):
-    """mma with a warp per k slice and W_hh^T fragments in registers (mma_regs=True, asked for only: not yet
-    measured)."""
+def test_gpu_cuda_persistent_mma_fragments_in_registers_match_float64(case, precision, poll_frag):
+    """mma with a warp per k slice and W_hh^T fragments in registers (mma_regs=True), and with each warp polling
+    its k slice of h straight into its A fragments (poll_frag=True: one block barrier a step, k permuted inside
+    the slice); asked for only, not yet measured."""
     kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
     module = make(kind, input_size, hidden, layers, bi, bf)
     x, hx = random_inputs(module, seq_len, batch, with_state)
-    overrides = dict(path="per-layer", cuda=True, mma_regs=True)
+    overrides = dict(path="per-layer", cuda=True, mma_regs=True, poll_frag=poll_frag)
     plan = plan_for(pack_rnn(module, "cuda", DTYPES[precision]), seq_len, batch, **overrides)
-    assert plan.kernel == "persistent-cuda" and plan.mma_regs, plan.note
+    assert plan.kernel == "persistent-cuda" and plan.mma_regs and plan.poll_frag == poll_frag, plan.note
     got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", **overrides)
     assert_close(got, reference(module, x, hx), 1e-2 if precision == "fp16" else 8e-2)
 
@@ -246,19 +260,23 @@ def test_gpu_cuda_persistent_graph_replays_equal_eager_and_nan_propagates(precis
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_cuda_persistent_stall_raises(monkeypatch):
+@pytest.mark.parametrize("precision,options", [("fp32", {}), ("fp16", {"poll_frag": True})])
+def test_gpu_cuda_persistent_stall_raises(monkeypatch, precision, options):
     """One block short of the plan (its units' h never written): the others give up their waits after the spin
-    limit and the call raises KernelStalled instead of returning numbers."""
+    limit and the call raises KernelStalled instead of returning numbers (poll_frag: the block leaves after the
+    product's barrier, not the poll's)."""
     from lstminfer.kernels.rnn import launch as launch_module
 
     monkeypatch.setattr(launch_module, "SPIN_LIMIT", 20000)
     module = make("lstm", 16, 512, 1, False, False)
     x, hx = random_inputs(module, 5, 2, True)
-    packed = pack_rnn(module, "cuda")
-    plan = plan_for(packed, 5, 2)
-    assert plan.kernel == "persistent-cuda", plan.note
+    dtype = DTYPES[precision]
+    packed = pack_rnn(module, "cuda", dtype)
+    plan = plan_for(packed, 5, 2, **options)
+    assert plan.kernel == "persistent-cuda" and plan.poll_frag == bool(options), plan.note
     short = dataclasses.replace(plan, programs=plan.programs - 1)
+    args = [t.cuda().to(dtype) for t in (x, *hx)]
     with pytest.raises(KernelStalled, match="resident"):
-        rnn_forward(packed, x.cuda(), hx[0].cuda(), hx[1].cuda(), plan=short)
-    assert_close([t.cpu() for t in rnn_forward(packed, x.cuda(), hx[0].cuda(), hx[1].cuda(), plan=plan)],
-                 reference(module, x, hx), 1e-4)  # the error word was cleared: the next call is judged alone
+        rnn_forward(packed, *args, plan=short)
+    assert_close([t.cpu() for t in rnn_forward(packed, *args, plan=plan)], reference(module, x, hx),
+                 1e-4 if precision == "fp32" else 1e-2)  # the error word was cleared: the next call is judged alone

@@ -40,25 +40,28 @@ class CudaConfig:
     poll_sleep: int = 0  # ns of __nanosleep between two reads of a wait (0: none, the default)
     w_shared: bool = False  # FFMA: W^T in shared memory (fp32) instead of registers
     mma_regs: bool = False  # MMA: a warp per k slice over every column tile, W^T fragments in registers
+    poll_frag: bool = False  # mma_regs: each warp polls its k slice of h straight into its A fragments
 
     def defines(self) -> str:
         values = dict(IS_LSTM=self.is_lstm, D=self.dirs, HP=self.hidden_padded, KH=self.kh, NB=self.nb,
                       TILES=self.tiles, BB=self.bb, NT=self.threads, KSL=self.k_slices, MMA=self.mma,
                       ELEM_BITS=self.elem_bits, IS_BF16=self.bf16, HAS_STATE=self.has_state, FAST=self.fast,
                       POLL_SLEEP=self.poll_sleep, W_SHARED=self.w_shared and not self.mma,
-                      MMA_REGS=self.mma_regs and self.mma)
+                      MMA_REGS=self.mma_regs and self.mma, POLL_FRAG=self.poll_frag and self.mma_regs and self.mma)
         return "".join(f"#define {k} {int(v)}\n" for k, v in values.items())
 
     def shared_bytes(self) -> int:
         """Dynamic shared memory of a block: h, (MMA: W^T), the partial sums."""
         return shared_bytes(self.mma, self.elem_bits, self.bb, self.kh, self.nb, self.k_slices, self.w_shared,
-                            self.mma_regs)
+                            self.mma_regs, self.poll_frag)
 
 
 def shared_bytes(mma: bool, elem_bits: int, bb: int, kh: int, nb: int, k_slices: int, w_shared: bool = False,
-                 mma_regs: bool = False) -> int:
+                 mma_regs: bool = False, poll_frag: bool = False) -> int:
     cols = 4 * nb
     red = 4 * k_slices * bb * (cols + 8)
+    if mma and mma_regs and poll_frag:
+        return 2 * red  # no h in shared memory; the partial sums by step parity
     if mma:
         return (elem_bits // 8) * (bb + (0 if mma_regs else cols)) * (kh + 8) + red
     return 4 * bb * k_slices * (kh // k_slices + 4) + red + (4 * cols * (kh + 4) if w_shared else 0)

@@ -47,9 +47,21 @@ typedef unsigned int u32;
 #ifndef MMA_REGS
 #define MMA_REGS 0
 #endif
+#ifndef POLL_FRAG
+#define POLL_FRAG 0
+#endif
 #if MMA && MMA_REGS
 #define NTILES (COLS / 8)
 #define CPW (KH / 16 / KSL)
+#endif
+#if MMA && MMA_REGS && POLL_FRAG
+#define A_DIRECT 1
+#define NPOLL CPW
+#define RED_SIZE (KSL * BB * RROW)
+static_assert(CPW % 2 == 0, "h polled into A fragments: two k chunks a 16-byte read");
+#else
+#define A_DIRECT 0
+#define NPOLL PC
 #endif
 #define CE (16 / (ELEM_BITS / 8))
 #define CPR (KH / CE)
@@ -140,6 +152,24 @@ __device__ __forceinline__ bool has_poison(uint4 v) {
 #endif
 }
 
+// poll slot i of thread tid: its batch row b and first k; false where the slot holds no real row
+__device__ __forceinline__ bool poll_slot(int i, int tid, int nrows, int& b, int& k) {
+#if A_DIRECT
+    // a warp reads its own k slice of h straight into its mma A fragments: lane (g, t) reads 16 bytes of row
+    // g + 8 (i & 1) at k = slice + 32 (i >> 1) + 8 t, the a0/a2 (a1/a3) words of k chunks 2 (i >> 1) and
+    // 2 (i >> 1) + 1 (k permuted inside the slice; the B fragments are loaded with the same permutation)
+    const int lane = tid & 31;
+    b = (lane >> 2) + 8 * (i & 1);
+    k = (tid >> 5) * (KH / KSL) + (i >> 1) * 32 + (lane & 3) * 8;
+    return b < nrows;
+#else
+    const int q = tid + i * NT;
+    b = q / CPR;
+    k = (q % CPR) * CE;
+    return q < NCH && b < nrows;
+#endif
+}
+
 __device__ __forceinline__ int h_index(int b, int k) {
 #if MMA
     return b * HROW + k;
@@ -157,7 +187,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int s_abort;
     hs_t* h_s = (hs_t*)smem;
-#if MMA && MMA_REGS
+#if A_DIRECT
+    float* const red_base = (float*)smem;  // [2][KSL][BB][RROW]: a step's partial sums, by step parity
+#elif MMA && MMA_REGS
     float* red = (float*)(smem + sizeof(hs_t) * BB * HROW);
 #elif MMA
     elem_t* w_s = (elem_t*)(smem + sizeof(hs_t) * BB * HROW);
@@ -180,10 +212,12 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     const elem_t* w_dir = w_hh + (long long)(layer * D + d) * HP * (HP * 4) + n0 * 4;
 
     if (tid == 0) s_abort = 0;
+#if !A_DIRECT
     // h rows past the batch stay 0 (the MMA reads 16 rows; their results are never stored)
     for (int i = tid; i < BB * HROW; i += NT) {
         if (i / HROW >= nrows) h_s[i] = (hs_t)0;
     }
+#endif
 #if MMA && MMA_REGS
     // a warp per k slice over every column tile: its B fragments (W^T) in registers for the layer, its A
     // fragments (h) read from shared memory once a step (the warp-per-column-tile layout reads W and, once
@@ -197,7 +231,13 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         for (int kc = 0; kc < CPW; ++kc)
 #pragma unroll
             for (int hf = 0; hf < 2; ++hf) {
+#if A_DIRECT
+                // chunk kc's logical k 2t + 8 hf + {0, 1} at slice + 32 (kc / 2) + 8 t + 4 (kc % 2) + 2 hf + {0, 1}
+                // (poll_slot's permutation)
+                const int k = ks * (CPW * 16) + (kc >> 1) * 32 + (lane & 3) * 8 + (kc & 1) * 4 + hf * 2;
+#else
                 const int k = (ks * CPW + kc) * 16 + hf * 8 + (lane & 3) * 2;
+#endif
                 const elem_t* p = w_dir + (long long)k * (HP * 4) + nt * 8 + (lane >> 2);
                 bw[nt][kc][hf] = (u32)p[0] | ((u32)p[HP * 4] << 16);
             }
@@ -273,12 +313,15 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         // poison are re-read together, so a wait costs one L2 round trip after the data is there, not one a
         // chunk (v15 re-read them one after another: 4-8 round trips a step at 16 rows)
         const elem_t* src = slab + (read_slot * B + row0) * RT + d * HP;
-        uint4 v[PC];
+        uint4 v[NPOLL];
         u32 pending = 0;
 #pragma unroll
-        for (int i = 0; i < PC; ++i) {
-            const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
-            if (q < NCH && b < nrows) {
+        for (int i = 0; i < NPOLL; ++i) {
+            int b, k;
+#if A_DIRECT
+            v[i] = make_uint4(0u, 0u, 0u, 0u);  // rows past the batch multiply as 0
+#endif
+            if (poll_slot(i, tid, nrows, b, k)) {
                 v[i] = ld_poll(src + b * RT + k);
                 pending |= 1u << i;
             }
@@ -288,7 +331,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         while (true) {
             u32 bad = 0;
 #pragma unroll
-            for (int i = 0; i < PC; ++i)
+            for (int i = 0; i < NPOLL; ++i)
                 if (((pending >> i) & 1u) && has_poison(v[i])) bad |= 1u << i;
             if (bad == 0) break;
             if (spins >= spin_limit) { gave_up = true; break; }
@@ -296,16 +339,25 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             __nanosleep(POLL_SLEEP);  // fewer re-reads while the others compute (every re-read is L2 traffic)
 #endif
 #pragma unroll
-            for (int i = 0; i < PC; ++i) {
-                const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
+            for (int i = 0; i < NPOLL; ++i) {
+                int b, k;
+                poll_slot(i, tid, nrows, b, k);
                 if ((bad >> i) & 1u) v[i] = ld_poll(src + b * RT + k);
             }
             ++spins;
         }
+#if A_DIRECT
+        if (gave_up) {
+            atomicMax(err, 1);
+            s_abort = 1;  // read after barrier 2: the whole block leaves there
+        }
+        float* const red = red_base + (s & 1) * RED_SIZE;  // a warp may run a step ahead of another's cell
+#else
         if (!gave_up) {
 #pragma unroll
             for (int i = 0; i < PC; ++i) {
-                const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
+                int b, k;
+                poll_slot(i, tid, nrows, b, k);
                 if ((pending >> i) & 1u) {
 #if MMA || ELEM_BITS == 32
                     *(uint4*)(h_s + h_index(b, k)) = v[i];
@@ -329,20 +381,33 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         }
         __syncthreads();  // barrier 1: h is in shared memory
         if (s_abort) return;
+#endif
 
 #if MMA && MMA_REGS
         {
             float acc[NTILES][4];
 #pragma unroll
             for (int nt = 0; nt < NTILES; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+            u32 af[CPW][4];
+#if A_DIRECT
+            // a0/a2 from row g's 16 bytes, a1/a3 from row g + 8's (poll_slot)
+#pragma unroll
+            for (int kc = 0; kc < CPW; ++kc) {
+                const uint4 lo = v[2 * (kc >> 1)], hi = v[2 * (kc >> 1) + 1];
+                af[kc][0] = (kc & 1) ? lo.z : lo.x;
+                af[kc][2] = (kc & 1) ? lo.w : lo.y;
+                af[kc][1] = (kc & 1) ? hi.z : hi.x;
+                af[kc][3] = (kc & 1) ? hi.w : hi.y;
+            }
+#else
             const u32 a_base = (u32)__cvta_generic_to_shared(h_s + (lane & 15) * HROW + (lane >> 4) * 8
                                                              + ks * (KH / KSL));
-            u32 af[CPW][4];
 #pragma unroll
             for (int kc = 0; kc < CPW; ++kc)
                 asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
                              : "=r"(af[kc][0]), "=r"(af[kc][1]), "=r"(af[kc][2]), "=r"(af[kc][3])
                              : "r"(a_base + kc * 32) : "memory");
+#endif
 #pragma unroll
             for (int kc = 0; kc < CPW; ++kc) {
 #pragma unroll
@@ -453,6 +518,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         }
 #endif
         __syncthreads();  // barrier 2: the partial sums are in shared memory
+#if A_DIRECT
+        if (s_abort) return;  // a wait gave up (its product was garbage, never stored)
+#endif
 
 #pragma unroll
         for (int i = 0; i < CPT; ++i) {

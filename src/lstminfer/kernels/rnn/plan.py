@@ -95,6 +95,7 @@ class Plan:
     poll_sleep: int = 0  # CUDA kernel: ns slept between two reads of a wait (0: spin; not measured yet)
     w_shared: bool = False  # CUDA kernel, FFMA: W_hh^T in shared memory, not registers (asked only; not measured)
     mma_regs: bool = False  # CUDA kernel, mma: a warp per k slice, W_hh^T fragments in registers (asked only)
+    poll_frag: bool = False  # CUDA kernel, mma_regs: h polled straight into A fragments, one barrier a step (asked)
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
@@ -111,7 +112,7 @@ class Plan:
                   "persistent": ("block_b", "block_n", "r_tiles", "programs", "resident", "k_split",
                                  "num_warps"),
                   "persistent-cuda": ("block_b", "block_n", "r_tiles", "programs", "k_split", "num_warps",
-                                      "mma", "w_shared", "mma_regs")}[self.kernel]
+                                      "mma", "w_shared", "mma_regs", "poll_frag", "poll_sleep")}[self.kernel]
         out = {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
         if self.note:
             out["note"] = self.note
@@ -178,7 +179,8 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
 
 
 def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
-               w_shared: bool | None = None, mma_regs: bool | None = None) -> Plan | None:
+               w_shared: bool | None = None, mma_regs: bool | None = None,
+               poll_frag: bool | None = None) -> Plan | None:
     """The CUDA C++ kernel's plan (cuda_source.py), or None where it does not fit.
 
     A block owns nb hidden units of one direction and bb batch rows; nb is the smallest power of two >= 4 for
@@ -187,7 +189,10 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
     column and kh / k_split consecutive k a thread), bb up to CUDA_FFMA_MAX_ROWS real rows; asked for
     (w_shared=True), FFMA with W_hh^T in shared memory instead, for slices past the registers (not measured
     yet: never the default); mma_regs=True (asked only, not measured yet): a warp per k slice over every
-    column tile with its W_hh^T fragments in registers, h read from shared memory once a step.
+    column tile with its W_hh^T fragments in registers, h read from shared memory once a step; poll_frag=True
+    (implies mma_regs; asked only, not measured yet): each warp polls its own k slice of h from the slab straight
+    into its A fragments (no h in shared memory, no barrier 1: one block barrier a step), an even number of k
+    chunks a warp.
     """
     from .cuda_persistent import shared_bytes  # no cuda.bindings import: sizes only
 
@@ -212,13 +217,15 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
     cols = 4 * nb
     if kh > hp:
         return None
-    mma_regs = bool(mma_regs) and mma
+    poll_frag = bool(poll_frag) and mma
+    mma_regs = (bool(mma_regs) or poll_frag) and mma
     if mma_regs:
         n_tiles = cols // 8
-        for k_split in (8, 16, 4):  # 8 warps where the fragments fit 255 registers, 16 (128 a thread) else
+        for k_split in (8, 16, 4, 2):  # 8 warps where the fragments fit 255 registers, 16 (128 a thread) else
             chunks = kh // 16 // k_split
             need = 2 * n_tiles * chunks + 4 * chunks + 4 * n_tiles + CUDA_OTHER_REGISTERS
-            if (kh // 16) % k_split == 0 and need <= (255 if k_split <= 8 else 128):
+            if ((kh // 16) % k_split == 0 and need <= (255 if k_split <= 8 else 128)
+                    and not (poll_frag and chunks % 2)):  # poll_frag: two k chunks a 16-byte read
                 break
         else:
             return None
@@ -253,15 +260,15 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
         k_split = kh // kpt
     elem_bits = 16 if sixteen else 32
     w_shared = bool(w_shared) and not mma
-    if shared_bytes(mma, elem_bits, bb, kh, nb, k_split, w_shared, mma_regs) > CUDA_MAX_SHARED:
+    if shared_bytes(mma, elem_bits, bb, kh, nb, k_split, w_shared, mma_regs, poll_frag) > CUDA_MAX_SHARED:
         return None
     return Plan("per-layer", bb, tiles, groups * dirs * tiles, num_warps=threads // 32, block_n=nb,
-                k_split=k_split, cuda=True, mma=mma, w_shared=w_shared, mma_regs=mma_regs)
+                k_split=k_split, cuda=True, mma=mma, w_shared=w_shared, mma_regs=mma_regs, poll_frag=poll_frag)
 
 
 def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: bool | None, mma: bool | None,
-                 wide: bool | None, w_shared: bool | None = None,
-                 mma_regs: bool | None = None) -> tuple[Plan | None, str]:
+                 wide: bool | None, w_shared: bool | None = None, mma_regs: bool | None = None,
+                 poll_frag: bool | None = None) -> tuple[Plan | None, str]:
     """(the CUDA kernel's plan, "") where it runs this call, else (None, why not)."""
     if cuda is False:
         return None, "cuda=False"
@@ -276,7 +283,7 @@ def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: b
     ok, why = available()
     if not ok:
         return None, why
-    plan = _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs)
+    plan = _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag)
     if plan is None:
         return None, "the size does not fit the CUDA kernel (blocks, registers or shared memory)"
     return plan, ""
@@ -321,13 +328,13 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
     batch_tiles = -(-batch // block_b)
     items = -(-seq_len * block_b // block_m) * (cols // block_c)
     # the persistent plan's own choices (its block_n and programs follow the warps)
-    cuda_keys = ("cuda", "mma", "w_shared", "mma_regs")
+    cuda_keys = ("cuda", "mma", "w_shared", "mma_regs", "poll_frag")
     per_layer = {k: overrides.pop(k) for k in ("num_warps", "wide", *cuda_keys) if k in overrides} \
         if path in (None, "per-layer") else {}
-    cuda, mma, w_shared, mma_regs = (per_layer.pop(k, None) for k in cuda_keys)
+    cuda, mma, w_shared, mma_regs, poll_frag = (per_layer.pop(k, None) for k in cuda_keys)
     persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda, **per_layer)
     cuda_plan, why_not_cuda = _cuda_choice(packed, batch, sms, on_cuda, cuda, mma, per_layer.get("wide"), w_shared,
-                                           mma_regs)
+                                           mma_regs, poll_frag)
     if (path is None and on_cuda and (persistent is not None or cuda_plan is not None)
             and hp >= PERSISTENT_MIN_HIDDEN):
         path = "per-layer"
