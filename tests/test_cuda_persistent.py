@@ -61,6 +61,9 @@ def test_cuda_plan_fits_the_multiprocessors_and_names_its_kernel():
     assert _cuda_plan(packed_of(300, True, torch.float16), 5, 132, mma_regs=True).k_split == 4  # 5 chunks a warp
     assert not _cuda_plan(packed_of(512, False), 8, 132, poll_frag=True).poll_frag  # fp32: FFMA, no fragments
     assert frag.describe()["poll_frag"] is True
+    wider = _cuda_plan(packed_of(768, False, torch.float16), 16, 132, poll_frag=True, cuda_nb=16)  # fewer blocks
+    assert (wider.block_n, wider.r_tiles, wider.programs, wider.k_split) == (16, 48, 48, 8)
+    assert _cuda_plan(packed_of(1024, False, torch.float16), 8, 132, mma_regs=True, cuda_nb=16) is None  # registers
     assert not _cuda_plan(packed_of(512, False, torch.float16), 1, 132).mma  # 16-bit, one row: FFMA
     assert _cuda_plan(packed_of(512, False, torch.float16), 1, 132, mma=True).mma
     assert not _cuda_plan(packed_of(512, False, torch.float16), 8, 132, mma=False).mma
@@ -220,6 +223,23 @@ def test_gpu_cuda_persistent_mma_fragments_in_registers_match_float64(case, prec
     overrides = dict(path="per-layer", cuda=True, mma_regs=True, poll_frag=poll_frag)
     plan = plan_for(pack_rnn(module, "cuda", DTYPES[precision]), seq_len, batch, **overrides)
     assert plan.kernel == "persistent-cuda" and plan.mma_regs and plan.poll_frag == poll_frag, plan.note
+    got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", **overrides)
+    assert_close(got, reference(module, x, hx), 1e-2 if precision == "fp16" else 8e-2)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c[2] in (512, 768) and c[7] > 1],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_gpu_cuda_persistent_fragments_polled_by_wider_blocks_match_float64(case, precision):
+    """poll_frag with 16 hidden units a block (cuda_nb=16: half the blocks, each with twice the columns)."""
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    overrides = dict(path="per-layer", cuda=True, poll_frag=True, cuda_nb=16)
+    plan = plan_for(pack_rnn(module, "cuda", DTYPES[precision]), seq_len, batch, **overrides)
+    assert plan.kernel == "persistent-cuda" and plan.poll_frag and plan.block_n >= 16, plan.note
     got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", **overrides)
     assert_close(got, reference(module, x, hx), 1e-2 if precision == "fp16" else 8e-2)
 

@@ -180,7 +180,7 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
 
 def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
                w_shared: bool | None = None, mma_regs: bool | None = None,
-               poll_frag: bool | None = None) -> Plan | None:
+               poll_frag: bool | None = None, cuda_nb: int | None = None) -> Plan | None:
     """The CUDA C++ kernel's plan (cuda_source.py), or None where it does not fit.
 
     A block owns nb hidden units of one direction and bb batch rows; nb is the smallest power of two >= 4 for
@@ -192,7 +192,8 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
     column tile with its W_hh^T fragments in registers, h read from shared memory once a step; poll_frag=True
     (implies mma_regs; asked only, not measured yet): each warp polls its own k slice of h from the slab straight
     into its A fragments (no h in shared memory, no barrier 1: one block barrier a step), an even number of k
-    chunks a warp.
+    chunks a warp. cuda_nb (asked only): at least this many hidden units a block (fewer blocks, each reading h
+    once for more columns: less L2 traffic a step, a longer product).
     """
     from .cuda_persistent import shared_bytes  # no cuda.bindings import: sizes only
 
@@ -204,6 +205,8 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
     bb = CUDA_MMA_ROWS if mma else min(batch, CUDA_FFMA_MAX_ROWS)
     groups = -(-batch // bb)
     nb = 4
+    while nb < (cuda_nb or 4):
+        nb *= 2
     while True:
         align = max(1, 64 // nb)  # tiles a multiple of align: kh a multiple of 64
         tiles = -(-hidden // nb)
@@ -268,7 +271,7 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
 
 def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: bool | None, mma: bool | None,
                  wide: bool | None, w_shared: bool | None = None, mma_regs: bool | None = None,
-                 poll_frag: bool | None = None) -> tuple[Plan | None, str]:
+                 poll_frag: bool | None = None, cuda_nb: int | None = None) -> tuple[Plan | None, str]:
     """(the CUDA kernel's plan, "") where it runs this call, else (None, why not)."""
     if cuda is False:
         return None, "cuda=False"
@@ -283,7 +286,7 @@ def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: b
     ok, why = available()
     if not ok:
         return None, why
-    plan = _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag)
+    plan = _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb)
     if plan is None:
         return None, "the size does not fit the CUDA kernel (blocks, registers or shared memory)"
     return plan, ""
@@ -328,13 +331,13 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
     batch_tiles = -(-batch // block_b)
     items = -(-seq_len * block_b // block_m) * (cols // block_c)
     # the persistent plan's own choices (its block_n and programs follow the warps)
-    cuda_keys = ("cuda", "mma", "w_shared", "mma_regs", "poll_frag")
+    cuda_keys = ("cuda", "mma", "w_shared", "mma_regs", "poll_frag", "cuda_nb")
     per_layer = {k: overrides.pop(k) for k in ("num_warps", "wide", *cuda_keys) if k in overrides} \
         if path in (None, "per-layer") else {}
-    cuda, mma, w_shared, mma_regs, poll_frag = (per_layer.pop(k, None) for k in cuda_keys)
+    cuda, mma, w_shared, mma_regs, poll_frag, cuda_nb = (per_layer.pop(k, None) for k in cuda_keys)
     persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda, **per_layer)
     cuda_plan, why_not_cuda = _cuda_choice(packed, batch, sms, on_cuda, cuda, mma, per_layer.get("wide"), w_shared,
-                                           mma_regs, poll_frag)
+                                           mma_regs, poll_frag, cuda_nb)
     if (path is None and on_cuda and (persistent is not None or cuda_plan is not None)
             and hp >= PERSISTENT_MIN_HIDDEN):
         path = "per-layer"
