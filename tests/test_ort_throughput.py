@@ -151,6 +151,16 @@ def test_a_file_without_known_batch_axes_gets_a_one_line_reason(tmp_path):
     assert OrtCpuRunner(model, cpu_mode="latency").supports() == (True, "")
 
 
+def test_cli_on_a_file_says_why_in_one_line_and_exits_2(cli, tmp_path):
+    path = _model(tmp_path).onnx_path
+    code, _, err = cli("verify", path, "--backends", "onnxruntime", "--cpu-mode", "throughput", "--out", tmp_path / "o")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == (
+        "lstminfer: error: nothing was verified: onnxruntime[cpu]: cpu mode throughput cuts the batch, and the "
+        "batch axis of every input and output is known only for lstminfer's own models, not this one; use "
+        "--cpu-mode latency")
+
+
 def test_an_unknown_cpu_mode_is_refused(tmp_path):
     ok, why = OrtCpuRunner(_model(tmp_path), cpu_mode="fastest").supports()
     assert (ok, why) == (False, "cpu mode 'fastest' is not one of latency, throughput")
