@@ -192,7 +192,12 @@ class OrtCpuRunner(OrtRunner):
         # ORT's Run is thread-safe and releases the GIL: the other groups on the pool, the first one here
         futures = [self.pool.submit(s.run, self.output_names, g) for s, g in zip(sessions[1:], groups[1:])]
         parts = [sessions[0].run(self.output_names, groups[0]), *(f.result() for f in futures)]
-        return join_rows([dict(zip(self.output_names, p)) for p in parts], self.axes)
+        return [dict(zip(self.output_names, p)) for p in parts]
+
+    def download_impl(self, device_outputs: Any) -> dict[str, np.ndarray]:
+        if isinstance(device_outputs, list):  # the groups' outputs, joined on the host like any download
+            device_outputs = join_rows(device_outputs, self.axes)
+        return super().download_impl(device_outputs)
 
     def close_impl(self) -> None:
         if self.pool is not None:
@@ -201,10 +206,7 @@ class OrtCpuRunner(OrtRunner):
         super().close_impl()
 
     def describe(self) -> dict[str, Any]:
-        out = {**super().describe(), "cpu_mode": self.cpu_mode}
-        if self._prepared:
-            out["threads"] = self.threads
-        return out
+        return {**super().describe(), "cpu_mode": self.cpu_mode}
 
     def describe_at(self, seq_len: int, batch: int) -> dict[str, Any]:
         """With the throughput plan at this batch: its row groups and each group's threads (read back)."""
