@@ -152,6 +152,15 @@ __device__ __forceinline__ bool has_poison(uint4 v) {
 #endif
 }
 
+#if A_DIRECT
+// nonzero iff a 16-bit word of v is all ones (the poison): "has a zero lane" of ~w, (~w - 0x00010001) & w &
+// 0x80008000, exact (no borrow crosses a nonzero lane); branch-free, ~3 instructions a word
+__device__ __forceinline__ u32 poison_mask(uint4 v) {
+    return (((~v.x - 0x00010001u) & v.x) | ((~v.y - 0x00010001u) & v.y) | ((~v.z - 0x00010001u) & v.z)
+            | ((~v.w - 0x00010001u) & v.w)) & 0x80008000u;
+}
+#endif
+
 // poll slot i of thread tid: its batch row b and first k; false where the slot holds no real row
 __device__ __forceinline__ bool poll_slot(int i, int tid, int nrows, int& b, int& k) {
 #if A_DIRECT
@@ -315,6 +324,13 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         const elem_t* src = slab + (read_slot * B + row0) * RT + d * HP;
         uint4 v[NPOLL];
         u32 pending = 0;
+#if A_DIRECT
+        // slot i at a compile-time offset from the lane's first (poll_slot): no address arithmetic in the wait
+        const elem_t* const pbase = src + (long long)((tid & 31) >> 2) * RT + (tid >> 5) * (KH / KSL) + (tid & 3) * 8;
+#define POLL_PTR(i) (pbase + ((i) & 1) * 8 * RT + ((i) >> 1) * 32)
+#else
+#define POLL_PTR(i) (src + b * RT + k)
+#endif
 #pragma unroll
         for (int i = 0; i < NPOLL; ++i) {
             int b, k;
@@ -322,7 +338,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             v[i] = make_uint4(0u, 0u, 0u, 0u);  // rows past the batch multiply as 0
 #endif
             if (poll_slot(i, tid, nrows, b, k)) {
-                v[i] = ld_poll(src + b * RT + k);
+                v[i] = ld_poll(POLL_PTR(i));
                 pending |= 1u << i;
             }
         }
@@ -330,9 +346,14 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         long long spins = 1;
         while (true) {
             u32 bad = 0;
+#if A_DIRECT
+#pragma unroll
+            for (int i = 0; i < NPOLL; ++i) bad |= (u32)(poison_mask(v[i]) != 0u) << i;  // no real row: v[i] 0
+#else
 #pragma unroll
             for (int i = 0; i < NPOLL; ++i)
                 if (((pending >> i) & 1u) && has_poison(v[i])) bad |= 1u << i;
+#endif
             if (bad == 0) break;
             if (spins >= spin_limit) { gave_up = true; break; }
 #if POLL_SLEEP
@@ -340,9 +361,11 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #endif
 #pragma unroll
             for (int i = 0; i < NPOLL; ++i) {
+#if !A_DIRECT
                 int b, k;
                 poll_slot(i, tid, nrows, b, k);
-                if ((bad >> i) & 1u) v[i] = ld_poll(src + b * RT + k);
+#endif
+                if ((bad >> i) & 1u) v[i] = ld_poll(POLL_PTR(i));
             }
             ++spins;
         }
