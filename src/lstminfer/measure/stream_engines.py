@@ -264,7 +264,7 @@ class ModuleEngine:
             from lstminfer.fused_layers import accelerate
 
             module = accelerate(module, precision)
-        # no parameter needs a gradient: no autograd bookkeeping without a no_grad context per chunk
+        # no parameter needs a gradient: a graph replay needs no no_grad context per chunk
         module = module.to(self.device, self.dtype).eval().requires_grad_(False)
         self.module, self.wrappers = carry_state(module) if carried else (module, {})
         self.state_out = {o: i for i, o in session.pairs}
@@ -474,7 +474,7 @@ class ModuleEngine:
             with self.on_stream:
                 self._bind(state)
         if not (self.graphed and self.cuda):
-            with self.on_stream:
+            with self.on_stream, self.torch.no_grad():  # as measured before (a graph needs none: fixed at capture)
                 return self._eager(feeds), self.buffers
         key = tuple((n, a.shape) for n, a in feeds.items())
         step = self.graphs.get(key)
