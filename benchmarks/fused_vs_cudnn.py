@@ -95,7 +95,7 @@ def graphed(fn, stream: torch.cuda.Stream):
     return graph.replay
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)  # a sweep's workloads come round again after the table's
 def _setup(input_size: int, hidden_size: int, num_layers: int, bidirectional: bool, seq_len: int, batch: int,
            with_ref: bool = True):
     """The module (fp32, CPU), inputs and the float64 reference (None without with_ref), once per shape (all
@@ -240,18 +240,21 @@ SWEEP = {
     "P 256->512 B1 bf16": [dict(wide=True), dict(cuda=False, state_in_registers=False)],
     "R 80->1024 B1 T200 fp32": [dict(cuda=False, state_in_registers=False), dict(num_warps=8)],
     "R 80->1024 B1 T200 bf16": [dict(wide=True)],
-    # the CUDA kernel with twice the k slices (16 warps: half the mma chain a warp, a larger reduction)
-    # a sleep between two reads of a wait (fewer L2 re-reads of h while the others compute), and mma with a warp
-    # per k slice and W^T fragments in registers (mma_regs)
-    "U 128->1024 B8 T200 fp16": [dict(cuda=True, k_split=4, num_warps=16), dict(poll_sleep=256),
-                                 dict(poll_sleep=1024), dict(mma_regs=True), dict(mma_regs=True, poll_sleep=256)],
-    "U 128->1024 B8 T200 bf16": [dict(mma_regs=True)],
-    "T 4L 1024->1024 B16 T50 bf16": [dict(mma_regs=True)],
-    "S speech 2L bi 80->512 B8 bf16": [dict(mma_regs=True)],
-    "Q 256->512 B64 bf16": [dict(cuda=True, k_split=2, num_warps=16), dict(poll_sleep=256), dict(mma_regs=True)],
-    "Q 256->512 B64 fp16": [dict(mma_regs=True)],
-    "V 128->768 B16 T1024 fp16": [dict(cuda=True, k_split=4, num_warps=16), dict(poll_sleep=256),
-                                  dict(poll_sleep=1024), dict(mma_regs=True), dict(mma_regs=True, poll_sleep=256)],
+    # the CUDA kernel (v17, docs/fused_kernel.md): a sleep between two reads of a wait (fewer L2 re-reads of h
+    # while the others compute); mma with a warp per k slice and W^T fragments in registers (mma_regs); and each
+    # warp polling its k slice of h straight into its A fragments, one block barrier a step (poll_frag), also
+    # with 16 hidden units a block (cuda_nb=16: half the blocks read h)
+    "U 128->1024 B8 T200 fp16": [dict(poll_sleep=256), dict(poll_sleep=1024), dict(mma_regs=True),
+                                 dict(mma_regs=True, poll_sleep=256), dict(poll_frag=True),
+                                 dict(poll_frag=True, poll_sleep=256)],
+    "U 128->1024 B8 T200 bf16": [dict(mma_regs=True), dict(poll_frag=True)],
+    "T 4L 1024->1024 B16 T50 bf16": [dict(mma_regs=True), dict(poll_frag=True)],
+    "S speech 2L bi 80->512 B8 bf16": [dict(mma_regs=True), dict(poll_frag=True), dict(poll_frag=True, cuda_nb=16)],
+    "Q 256->512 B64 bf16": [dict(poll_sleep=256), dict(mma_regs=True), dict(poll_frag=True)],
+    "Q 256->512 B64 fp16": [dict(mma_regs=True), dict(poll_frag=True)],
+    "V 128->768 B16 T1024 fp16": [dict(poll_sleep=256), dict(mma_regs=True), dict(poll_frag=True),
+                                  dict(poll_frag=True, poll_sleep=256), dict(mma_regs=True, cuda_nb=16),
+                                  dict(poll_frag=True, cuda_nb=16)],
 }
 # the seed model at other lengths: layer pipeline against the stack kernel (where to switch)
 SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n), [dict(pipeline=True),
@@ -395,8 +398,8 @@ def main() -> None:
     if args.compare_triton:
         print_cuda_vs_triton(workloads, rows, args)
     if args.sweep:
-        print("\n| workload | variant | fused us | fused-graph us | err |")
-        print("|---|---|---|---|---|")
+        print("\n| workload | variant | fused us | fused-graph us | err | kernel, plan |")
+        print("|---|---|---|---|---|---|")
         picks = [p.strip() for p in args.sweep_only.split(",") if p.strip()]
         for w, variants in [(w, SWEEP.get(w.name, [])) for w in WORKLOADS] + SEQ_SWEEP:
             if picks and not any(w.name.startswith(p) for p in picks):
@@ -404,10 +407,10 @@ def main() -> None:
             for ov in variants:
                 try:
                     r = bench(w, args, ov)
-                    print(f"| {w.name} | {ov} | {r['fused']:.1f} | {r['fused-graph']:.1f} | {r['err']:.1e} |",
-                          flush=True)
+                    print(f"| {w.name} | {ov} | {r['fused']:.1f} | {r['fused-graph']:.1f} | {r['err']:.1e} "
+                          f"| {plan_text(r['plan'])} |", flush=True)
                 except Exception as err:  # a variant that does not compile is reported, not fatal
-                    print(f"| {w.name} | {ov} | failed: {type(err).__name__}: {str(err)[:120]} | | |", flush=True)
+                    print(f"| {w.name} | {ov} | failed: {type(err).__name__}: {str(err)[:120]} | | | |", flush=True)
 
 
 if __name__ == "__main__":
