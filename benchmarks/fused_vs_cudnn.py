@@ -210,6 +210,7 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
     with torch.cuda.stream(stream):
         got = run_fused()
     stream.synchronize()
+    raise_if_stalled(workspace)  # a wait that gave up: fail now, not after --iters calls of seconds each
     row["err"] = max_error(got, ref)
     row["plan"] = plan
     row["fused"] = time_calls(run_fused, args.warmup, args.iters, stream)

@@ -25,7 +25,12 @@ numbers. Sizes are compile-time constants (the #defines ``cuda_persistent.py`` p
 Options (plan fields; off by default, compiled and tested, not yet measured on a GPU): MMA_REGS, a warp per k
 slice over every column tile with its W^T fragments in registers (h's fragments read once a step, not once
 per column tile); W_SHARED, the FFMA product with W^T in shared memory (fp32 slices past the registers);
-POLL_SLEEP, ns of ``__nanosleep`` between two reads of a wait.
+POLL_SLEEP, ns of ``__nanosleep`` between two reads of a wait; POLL_FRAG (with MMA_REGS), each warp polls its own
+k slice of h from the slab straight into its A fragments (lane (g, t) reads 16 bytes of rows g and g + 8: the
+a0/a2 and a1/a3 words of two k chunks, k permuted inside the slice and W^T's fragments loaded with the same
+permutation), so there is no h in shared memory and no barrier 1: one block barrier a step, the partial sums
+double-buffered by step parity (a warp may start the next step's product while another still reads this
+step's sums in the cell); a wait that gives up leaves after barrier 2.
 """
 
 SOURCE = r"""
