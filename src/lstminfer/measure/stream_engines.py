@@ -230,7 +230,10 @@ class CapturedStep:
     inputs: dict[str, np.ndarray]  # numpy views of the pinned input buffers: a chunk is written here
     outputs: dict[str, np.ndarray]  # numpy views of the pinned output buffers: read after the replay
     staged: bool
-    tensors: dict[str, Any]  # every buffer above as a tensor, with the device ones (kept alive for the graph)
+    # (destination, source) tensor pairs: the copies the graph makes itself when staged, else the ones run
+    # around the replay; they also keep every buffer the graph points at alive as long as the graph
+    copies_up: list[tuple[Any, Any]]
+    copies_down: list[tuple[Any, Any]]
     stalls: StallWatch | None
 
 
@@ -423,10 +426,11 @@ class ModuleEngine:
                         pinned_out[name].copy_(value, non_blocking=True)
                 if stalls is not None:
                     stalls.record()
-        tensors = {**{f"in:{n}": t for n, t in pinned_in.items()}, **{f"land:{n}": t for n, t in landing.items()},
-                   **{f"out:{n}": t for n, t in pinned_out.items()}, **{f"dev:{n}": t for n, t in device_out.items()}}
+        copies_up = [(landing[n], host) for n, host in pinned_in.items()]
+        copies_down = [(pinned_out[n], value) for n, value in device_out.items()]  # views keep FLAT's memory
         return CapturedStep(graph, {n: t.numpy() for n, t in pinned_in.items()},
-                            {n: t.numpy() for n, t in pinned_out.items() if n != FLAT}, staged, tensors, stalls)
+                            {n: t.numpy() for n, t in pinned_out.items() if n != FLAT}, staged, copies_up,
+                            copies_down, stalls)
 
     def _pinned_outputs(self, values: dict[str, Any]) -> dict[str, Any]:
         """A pinned host buffer per output.  Several float outputs (an LSTM's output, hn, cn) share one flat
@@ -456,13 +460,12 @@ class ModuleEngine:
             with self.on_stream:
                 step.graph.replay()
         else:
-            t = step.tensors
             with self.on_stream:
-                for name in step.inputs:
-                    t[f"land:{name}"].copy_(t[f"in:{name}"], non_blocking=True)
+                for device, host in step.copies_up:
+                    device.copy_(host, non_blocking=True)
                 step.graph.replay()
-                for name in step.outputs:
-                    t[f"out:{name}"].copy_(t[f"dev:{name}"], non_blocking=True)
+                for host, device in step.copies_down:
+                    host.copy_(device, non_blocking=True)
                 if step.stalls is not None:
                     step.stalls.record()
         self.stream.synchronize()
