@@ -43,7 +43,9 @@ def server(tmp_path_factory):
         model, model_args = _model(argv)
         onnx_path = export_model(model, root / f"{name}.onnx").path
         served = ServedModel(name=name, model_args=model_args, spec=model.spec.to_dict())
-        write_python_models(root / "repo", served, model.spec, ServeOptions(max_batch=16, max_streams=8), onnx_path)
+        # uni with batch buckets (what a GPU gets by default): every test of uni also tests the padding
+        options = ServeOptions(max_batch=16, max_streams=8, buckets="on" if name == "uni" else "auto")
+        write_python_models(root / "repo", served, model.spec, options, onnx_path)
         models[name] = model
     # A user's ONNX file (a VAD-like GRU with scalar inputs), served as it is; sr and gain filled in by the server.
     from _recurrent_files import export_vad
@@ -347,4 +349,8 @@ def test_the_server_log_has_no_traceback(server):
     log = triton.log_path.read_text(errors="replace")
     way = "torch-dlpack" if int(np.__version__.split(".")[0]) >= 2 else "stub"
     assert f"seed: answers through {way} (numpy {np.__version__})" in log
+    # uni pads to buckets (--max-batch 16; its streams to --max-streams 8), run at load; seed on a CPU does not
+    assert "lstminfer: uni: batch buckets 1,2,4,8,16 run at load (" in log
+    assert "lstminfer: uni_stream: batch buckets 1,2,4,8 run at load (" in log
+    assert "seed: batch buckets" not in log and "buckets stop" not in log
     assert "Traceback" not in log, log[log.index("Traceback"):][:2000]

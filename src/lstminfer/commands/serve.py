@@ -114,6 +114,10 @@ def _add_served_args(p: argparse.ArgumentParser) -> None:
                    help="streams open at once per instance (default 64)")
     g.add_argument("--idle-timeout", type=positive_float, default=60.0, metavar="S",
                    help="a stream with no chunk for S seconds is dropped, its state freed (default 60)")
+    g.add_argument("--batch-buckets", choices=["auto", "on", "off"], default="auto",
+                   help="pad each backend call's rows up to 1, 2, 4, ... --max-batch and run every size once at "
+                        "load, so a GPU backend never captures or compiles a new size on the request path "
+                        "(default auto: on with --device cuda, off on a CPU)")
     g.add_argument("--no-stream", action="store_true", help="serve only the stateless NAME (no NAME_stream)")
 
 
@@ -139,7 +143,7 @@ def _options(args: argparse.Namespace, device: str) -> Any:
 
     return ServeOptions(max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, instances=args.instances,
                         kind="KIND_GPU" if device == "cuda" else "KIND_CPU", max_streams=args.max_streams,
-                        idle_timeout_s=args.idle_timeout)
+                        idle_timeout_s=args.idle_timeout, buckets=getattr(args, "batch_buckets", "auto"))
 
 
 def _device(args: argparse.Namespace) -> str:

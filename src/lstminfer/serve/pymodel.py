@@ -14,7 +14,8 @@ Batch buckets: a GPU backend specialises on the batch size (fused-graph and torc
 per input shape, the CUDA persistent kernel compiles an NVRTC module per size: about 0.5 s each on an H200),
 so on a GPU the stacked rows are padded with zero rows up to the next bucket (1, 2, 4, ... up to the most
 rows an execution can hold) and every bucket is run once when the model loads; the answers are sliced
-back. The batcher then never puts a first-time size on the request path.
+back. The batcher then never puts a first-time size on the request path. ``--batch-buckets on/off``
+overrides (the repository's ``lstminfer.json`` carries it).
 
 ``Handler`` holds the logic and is tested without Triton; ``TritonPythonModel`` adapts it to
 ``triton_python_backend_utils``.
@@ -440,7 +441,8 @@ class TritonPythonModel:
         if self.batched:
             model, runner = build_runner(desc, version_dir)
             buckets = ()
-            if desc["device"].startswith("cuda"):  # GPU backends specialise on the batch size (module docstring)
+            mode = desc.get("buckets", "auto")  # auto: GPU backends specialise on the batch size (module docstring)
+            if mode == "on" or (mode == "auto" and desc["device"].startswith("cuda")):
                 most = int(config.get("max_batch_size") or 1)
                 buckets = bucket_sizes(min(most, desc["max_streams"]) if desc["stream"] else most)
             self.handler = Handler(model.spec, runner, stream=desc["stream"], max_streams=desc["max_streams"],
@@ -449,7 +451,7 @@ class TritonPythonModel:
             if buckets:
                 seconds, stopped = self.handler.warm_up(model.seq_len)
                 _log(f"{args.get('model_name', desc['name'])}: batch buckets {','.join(map(str, buckets))} run at "
-                     f"load ({model.seq_len} steps, {desc['backend']}): {seconds:.2f} s"
+                     f"load (seq {model.seq_len}, {desc['backend']}): {seconds:.2f} s"
                      + (f"; {stopped}" if stopped else ""))
             return
         import triton_python_backend_utils as pb_utils

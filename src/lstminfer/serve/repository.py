@@ -142,6 +142,7 @@ class ServeOptions:
     kind: str = "KIND_CPU"  # KIND_GPU for CUDA backends
     max_streams: int = 64  # streams open at once, per instance
     idle_timeout_s: float = 60.0  # a stream with no chunk for this long is dropped
+    buckets: str = "auto"  # pad batches to 1, 2, 4, ... (pymodel.py): on, off, or auto (on for a CUDA device)
 
     def __post_init__(self) -> None:
         for name in ("max_batch", "instances", "max_streams"):
@@ -149,6 +150,8 @@ class ServeOptions:
                 raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(self, name)}")
         if self.queue_delay_us < 0 or self.idle_timeout_s <= 0:
             raise UserError("--queue-delay-us must be >= 0 and --idle-timeout positive")
+        if self.buckets not in ("auto", "on", "off"):
+            raise UserError(f"--batch-buckets {self.buckets!r}: use auto, on or off")
         if self.kind not in ("KIND_CPU", "KIND_GPU"):
             raise UserError(f"instance kind {self.kind!r}: use KIND_CPU or KIND_GPU")
 
@@ -366,7 +369,8 @@ class ServedModel:
                 "batched": batched,
                 "device": self.device, "precision": self.precision, "backend_options": self.backend_options or {},
                 "with_state": self.with_state or stream, "stream": stream,
-                "max_streams": options.max_streams, "idle_timeout_s": options.idle_timeout_s}
+                "max_streams": options.max_streams, "idle_timeout_s": options.idle_timeout_s,
+                "buckets": options.buckets}
 
 
 def _write(path: Path, text: str | bytes) -> Path:
