@@ -229,3 +229,38 @@ def test_fused_graph_replays_a_whole_model():
             want, got = model.reference(inputs), runner.infer(inputs)
             for name in model.output_names:
                 np.testing.assert_allclose(got[name], want[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.gpu
+def test_fused_graph_raises_a_whole_models_stalled_layer_after_a_replay():
+    """A whole model's fused layers keep their own workspaces: the graph runner must read their error words
+    after a replay (set by hand here; a real stall needs another kernel holding the multiprocessors)."""
+    import numpy as np
+
+    from lstminfer.backends.base import runner_class
+    from lstminfer.fused_layers import fused_workspaces
+    from lstminfer.kernels.rnn import KernelStalled
+    from lstminfer.model.whole import whole_model
+
+    class Wide(nn.Module):  # hidden 256: the persistent kernel, which has an error word
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(8, 256, batch_first=True)
+            self.head = nn.Linear(256, 2)
+
+        def forward(self, x):
+            return self.head(self.lstm(x)[0])
+
+    torch.manual_seed(8)
+    model = whole_model(Wide().eval(), torch.randn(2, 5, 8), name="wide")
+    inputs = model.make_inputs(5, 2, np.random.default_rng(0))
+    with runner_class("fused-graph")(model, device="cuda") as runner:
+        runner.infer(inputs)
+        (workspace,) = [ws for ws in fused_workspaces(runner.whole) if "err" in ws]
+        workspace["err"].fill_(1)
+        torch.cuda.synchronize()
+        with pytest.raises(KernelStalled, match="gave up waiting"):
+            runner.infer(inputs)
+        got, want = runner.infer(inputs), model.reference(inputs)  # the word was cleared: the next call is clean
+        for name in model.output_names:
+            np.testing.assert_allclose(got[name], want[name], atol=1e-4, rtol=1e-4)

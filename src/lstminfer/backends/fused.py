@@ -164,7 +164,12 @@ class FusedGraphRunner(GraphReplay, FusedRunner):
         super().prepare_impl()
 
     def _workspaces(self) -> list[dict]:
-        return list(self.workspaces.values())
+        if self.whole is None:
+            return list(self.workspaces.values())
+        from lstminfer.fused_layers import fused_workspaces
+
+        # a whole model's fused layers keep their own workspaces; a replay cannot check them while capturing
+        return fused_workspaces(self.whole)
 
     def capture_target(self, static_inputs: list[Any]) -> list[Any]:
         return self._run(static_inputs, self.workspaces.setdefault(tuple(t.shape for t in static_inputs), {}))
