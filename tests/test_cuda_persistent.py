@@ -116,6 +116,9 @@ def _variants():
                                                            True, mma_regs=True),
         "V fp16 mma, h polled into A fragments": CudaConfig(True, 1, 1024, 768, 8, 96, 16, 256, 8, True, 16, False,
                                                             True, mma_regs=True, poll_frag=True),
+        "U fp16 h polled into A fragments, a sleep before the first read": CudaConfig(
+            True, 1, 1024, 1024, 8, 128, 16, 256, 8, True, 16, False, True, poll_sleep=256, mma_regs=True,
+            poll_frag=True, poll_delay=500),
         "bi bf16 gru, h polled into A fragments, 2 k slices": CudaConfig(False, 2, 512, 320, 8, 40, 16, 64, 2, True,
                                                                          16, True, False, mma_regs=True,
                                                                          poll_frag=True),
@@ -242,6 +245,21 @@ def test_gpu_cuda_persistent_fragments_polled_by_wider_blocks_match_float64(case
     assert plan.kernel == "persistent-cuda" and plan.poll_frag and plan.block_n >= 16, plan.note
     got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", **overrides)
     assert_close(got, reference(module, x, hx), 1e-2 if precision == "fp16" else 8e-2)
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision,options", [("fp16", dict(poll_frag=True, poll_delay=500, poll_sleep=256)),
+                                               ("fp32", dict(poll_delay=500, poll_sleep=256))])
+def test_gpu_cuda_persistent_sleeps_in_the_wait_match_float64(precision, options):
+    """A sleep before the first read of a wait (poll_delay) and between two reads (poll_sleep): the same numbers."""
+    module = make("lstm", 128, 1024, 1, False, False)
+    x, hx = random_inputs(module, 12, 8, True)
+    overrides = dict(path="per-layer", cuda=True, **options)
+    plan = plan_for(pack_rnn(module, "cuda", DTYPES[precision]), 12, 8, **overrides)
+    assert plan.kernel == "persistent-cuda" and (plan.poll_delay, plan.poll_sleep) == (500, 256), plan.note
+    got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", **overrides)
+    assert_close(got, reference(module, x, hx), 1e-2 if precision == "fp16" else 1e-4)
 
 
 @pytest.mark.gpu

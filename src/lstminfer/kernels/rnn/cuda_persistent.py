@@ -41,13 +41,15 @@ class CudaConfig:
     w_shared: bool = False  # FFMA: W^T in shared memory (fp32) instead of registers
     mma_regs: bool = False  # MMA: a warp per k slice over every column tile, W^T fragments in registers
     poll_frag: bool = False  # mma_regs: each warp polls its k slice of h straight into its A fragments
+    poll_delay: int = 0  # ns of __nanosleep before the first read of a wait (0: none, the default)
 
     def defines(self) -> str:
         values = dict(IS_LSTM=self.is_lstm, D=self.dirs, HP=self.hidden_padded, KH=self.kh, NB=self.nb,
                       TILES=self.tiles, BB=self.bb, NT=self.threads, KSL=self.k_slices, MMA=self.mma,
                       ELEM_BITS=self.elem_bits, IS_BF16=self.bf16, HAS_STATE=self.has_state, FAST=self.fast,
                       POLL_SLEEP=self.poll_sleep, W_SHARED=self.w_shared and not self.mma,
-                      MMA_REGS=self.mma_regs and self.mma, POLL_FRAG=self.poll_frag and self.mma_regs and self.mma)
+                      MMA_REGS=self.mma_regs and self.mma, POLL_FRAG=self.poll_frag and self.mma_regs and self.mma,
+                      POLL_DELAY=self.poll_delay)
         return "".join(f"#define {k} {int(v)}\n" for k, v in values.items())
 
     def shared_bytes(self) -> int:

@@ -22,15 +22,15 @@ product writes ``red`` only after the next barrier 1 (every cell read done). A p
 sets the error word (launch.py's raise_if_stalled) and the whole block leaves after barrier 1: never wrong
 numbers. Sizes are compile-time constants (the #defines ``cuda_persistent.py`` puts in front).
 
-Options (plan fields; off by default, compiled and tested, not yet measured on a GPU): MMA_REGS, a warp per k
-slice over every column tile with its W^T fragments in registers (h's fragments read once a step, not once
-per column tile); W_SHARED, the FFMA product with W^T in shared memory (fp32 slices past the registers);
-POLL_SLEEP, ns of ``__nanosleep`` between two reads of a wait; POLL_FRAG (with MMA_REGS), each warp polls its own
-k slice of h from the slab straight into its A fragments (lane (g, t) reads 16 bytes of rows g and g + 8: the
-a0/a2 and a1/a3 words of two k chunks, k permuted inside the slice and W^T's fragments loaded with the same
-permutation), so there is no h in shared memory and no barrier 1: one block barrier a step, the partial sums
-double-buffered by step parity (a warp may start the next step's product while another still reads this
-step's sums in the cell); a wait that gives up leaves after barrier 2.
+Options (plan fields; off by default, compiled and tested, not yet measured on a GPU): MMA_REGS, a warp per k slice
+over every column tile with its W^T fragments in registers (h's fragments read once a step, not once per column
+tile); W_SHARED, the FFMA product with W^T in shared memory (fp32 slices past the registers); POLL_SLEEP, ns of
+``__nanosleep`` between two reads of a wait; POLL_DELAY, ns before the first; POLL_FRAG (with MMA_REGS), each warp
+polls its own k slice of h from the slab straight into its A fragments (lane (g, t) reads 16 bytes of rows g and g
++ 8: the a0/a2 and a1/a3 words of two k chunks, k permuted inside the slice and W^T's fragments loaded with the
+same permutation), so there is no h in shared memory and no barrier 1: one block barrier a step, the partial sums
+double-buffered by step parity (a warp may start the next step's product while another still reads this step's sums
+in the cell); a wait that gives up leaves after barrier 2.
 """
 
 SOURCE = r"""
@@ -54,6 +54,9 @@ typedef unsigned int u32;
 #endif
 #ifndef POLL_FRAG
 #define POLL_FRAG 0
+#endif
+#ifndef POLL_DELAY
+#define POLL_DELAY 0
 #endif
 #if MMA && MMA_REGS
 #define NTILES (COLS / 8)
@@ -335,6 +338,11 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #define POLL_PTR(i) (pbase + ((i) & 1) * 8 * RT + ((i) >> 1) * 32)
 #else
 #define POLL_PTR(i) (src + b * RT + k)
+#endif
+#if POLL_DELAY
+        // the first read later: a read before the others' h is there only costs this multiprocessor's L2
+        // bandwidth (a round of h is 16-32 KiB a block at 8-16 rows) ahead of the read that finds it
+        __nanosleep(POLL_DELAY);
 #endif
 #pragma unroll
         for (int i = 0; i < NPOLL; ++i) {

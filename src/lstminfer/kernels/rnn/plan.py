@@ -96,6 +96,7 @@ class Plan:
     w_shared: bool = False  # CUDA kernel, FFMA: W_hh^T in shared memory, not registers (asked only; not measured)
     mma_regs: bool = False  # CUDA kernel, mma: a warp per k slice, W_hh^T fragments in registers (asked only)
     poll_frag: bool = False  # CUDA kernel, mma_regs: h polled straight into A fragments, one barrier a step (asked)
+    poll_delay: int = 0  # CUDA kernel: ns slept before the first read of a wait (0: none; not measured yet)
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
@@ -112,7 +113,8 @@ class Plan:
                   "persistent": ("block_b", "block_n", "r_tiles", "programs", "resident", "k_split",
                                  "num_warps"),
                   "persistent-cuda": ("block_b", "block_n", "r_tiles", "programs", "k_split", "num_warps",
-                                      "mma", "w_shared", "mma_regs", "poll_frag", "poll_sleep")}[self.kernel]
+                                      "mma", "w_shared", "mma_regs", "poll_frag", "poll_sleep",
+                                      "poll_delay")}[self.kernel]
         out = {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
         if self.note:
             out["note"] = self.note
