@@ -85,7 +85,7 @@ bench() {  # NAME TIMEOUT ARGS...: one benchmarks/serve_triton.py run, its table
   local code=${PIPESTATUS[0]}
   case $code in
     0) say "$name: done" ;;
-    1) say "$name: done, with failed requests (their reasons are above)" ;;
+    1) say "$name: done, with failed requests or wrong answers (the reasons are above)" ;;
     124|137) say "$name: stopped at its ${limit} s limit; the levels it finished are above" ;;
     *) say "$name: exit $code: $(grep -m1 -E 'serve_triton.py: |Error' "$OUT/tables.txt" || tail -1 "$OUT/tables.txt")" ;;
   esac

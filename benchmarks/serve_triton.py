@@ -4,7 +4,9 @@ For each concurrency level c it prints the load test (`lstminfer loadtest`: p50/
 second) beside the backend alone: one Runner call at the request's shape (the latency floor) and at c
 requests' rows stacked (what the dynamic / sequence batcher can at best form), whose c / t is the throughput
 ceiling. `server share` = served rps / ceiling: near 1 means the backend is the bottleneck, well below 1 the
-server (HTTP/gRPC, Python backend, batching) is.
+server (HTTP/gRPC, Python backend, batching) is. Before any load, one request per served model is compared
+with the backend alone on the same arrays (`answers: ... max |served - alone|`; exit 1 past 1e-4, as for a
+failed request); the load test itself checks every answer's shape and dtype.
 
 CPU (the docs' numbers):
     python benchmarks/serve_triton.py --preset seed --concurrency 1,8 --protocols http,grpc
@@ -28,6 +30,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+# The served answer against the same backend alone, same device: only the transport and the padding differ
+# (a padded batch may pick another kernel), so anything past float32 rounding noise is a wrong answer.
+ANSWER_ATOL = 1e-4
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]:
@@ -99,6 +105,36 @@ def stats_delta(before: dict, after: dict) -> dict:
             "in_out_us": (ns("compute_input") + ns("compute_output")) / requests / 1e3}
 
 
+def served_vs_alone(url: str, model_name: str, runner, spec, mode: str, seq_len: int, rows: int) -> float:
+    """The largest |served - alone| over one request's outputs: the server's answer (HTTP; a stream: one chunk
+    from the zero state) against the same Runner called here on the same arrays, transposed here."""
+    import numpy as np
+
+    from lstminfer.serve.loadtest import _infer_inputs, client_module, make_client, make_inputs, model_config
+
+    client = make_client(url, "http")
+    try:
+        arrays = make_inputs(model_config(client, model_name, "http"), seq_len, rows, seed=1)
+        kwargs = {"sequence_id": 7, "sequence_start": True, "sequence_end": True} if mode == "stream" else {}
+        result = client.infer(model_name, _infer_inputs(client_module("http"), arrays), **kwargs)
+    finally:
+        client.close()
+    feeds = dict(arrays)
+    if mode == "stream":  # the served stream starts from the zero state
+        states = spec.num_layers * spec.num_directions
+        width = {"h0": spec.state_size, "c0": spec.hidden_size}
+        feeds.update({n: np.zeros((rows, states, width[n]), np.float32)
+                      for n in (["h0", "c0"] if spec.kind == "lstm" else ["h0"])})
+
+    def swap(name: str, array):  # batch-major <-> the model's layout
+        keep = name in ("input", "output") and spec.batch_first
+        return np.ascontiguousarray(array if keep else np.asarray(array).transpose(1, 0, 2))
+
+    want = runner.infer({n: swap(n, a) for n, a in feeds.items()})
+    names = ["output"] if mode == "stream" else list(want)
+    return max(float(np.max(np.abs(result.as_numpy(n) - swap(n, want[n])))) for n in names)
+
+
 def runner_feeds(model, seq_len: int, rows: int, with_state: bool) -> dict:
     import numpy as np
 
@@ -122,6 +158,7 @@ def main(argv: list[str]) -> int:
     concurrency, streams = levels(mine.concurrency), levels(mine.streams)
     protocols = [p.strip() for p in mine.protocols.split(",") if p.strip()]
     rows_out = []
+    answers: dict[str, float] = {}  # served model -> max |served - alone| of one request
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as scratch:
         repo = Path(scratch) / "repository"
         model, names = write_python_repository(args, repo, Path(scratch))
@@ -140,7 +177,6 @@ def main(argv: list[str]) -> int:
                                                         mine.direct_calls)
         for c in sorted(set([1, *streams])):
             alone[("stream", c)] = direct_latency_ms(runner, runner_feeds(model, 1, c, True), mine.direct_calls)
-        runner.close()
 
         header = ["protocol", "mode", "concurrency", "requests", "failed", "rps", "p50_ms", "p99_ms",
                   "alone_p50_ms", "overhead_p50_ms", "alone_batched_ms", "ceiling_rps", "server_share",
@@ -153,6 +189,17 @@ def main(argv: list[str]) -> int:
         config = ServerConfig(repository=repo, http_port=0, grpc_port=0, metrics_port=0)
         log_path = Path(mine.server_log) if mine.server_log else Path(scratch) / "tritonserver.log"
         with TritonServer(config, log_path=log_path) as server:
+            # The answers themselves, once per served model, before any load: equal to the backend alone?
+            checks = [("stateless", name, seq_len, batch)] if concurrency else []
+            checks += [("stream", f"{name}_stream", 1, 1)] if streams else []
+            for mode, model_name, seq, rows in checks:
+                try:
+                    diff, why = served_vs_alone(config.http_url, model_name, runner, model.spec, mode, seq, rows), ""
+                except Exception as err:  # no answer, an unreadable one (0 bytes): a wrong answer, said in one line
+                    diff, why = float("inf"), f" ({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+                answers[model_name] = diff
+                print(f"answers: {model_name} ({mode}, {rows} x {seq}): max |served - alone| = {diff:.3g}"
+                      + ("" if diff <= ANSWER_ATOL else f" > {ANSWER_ATOL:g}: WRONG{why}"), flush=True)
             for protocol in protocols:
                 url = config.grpc_url if protocol == "grpc" else config.http_url
                 plan = [("stateless", name, c, seq_len, batch) for c in concurrency]
@@ -177,21 +224,24 @@ def main(argv: list[str]) -> int:
                     row = rows_out[-1]
                     print("  ".join(f"{row.get(h):>15.4g}" if isinstance(row.get(h), float)
                                     else f"{row.get(h, '-')!s:>15}" for h in header), flush=True)
-                    write_json(mine, model, args.backend, device, rows_out, records)
+                    write_json(mine, model, args.backend, device, rows_out, records, answers)
             print(f"server log: {server.log_path}" + ("" if mine.server_log else " (removed with the scratch folder)"))
+        runner.close()
     for row in rows_out:
         for error in row["errors"]:
             print(f"{row['protocol']} {row['mode']} at concurrency {row['concurrency']}: {error}")
-    return 1 if any(r["failed"] for r in rows_out) else 0
+    return 1 if any(r["failed"] for r in rows_out) or any(d > ANSWER_ATOL for d in answers.values()) else 0
 
 
-def write_json(mine: argparse.Namespace, model, backend: str, device: str, rows: list, records: list) -> None:
+def write_json(mine: argparse.Namespace, model, backend: str, device: str, rows: list, records: list,
+               answers: dict) -> None:
     """Both JSON files as they stand (after every level, so a stopped run keeps what it measured)."""
     from lstminfer.measure.store import machine_info
 
     if mine.out_json:
         Path(mine.out_json).write_text(json.dumps({"model": model.name, "spec": model.spec.to_dict(),
-                                                   "backend": backend, "device": device, "rows": rows}, indent=2))
+                                                   "backend": backend, "device": device, "rows": rows,
+                                                   "answers_max_abs_diff": answers}, indent=2))
     if mine.loadtest_json:
         Path(mine.loadtest_json).write_text(json.dumps({
             "loadtest": [{**r.to_dict(), "model": f"{r.model} ({backend}[{device}])"} for r in records],
