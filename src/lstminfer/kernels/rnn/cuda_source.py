@@ -169,23 +169,19 @@ __device__ __forceinline__ u32 poison_mask(uint4 v) {
 }
 #endif
 
-// poll slot i of thread tid: its batch row b and first k; false where the slot holds no real row
-__device__ __forceinline__ bool poll_slot(int i, int tid, int nrows, int& b, int& k) {
 #if A_DIRECT
-    // a warp reads its own k slice of h straight into its mma A fragments: lane (g, t) reads 16 bytes of row
-    // g + 8 (i & 1) at k = slice + 32 (i >> 1) + 8 t, the a0/a2 (a1/a3) words of k chunks 2 (i >> 1) and
-    // 2 (i >> 1) + 1 (k permuted inside the slice; the B fragments are loaded with the same permutation)
+// poll slot i of thread tid: its batch row b and first k; false where the slot holds no real row. A warp reads
+// its own k slice of h straight into its mma A fragments: lane (g, t) reads 16 bytes of row g + 8 (i & 1) at
+// k = slice + 32 (i >> 1) + 8 t, the a0/a2 (a1/a3) words of k chunks 2 (i >> 1) and 2 (i >> 1) + 1 (k permuted
+// inside the slice; the B fragments are loaded with the same permutation). (Without A_DIRECT: slot i is chunk
+// q = tid + i NT, row q / CPR, k (q % CPR) CE, written inline.)
+__device__ __forceinline__ bool poll_slot(int i, int tid, int nrows, int& b, int& k) {
     const int lane = tid & 31;
     b = (lane >> 2) + 8 * (i & 1);
     k = (tid >> 5) * (KH / KSL) + (i >> 1) * 32 + (lane & 3) * 8;
     return b < nrows;
-#else
-    const int q = tid + i * NT;
-    b = q / CPR;
-    k = (q % CPR) * CE;
-    return q < NCH && b < nrows;
-#endif
 }
+#endif
 
 __device__ __forceinline__ int h_index(int b, int k) {
 #if MMA
@@ -346,11 +342,14 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #endif
 #pragma unroll
         for (int i = 0; i < NPOLL; ++i) {
-            int b, k;
 #if A_DIRECT
+            int b, k;
             v[i] = make_uint4(0u, 0u, 0u, 0u);  // rows past the batch multiply as 0
-#endif
             if (poll_slot(i, tid, nrows, b, k)) {
+#else
+            const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
+            if (q < NCH && b < nrows) {
+#endif
                 v[i] = ld_poll(POLL_PTR(i));
                 pending |= 1u << i;
             }
@@ -375,8 +374,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #pragma unroll
             for (int i = 0; i < NPOLL; ++i) {
 #if !A_DIRECT
-                int b, k;
-                poll_slot(i, tid, nrows, b, k);
+                const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
 #endif
                 if ((bad >> i) & 1u) v[i] = ld_poll(POLL_PTR(i));
             }
@@ -392,8 +390,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         if (!gave_up) {
 #pragma unroll
             for (int i = 0; i < PC; ++i) {
-                int b, k;
-                poll_slot(i, tid, nrows, b, k);
+                const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
                 if ((pending >> i) & 1u) {
 #if MMA || ELEM_BITS == 32
                     *(uint4*)(h_s + h_index(b, k)) = v[i];
