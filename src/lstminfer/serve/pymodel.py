@@ -378,6 +378,9 @@ def _as_array(tensor: Any) -> Any:
     return tensor.as_numpy()
 
 
+_ANSWER_WAY: list[str] = []  # the way answers go, once the first answer has gone that way
+
+
 @functools.cache
 def _answer_way() -> str:
     """How this process hands answers to the stub, decided once (never per answer).
@@ -389,7 +392,8 @@ def _answer_way() -> str:
       "used_dltensor" and writes a traceback to the server log for every answer ("PyCapsule_GetPointer
       called with incorrect name": 56,472 of them in the first H200 run, most of the time spent in the
       server). PyTorch's destructor leaves a capsule alone once its name is no longer "dltensor". torch is
-      a dependency of lstminfer; without it, numpy's capsule (correct answers, a noisy log).
+      a dependency of lstminfer; without it (or if the first answer fails that way: ``_output``), numpy's
+      capsule (correct answers, a noisy log).
     """
     if not _numpy_2():
         return "stub"
@@ -400,20 +404,34 @@ def _answer_way() -> str:
     return "torch-dlpack"
 
 
+def _torch_capsule(array: Any) -> Any:
+    import torch.utils.dlpack
+
+    if not array.flags.writeable:  # torch.from_numpy warns on a read-only array
+        array = array.copy()
+    return torch.utils.dlpack.to_dlpack(torch.from_numpy(array))
+
+
 def _output(pb_utils: Any, name: str, array: Any) -> Any:
-    """An answer's tensor, the way ``_answer_way`` chose. Strings take the stub's way (DLPack has none)."""
+    """An answer's tensor, the way ``_answer_way`` chose. Strings take the stub's way (DLPack has none).
+    Only the first answer may fall back from PyTorch's capsule to numpy's (said once in the log)."""
     import numpy as np
 
     array = np.ascontiguousarray(array)
-    way = _answer_way()
+    way = _ANSWER_WAY[0] if _ANSWER_WAY else _answer_way()
     if way == "stub" or array.dtype.kind in "OSU":
         return pb_utils.Tensor(name, array)
+    if way == "torch-dlpack" and not _ANSWER_WAY:
+        try:
+            tensor = pb_utils.Tensor.from_dlpack(name, _torch_capsule(array))
+        except Exception as err:  # noqa: BLE001 - whatever the stub or torch raise: decide once, say why
+            _log(f"answers: PyTorch's DLPack capsule failed ({type(err).__name__}: {err}); numpy's from now on")
+            _ANSWER_WAY.append("numpy-dlpack")
+            return pb_utils.Tensor.from_dlpack(name, array)
+        _ANSWER_WAY.append(way)
+        return tensor
     if way == "torch-dlpack":
-        import torch.utils.dlpack
-
-        if not array.flags.writeable:  # torch.from_numpy warns on a read-only array
-            array = array.copy()
-        return pb_utils.Tensor.from_dlpack(name, torch.utils.dlpack.to_dlpack(torch.from_numpy(array)))
+        return pb_utils.Tensor.from_dlpack(name, _torch_capsule(array))
     return pb_utils.Tensor.from_dlpack(name, array)
 
 
