@@ -390,7 +390,7 @@ def _answer_way() -> str:
       through DLPack, with a capsule PyTorch made. ``Tensor.from_dlpack`` takes the capsule and renames it
       "used_dlpack"; a capsule numpy made then fails numpy's own destructor, which expects the standard
       "used_dltensor" and writes a traceback to the server log for every answer ("PyCapsule_GetPointer
-      called with incorrect name": 56,472 of them in the first H200 run, most of the time spent in the
+      called with incorrect name": 56,472 of them in the first H200 run, likely most of the time spent in the
       server). PyTorch's destructor leaves a capsule alone once its name is no longer "dltensor". torch is
       a dependency of lstminfer; without it (or if the first answer fails that way: ``_output``), numpy's
       capsule (correct answers, a noisy log).
