@@ -246,18 +246,18 @@ SWEEP = {
     # warp polling its k slice of h straight into its A fragments, one block barrier a step (poll_frag), also
     # with 16 hidden units a block (cuda_nb=16: half the blocks read h) or a sleep before the wait's first read
     # (poll_delay: fewer reads that find poison, each 16-32 KiB of a multiprocessor's L2 bandwidth)
-    "U 128->1024 B8 T200 fp16": [dict(poll_sleep=256), dict(poll_sleep=1024), dict(mma_regs=True),
-                                 dict(mma_regs=True, poll_sleep=256), dict(poll_frag=True),
-                                 dict(poll_frag=True, poll_sleep=256), dict(poll_frag=True, poll_delay=500)],
-    "U 128->1024 B8 T200 bf16": [dict(mma_regs=True), dict(poll_frag=True)],
-    "T 4L 1024->1024 B16 T50 bf16": [dict(mma_regs=True), dict(poll_frag=True)],
-    "S speech 2L bi 80->512 B8 bf16": [dict(mma_regs=True), dict(poll_frag=True), dict(poll_frag=True, cuda_nb=16)],
-    "Q 256->512 B64 bf16": [dict(poll_sleep=256), dict(mma_regs=True), dict(poll_frag=True)],
-    "Q 256->512 B64 fp16": [dict(mma_regs=True), dict(poll_frag=True)],
-    "V 128->768 B16 T1024 fp16": [dict(poll_sleep=256), dict(mma_regs=True), dict(poll_frag=True),
-                                  dict(poll_frag=True, poll_sleep=256), dict(poll_frag=True, poll_delay=500),
-                                  dict(poll_frag=True, poll_delay=1000, poll_sleep=256),
-                                  dict(mma_regs=True, cuda_nb=16), dict(poll_frag=True, cuda_nb=16)],
+    # v17 defaults (plan.py): mma_regs on mma plans, poll_frag with a 500 ns first-read delay from hidden 768;
+    # mma_regs=False is v16's default (W^T in shared memory), timed beside them in the same run
+    "U 128->1024 B8 T200 fp16": [dict(mma_regs=False), dict(mma_regs=True, poll_frag=False),
+                                 dict(poll_frag=True, poll_delay=250), dict(poll_frag=True, poll_delay=1000)],
+    "U 128->1024 B8 T200 bf16": [dict(mma_regs=False)],
+    "T 4L 1024->1024 B16 T50 bf16": [dict(mma_regs=False), dict(mma_regs=True, poll_frag=False)],
+    "S speech 2L bi 80->512 B8 bf16": [dict(mma_regs=False), dict(poll_frag=True, poll_delay=500),
+                                       dict(poll_frag=True, poll_delay=500, cuda_nb=16)],
+    "Q 256->512 B64 bf16": [dict(mma_regs=False), dict(poll_frag=True, poll_delay=500)],
+    "Q 256->512 B64 fp16": [dict(mma_regs=False)],
+    "V 128->768 B16 T1024 fp16": [dict(mma_regs=False), dict(poll_frag=True, poll_delay=250),
+                                  dict(poll_frag=True, poll_delay=1000), dict(poll_frag=True, poll_delay=500, cuda_nb=16)],
 }
 # the seed model at other lengths: layer pipeline against the stack kernel (where to switch)
 SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n), [dict(pipeline=True),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -64,6 +64,11 @@ CUDA_FFMA_MAX_ROWS = 16
 CUDA_FFMA_KPT = (64, 128, 32, 16, 8)
 CUDA_OTHER_REGISTERS = 90
 CUDA_MAX_SHARED = 227 << 10
+# mma defaults from the H200 sweep of 2026-12-03 (fused-graph us, default -> mma_regs -> poll_frag with a
+# 500 ns first-read delay): U fp16 592 -> 511 -> 354, V 3793 -> 3308 -> 2122; mma_regs alone also won on Q bf16
+# (380 -> 342), S bf16 (904 -> 746) and T (769 -> 713), where poll_frag without the delay lost (S 1024, T 853)
+POLL_FRAG_MIN_HIDDEN = 768
+POLL_DELAY_NS = 500
 
 
 @dataclass(frozen=True)
@@ -183,16 +188,33 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
 def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
                w_shared: bool | None = None, mma_regs: bool | None = None,
                poll_frag: bool | None = None, cuda_nb: int | None = None) -> Plan | None:
+    """The CUDA C++ kernel's plan (see _cuda_layout), with the mma defaults measured on the H200 (2026-12-03,
+    docs/fused_kernel.md v17): W_hh^T fragments in registers (mma_regs) on every mma plan where they fit, and
+    from padded hidden POLL_FRAG_MIN_HIDDEN on h polled into the fragments (poll_frag) with a first read
+    POLL_DELAY_NS after the step starts. Asked-for options are kept as asked (None where they do not fit)."""
+    if mma_regs is not None or poll_frag is not None:
+        return _cuda_layout(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb)
+    frag = packed.hidden_padded >= POLL_FRAG_MIN_HIDDEN
+    for regs, polled in ((True, frag), (True, False), (False, False)):
+        plan = _cuda_layout(packed, batch, sms, mma, w_shared, regs, polled, cuda_nb)
+        if plan is not None and (plan.mma_regs == regs or not plan.mma):
+            return replace(plan, poll_delay=POLL_DELAY_NS) if plan.poll_frag else plan
+    return None
+
+
+def _cuda_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
+                 w_shared: bool | None = None, mma_regs: bool | None = None,
+                 poll_frag: bool | None = None, cuda_nb: int | None = None) -> Plan | None:
     """The CUDA C++ kernel's plan (cuda_source.py), or None where it does not fit.
 
     A block owns nb hidden units of one direction and bb batch rows; nb is the smallest power of two >= 4 for
     which groups x directions x tiles <= SMs, tiles rounded so that the units computed (kh) are a multiple of
     64. 16-bit: mma.sync, bb 16, a warp per (8-column tile, k slice); fp32: FFMA, W_hh^T in registers (one
     column and kh / k_split consecutive k a thread), bb up to CUDA_FFMA_MAX_ROWS real rows; asked for
-    (w_shared=True), FFMA with W_hh^T in shared memory instead, for slices past the registers (not measured
-    yet: never the default); mma_regs=True (asked only, not measured yet): a warp per k slice over every
+    (w_shared=True), FFMA with W_hh^T in shared memory instead, for slices past the registers (asked only);
+    mma_regs=True: a warp per k slice over every
     column tile with its W_hh^T fragments in registers, h read from shared memory once a step; poll_frag=True
-    (implies mma_regs; asked only, not measured yet): each warp polls its own k slice of h from the slab straight
+    (implies mma_regs): each warp polls its own k slice of h from the slab straight
     into its A fragments (no h in shared memory, no barrier 1: one block barrier a step), an even number of k
     chunks a warp. cuda_nb (asked only): at least this many hidden units a block (fewer blocks, each reading h
     once for more columns: less L2 traffic a step, a longer product).
