@@ -270,15 +270,18 @@ def test_gpu_cuda_persistent_sleeps_in_the_wait_match_float64(precision, options
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_gpu_cuda_persistent_graph_replays_equal_eager_and_nan_propagates(precision):
+@pytest.mark.parametrize("precision,kernel", [("fp32", "persistent-cuda"), ("bf16", "persistent-cuda"),
+                                              ("fp32", "persistent")])
+def test_gpu_persistent_graph_replays_equal_eager_and_nan_propagates(precision, kernel):
+    """Both persistent kernels (CUDA C++ by default; Triton's with cuda=False) under graph replay: the same
+    numbers as eager, and a NaN in one batch row stays in that row, as in PyTorch."""
     module = make("lstm", 80, 512, 2, True, False)
     x, hx = random_inputs(module, 16, 4, True)
     x[3, 1, 5] = float("nan")  # batch row 1 only
     dtype = DTYPES[precision]
     packed = pack_rnn(module, "cuda", dtype)
-    plan = plan_for(packed, 16, 4)
-    assert plan.kernel == "persistent-cuda", plan.note
+    plan = plan_for(packed, 16, 4, **({} if kernel == "persistent-cuda" else {"cuda": False}))
+    assert plan.kernel == kernel, plan.note
     args = [t.cuda().to(dtype) for t in (x, *hx)]
     eager = rnn_forward(packed, *args, plan=plan)
     ws: dict = {}
