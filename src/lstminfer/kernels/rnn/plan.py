@@ -199,6 +199,8 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
         plan = _cuda_layout(packed, batch, sms, mma, w_shared, regs, polled, cuda_nb)
         if plan is not None and (plan.mma_regs == regs or not plan.mma):
             return replace(plan, poll_delay=POLL_DELAY_NS) if plan.poll_frag else plan
+    if w_shared is None:  # fp32 slices past the registers: W^T in shared memory (X 768 bi B8: 923 us, Triton 13343)
+        return _cuda_layout(packed, batch, sms, mma, True, None, None, cuda_nb)
     return None
 
 
@@ -211,7 +213,7 @@ def _cuda_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None = Non
     which groups x directions x tiles <= SMs, tiles rounded so that the units computed (kh) are a multiple of
     64. 16-bit: mma.sync, bb 16, a warp per (8-column tile, k slice); fp32: FFMA, W_hh^T in registers (one
     column and kh / k_split consecutive k a thread), bb up to CUDA_FFMA_MAX_ROWS real rows; asked for
-    (w_shared=True), FFMA with W_hh^T in shared memory instead, for slices past the registers (asked only);
+    (w_shared=True, the default where the registers do not hold the slice), FFMA with W_hh^T in shared memory;
     mma_regs=True: a warp per k slice over every
     column tile with its W_hh^T fragments in registers, h read from shared memory once a step; poll_frag=True
     (implies mma_regs): each warp polls its own k slice of h from the slab straight
