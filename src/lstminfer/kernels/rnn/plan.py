@@ -97,11 +97,11 @@ class Plan:
     wide: bool = False  # persistent kernel, fp16/bf16: W_hh and the h exchange in fp32 (the fp32 kernel)
     cuda: bool = False  # per-layer path: the CUDA C++ kernel (cuda_persistent.py) instead of the Triton one
     mma: bool = False  # CUDA kernel: mma.sync (16-bit) instead of FFMA
-    poll_sleep: int = 0  # CUDA kernel: ns slept between two reads of a wait (0: spin; not measured yet)
-    w_shared: bool = False  # CUDA kernel, FFMA: W_hh^T in shared memory, not registers (asked only; not measured)
-    mma_regs: bool = False  # CUDA kernel, mma: a warp per k slice, W_hh^T fragments in registers (asked only)
-    poll_frag: bool = False  # CUDA kernel, mma_regs: h polled straight into A fragments, one barrier a step (asked)
-    poll_delay: int = 0  # CUDA kernel: ns slept before the first read of a wait (0: none; not measured yet)
+    poll_sleep: int = 0  # CUDA kernel: ns slept between two reads of a wait (0: spin; asked only: no faster)
+    w_shared: bool = False  # CUDA kernel, FFMA: W_hh^T in shared memory (default where registers cannot hold it)
+    mma_regs: bool = False  # CUDA kernel, mma: a warp per k slice, W_hh^T fragments in registers (default: fits)
+    poll_frag: bool = False  # CUDA kernel, mma_regs: h polled into A fragments, one barrier a step (hidden >= 768)
+    poll_delay: int = 0  # CUDA kernel: ns slept before the first read of a wait (POLL_DELAY_NS with poll_frag)
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
