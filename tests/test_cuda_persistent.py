@@ -207,8 +207,8 @@ W_SHARED_CASES = [
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("case", W_SHARED_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_gpu_cuda_persistent_w_in_shared_memory_matches_float64(case, precision):
-    """The FFMA product with W_hh^T in shared memory (w_shared=True, asked for only: not yet measured), which
-    fits fp32 slices past the registers (bidirectional hidden 768)."""
+    """The FFMA product with W_hh^T in shared memory (w_shared=True; the default where the registers cannot hold
+    the slice, such as bidirectional hidden 768 in fp32), asked for here on sizes of every kind."""
     kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
     module = make(kind, input_size, hidden, layers, bi, bf)
     x, hx = random_inputs(module, seq_len, batch, with_state)
