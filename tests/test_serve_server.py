@@ -205,6 +205,51 @@ def test_load_test_at_concurrency_8_for_5_seconds(server):
     assert inferences >= record.requests and executions < inferences
 
 
+def _successes(server, model):
+    client = _client(server, "http")
+    try:
+        return int(client.get_inference_statistics(model)["model_stats"][0]["inference_stats"]["success"]["count"])
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_load_test_over_two_processes_counts_exactly(server, protocol):
+    """Workers spread over two spawned processes: the merged record counts every request Triton answered (no
+    warm-up, so every request is counted: Triton's own success count is the reference), none failed, and
+    --max-requests bounds the sum of the processes' shares exactly."""
+    from lstminfer.serve.loadtest import run_level
+
+    triton, _ = server
+    url = triton.config.grpc_url if protocol == "grpc" else triton.config.http_url
+    before = _successes(server, "seed")
+    record = run_level(url, protocol, "seed", "stateless", 4, batch=3, duration_s=1.5, warmup_s=0.0,
+                       max_requests=200_000, timeout_s=20, processes=2)
+    assert record.failed == 0, record.errors
+    assert record.requests > 20
+    assert _successes(server, "seed") - before == record.requests
+    lat = record.latency_ms
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p99"] <= lat["max"]
+    before = _successes(server, "seed")
+    bounded = run_level(url, protocol, "seed", "stateless", 4, batch=3, duration_s=30.0, warmup_s=0.0,
+                        max_requests=101, timeout_s=20, processes=2)
+    assert (bounded.requests, bounded.failed) == (101, 0)
+    assert _successes(server, "seed") - before == 101
+    assert bounded.duration_s < 20  # stopped by the count, not the clock
+
+
+def test_streams_over_two_processes_keep_their_own_sequences(server):
+    """Stream workers in two processes (each worker its own sequence ids, whichever process runs it): no
+    chunk fails."""
+    from lstminfer.serve.loadtest import run_level
+
+    triton, _ = server
+    record = run_level(triton.config.http_url, "http", "uni_stream", "stream", 4, duration_s=1.5, warmup_s=0.2,
+                       chunks=5, max_requests=50_000, timeout_s=20, first_sequence_id=20_000_000, processes=2)
+    assert record.failed == 0, record.errors
+    assert record.requests > 20
+
+
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_answers_are_checked_against_the_config(server, protocol):
     """The load test's check on real answers: the config's own outputs pass; another shape, dtype or a missing

@@ -19,6 +19,7 @@ from lstminfer.commands.values import (
     positive_int,
 )
 from lstminfer.errors import UserError
+from lstminfer.serve.loadtest import AUTO_WORKERS_PER_PROCESS
 
 # Model arguments that name files: made absolute, since Triton's stub process rebuilds the model elsewhere.
 PATH_ARGS = ("file", "weights", "inputs_npz", "onnx")
@@ -84,8 +85,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--chunks", type=positive_int, default=20, metavar="N",
                    help="chunks per stream before END, then a new stream (default 20)")
     p.add_argument("--timeout", type=positive_float, default=30.0, metavar="S", help="per-request timeout (default 30)")
+    p.add_argument("--processes", type=processes_value, default="auto", metavar="N|auto",
+                   help="load-generator processes per level, the concurrency's workers spread over them, so one "
+                        "Python process (its GIL) does not bound a high level; auto: one per "
+                        f"{AUTO_WORKERS_PER_PROCESS} workers, at most one per CPU core (default auto)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the records as JSON to FILE")
     p.set_defaults(func=cmd_loadtest)
+
+
+def processes_value(text: str) -> int | str:
+    """`--processes`: a positive integer or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") from None
 
 
 def _add_served_args(p: argparse.ArgumentParser) -> None:
@@ -335,7 +350,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         records = loadtest(args.url, protocol=args.protocol, model=args.model, concurrency=concurrency,
                            streams=streams, seq_len=args.seq_len, batch=args.batch, duration_s=args.duration,
                            warmup_s=args.warmup, max_requests=args.max_requests, chunks=args.chunks,
-                           timeout_s=args.timeout)
+                           timeout_s=args.timeout, processes=args.processes)
     print_table(f"Load test of {args.url} ({args.protocol}, seq {args.seq_len} x batch {args.batch})",
                 loadtest_rows(records))
     failed = [r for r in records if r.failed]

@@ -213,19 +213,39 @@ def _short(err: BaseException) -> str:
     return " ".join(str(err).split())[:300]
 
 
+@dataclass
+class Counted:
+    """What the workers of one level (or of one load-generator process) counted: picklable, merged exactly."""
+
+    latencies: list[float]  # ms, one per successful counted request
+    failed: int
+    errors: list[str]  # up to three distinct messages
+    count_from: float  # perf_counter() at the end of the warm-up: the counted window's start
+    last_done: float  # perf_counter() at the end of the last counted request (count_from if none)
+
+    @staticmethod
+    def merge(parts: list[Counted]) -> Counted:
+        """The counts of several processes' workers as if one process had run them all."""
+        errors: list[str] = []
+        for message in (m for part in parts for m in part.errors):
+            if message not in errors and len(errors) < 3:
+                errors.append(message)
+        return Counted(latencies=[t for part in parts for t in part.latencies],
+                       failed=sum(part.failed for part in parts), errors=errors,
+                       count_from=min(part.count_from for part in parts),
+                       last_done=max(part.last_done for part in parts))
+
+
 class _Tally:
-    """Latencies and failures of the counted window, shared by the workers of one level."""
+    """Latencies and failures of the counted window, shared by the workers (threads) of one process."""
 
     def __init__(self, count_from: float, stop_at: float, max_requests: int):
         self.lock = threading.Lock()
         self.count_from = count_from
         self.stop_at = stop_at
         self.max_requests = max_requests
-        self.latencies: list[float] = []
-        self.failed = 0
-        self.errors: list[str] = []
+        self.counted = Counted(latencies=[], failed=0, errors=[], count_from=count_from, last_done=count_from)
         self.sent = 0
-        self.last_done = count_from
 
     def take(self) -> bool:
         """Whether a worker may send one more request."""
@@ -238,15 +258,16 @@ class _Tally:
     def done(self, start: float, end: float, error: BaseException | None) -> None:
         if start < self.count_from:
             return
+        counted = self.counted
         with self.lock:
-            self.last_done = max(self.last_done, end)
+            counted.last_done = max(counted.last_done, end)
             if error is None:
-                self.latencies.append((end - start) * 1e3)
+                counted.latencies.append((end - start) * 1e3)
                 return
-            self.failed += 1
+            counted.failed += 1
             message = _short(error)
-            if message not in self.errors and len(self.errors) < 3:
-                self.errors.append(message)
+            if message not in counted.errors and len(counted.errors) < 3:
+                counted.errors.append(message)
 
 
 def _stateless_worker(url: str, protocol: str, model: str, arrays: dict[str, Any], expected: dict[str, Any],
@@ -301,10 +322,128 @@ def _stream_worker(url: str, protocol: str, model: str, arrays: dict[str, Any], 
         client.close()
 
 
+@dataclass(frozen=True)
+class _Level:
+    """One level's work, the same for every load-generator process (picklable: it crosses to spawned ones)."""
+
+    url: str
+    protocol: str
+    model: str
+    mode: str
+    arrays: dict[str, Any]
+    expected: dict[str, Any]
+    warmup_s: float
+    duration_s: float
+    timeout_s: float
+    chunks: int
+    first_sequence_id: int
+
+
+def _run_workers(level: _Level, workers: list[int], begin: float, max_requests: int) -> Counted:
+    """Threads for the worker indices `workers` (a stream worker w uses the sequence ids from first + w * 10**6),
+    from `begin` (perf_counter) for warm-up + duration or `max_requests` requests."""
+    tally = _Tally(begin + level.warmup_s, begin + level.warmup_s + level.duration_s, max_requests)
+    threads = []
+    common = (level.url, level.protocol, level.model, level.arrays, level.expected, tally, level.timeout_s)
+    for w in workers:
+        if level.mode == "stream":
+            target, extra = _stream_worker, (level.chunks, level.first_sequence_id + w * 1_000_000)
+        else:
+            target, extra = _stateless_worker, ()
+        threads.append(threading.Thread(target=target, args=(*common, *extra), daemon=True, name=f"loadtest-{w}"))
+    for t in threads:
+        t.start()
+    for t in threads:  # each worker stops by itself at stop_at; the join bound covers one hung request
+        t.join(timeout=max(begin - time.perf_counter(), 0) + level.warmup_s + level.duration_s + level.timeout_s + 5)
+    with tally.lock:
+        counted = tally.counted
+        return Counted(list(counted.latencies), counted.failed, list(counted.errors), counted.count_from,
+                       counted.last_done)
+
+
+# How long a spawned load-generator process may take to import tritonclient and report ready.
+PROCESS_START_S = 60.0
+
+
+def _process_main(level: _Level, workers: list[int], max_requests: int, barrier: Any, begin: Any,
+                  results: Any) -> None:
+    """One load-generator process (spawned): ready, then the common start, then its workers' counts back."""
+    try:
+        client_module(level.protocol)  # the imports before the start, not in the counted window
+        barrier.wait(PROCESS_START_S)  # every process is ready
+        barrier.wait(PROCESS_START_S)  # the parent has set the common start
+        results.put(_run_workers(level, workers, begin.value, max_requests))
+    except BaseException as err:  # noqa: BLE001 - the parent turns it into one line
+        results.put(f"{type(err).__name__}: {_short(err)}")
+
+
+def _run_processes(level: _Level, concurrency: int, processes: int, max_requests: int) -> Counted:
+    """The level's workers spread over `processes` spawned processes (worker w in process w % processes), each
+    with its share of `max_requests`, started together; their counts merged exactly. perf_counter is the
+    system-wide monotonic clock on Linux, so one start time holds for every process."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # not fork: a gRPC or gevent client does not survive a fork
+    barrier = context.Barrier(processes + 1)
+    begin = context.Value("d", 0.0)
+    results = context.Queue()
+    children = []
+    for k in range(processes):
+        share = max_requests // processes + (k < max_requests % processes)
+        children.append(context.Process(target=_process_main, daemon=True, name=f"loadtest-process-{k}",
+                                        args=(level, list(range(k, concurrency, processes)), share, barrier, begin,
+                                              results)))
+    try:
+        for child in children:
+            child.start()
+        try:
+            barrier.wait(PROCESS_START_S)
+        except threading.BrokenBarrierError:
+            raise UserError(f"the {processes} load-generator processes did not start within {PROCESS_START_S:g} s; "
+                            "try fewer --processes") from None
+        begin.value = time.perf_counter()
+        barrier.wait(PROCESS_START_S)
+        parts = []
+        bound = time.perf_counter() + level.warmup_s + level.duration_s + level.timeout_s + 30
+        for _ in children:
+            try:
+                part = results.get(timeout=max(bound - time.perf_counter(), 1.0))
+            except Exception:  # queue.Empty: a process died without a word
+                raise UserError(f"a load-generator process did not report within {bound - begin.value:.0f} s "
+                                "of the start; try fewer --processes") from None
+            if isinstance(part, str):
+                raise UserError(f"a load-generator process failed: {part}")
+            parts.append(part)
+    finally:
+        for child in children:
+            child.join(timeout=5)
+            if child.is_alive():
+                child.terminate()
+    return Counted.merge(parts)
+
+
+def processes_for(concurrency: int, processes: int | str) -> int:
+    """How many load-generator processes a level uses: `processes` (at most one per worker), or with "auto"
+    one per AUTO_WORKERS_PER_PROCESS workers, at most one per CPU core, so a level below that runs in this
+    process."""
+    import math
+    import os
+
+    if processes == "auto":
+        processes = min(math.ceil(concurrency / AUTO_WORKERS_PER_PROCESS), os.cpu_count() or 1)
+    return max(1, min(int(processes), concurrency))
+
+
+# "auto": one process per this many workers (threads). One Python process sending tritonclient requests
+# saturates its core (the GIL) at about this many (docs/serving.md, "The load generator").
+AUTO_WORKERS_PER_PROCESS = 16
+
+
 def run_level(url: str, protocol: str, model: str, mode: str, concurrency: int, *, seq_len: int = 1, batch: int = 1,
               duration_s: float = 5.0, warmup_s: float = 1.0, max_requests: int = 1_000_000, chunks: int = 20,
-              timeout_s: float = 30.0, first_sequence_id: int = 1) -> LoadRecord:
-    """One concurrency level: `concurrency` workers for `warmup_s + duration_s` or `max_requests` requests."""
+              timeout_s: float = 30.0, first_sequence_id: int = 1, processes: int | str = 1) -> LoadRecord:
+    """One concurrency level: `concurrency` workers for `warmup_s + duration_s` or `max_requests` requests,
+    threads of this process or spread over several processes (``processes_for``)."""
     from lstminfer.measure.stats import summarize
 
     client = make_client(url, protocol, timeout_s)
@@ -316,33 +455,26 @@ def run_level(url: str, protocol: str, model: str, mode: str, concurrency: int, 
     expected = expected_outputs(config, batch)
     if mode == "stream":
         arrays = {n: a for n, a in arrays.items() if n == "input"}
-    begin = time.perf_counter()
-    tally = _Tally(begin + warmup_s, begin + warmup_s + duration_s, max_requests)
-    workers = []
-    for w in range(concurrency):
-        if mode == "stream":
-            target, extra = _stream_worker, (chunks, first_sequence_id + w * 1_000_000)
-        else:
-            target, extra = _stateless_worker, ()
-        workers.append(threading.Thread(target=target,
-                                        args=(url, protocol, model, arrays, expected, tally, timeout_s, *extra),
-                                        daemon=True, name=f"loadtest-{w}"))
-    for t in workers:
-        t.start()
-    for t in workers:  # each worker stops by itself at stop_at; the join bound covers one hung request
-        t.join(timeout=warmup_s + duration_s + timeout_s + 5)
+    level = _Level(url=url, protocol=protocol, model=model, mode=mode, arrays=arrays, expected=expected,
+                   warmup_s=warmup_s, duration_s=duration_s, timeout_s=timeout_s, chunks=chunks,
+                   first_sequence_id=first_sequence_id)
+    count = processes_for(concurrency, processes)
+    if count == 1:
+        counted = _run_workers(level, list(range(concurrency)), time.perf_counter(), max_requests)
+    else:
+        counted = _run_processes(level, concurrency, count, max_requests)
     # The window ends when the last counted request did (trtexec's rule: up to the last query's end).
-    window = max(tally.last_done - tally.count_from, 1e-9)
-    if tally.latencies:
-        s = summarize(tally.latencies)
+    window = max(counted.last_done - counted.count_from, 1e-9)
+    if counted.latencies:
+        s = summarize(counted.latencies)
         latency = {"p50": s.median, "p90": s.p90, "p95": s.p95, "p99": s.p99, "mean": s.mean, "min": s.min,
                    "max": s.max}
     else:
         latency = {}
     return LoadRecord(mode=mode, model=model, protocol=protocol, concurrency=concurrency,
-                      requests=len(tally.latencies), failed=tally.failed, duration_s=round(window, 4),
-                      throughput_rps=len(tally.latencies) / window, latency_ms=latency, seq_len=seq_len,
-                      batch=batch, errors=tally.errors)
+                      requests=len(counted.latencies), failed=counted.failed, duration_s=round(window, 4),
+                      throughput_rps=len(counted.latencies) / window, latency_ms=latency, seq_len=seq_len,
+                      batch=batch, errors=counted.errors)
 
 
 def loadtest(url: str, *, protocol: str = "http", model: str | None = None, concurrency: list[int] | None = None,

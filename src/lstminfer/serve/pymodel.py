@@ -24,7 +24,9 @@ overrides (the repository's ``lstminfer.json`` carries it).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -89,6 +91,53 @@ def bucket_for(rows: int, buckets: tuple[int, ...]) -> int:
     return next((b for b in buckets if b >= rows), rows)
 
 
+PROFILE_ENV = "LSTMINFER_SERVE_PROFILE"
+
+
+class Profile:
+    """Where an execution's time goes, when the server runs with ``LSTMINFER_SERVE_PROFILE=1``: the seconds of
+    each piece of every ``execute`` (the tensors out of the stub, the Handler, within it the backend's own
+    call, the answers back to the stub), kept per size class of the execution (1 request, 2-3, 4-7, ...: a
+    load test's concurrency level shows as its class) and logged at unload, one line a class, beside which
+    Triton's own statistics read (its ``compute_infer`` is the whole execute plus the stub's round trip). At
+    most `keep` samples a piece and class (the latest), so a long run holds bounded memory."""
+
+    PIECES = ("inputs", "handler", "backend", "outputs", "execute")
+
+    def __init__(self, keep: int = 20_000):
+        self.keep = keep
+        self.samples: dict[int, dict[str, list[float]]] = {}
+        self.counts: dict[int, list[int]] = {}  # class -> [executions, requests]
+
+    def add(self, requests: int, times: dict[str, float]) -> None:
+        """One execution of `requests` requests: piece -> seconds."""
+        size = 1 << (requests.bit_length() - 1)
+        samples = self.samples.setdefault(size, {piece: [] for piece in self.PIECES})
+        for piece, seconds in times.items():
+            kept = samples[piece]
+            if len(kept) >= self.keep:
+                del kept[: self.keep // 2]
+            kept.append(seconds)
+        counts = self.counts.setdefault(size, [0, 0])
+        counts[0] += 1
+        counts[1] += requests
+
+    def summary(self) -> list[str]:
+        """One line per size class: executions, requests each, and per piece the median microseconds of an
+        execution and that over the mean requests of one (Triton's statistics are per request)."""
+        import statistics
+
+        lines = []
+        for size in sorted(self.samples):
+            executions, requests = self.counts[size]
+            each = requests / executions
+            parts = [f"{piece} {statistics.median(kept) * 1e6:.0f} ({statistics.median(kept) * 1e6 / each:.0f})"
+                     for piece, kept in self.samples[size].items() if kept]
+            lines.append(f"profile: executions of {size}-{2 * size - 1} requests: {executions}, {each:.1f} requests "
+                         f"each; median us an execution (a request): {', '.join(parts)}")
+        return lines or ["profile: no execution"]
+
+
 class Handler:
     """Stateless requests and stream chunks through one Runner. Arrays are batch-major numpy arrays.
 
@@ -108,34 +157,47 @@ class Handler:
         self.state_in = ["h0", "c0"] if spec.kind == "lstm" else ["h0"]
         self.state_out = ["hn", "cn"] if spec.kind == "lstm" else ["hn"]
         self.store = StreamStore(max_streams, idle_timeout_s) if stream else None
+        self.profile: Profile | None = None  # set by TritonPythonModel under LSTMINFER_SERVE_PROFILE=1
+        self.backend_s = 0.0  # with a profile: the Runner's time since the profile last took it
 
     # ---- layout: Triton's tensors are batch-major; the Runner takes the model's own layout ------------------
-    def _to_model(self, name: str, array: Any) -> Any:
+    def _stacked(self, name: str, parts: list[Any], padding: int) -> Any:
+        """The requests' arrays of one input stacked on the batch axis (and `padding` zero rows), in the model's
+        layout: one copy, whatever the number of requests (transposed views concatenated)."""
+        np = self.np
+        if padding:
+            parts = [*parts, np.zeros((padding, *parts[0].shape[1:]), parts[0].dtype)]
         if name == "input" and self.spec.batch_first:
-            return self.np.ascontiguousarray(array)
-        return self.np.ascontiguousarray(array.transpose(1, 0, 2))
+            return np.ascontiguousarray(parts[0]) if len(parts) == 1 else np.concatenate(parts, axis=0)
+        if len(parts) == 1:
+            return np.ascontiguousarray(parts[0].transpose(1, 0, 2))
+        return np.concatenate([part.transpose(1, 0, 2) for part in parts], axis=1)
 
-    def _from_model(self, name: str, array: Any) -> Any:
+    def _batch_major(self, name: str, array: Any, rows: int) -> Any:
+        """A Runner's output, its first `rows` rows (the rest is padding, never copied), batch-major float32."""
+        np = self.np
         if name == "output" and self.spec.batch_first:
-            return self.np.ascontiguousarray(array, dtype=self.np.float32)
-        return self.np.ascontiguousarray(array.transpose(1, 0, 2), dtype=self.np.float32)
+            return np.ascontiguousarray(array[:rows], dtype=np.float32)
+        return np.ascontiguousarray(array[:, :rows].transpose(1, 0, 2), dtype=np.float32)
 
     def _run(self, feeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One Runner call for requests of equal chunk length: stacked on the batch axis, split after."""
-        np = self.np
+        """One Runner call for requests of equal chunk length: stacked on the batch axis, split after (views of
+        one batch-major array per output, no copy per request)."""
         rows = [f["input"].shape[0] for f in feeds]
         total = sum(rows)
         padding = bucket_for(total, self.buckets) - total  # zero rows: each row runs independently of the others
-        inputs = {}
-        for name in feeds[0]:
-            parts = [f[name] for f in feeds]
-            if padding:
-                parts.append(np.zeros((padding, *parts[0].shape[1:]), parts[0].dtype))
-            inputs[name] = self._to_model(name, np.concatenate(parts, axis=0))
-        outputs = {name: self._from_model(name, value)[:total] for name, value in self.runner.infer(inputs).items()}
-        cuts = np.cumsum(rows)[:-1]
-        split = {name: np.split(value, cuts, axis=0) for name, value in outputs.items()}
-        return [{name: parts[i] for name, parts in split.items()} for i in range(len(feeds))]
+        inputs = {name: self._stacked(name, [f[name] for f in feeds], padding) for name in feeds[0]}
+        if self.profile is None:
+            answers = self.runner.infer(inputs)
+        else:
+            begin = time.perf_counter()
+            answers = self.runner.infer(inputs)
+            self.backend_s += time.perf_counter() - begin
+        outputs = {name: self._batch_major(name, value, total) for name, value in answers.items()}
+        if len(feeds) == 1:
+            return [outputs]
+        ends = list(itertools.accumulate(rows))
+        return [{name: value[end - count:end] for name, value in outputs.items()} for count, end in zip(rows, ends)]
 
     def warm_up(self, seq_len: int) -> tuple[float, str]:
         """Run every bucket once at `seq_len` steps (what a graph backend captures, what a kernel compiles),
@@ -353,6 +415,7 @@ class UnbatchedHandler:
             self.session.close()
 
 
+@functools.cache
 def _numpy_2() -> bool:
     import numpy as np
 
@@ -451,11 +514,13 @@ class TritonPythonModel:
 
             torch.cuda.set_device(int(args.get("model_instance_device_id", 0)))
         config = json.loads(args["model_config"])
+        self.name = args.get("model_name", desc["name"])
         self.input_names = [i["name"] for i in config["input"]]
+        self.profile = Profile() if os.environ.get(PROFILE_ENV) == "1" else None
         self.batched = desc.get("batched", True)
         import numpy as np
 
-        _log(f"{args.get('model_name', desc['name'])}: answers through {_answer_way()} (numpy {np.__version__})")
+        _log(f"{self.name}: answers through {_answer_way()} (numpy {np.__version__})")
         if self.batched:
             model, runner = build_runner(desc, version_dir)
             buckets = ()
@@ -468,9 +533,10 @@ class TritonPythonModel:
                                    buckets=buckets)
             if buckets:
                 seconds, stopped = self.handler.warm_up(model.seq_len)
-                _log(f"{args.get('model_name', desc['name'])}: batch buckets {','.join(map(str, buckets))} run at "
+                _log(f"{self.name}: batch buckets {','.join(map(str, buckets))} run at "
                      f"load (seq {model.seq_len}, {desc['backend']}): {seconds:.2f} s"
                      + (f"; {stopped}" if stopped else ""))
+            self.handler.profile = self.profile  # the requests only, not the warm-up
             return
         import triton_python_backend_utils as pb_utils
 
@@ -486,32 +552,47 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         import triton_python_backend_utils as pb_utils
 
-        def tensor(request: Any, name: str) -> Any:
-            value = pb_utils.get_input_tensor_by_name(request, name)
-            return None if value is None else _as_array(value)
+        profile = self.profile
+        begin = time.perf_counter() if profile else 0.0
+        names = self.input_names
+        # One request.inputs() a request: the stub builds that list anew on every call, and its
+        # get_input_tensor_by_name calls it once per name.
+        tensors = [{t.name(): t for t in request.inputs()} for request in requests]
 
-        if self.handler.stream and not self.batched:
-            chunks = [FeedsChunk(request.correlation_id(), bool(tensor(request, "START").reshape(-1)[0]),
-                                 bool(tensor(request, "END").reshape(-1)[0]),
-                                 {n: tensor(request, n) for n in self.input_names}) for request in requests]
-            results = self.handler.step(chunks)
-        elif self.handler.stream:
-            chunks = [StreamChunk(request.correlation_id(), bool(tensor(request, "START").reshape(-1)[0]),
-                                  bool(tensor(request, "END").reshape(-1)[0]), tensor(request, "input"))
-                      for request in requests]
-            results = self.handler.step(chunks)
+        def array(given: dict[str, Any], name: str) -> Any:
+            return _as_array(given[name]) if name in given else None
+
+        if self.handler.stream:
+            chunk = StreamChunk if self.batched else FeedsChunk
+            work = [chunk(request.correlation_id(), bool(array(given, "START").reshape(-1)[0]),
+                          bool(array(given, "END").reshape(-1)[0]),
+                          array(given, "input") if self.batched else {n: array(given, n) for n in names})
+                    for request, given in zip(requests, tensors)]
         else:
-            results = self.handler.infer([{n: tensor(r, n) for n in self.input_names} for r in requests])
+            work = [{n: array(given, n) for n in names} for given in tensors]
+        if profile:
+            mark = time.perf_counter()
+        results = self.handler.step(work) if self.handler.stream else self.handler.infer(work)
+        if profile:
+            answered = time.perf_counter()
         responses = []
+        response, error = pb_utils.InferenceResponse, pb_utils.TritonError
         for result in results:
             if isinstance(result, Exception):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
+                responses.append(response(error=error(str(result))))
             else:
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[_output(pb_utils, n, v) for n, v in result.items()]))
+                responses.append(response(output_tensors=[_output(pb_utils, n, v) for n, v in result.items()]))
+        if profile:
+            end = time.perf_counter()
+            backend, self.handler.backend_s = getattr(self.handler, "backend_s", 0.0), 0.0
+            profile.add(len(requests), {"inputs": mark - begin, "handler": answered - mark, "backend": backend,
+                                        "outputs": end - answered, "execute": end - begin})
         return responses
 
     def finalize(self) -> None:
+        if self.profile:
+            for line in self.profile.summary():
+                _log(f"{self.name}: {line}")
         if self.batched:
             self.handler.runner.close()
         else:

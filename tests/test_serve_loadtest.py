@@ -1,0 +1,60 @@
+"""The load generator's and the served model's bookkeeping, without a server: several processes' counts merged
+exactly, how many processes a level gets, and the execute profile's per-size medians (hand-computed)."""
+
+from __future__ import annotations
+
+import os
+
+from lstminfer.serve.loadtest import AUTO_WORKERS_PER_PROCESS, Counted, processes_for
+from lstminfer.serve.pymodel import Profile
+
+
+def test_counts_of_several_processes_merge_exactly():
+    a = Counted(latencies=[1.0, 3.0], failed=1, errors=["timeout", "refused"], count_from=10.0, last_done=12.5)
+    b = Counted(latencies=[2.0], failed=2, errors=["refused", "reset", "empty", "late"], count_from=10.0,
+                last_done=13.0)
+    c = Counted(latencies=[], failed=0, errors=[], count_from=10.0, last_done=10.0)  # a process that counted none
+    merged = Counted.merge([a, b, c])
+    assert sorted(merged.latencies) == [1.0, 2.0, 3.0]
+    assert merged.failed == 3
+    assert merged.errors == ["timeout", "refused", "reset"]  # first three distinct, in order
+    assert (merged.count_from, merged.last_done) == (10.0, 13.0)
+
+
+def test_processes_for_a_level():
+    assert processes_for(8, 1) == 1
+    assert processes_for(8, 4) == 4
+    assert processes_for(3, 8) == 3  # never more processes than workers
+    cores = os.cpu_count() or 1
+    assert processes_for(AUTO_WORKERS_PER_PROCESS, "auto") == 1
+    assert processes_for(AUTO_WORKERS_PER_PROCESS + 1, "auto") == min(2, cores)
+    assert processes_for(64, "auto") == min(64 // AUTO_WORKERS_PER_PROCESS, cores)
+    assert processes_for(1, "auto") == 1
+
+
+def test_profile_medians_per_size_class():
+    profile = Profile()
+    for seconds in (1e-4, 3e-4, 2e-4):  # executions of 1 request: median 200 us
+        profile.add(1, {"inputs": seconds / 10, "execute": seconds})
+    for requests, seconds in ((4, 8e-4), (6, 1.2e-3)):  # class 4-7: 5 requests each, median 1000 us
+        profile.add(requests, {"execute": seconds})
+    lines = profile.summary()
+    assert lines[0] == ("profile: executions of 1-1 requests: 3, 1.0 requests each; median us an execution "
+                        "(a request): inputs 20 (20), execute 200 (200)")
+    assert lines[1] == ("profile: executions of 4-7 requests: 2, 5.0 requests each; median us an execution "
+                        "(a request): execute 1000 (200)")
+    assert Profile().summary() == ["profile: no execution"]
+
+
+def test_profile_keeps_bounded_samples():
+    profile = Profile(keep=10)
+    for k in range(25):
+        profile.add(1, {"execute": float(k)})
+    kept = profile.samples[1]["execute"]
+    assert len(kept) <= 10 and kept[-1] == 24.0  # the latest samples
+    assert profile.counts[1] == [25, 25]
+
+
+def test_processes_flag_is_checked(cli):
+    code, out, err = cli("loadtest", "127.0.0.1:1", "--processes", "0")
+    assert code == 2 and "--processes" in err and "a positive integer or auto" in err
