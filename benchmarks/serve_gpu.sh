@@ -23,7 +23,10 @@
 # well within 240 s. If the wheels do not install or the server cannot start, it says why (tables.txt)
 # and still exits 0 with what it has.
 # Optional: LEVELS (1,4,16,64), DURATION (3), WARMUP (0.5), BACKEND (fused-graph), DEVICE (cuda), WHEELS,
-# SITE, PROTOCOLS (http,grpc; grpc is dropped when tritonclient.grpc does not import here).
+# SITE, PROTOCOLS (http,grpc; grpc is dropped when tritonclient.grpc does not import here), PROCESSES (auto:
+# the load generator in one process up to concurrency 8, one process per 8 workers above, so levels 16 and
+# 64 are not bounded by one Python process's GIL; 1: as before), LSTMINFER_SERVE_PROFILE (1: the served
+# model logs per-piece medians of its execute per execution size at unload; server-logs.txt shows them).
 set -uo pipefail
 OUT=${OUT:-serve-gpu-out}
 WHEELS=${WHEELS:-.whl-serve}
@@ -34,6 +37,8 @@ WARMUP=${WARMUP:-0.5}
 BACKEND=${BACKEND:-fused-graph}
 DEVICE=${DEVICE:-cuda}
 PROTOCOLS=${PROTOCOLS:-http,grpc}
+PROCESSES=${PROCESSES:-auto}
+export LSTMINFER_SERVE_PROFILE=${LSTMINFER_SERVE_PROFILE:-1}
 mkdir -p "$OUT"
 WORK=${WORK:-$(mktemp -d /tmp/serve-gpu.XXXXXX)}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$SITE:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -79,7 +84,7 @@ bench() {  # NAME TIMEOUT ARGS...: one benchmarks/serve_triton.py run, its table
   shift 2
   echo "== $name" >>"$OUT/tables.txt"
   timeout -k 5 "$limit" python3 benchmarks/serve_triton.py --backend "$BACKEND" --device "$DEVICE" \
-    --protocols "$PROTOCOLS" --duration "$DURATION" --warmup "$WARMUP" --direct-calls 500 \
+    --protocols "$PROTOCOLS" --duration "$DURATION" --warmup "$WARMUP" --direct-calls 500 --processes "$PROCESSES" \
     --out-json "$WORK/$name.json" --loadtest-json "$WORK/$name-loadtest.json" \
     --server-log "$WORK/$name-server.log" "$@" 2>&1 | tee -a "$OUT/tables.txt"
   local code=${PIPESTATUS[0]}
@@ -119,7 +124,7 @@ for name in seed stream; do
     echo "== $name-server.log: $(wc -l <"$log") lines, $(grep -c 'Traceback' "$log") tracebacks," \
       "$(grep -c -E '^E[0-9]{4} ' "$log") error lines (E...), $(grep -c -E '^W[0-9]{4} ' "$log") warnings (W...)"
     echo "-- the served model's own lines"
-    grep 'lstminfer: ' "$log" | head -20
+    grep 'lstminfer: ' "$log" | head -30
     echo "-- the first error lines"
     grep -m 10 -E '^E[0-9]{4} |Traceback|Error' "$log"
     echo "-- the last 200 lines"

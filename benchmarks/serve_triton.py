@@ -16,6 +16,10 @@ H200 (issue 16's targets; the fused kernel behind the server; benchmarks/serve_g
     python benchmarks/serve_triton.py --preset seed --no-bidirectional --num-layers 1 --input-size 128 \
         --hidden-size 128 --backend fused-graph --device cuda --concurrency 0 --streams 1,2,4,8,16,32,64
 
+`--processes N|auto` spreads each level's load generator over processes (`lstminfer loadtest --processes`);
+with LSTMINFER_SERVE_PROFILE=1 in the environment the served model logs where its execute's time goes
+(pymodel.Profile; keep the log with --server-log).
+
 Needs the serve extra (pip install 'lstminfer[serve]'). The server listens on loopback only. Each row is
 printed, and the JSON files rewritten, as soon as its level is measured: a run stopped by a time limit keeps
 the levels it finished.
@@ -46,6 +50,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]
     own.add_argument("--duration", type=float, default=5.0, help="counted seconds per level")
     own.add_argument("--warmup", type=float, default=1.0)
     own.add_argument("--direct-calls", type=int, default=2000, help="backend-alone calls per shape (and <= 5 s)")
+    own.add_argument("--processes", default="1",
+                     help="load-generator processes per level, N or auto (lstminfer loadtest --processes; default 1)")
     own.add_argument("--out-json", default=None, metavar="FILE", help="the table's rows (rewritten after each level)")
     own.add_argument("--server-log", default=None, metavar="FILE",
                      help="keep tritonserver's log here (default: in the scratch folder, removed at the end)")
@@ -151,10 +157,11 @@ def main(argv: list[str]) -> int:
     from lstminfer.backends.base import runner_class
     from lstminfer.commands.args import backend_options
     from lstminfer.commands.serve import write_python_repository
-    from lstminfer.serve.loadtest import run_level
+    from lstminfer.serve.loadtest import processes_for, run_level
     from lstminfer.serve.server import ServerConfig, TritonServer
 
     mine, args = parse_args(argv)
+    processes = mine.processes if mine.processes == "auto" else int(mine.processes)
     concurrency, streams = levels(mine.concurrency), levels(mine.streams)
     protocols = [p.strip() for p in mine.protocols.split(",") if p.strip()]
     rows_out = []
@@ -178,7 +185,7 @@ def main(argv: list[str]) -> int:
         for c in sorted(set([1, *streams])):
             alone[("stream", c)] = direct_latency_ms(runner, runner_feeds(model, 1, c, True), mine.direct_calls)
 
-        header = ["protocol", "mode", "concurrency", "requests", "failed", "rps", "p50_ms", "p99_ms",
+        header = ["protocol", "mode", "concurrency", "processes", "requests", "failed", "rps", "p50_ms", "p99_ms",
                   "alone_p50_ms", "overhead_p50_ms", "alone_batched_ms", "ceiling_rps", "server_share",
                   "rows_per_exec", "queue_us", "infer_us", "in_out_us"]
         print(f"{model.name}: {model.spec.describe()}, request seq {seq_len} x batch {batch} (streams: 1 step x 1 "
@@ -209,12 +216,13 @@ def main(argv: list[str]) -> int:
                     # run_level gives worker w the ids from first + w * 10**6: levels 10**9 apart never share one
                     record = run_level(url, protocol, model_name, mode, c, seq_len=seq, batch=rows,
                                        duration_s=mine.duration, warmup_s=mine.warmup, chunks=50,
-                                       first_sequence_id=1 + len(rows_out) * 10**9)
+                                       first_sequence_id=1 + len(rows_out) * 10**9, processes=processes)
                     inside = stats_delta(before, server_stats(config.http_url, model_name))
                     floor, at_c = alone[(mode, 1)], alone[(mode, c)]
                     ceiling = c / at_c * 1e3
                     rows_out.append({
-                        "protocol": protocol, "mode": mode, "concurrency": c, "requests": record.requests,
+                        "protocol": protocol, "mode": mode, "concurrency": c,
+                        "processes": processes_for(c, processes), "requests": record.requests,
                         "failed": record.failed, "rps": record.throughput_rps,
                         "p50_ms": record.latency_ms.get("p50"), "p99_ms": record.latency_ms.get("p99"),
                         "alone_p50_ms": floor, "overhead_p50_ms": (record.latency_ms.get("p50") or 0) - floor,

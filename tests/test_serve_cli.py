@@ -57,7 +57,9 @@ def test_serve_answers_then_sigterm_leaves_no_process(tmp_path):
                "--hidden-size", "8", "--name", "tiny",
                "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--json", str(info_path),
                "--log", str(tmp_path / "tritonserver.log"), "--ready-timeout", "120"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # With the execute profile on: its lines reach the log when the models unload at SIGTERM.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "LSTMINFER_SERVE_PROFILE": "1"})
     try:
         deadline = time.monotonic() + 150
         while not info_path.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -85,6 +87,10 @@ def test_serve_answers_then_sigterm_leaves_no_process(tmp_path):
         while any(_alive(p) for p in below) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not [p for p in below if _alive(p)]
+        log = (tmp_path / "tritonserver.log").read_text(errors="replace")
+        # one request, one execution, to the stream model; none to the stateless one
+        assert "lstminfer: tiny_stream: profile: executions of 1-1 requests: 1, 1.0 requests each; " in log
+        assert "lstminfer: tiny: profile: no execution" in log
     finally:
         if proc.poll() is None:
             proc.kill()

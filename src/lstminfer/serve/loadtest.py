@@ -434,9 +434,10 @@ def processes_for(concurrency: int, processes: int | str) -> int:
     return max(1, min(int(processes), concurrency))
 
 
-# "auto": one process per this many workers (threads). One Python process sending tritonclient requests
-# saturates its core (the GIL) at about this many (docs/serving.md, "The load generator").
-AUTO_WORKERS_PER_PROCESS = 16
+# "auto": one process per this many workers (threads), so levels up to 8 run in this process as they always
+# did. One process's threads share its GIL: on the H200 host, 64 of them kept only 2.5-5 requests queued at
+# the server (docs/serving.md, "Measured on the H200").
+AUTO_WORKERS_PER_PROCESS = 8
 
 
 def run_level(url: str, protocol: str, model: str, mode: str, concurrency: int, *, seq_len: int = 1, batch: int = 1,
