@@ -24,9 +24,11 @@
 # and still exits 0 with what it has.
 # Optional: LEVELS (1,4,16,64), DURATION (3), WARMUP (0.5), BACKEND (fused-graph), DEVICE (cuda), WHEELS,
 # SITE, PROTOCOLS (http,grpc; grpc is dropped when tritonclient.grpc does not import here), PROCESSES (auto:
-# the load generator in one process up to concurrency 8, one process per 8 workers above, so levels 16 and
-# 64 are not bounded by one Python process's GIL; 1: as before), LSTMINFER_SERVE_PROFILE (1: the served
-# model logs per-piece medians of its execute per execution size at unload; server-logs.txt shows them).
+# the load generator in one process up to concurrency 8, one process per 8 workers above and at most a
+# quarter of the cores: 2 at level 16 and 4 at 64 on the 16-core H200 host, so those levels are not bounded
+# by one Python process's GIL; 1: as before), LSTMINFER_SERVE_PROFILE (1: the served
+# model logs per-piece medians of its execute per execution size at unload; server-logs.txt shows them),
+# INSTANCES (1: `serve --instances`, Python-backend instances per model, each its own stub and runner).
 set -uo pipefail
 OUT=${OUT:-serve-gpu-out}
 WHEELS=${WHEELS:-.whl-serve}
@@ -38,6 +40,7 @@ BACKEND=${BACKEND:-fused-graph}
 DEVICE=${DEVICE:-cuda}
 PROTOCOLS=${PROTOCOLS:-http,grpc}
 PROCESSES=${PROCESSES:-auto}
+INSTANCES=${INSTANCES:-1}
 export LSTMINFER_SERVE_PROFILE=${LSTMINFER_SERVE_PROFILE:-1}
 mkdir -p "$OUT"
 WORK=${WORK:-$(mktemp -d /tmp/serve-gpu.XXXXXX)}
@@ -85,6 +88,7 @@ bench() {  # NAME TIMEOUT ARGS...: one benchmarks/serve_triton.py run, its table
   echo "== $name" >>"$OUT/tables.txt"
   timeout -k 5 "$limit" python3 benchmarks/serve_triton.py --backend "$BACKEND" --device "$DEVICE" \
     --protocols "$PROTOCOLS" --duration "$DURATION" --warmup "$WARMUP" --direct-calls 500 --processes "$PROCESSES" \
+    --instances "$INSTANCES" \
     --out-json "$WORK/$name.json" --loadtest-json "$WORK/$name-loadtest.json" \
     --server-log "$WORK/$name-server.log" "$@" 2>&1 | tee -a "$OUT/tables.txt"
   local code=${PIPESTATUS[0]}

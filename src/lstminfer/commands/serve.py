@@ -88,7 +88,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--processes", type=processes_value, default="auto", metavar="N|auto",
                    help="load-generator processes per level, the concurrency's workers spread over them, so one "
                         "Python process (its GIL) does not bound a high level; auto: one per "
-                        f"{AUTO_WORKERS_PER_PROCESS} workers, at most one per CPU core (default auto)")
+                        f"{AUTO_WORKERS_PER_PROCESS} workers, at most a quarter of the CPU cores (default auto)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the records as JSON to FILE")
     p.set_defaults(func=cmd_loadtest)
 

@@ -424,19 +424,20 @@ def _run_processes(level: _Level, concurrency: int, processes: int, max_requests
 
 def processes_for(concurrency: int, processes: int | str) -> int:
     """How many load-generator processes a level uses: `processes` (at most one per worker), or with "auto"
-    one per AUTO_WORKERS_PER_PROCESS workers, at most one per CPU core, so a level below that runs in this
-    process."""
+    one per AUTO_WORKERS_PER_PROCESS workers and at most a quarter of the CPU cores (the rest are the
+    server's), so a level up to that many workers, or any level on a machine of fewer than 8 cores, runs in
+    this process."""
     import math
     import os
 
     if processes == "auto":
-        processes = min(math.ceil(concurrency / AUTO_WORKERS_PER_PROCESS), os.cpu_count() or 1)
+        processes = min(math.ceil(concurrency / AUTO_WORKERS_PER_PROCESS), max(1, (os.cpu_count() or 1) // 4))
     return max(1, min(int(processes), concurrency))
 
 
-# "auto": one process per this many workers (threads), so levels up to 8 run in this process as they always
-# did. One process's threads share its GIL: on the H200 host, 64 of them kept only 2.5-5 requests queued at
-# the server (docs/serving.md, "Measured on the H200").
+# "auto": one process per this many workers (threads). One process's threads share its GIL: on the H200
+# host, 64 of them kept only 2.5-5 requests queued at the server (docs/serving.md, "Measured on the H200").
+# On the 2-core CPU machine a second process took cores from the server and lowered throughput (same page).
 AUTO_WORKERS_PER_PROCESS = 8
 
 
