@@ -436,8 +436,9 @@ def processes_for(concurrency: int, processes: int | str) -> int:
 
 
 # "auto": one process per this many workers (threads). One process's threads share its GIL: on the H200
-# host, 64 of them kept only 2.5-5 requests queued at the server (docs/serving.md, "Measured on the H200").
-# On the 2-core CPU machine a second process took cores from the server and lowered throughput (same page).
+# host, with 64 of them the server's executions held only 2.5-5 requests; on the 2-core CPU machine a second
+# process took cores from the server and lowered throughput (docs/serving.md, "Where an execution's time
+# goes, and the load generator").
 AUTO_WORKERS_PER_PROCESS = 8
 
 
