@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from lstminfer.serve.loadtest import AUTO_WORKERS_PER_PROCESS, Counted, processes_for
 from lstminfer.serve.pymodel import Profile
 
@@ -58,3 +60,25 @@ def test_profile_keeps_bounded_samples():
 def test_processes_flag_is_checked(cli):
     code, out, err = cli("loadtest", "127.0.0.1:1", "--processes", "0")
     assert code == 2 and "--processes" in err and "a positive integer or auto" in err
+
+
+class _Unpicklable:
+    """Pickles in the parent, fails to unpickle in a spawned child: a load-generator process that dies before
+    it starts."""
+
+    def __reduce__(self):
+        return int, ("not a number",)
+
+
+def test_a_process_that_dies_before_the_start_is_one_line_at_once():
+    import time
+
+    from lstminfer.errors import UserError
+    from lstminfer.serve.loadtest import PROCESS_START_S, _Level, _run_processes
+
+    level = _Level(url="127.0.0.1:1", protocol="http", model="m", mode="stateless", arrays={"x": _Unpicklable()},
+                   expected={}, warmup_s=0.0, duration_s=1.0, timeout_s=1.0, chunks=1, first_sequence_id=1)
+    begin = time.monotonic()
+    with pytest.raises(UserError, match="^a load-generator process exited with code 1$"):
+        _run_processes(level, concurrency=2, processes=2, max_requests=10)
+    assert time.monotonic() - begin < PROCESS_START_S / 2  # not after the start timeout

@@ -365,55 +365,68 @@ def _run_workers(level: _Level, workers: list[int], begin: float, max_requests: 
 PROCESS_START_S = 60.0
 
 
-def _process_main(level: _Level, workers: list[int], max_requests: int, barrier: Any, begin: Any,
-                  results: Any) -> None:
-    """One load-generator process (spawned): ready, then the common start, then its workers' counts back."""
+def _process_main(rank: int, level: _Level, workers: list[int], max_requests: int, start: Any, begin: Any,
+                  messages: Any) -> None:
+    """One load-generator process (spawned): ready, then the common start, then its workers' counts back.
+    Messages: ("ready", rank), ("done", Counted) or ("error", one line)."""
     try:
         client_module(level.protocol)  # the imports before the start, not in the counted window
-        barrier.wait(PROCESS_START_S)  # every process is ready
-        barrier.wait(PROCESS_START_S)  # the parent has set the common start
-        results.put(_run_workers(level, workers, begin.value, max_requests))
+        messages.put(("ready", rank))
+        if start.wait(PROCESS_START_S):  # False: the parent gave up on another process
+            messages.put(("done", _run_workers(level, workers, begin.value, max_requests)))
     except BaseException as err:  # noqa: BLE001 - the parent turns it into one line
-        results.put(f"{type(err).__name__}: {_short(err)}")
+        messages.put(("error", f"{type(err).__name__}: {_short(err)}"))
+
+
+def _collect(messages: Any, children: list[Any], deadline: float, late: str) -> list[Any]:
+    """One message's value from every child ("ready" or "done": each child sends them in that order), by
+    `deadline` (perf_counter); a child's error, a child that died without a word, or the deadline is a
+    one-line UserError."""
+    import queue
+
+    got: list[Any] = []
+    while len(got) < len(children):
+        try:
+            what, value = messages.get(timeout=0.2)
+        except queue.Empty:
+            dead = [c for c in children if c.exitcode not in (None, 0)]
+            if dead:
+                raise UserError(f"a load-generator process exited with code {dead[0].exitcode}") from None
+            if time.perf_counter() > deadline:
+                raise UserError(f"a load-generator process {late}; try fewer --processes") from None
+            continue
+        if what == "error":
+            raise UserError(f"a load-generator process failed: {value}")
+        got.append(value)
+    return got
 
 
 def _run_processes(level: _Level, concurrency: int, processes: int, max_requests: int) -> Counted:
     """The level's workers spread over `processes` spawned processes (worker w in process w % processes), each
-    with its share of `max_requests`, started together; their counts merged exactly. perf_counter is the
-    system-wide monotonic clock on Linux, so one start time holds for every process."""
+    with its share of `max_requests`, started together once all are ready; their counts merged exactly.
+    perf_counter is the system-wide monotonic clock on Linux, so one start time holds for every process."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # not fork: a gRPC or gevent client does not survive a fork
-    barrier = context.Barrier(processes + 1)
+    start = context.Event()
     begin = context.Value("d", 0.0)
-    results = context.Queue()
+    messages = context.Queue()
     children = []
     for k in range(processes):
         share = max_requests // processes + (k < max_requests % processes)
         children.append(context.Process(target=_process_main, daemon=True, name=f"loadtest-process-{k}",
-                                        args=(level, list(range(k, concurrency, processes)), share, barrier, begin,
-                                              results)))
+                                        args=(k, level, list(range(k, concurrency, processes)), share, start, begin,
+                                              messages)))
     try:
         for child in children:
             child.start()
-        try:
-            barrier.wait(PROCESS_START_S)
-        except threading.BrokenBarrierError:
-            raise UserError(f"the {processes} load-generator processes did not start within {PROCESS_START_S:g} s; "
-                            "try fewer --processes") from None
+        _collect(messages, children, time.perf_counter() + PROCESS_START_S,
+                 f"did not start within {PROCESS_START_S:g} s")
         begin.value = time.perf_counter()
-        barrier.wait(PROCESS_START_S)
-        parts = []
-        bound = time.perf_counter() + level.warmup_s + level.duration_s + level.timeout_s + 30
-        for _ in children:
-            try:
-                part = results.get(timeout=max(bound - time.perf_counter(), 1.0))
-            except Exception:  # queue.Empty: a process died without a word
-                raise UserError(f"a load-generator process did not report within {bound - begin.value:.0f} s "
-                                "of the start; try fewer --processes") from None
-            if isinstance(part, str):
-                raise UserError(f"a load-generator process failed: {part}")
-            parts.append(part)
+        start.set()
+        bound = level.warmup_s + level.duration_s + level.timeout_s + 30
+        parts = _collect(messages, children, begin.value + bound,
+                         f"did not report within {bound:.0f} s of the start")
     finally:
         for child in children:
             child.join(timeout=5)
