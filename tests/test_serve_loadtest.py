@@ -82,3 +82,35 @@ def test_a_process_that_dies_before_the_start_is_one_line_at_once():
     with pytest.raises(UserError, match="^a load-generator process exited with code 1$"):
         _run_processes(level, concurrency=2, processes=2, max_requests=10)
     assert time.monotonic() - begin < PROCESS_START_S / 2  # not after the start timeout
+
+
+class _FirstOnly:
+    """Unpickles in the first spawned child only (its mkdir makes the folder), fails in any later one (the folder
+    exists): one load-generator process dies while the other waits, ready, for the start."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def __reduce__(self):
+        return os.mkdir, (self.folder,)
+
+
+def test_the_other_processes_are_stopped_at_once_when_one_fails(tmp_path):
+    import time
+
+    from lstminfer.errors import UserError
+    from lstminfer.serve.loadtest import _Level, _run_processes
+
+    level = _Level(url="127.0.0.1:1", protocol="http", model="m", mode="stateless",
+                   arrays={"x": _FirstOnly(tmp_path / "first")}, expected={}, warmup_s=0.0, duration_s=1.0,
+                   timeout_s=1.0, chunks=1, first_sequence_id=1)
+    failed_at = []
+    begin = time.monotonic()
+    with pytest.raises(UserError, match="^a load-generator process exited with code 1$"):
+        try:
+            _run_processes(level, concurrency=2, processes=2, max_requests=10)
+        finally:
+            failed_at.append(time.monotonic())
+    assert (tmp_path / "first").is_dir()  # one process did start, and waited for the start
+    # the waiting process is ended, not joined for seconds (it would wait PROCESS_START_S for a start that never comes)
+    assert failed_at[0] - begin < 4.0

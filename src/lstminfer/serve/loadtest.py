@@ -427,6 +427,11 @@ def _run_processes(level: _Level, concurrency: int, processes: int, max_requests
         bound = level.warmup_s + level.duration_s + level.timeout_s + 30
         parts = _collect(messages, children, begin.value + bound,
                          f"did not report within {bound:.0f} s of the start")
+    except BaseException:  # one process failed, or Ctrl-C: the others are ended now, not waited for
+        for child in children:
+            if child.is_alive():
+                child.terminate()
+        raise
     finally:
         for child in children:
             child.join(timeout=5)
