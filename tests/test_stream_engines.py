@@ -108,3 +108,20 @@ assert fused_workspaces(torch.nn.LSTM(4, 6)) == []
     done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_kept_state_stays_the_callers_after_other_steps():
+    """What a server does per stream: keep session.state, run another stream (reset, step), set it back."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 5).eval()
+    session = lstminfer.Session(lstm, backend="torch")
+    x = np.random.default_rng(0).standard_normal((3, 1, 3)).astype(np.float32)
+    session.step(x[:1])
+    kept = session.state
+    session.reset()  # another stream starts from zeros and runs a chunk
+    session.step(x[2:])
+    session.state = kept
+    resumed = session.step(x[1:2])
+    with torch.no_grad():
+        want, _ = lstm.double()(torch.from_numpy(x[:2]).double())
+    np.testing.assert_allclose(resumed["output"], want.numpy()[1:2], atol=1e-6)

@@ -184,10 +184,12 @@ class Session:
 
     @property
     def state(self) -> dict[str, np.ndarray] | None:
-        """The state that the next step() feeds in, as host arrays (None before the first step)."""
+        """The state that the next step() feeds in, as host arrays of the caller's own (None before the first
+        step): a copy, since an engine may update its state in place (torch on a CPU: the numpy view of its
+        buffers), and a kept state (the server's per stream) must not change with the next step."""
         if self._state is None:
             return None
-        return {n: self._engine.to_host(v) for n, v in self._state.items()}
+        return {n: np.array(self._engine.to_host(v)) for n, v in self._state.items()}
 
     @state.setter
     def state(self, value: dict[str, np.ndarray] | None) -> None:
