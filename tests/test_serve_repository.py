@@ -434,3 +434,30 @@ def test_model_py_finds_the_lstminfer_that_wrote_it(tmp_path):
     assert done.returncode == 0, done.stderr
     module, where = done.stdout.split()
     assert module == "lstminfer.serve.pymodel" and where == lstminfer.__file__
+
+
+def test_unbatched_streams_on_torch_keep_their_own_state():
+    """A model served as it is streams through one Session whose state is swapped per sequence id: on torch (CPU)
+    the kept state must not be the engine's live buffers, which the other stream's chunk overwrites."""
+    import torch
+
+    from lstminfer.measure.stream import _as_model
+    from lstminfer.serve.pymodel import FeedsChunk, UnbatchedHandler
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 5).eval()
+    handler = UnbatchedHandler(_as_model(lstm, None, None, None), stream=True, backend="torch", device="cpu",
+                               precision="fp32", backend_options={}, fixed={}, outputs={"output": "float32"},
+                               ranks={})
+    x = np.random.default_rng(0).standard_normal((2, 2, 1, 1, 3)).astype(np.float32)  # stream, chunk, seq, batch
+    try:
+        answers = [handler.step([FeedsChunk(s + 1, k == 0, k == 1, {"input": x[s, k]}) for s in range(2)])
+                   for k in range(2)]  # the two streams' chunks interleaved
+    finally:
+        handler.close()
+    with torch.no_grad():
+        lstm.double()
+        for s in range(2):
+            want, _ = lstm(torch.from_numpy(x[s].reshape(2, 1, 3)).double())
+            got = np.concatenate([answers[k][s]["output"] for k in range(2)])
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-6)
