@@ -288,6 +288,18 @@ def test_stream_load_over_grpc_has_no_failures(server):
     assert record.requests > 20
 
 
+
+def test_stream_load_of_a_model_file_sends_its_own_chunk_input(server):
+    """A file served as it is streams its own chunk input (the VAD's x, not "input"): the load test sends the
+    stream model's config inputs, and no chunk fails."""
+    from lstminfer.serve.loadtest import run_level
+
+    triton, _ = server
+    record = run_level(triton.config.http_url, "http", "vad_stream", "stream", 2, duration_s=1.0, warmup_s=0.2,
+                       chunks=4, max_requests=50_000, timeout_s=20, first_sequence_id=30_000_000)
+    assert record.failed == 0, record.errors
+    assert record.requests > 10
+
 def test_health_and_metrics(server):
     triton, _ = server
     with urllib.request.urlopen(f"http://{triton.config.http_url}/v2/health/live", timeout=5) as response:

@@ -474,8 +474,7 @@ def run_level(url: str, protocol: str, model: str, mode: str, concurrency: int, 
         client.close()
     arrays = make_inputs(config, seq_len, batch)
     expected = expected_outputs(config, batch)
-    if mode == "stream":
-        arrays = {n: a for n, a in arrays.items() if n == "input"}
+    # A stream model's config lists only what a chunk sends (input; a file's own chunk inputs), so all of them.
     level = _Level(url=url, protocol=protocol, model=model, mode=mode, arrays=arrays, expected=expected,
                    warmup_s=warmup_s, duration_s=duration_s, timeout_s=timeout_s, chunks=chunks,
                    first_sequence_id=first_sequence_id)
