@@ -300,6 +300,20 @@ def test_stream_load_of_a_model_file_sends_its_own_chunk_input(server):
     assert record.failed == 0, record.errors
     assert record.requests > 10
 
+
+def test_streams_send_one_step_one_row_whatever_the_stateless_shape(server):
+    """--seq-len and --batch shape the stateless requests; a stream chunk is one step of one row (the flags'
+    help; Triton's sequence batcher takes one row a request), so a sweep with --batch 3 streams without failing."""
+    from lstminfer.serve.loadtest import loadtest
+
+    triton, _ = server
+    records = loadtest(triton.config.http_url, model="uni", concurrency=[1], streams=[1], seq_len=2, batch=3,
+                       duration_s=0.5, warmup_s=0.1, chunks=3, timeout_s=20)
+    assert [(r.mode, r.seq_len, r.batch) for r in records] == [("stateless", 2, 3), ("stream", 1, 1)]
+    for r in records:
+        assert r.failed == 0 and r.requests > 0, (r.mode, r.errors)
+
+
 def test_health_and_metrics(server):
     triton, _ = server
     with urllib.request.urlopen(f"http://{triton.config.http_url}/v2/health/live", timeout=5) as response:

@@ -521,7 +521,10 @@ def loadtest(url: str, *, protocol: str = "http", model: str | None = None, conc
             records.append(run_level(url, protocol, stateless, "stateless", level, **level_options))
     # Fresh sequence ids on every run: a stream an earlier run left open (a killed client) is not resumed.
     next_id = random.randrange(1 << 40, 1 << 56)
+    # seq_len and batch shape the stateless requests; a stream chunk is one step of one row (docs/serving.md:
+    # Triton's sequence batcher takes one row a request)
+    chunk_options = {**level_options, "seq_len": 1, "batch": 1}
     for level in streams or []:
-        records.append(run_level(url, protocol, stream, "stream", level, first_sequence_id=next_id, **level_options))
+        records.append(run_level(url, protocol, stream, "stream", level, first_sequence_id=next_id, **chunk_options))
         next_id += level * 1_000_000
     return records
