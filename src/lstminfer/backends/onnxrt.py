@@ -161,8 +161,7 @@ class OrtCpuRunner(OrtRunner):
         if self.axes is None:
             return [batch], (self.threads,)
         rows = group_sizes(batch, min(-(-batch // GROUP_ROWS), self.threads))
-        groups = len(rows)
-        return rows, tuple(self.threads // groups + (1 if i < self.threads % groups else 0) for i in range(groups))
+        return rows, tuple(group_sizes(self.threads, len(rows)))  # the remainder to the first groups, as the rows
 
     def _sessions_for(self, threads: tuple[int, ...]) -> list[Any]:
         if len(threads) == 1:
