@@ -177,7 +177,7 @@ class OpenVinoRunner(OnnxFileRunner):
 
     def download_impl(self, requests: list[Any]) -> dict[str, np.ndarray]:
         parts = [{n: _host_copy(r.get_tensor(n).data) for n in self.output_names} for r in requests]
-        return parts[0] if len(parts) == 1 else join_rows(parts, self.batch_axes)
+        return join_rows(parts, self.batch_axes)  # one part: as it is
 
     def close_impl(self) -> None:
         self.requests, self.compiled = {}, {}
