@@ -20,7 +20,7 @@ pytest.importorskip("triton", reason="triton is not installed (pip install 'lstm
 
 from lstminfer.kernels.rnn import KernelStalled, pack_rnn, plan_for, rnn_forward  # noqa: E402
 from lstminfer.kernels.rnn.plan import _cuda_choice, _cuda_plan  # noqa: E402
-from test_fused import assert_close, make, random_inputs, reference, run_fused  # noqa: E402
+from test_fused import GPU_PERSISTENT_CASES, assert_close, make, random_inputs, reference, run_fused  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -148,14 +148,9 @@ def test_nvrtc_compiles_each_variant_for_sm90_without_spills(name):
 
 # ---- GPU: the kernel against float64 ---------------------------------------------------------------------------
 
+# the Triton persistent kernel's cases (test_fused.py) and two more:
 # (kind, input, hidden, layers, bi, batch_first, seq, batch, state)
-GPU_CASES = [
-    ("lstm", 256, 512, 1, False, False, 30, 1, True),
-    ("lstm", 80, 512, 2, True, True, 20, 8, True),
-    ("gru", 64, 300, 2, True, False, 10, 5, False),
-    ("lstm", 128, 1024, 1, False, False, 20, 8, False),
-    ("gru", 128, 768, 1, False, True, 12, 16, True),
-    ("lstm", 32, 256, 1, False, False, 10, 64, True),
+GPU_CASES = GPU_PERSISTENT_CASES + [
     ("gru", 64, 1024, 1, False, False, 8, 1, True),
     ("lstm", 48, 512, 1, False, False, 6, 37, False),
 ]
