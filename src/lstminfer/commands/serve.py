@@ -158,7 +158,7 @@ def _options(args: argparse.Namespace, device: str) -> Any:
 
     return ServeOptions(max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, instances=args.instances,
                         kind="KIND_GPU" if device == "cuda" else "KIND_CPU", max_streams=args.max_streams,
-                        idle_timeout_s=args.idle_timeout, buckets=getattr(args, "batch_buckets", "auto"))
+                        idle_timeout_s=args.idle_timeout, buckets=args.batch_buckets)
 
 
 def _device(args: argparse.Namespace) -> str:
