@@ -20,9 +20,15 @@ pytest.importorskip("triton", reason="triton is not installed (pip install 'lstm
 
 from lstminfer.kernels.rnn import KernelStalled, pack_rnn, plan_for, rnn_forward  # noqa: E402
 from lstminfer.kernels.rnn.plan import _cuda_choice, _cuda_plan  # noqa: E402
-from test_fused import GPU_PERSISTENT_CASES, assert_close, make, random_inputs, reference, run_fused  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from test_fused import (  # noqa: E402
+    DTYPES,
+    GPU_PERSISTENT_CASES,
+    assert_close,
+    make,
+    random_inputs,
+    reference,
+    run_fused,
+)
 
 
 def packed_of(hidden, bi, dtype=torch.float32, kind="lstm", layers=1):

@@ -31,6 +31,7 @@ from lstminfer.model.spec import build_module, spec_of_module  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") else "cpu"
 FP32_ATOL = 2e-5
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def make(kind, input_size, hidden, layers, bidirectional, batch_first, bias=True, seed=0):
@@ -679,7 +680,7 @@ GPU_PERSISTENT_CASES = [
 @pytest.mark.parametrize("case", GPU_PERSISTENT_CASES, ids=lambda c: "-".join(map(str, c)))
 def test_gpu_persistent_matches_float64(case, precision, atol):
     kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = DTYPES[precision]
     module = make(kind, input_size, hidden, layers, bi, bf)
     x, hx = random_inputs(module, seq_len, batch, with_state)
     # the Triton kernel (cuda=False); tests/test_cuda_persistent.py runs the same cases on the CUDA one
@@ -695,7 +696,7 @@ def test_gpu_persistent_matches_float64(case, precision, atol):
 def test_gpu_persistent_wide_matches_float64(case, precision, atol):
     """fp16/bf16 on the fp32 kernel (plan option wide)."""
     kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    dtype = DTYPES[precision]
     module = make(kind, input_size, hidden, layers, bi, bf)
     x, hx = random_inputs(module, seq_len, batch, with_state)
     got = run_fused(module, x, hx, dtype=dtype, device="cuda", path="per-layer", wide=True)
