@@ -50,7 +50,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]
     own.add_argument("--duration", type=float, default=5.0, help="counted seconds per level")
     own.add_argument("--warmup", type=float, default=1.0)
     own.add_argument("--direct-calls", type=int, default=2000, help="backend-alone calls per shape (and <= 5 s)")
-    own.add_argument("--processes", default="1",
+    own.add_argument("--processes", type=serve.processes_value, default=1, metavar="N|auto",
                      help="load-generator processes per level, N or auto (lstminfer loadtest --processes; default 1)")
     own.add_argument("--out-json", default=None, metavar="FILE", help="the table's rows (rewritten after each level)")
     own.add_argument("--server-log", default=None, metavar="FILE",
@@ -161,7 +161,6 @@ def main(argv: list[str]) -> int:
     from lstminfer.serve.server import ServerConfig, TritonServer
 
     mine, args = parse_args(argv)
-    processes = mine.processes if mine.processes == "auto" else int(mine.processes)
     concurrency, streams = levels(mine.concurrency), levels(mine.streams)
     protocols = [p.strip() for p in mine.protocols.split(",") if p.strip()]
     rows_out = []
@@ -216,13 +215,13 @@ def main(argv: list[str]) -> int:
                     # run_level gives worker w the ids from first + w * 10**6: levels 10**9 apart never share one
                     record = run_level(url, protocol, model_name, mode, c, seq_len=seq, batch=rows,
                                        duration_s=mine.duration, warmup_s=mine.warmup, chunks=50,
-                                       first_sequence_id=1 + len(rows_out) * 10**9, processes=processes)
+                                       first_sequence_id=1 + len(rows_out) * 10**9, processes=mine.processes)
                     inside = stats_delta(before, server_stats(config.http_url, model_name))
                     floor, at_c = alone[(mode, 1)], alone[(mode, c)]
                     ceiling = c / at_c * 1e3
                     rows_out.append({
                         "protocol": protocol, "mode": mode, "concurrency": c,
-                        "processes": processes_for(c, processes), "requests": record.requests,
+                        "processes": processes_for(c, mine.processes), "requests": record.requests,
                         "failed": record.failed, "rps": record.throughput_rps,
                         "p50_ms": record.latency_ms.get("p50"), "p99_ms": record.latency_ms.get("p99"),
                         "alone_p50_ms": floor, "overhead_p50_ms": (record.latency_ms.get("p50") or 0) - floor,
