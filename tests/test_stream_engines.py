@@ -69,20 +69,29 @@ def test_ieee_fp32_turns_tf32_off_and_restores_it(before):
         cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
-def test_returned_arrays_stay_the_callers_after_the_next_step():
+def _torch_stream(steps: int) -> tuple[torch.nn.LSTM, lstminfer.Session, np.ndarray]:
+    """A small LSTM, its torch (CPU) session and `steps` one-step chunks of input."""
     torch.manual_seed(0)
     lstm = torch.nn.LSTM(3, 5).eval()
-    session = lstminfer.Session(lstm, backend="torch")
-    x = np.random.default_rng(0).standard_normal((2, 1, 3)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((steps, 1, 3)).astype(np.float32)
+    return lstm, lstminfer.Session(lstm, backend="torch"), x
+
+
+def _float64(lstm: torch.nn.LSTM, x: np.ndarray) -> np.ndarray:
+    """The whole sequence in one pass, in float64: the reference the chunks are checked against."""
+    with torch.no_grad():
+        return lstm.double()(torch.from_numpy(x).double())[0].numpy()
+
+
+def test_returned_arrays_stay_the_callers_after_the_next_step():
+    lstm, session, x = _torch_stream(2)
     first = session.step(x[:1])
     kept = {n: a.copy() for n, a in first.items()}
     second = session.step(x[1:])
     for name, array in first.items():
         np.testing.assert_array_equal(array, kept[name])
         assert not np.shares_memory(array, second[name])
-    with torch.no_grad():
-        want, _ = lstm.double()(torch.from_numpy(x).double())
-    np.testing.assert_allclose(np.concatenate([first["output"], second["output"]]), want.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([first["output"], second["output"]]), _float64(lstm, x), atol=1e-6)
 
 
 def test_fused_workspaces_are_the_models_own_one_per_shape():
@@ -112,16 +121,11 @@ assert fused_workspaces(torch.nn.LSTM(4, 6)) == []
 
 def test_a_kept_state_stays_the_callers_after_other_steps():
     """What a server does per stream: keep session.state, run another stream (reset, step), set it back."""
-    torch.manual_seed(0)
-    lstm = torch.nn.LSTM(3, 5).eval()
-    session = lstminfer.Session(lstm, backend="torch")
-    x = np.random.default_rng(0).standard_normal((3, 1, 3)).astype(np.float32)
+    lstm, session, x = _torch_stream(3)
     session.step(x[:1])
     kept = session.state
     session.reset()  # another stream starts from zeros and runs a chunk
     session.step(x[2:])
     session.state = kept
     resumed = session.step(x[1:2])
-    with torch.no_grad():
-        want, _ = lstm.double()(torch.from_numpy(x[:2]).double())
-    np.testing.assert_allclose(resumed["output"], want.numpy()[1:2], atol=1e-6)
+    np.testing.assert_allclose(resumed["output"], _float64(lstm, x[:2])[1:2], atol=1e-6)
