@@ -35,6 +35,7 @@ from lstminfer.onnx.export import export_model
 VARIANTS = [("torch", "torch", None), ("onnxruntime", "onnxruntime", "latency"),
             ("onnxruntime throughput", "onnxruntime", "throughput"),
             ("openvino", "openvino", "latency"), ("openvino throughput", "openvino", "throughput")]
+LABELS = ", ".join(v[0] for v in VARIANTS)
 
 
 def default_threads() -> list[int | None]:
@@ -234,8 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved passes; each cell keeps its best median")
     parser.add_argument("--duration", type=float, default=0.5, help="timed seconds per cell and round")
     parser.add_argument("--warmup", type=float, default=100.0, help="warm-up ms per cell and round")
-    parser.add_argument("--variants", default=None, help="comma list of rows to run (default: all of "
-                        + ", ".join(v[0] for v in VARIANTS) + ")")
+    parser.add_argument("--variants", default=None, help=f"comma list of rows to run (default: all of {LABELS})")
     parser.add_argument("--no-probe", action="store_true", help="skip the ONNX Runtime probe")
     parser.add_argument("--json", default=None, help="write every record here")
     args = parser.parse_args(argv)
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     only = [v.strip() for v in args.variants.split(",")] if args.variants else None
     unknown = sorted(set(only or ()) - {v[0] for v in VARIANTS})
     if unknown:
-        parser.error(f"--variants: unknown {', '.join(unknown)} (choose from {', '.join(v[0] for v in VARIANTS)})")
+        parser.error(f"--variants: unknown {', '.join(unknown)} (choose from {LABELS})")
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
