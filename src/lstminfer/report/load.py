@@ -24,6 +24,7 @@ from lstminfer.serve.loadtest import LoadRecord
 
 RECORD_LISTS = ("verify", "bench", "errors")
 LOADTEST = "loadtest"  # the list `lstminfer loadtest --json` writes: {"loadtest": [...], "server", "machine"}
+ALL_LISTS = (*RECORD_LISTS, LOADTEST)  # every list of records a results object holds
 
 
 def _kind_of(record: dict[str, Any]) -> str | None:
@@ -165,7 +166,7 @@ def _load_file(path: Path, explicit: bool) -> dict[str, Any] | None:
     if results is None:
         return None
     typed(results, str(path))
-    if explicit and not any(results.get(key) for key in (*RECORD_LISTS, LOADTEST)):
+    if explicit and not any(results.get(key) for key in ALL_LISTS):
         raise UserError(f"{path} holds no records (an empty or unfinished file?); run the sweep or pick another file")
     return results
 
@@ -180,7 +181,7 @@ def load_inputs(paths: Sequence[str | Path]) -> dict[str, Any]:
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and not p.name.startswith("."))
             found = [r for r in (_load_file(f, explicit=False) for f in files) if r is not None]
-            if not any(r.get(key) for r in found for key in (*RECORD_LISTS, LOADTEST)):
+            if not any(r.get(key) for r in found for key in ALL_LISTS):
                 raise UserError(f"{path} holds no results (results.json or *.jsonl records); run `lstminfer sweep "
                                 f"--out {path}` or `lstminfer run --out {path}` first")
             loaded.extend(found)
@@ -192,6 +193,6 @@ def load_inputs(paths: Sequence[str | Path]) -> dict[str, Any]:
     for r in loaded:
         out["machine"] = out["machine"] or r.get("machine") or {}
         out["model"] = out["model"] or r.get("model") or {}
-        for key in (*RECORD_LISTS, LOADTEST):
+        for key in ALL_LISTS:
             out[key].extend(r.get(key) or [])
     return out
