@@ -223,17 +223,21 @@ class Counted:
     count_from: float  # perf_counter() at the end of the warm-up: the counted window's start
     last_done: float  # perf_counter() at the end of the last counted request (count_from if none)
 
+    def note_error(self, message: str) -> None:
+        """Keeps `message` if it is new and fewer than three are kept."""
+        if message not in self.errors and len(self.errors) < 3:
+            self.errors.append(message)
+
     @staticmethod
     def merge(parts: list[Counted]) -> Counted:
         """The counts of several processes' workers as if one process had run them all."""
-        errors: list[str] = []
+        merged = Counted(latencies=[t for part in parts for t in part.latencies],
+                         failed=sum(part.failed for part in parts), errors=[],
+                         count_from=min(part.count_from for part in parts),
+                         last_done=max(part.last_done for part in parts))
         for message in (m for part in parts for m in part.errors):
-            if message not in errors and len(errors) < 3:
-                errors.append(message)
-        return Counted(latencies=[t for part in parts for t in part.latencies],
-                       failed=sum(part.failed for part in parts), errors=errors,
-                       count_from=min(part.count_from for part in parts),
-                       last_done=max(part.last_done for part in parts))
+            merged.note_error(message)
+        return merged
 
 
 class _Tally:
@@ -265,9 +269,7 @@ class _Tally:
                 counted.latencies.append((end - start) * 1e3)
                 return
             counted.failed += 1
-            message = _short(error)
-            if message not in counted.errors and len(counted.errors) < 3:
-                counted.errors.append(message)
+            counted.note_error(_short(error))
 
 
 def _stateless_worker(url: str, protocol: str, model: str, arrays: dict[str, Any], expected: dict[str, Any],
