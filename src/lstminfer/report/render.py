@@ -50,8 +50,9 @@ def _sections(results: Results) -> list[tuple[str, str, list[dict[str, Any]]]]:
         sections.append(("Fastest backend per point", f"{tables.wins_summary(bench_records)} Median host latency "
                          f"in {unit.name}. {tables.VS_TORCH_NOTE} *lead* is how much faster it is than the "
                          "runner-up.", fastest))
-    measured = bool(bench_records or results.verify or results.failed)
-    if measured or not results.loadtest:  # a report of load tests alone has no empty benchmark tables
+    # a report of load tests alone has no empty benchmark and verification tables
+    bench_tables = bool(bench_records or results.verify or results.failed or not results.loadtest)
+    if bench_tables:
         sections.append(("Benchmark", f"Times in {unit.name}. Latency is host end to end per query (inputs and "
                          "outputs on the host); GPU compute is CUDA-event time of the computation alone; statistics "
                          "as trtexec computes them (TensorRT samples/common/sampleReporting.cpp). "
@@ -63,7 +64,7 @@ def _sections(results: Results) -> list[tuple[str, str, list[dict[str, Any]]]]:
                          "is H2D + GPU compute + D2H); they also appear in the tables and plots above where their "
                          "shape is known.", trt))
     verify_records = results.verify
-    if measured or not results.loadtest:
+    if bench_tables:
         sections.append(("Verification", f"Each backend against the reference "
                          f"({tables.reference_names(verify_records)}) on fresh random inputs; an element fails only "
                          "if it exceeds both atol and rtol (Polygraphy's rule). One row per backend, device and "
