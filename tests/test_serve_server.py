@@ -288,7 +288,6 @@ def test_stream_load_over_grpc_has_no_failures(server):
     assert record.requests > 20
 
 
-
 def test_stream_load_of_a_model_file_sends_its_own_chunk_input(server):
     """A file served as it is streams its own chunk input (the VAD's x, not "input"): the load test sends the
     stream model's config inputs, and no chunk fails."""
