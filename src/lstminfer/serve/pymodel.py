@@ -205,13 +205,10 @@ class Handler:
         refuses (a TensorRT profile's largest batch, memory) and those above it are dropped, so rows past the
         last good bucket run unpadded, as they would have without buckets."""
         np = self.np
-        spec = self.spec
-        names = ["input", *self.state_in] if self.with_state else ["input"]
-        states = spec.num_layers * spec.num_directions
-        width = {"input": spec.input_size, "h0": spec.state_size, "c0": spec.hidden_size}
         begin = time.perf_counter()
         for index, rows in enumerate(self.buckets):
-            feeds = {n: np.zeros((rows, seq_len if n == "input" else states, width[n]), np.float32) for n in names}
+            feeds = {"input": np.zeros((rows, seq_len, self.spec.input_size), np.float32),
+                     **(self.zero_state(rows) if self.with_state else {})}
             try:
                 self._run([feeds])
             except Exception as err:  # noqa: BLE001 - any backend's refusal: serve without this bucket
