@@ -374,13 +374,12 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
         if cuda_plan is not None and ("num_warps" not in per_layer or cuda):
             # num_warps (with k_split) shapes the CUDA kernel only where cuda=True is asked, else Triton's
             warps = {"num_warps": per_layer["num_warps"]} if "num_warps" in per_layer else {}
-            return Plan(**{**{k: v for k, v in cuda_plan.__dict__.items() if k != "kernel"}, **overrides, **warps})
+            return replace(cuda_plan, **overrides, **warps)
         if persistent is None:
             raise ValueError(f"the persistent kernel does not fit this size: {dirs} direction(s) x batch {batch} "
                              f"x hidden {packed.hidden_size} need more programs than the {sms} multiprocessors")
         note = why_not_cuda if on_cuda else ""
-        return Plan(**{**{k: v for k, v in persistent.__dict__.items() if k != "kernel"}, "note": note,
-                       **overrides})
+        return replace(persistent, **{"note": note, **overrides})
     if path is None:
         if not on_cuda:
             path = "single-launch"
@@ -448,5 +447,5 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
                                  "workspace or residency)")
             overrides = {"programs": relay_programs if on_cuda else 1, "r_tiles": 1, "block_b": relay_rows,
                          "num_warps": 1, "pipeline": False, **overrides}
-        plan = Plan(**{**{k: v for k, v in plan.__dict__.items() if k != "kernel"}, **overrides})
+        plan = replace(plan, **overrides)
     return plan
