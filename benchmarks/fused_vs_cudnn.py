@@ -257,7 +257,8 @@ SWEEP = {
     "Q 256->512 B64 bf16": [dict(mma_regs=False), dict(poll_frag=True, poll_delay=500)],
     "Q 256->512 B64 fp16": [dict(mma_regs=False)],
     "V 128->768 B16 T1024 fp16": [dict(mma_regs=False), dict(poll_frag=True, poll_delay=250),
-                                  dict(poll_frag=True, poll_delay=1000), dict(poll_frag=True, poll_delay=500, cuda_nb=16)],
+                                  dict(poll_frag=True, poll_delay=1000),
+                                  dict(poll_frag=True, poll_delay=500, cuda_nb=16)],
 }
 # the seed model at other lengths: layer pipeline against the stack kernel (where to switch)
 SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n), [dict(pipeline=True),
@@ -271,7 +272,8 @@ SEQ_SWEEP += [(dataclasses.replace(WORKLOADS[1], name=f"B seed seq{n}", seq_len=
 # hidden 768 bidirectional fp32, Triton's kernel by default) and where it does (S fp32), against its default
 SEQ_SWEEP += [(Workload("X 768->768 bi B8 fp32", 768, 768, 1, True, 100, 8, "fp32", float("nan")),
                [dict(w_shared=True)]),  # the Triton kernel (default) there: 13343 us, cuDNN graph 1534 (v16's grid)
-              (WORKLOADS[11], [dict(w_shared=True), dict(cuda=True)])]
+              (next(w for w in WORKLOADS if w.name == "S speech 2L bi 80->512 B8 fp32"),
+               [dict(w_shared=True), dict(cuda=True)])]
 # the pipeline's cost per layer: the seed model cut to 1 and 5 layers (launch + first layer, then the slope)
 SEQ_SWEEP += [(dataclasses.replace(WORKLOADS[0], name=f"A seed {n} layers", num_layers=n), [dict(pipeline=True)])
               for n in (1, 5)]
