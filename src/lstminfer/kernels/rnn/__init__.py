@@ -41,7 +41,7 @@ Layout of the work (docs/fused_kernel.md has the numbers and which path each siz
   sequence and exchange h through the poisoned layer output slab (data as flag), both directions at once.
   Where cuda-bindings and NVRTC are there and the size fits, the same algorithm runs as CUDA C++
   (``cuda_source.py``, compiled and launched by ``cuda_persistent.py``; ``Plan.kernel == "persistent-cuda"``,
-  two block barriers a step, mma.sync for 16-bit); ``cuda=False`` in the plan keeps the Triton kernel.
+  one or two block barriers a step, mma.sync for 16-bit); ``cuda=False`` in the plan keeps the Triton kernel.
 * ``multi-launch``: sizes whose programs cannot all be resident run the same kernel once per layer for the
   projection and once per (layer, time step) for the recurrence, with ``h`` and ``c`` in global memory.
 
