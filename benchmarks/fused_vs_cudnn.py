@@ -381,6 +381,10 @@ def main() -> None:
         except Exception as err:  # report and go on: one broken workload must not hide the others
             print(f"# {w.name} failed: {type(err).__name__}: {str(err)[:200]}", flush=True)
             rows.append(None)
+        if args.grid and rows[-1] is not None:  # as it goes: a grid cut short by a time limit keeps its points
+            r = rows[-1]
+            print(f"# {w.name}: cuDNN graph {r['cudnn-graph']:.1f} us, fused-graph {r['fused-graph']:.1f} us, "
+                  f"{r['cudnn-graph'] / r['fused-graph']:.2f}x, {r['plan'].kernel}", flush=True)
     if args.grid:
         print_grid(workloads, rows)
         return
