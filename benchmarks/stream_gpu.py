@@ -3,7 +3,7 @@
     python benchmarks/stream_gpu.py [--chunks 2000] [--batch 1] [--json stream_gpu.json]
 
 1. one step of a 1-layer LSTM 128->128 at batch 1 (the state carried between chunks): target <= 30 us host
-   latency with fused-graph;
+   latency with fused-graph, and with fused-resident (the kernel that stays on the GPU between chunks);
 2. the VAD-sized whole model of examples/vad.py (a 1x1 convolution 40->128, that LSTM, a linear head), one
    32 ms frame per chunk: target <= 60 us with fused-graph.
 
@@ -14,7 +14,11 @@ percentiles of `--chunks` timed chunks after `--warmup-chunks` untimed ones.
 A second table splits a chunk's median into its parts, each timed on its own (`--chunks` times): the
 engine's run (Session.step without the session's bookkeeping), for the graph backends the replay waited for
 (the copies are inside the graph: chunk up, step, outputs down), the replay alone without the wait (the host
-cost of launching the graph), and the replay's GPU time (CUDA events on the engine's stream around it).
+cost of launching the graph), and the replay's GPU time (CUDA events on the engine's stream around it); for
+fused-resident the engine's run and the kernel's round trip alone (the chunk into mapped memory, the command,
+the spin on the done word, the outputs read).
+
+A third table puts fused-resident beside fused-graph on that LSTM at batch 1 and 8, chunks of 1 and 10 steps.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ import lstminfer
 from lstminfer.measure.stream import stream_one
 
 BACKENDS = ("torch", "torch-graph", "fused", "fused-graph")
+RESIDENT = "fused-resident"  # stream-only, a plain nn.LSTM / nn.GRU: the lstm model's rows only
+TARGETED = ("fused-graph", RESIDENT)
+RESIDENT_GRID = [(batch, chunk) for batch in (1, 8) for chunk in (1, 10)]
 TARGETS_US = {"lstm": 30.0, "vad": 60.0}  # issue 15, fused-graph on the H200
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -49,6 +56,11 @@ def parts(session: lstminfer.Session, shape: list[int], count: int) -> dict[str,
     engine = session._engine
     chunk = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
     feeds = {session.chunk_input: chunk}
+    if session.backend == RESIDENT:
+        kernel = engine.kernel
+        steps = np.ascontiguousarray(chunk if not engine.batch_first else chunk.transpose(1, 0, 2))
+        return {"run": _median_us(lambda: engine.run(feeds, engine.current), count),
+                "kernel": _median_us(lambda: kernel.step(steps), count)}
     out: dict[str, float | str] = {"run": _median_us(lambda: engine.run(feeds, engine.buffers), count)}
     step = engine.last
     if step is None:  # an eager backend
@@ -97,11 +109,11 @@ def main() -> None:
         raise SystemExit("stream_gpu.py needs a CUDA GPU")
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, batch {args.batch}, "
           f"{args.chunks} chunks after {args.warmup_chunks}; host latency per chunk in us")
-    print(f"{'model':6} {'backend':12} {'median':>8} {'p90':>8} {'p99':>8} {'vs torch':>9} {'target':>7}")
+    print(f"{'model':6} {'backend':14} {'median':>8} {'p90':>8} {'p99':>8} {'vs torch':>9} {'target':>7}")
     records = []
     for label, source in models().items():
         eager = None
-        for backend in BACKENDS:
+        for backend in BACKENDS + ((RESIDENT,) if label == "lstm" else ()):
             session = lstminfer.Session(source, backend=backend, device="cuda")
             rec = stream_one(session, 1, args.chunks, args.warmup_chunks, args.batch, 32.0,
                              np.random.default_rng(0))
@@ -109,23 +121,43 @@ def main() -> None:
             session.close()
             lat = {k: rec["latency_ms"][k] * 1000.0 for k in ("median", "p90", "p99")}
             eager = eager or lat["median"]
-            target = TARGETS_US[label] if backend == "fused-graph" else None
+            target = TARGETS_US[label] if backend in TARGETED else None
             verdict = "" if target is None else ("met" if lat["median"] <= target else "MISSED")
-            print(f"{label:6} {backend:12} {lat['median']:8.1f} {lat['p90']:8.1f} {lat['p99']:8.1f} "
+            print(f"{label:6} {backend:14} {lat['median']:8.1f} {lat['p90']:8.1f} {lat['p99']:8.1f} "
                   f"{eager / lat['median']:8.2f}x {f'<= {target:g}' if target else '':>7} {verdict}")
             records.append({"model": label, "backend": backend, **rec})
     print("\nwhere a chunk's time goes (median us, each part timed on its own): Session.step = engine.run + "
           "the session's bookkeeping; the graph backends' run = the replay waited for + writing the chunk into "
           "pinned memory + copying the outputs out of it")
-    print(f"{'model':6} {'backend':12} {'step':>8} {'run':>8} {'replay+wait':>12} {'launch':>8} {'GPU':>8} copies")
+    print(f"{'model':6} {'backend':14} {'step':>8} {'run':>8} {'replay+wait':>12} {'launch':>8} {'GPU':>8} "
+          f"{'kernel':>8} copies")
     for rec in records:
         part = rec["parts_us"]
         cells = " ".join(f"{part[k]:{width}.1f}" if k in part else f"{'-':>{width}}"
-                         for k, width in (("run", 8), ("replay_wait", 12), ("launch", 8), ("gpu", 8)))
-        print(f"{rec['model']:6} {rec['backend']:12} {rec['latency_ms']['median'] * 1000.0:8.1f} {cells} "
+                         for k, width in (("run", 8), ("replay_wait", 12), ("launch", 8), ("gpu", 8), ("kernel", 8)))
+        print(f"{rec['model']:6} {rec['backend']:14} {rec['latency_ms']['median'] * 1000.0:8.1f} {cells} "
               f"{part.get('copies', '')}")
+    records += resident_grid(models()["lstm"], args)
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
+
+
+def resident_grid(lstm, args) -> list[dict]:
+    """fused-resident beside fused-graph on the LSTM: batch 1 and 8, chunks of 1 and 10 steps."""
+    print("\nfused-resident beside fused-graph, LSTM 128->128: host latency per chunk (us) and per step")
+    print(f"{'backend':14} {'batch':>5} {'chunk':>5} {'median':>8} {'p90':>8} {'p99':>8} {'per step':>9}")
+    records = []
+    for batch, chunk in RESIDENT_GRID:
+        for backend in TARGETED:
+            session = lstminfer.Session(lstm, backend=backend, device="cuda")
+            rec = stream_one(session, chunk, args.chunks, args.warmup_chunks, batch, 32.0 * chunk,
+                             np.random.default_rng(0))
+            session.close()
+            lat = {k: rec["latency_ms"][k] * 1000.0 for k in ("median", "p90", "p99")}
+            print(f"{backend:14} {batch:5d} {chunk:5d} {lat['median']:8.1f} {lat['p90']:8.1f} {lat['p99']:8.1f} "
+                  f"{lat['median'] / chunk:9.2f}")
+            records.append({"model": "lstm", "backend": backend, "grid": True, **rec})
+    return records
 
 
 if __name__ == "__main__":

@@ -257,6 +257,9 @@ BACKENDS: dict[str, str] = {
 
 
 def runner_class(name: str) -> type[Runner]:
+    if name == "fused-resident":  # measure/stream_resident.py: a kernel that stays resident between chunks
+        raise UserError("backend fused-resident streams only (lstminfer stream, lstminfer.Session): use fused-graph "
+                        "for verify, bench, run and sweep")
     if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}: choose from {', '.join(BACKENDS)} (see `lstminfer backends`)")
     module_name, _, class_name = BACKENDS[name].partition(":")

@@ -45,7 +45,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--batch", type=positive_int, default=1, metavar="N", help="streams side by side (default 1)")
     p.add_argument("--backends", default=None, metavar="NAME[:DEVICE],...",
                    help="default: every backend available here that runs this kind of file (see `lstminfer "
-                        "backends`)")
+                        "backends`); fused-resident (stream only: a plain nn.LSTM / nn.GRU kept resident on the "
+                        "GPU) when named")
     p.add_argument("--seed", type=seed_int, default=0, metavar="N", help="seed for the chunks' random values")
     FileArgs().add_to(p)
     OutputArgs().add_to(p)
@@ -138,8 +139,13 @@ def _stream_backends(args: argparse.Namespace, model: Any) -> list[tuple[str, st
     from lstminfer.backends.base import runner_class, select_backends
 
     requested = split_list(args.backends)
-    chosen = select_backends(requested, "all", None if requested else model)
-    return [(c.name, c.device) for c in chosen if requested or not runner_class(c.name).self_timed]
+    # fused-resident is stream-only, outside the registry (measure/stream_resident.py): CUDA, asked for by name
+    resident = [("fused-resident", "cuda") for r in requested if r.partition(":")[0] == "fused-resident"][:1]
+    rest = [r for r in requested if r.partition(":")[0] != "fused-resident"]
+    if resident and not rest:
+        return resident
+    chosen = select_backends(rest, "all", None if rest else model)
+    return [(c.name, c.device) for c in chosen if rest or not runner_class(c.name).self_timed] + resident
 
 
 def cmd_stream(args: argparse.Namespace) -> int:

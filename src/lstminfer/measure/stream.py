@@ -34,6 +34,7 @@ from lstminfer.measure.stream_engines import (
     RunnerEngine,
     ScriptEngine,
 )
+from lstminfer.measure.stream_resident import RESIDENT, ResidentEngine
 from lstminfer.model.base import Model
 from lstminfer.model.spec import ModelSpec, build_module, spec_of_module
 from lstminfer.model.whole import WholeModel, whole_model
@@ -102,7 +103,8 @@ class Session:
 
     source: an ONNX or TorchScript path, a ModelSpec (built with seed 0), a Model, an nn.Module (with
     ``shapes=`` unless it is a plain nn.LSTM / nn.GRU) or ``(module, example_inputs)``.  backend: torch,
-    torch-graph, fused, fused-graph, torchscript, onnxruntime, onnxruntime-cuda, or any registered backend
+    torch-graph, fused, fused-graph, fused-resident (a plain nn.LSTM / nn.GRU on CUDA: measure/stream_resident.py),
+    torchscript, onnxruntime, onnxruntime-cuda, or any registered backend
     (state then makes a host round trip); device: by default the backend's first device available here.
     inputs: fixed values for extra inputs (e.g. {"sr": 16000}); step() keyword arguments override them per
     call.  state: "in:out" pairs when the names do not show them.  shapes: trtexec-style ``name:AxB`` for
@@ -118,7 +120,8 @@ class Session:
         self.device = device or _default_device(backend)
         self.pairs = state_pairs_of(self.model, state)
         # a PyTorch model that calls its recurrent layers without state: lstminfer carries it
-        self.carried = not self.pairs and self.model.module is not None and backend in MODULE_BACKENDS
+        self.carried = (not self.pairs and self.model.module is not None
+                        and (backend in MODULE_BACKENDS or backend == RESIDENT))
         if not self.pairs and not self.carried:
             outputs = ", ".join(self.model.output_names) or "named once it has run"
             hint = "; or stream its PyTorch module on torch or fused" if self.model.module is not None else ""
@@ -255,6 +258,9 @@ def _default_device(backend: str) -> str:
     """The backend's first device that is available here (cpu when none is)."""
     from lstminfer.backends.base import runner_class
 
+    if backend == RESIDENT:  # stream-only, not in the registry; CUDA only (its engine says so elsewhere)
+        return "cuda"
+
     cls = runner_class(backend)
     return next((d for d in cls.devices if cls.available(d)[0]), cls.devices[0])
 
@@ -262,6 +268,8 @@ def _default_device(backend: str) -> str:
 def _engine_for(session: Session, precision: str) -> Any:
     name = session.backend
     model = session.model
+    if name == RESIDENT:
+        return ResidentEngine(session, precision)
     if name in ORT_BACKENDS:
         if model.onnx_path is None:
             if model.module is None:
