@@ -222,6 +222,17 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
     return row
 
 
+# v18 (docs/fused_kernel.md): a wait polls one chunk a producer block (the sentinel) before the whole slice, with
+# the plan's first-read delay and shorter ones; sentinel_last: the producers store the sentinel row last.
+# SENTINEL_FRAG where the default polls into the fragments (poll_frag, 500 ns), SENTINEL_SMEM where h goes through
+# shared memory (delay 0) and also polled into the fragments; one row: 8 units a block, else refused
+SENTINEL_FRAG = [dict(poll_sentinel=True), dict(poll_sentinel=True, poll_delay=150),
+                 dict(poll_sentinel=True, poll_delay=0), dict(poll_sentinel=True, poll_delay=300),
+                 dict(sentinel_last=True, poll_delay=150)]
+SENTINEL_SMEM = [dict(poll_sentinel=True), dict(poll_sentinel=True, poll_delay=150),
+                 dict(poll_sentinel=True, poll_delay=300), dict(poll_frag=True, poll_sentinel=True, poll_delay=150),
+                 dict(poll_frag=True, poll_sentinel=True, poll_delay=0)]
+SENTINEL_ONE_ROW = [dict(cuda_nb=8), dict(cuda_nb=8, poll_sentinel=True)]
 SWEEP = {
     "A seed seq1": [dict(pipeline=False), dict(fast_math=False), dict(k_chain=16), dict(k_chain=64),
                     dict(exact_k=False)],
@@ -237,9 +248,9 @@ SWEEP = {
     # --compare-triton times every workload the CUDA kernel serves again with cuda=False (the Triton kernel);
     # 16-bit with few rows also on the CUDA kernel's FFMA (mma=False)
     "M 256->256 B1 fp32": [dict(path="single-launch"), dict(num_warps=1), dict(cuda=False, state_in_registers=False)],
-    "P 256->512 B1 fp32": [dict(cuda=False, state_in_registers=False), dict(num_warps=8)],
+    "P 256->512 B1 fp32": [dict(cuda=False, state_in_registers=False), dict(num_warps=8), *SENTINEL_ONE_ROW],
     "P 256->512 B1 bf16": [dict(wide=True), dict(cuda=False, state_in_registers=False)],
-    "R 80->1024 B1 T200 fp32": [dict(cuda=False, state_in_registers=False), dict(num_warps=8)],
+    "R 80->1024 B1 T200 fp32": [dict(cuda=False, state_in_registers=False), dict(num_warps=8), *SENTINEL_SMEM[:2]],
     "R 80->1024 B1 T200 bf16": [dict(wide=True)],
     # the CUDA kernel (v17, docs/fused_kernel.md): a sleep between two reads of a wait (fewer L2 re-reads of h
     # while the others compute); mma with a warp per k slice and W^T fragments in registers (mma_regs); and each
@@ -249,16 +260,19 @@ SWEEP = {
     # v17 defaults (plan.py): mma_regs on mma plans, poll_frag with a 500 ns first-read delay from hidden 768;
     # mma_regs=False is v16's default (W^T in shared memory), timed beside them in the same run
     "U 128->1024 B8 T200 fp16": [dict(mma_regs=False), dict(mma_regs=True, poll_frag=False),
-                                 dict(poll_frag=True, poll_delay=250), dict(poll_frag=True, poll_delay=1000)],
+                                 dict(poll_frag=True, poll_delay=250), dict(poll_frag=True, poll_delay=1000),
+                                 *SENTINEL_FRAG],
     "U 128->1024 B8 T200 bf16": [dict(mma_regs=False)],
-    "T 4L 1024->1024 B16 T50 bf16": [dict(mma_regs=False), dict(mma_regs=True, poll_frag=False)],
+    "T 4L 1024->1024 B16 T50 bf16": [dict(mma_regs=False), dict(mma_regs=True, poll_frag=False), *SENTINEL_FRAG[:3]],
     "S speech 2L bi 80->512 B8 bf16": [dict(mma_regs=False), dict(poll_frag=True, poll_delay=500),
-                                       dict(poll_frag=True, poll_delay=500, cuda_nb=16)],
-    "Q 256->512 B64 bf16": [dict(mma_regs=False), dict(poll_frag=True, poll_delay=500)],
+                                       dict(poll_frag=True, poll_delay=500, cuda_nb=16), *SENTINEL_SMEM[:2],
+                                       *SENTINEL_SMEM[3:]],
+    "Q 256->512 B64 bf16": [dict(mma_regs=False), dict(poll_frag=True, poll_delay=500), *SENTINEL_SMEM],
+    "Q 256->512 B64 fp32": SENTINEL_SMEM[:2],
     "Q 256->512 B64 fp16": [dict(mma_regs=False)],
     "V 128->768 B16 T1024 fp16": [dict(mma_regs=False), dict(poll_frag=True, poll_delay=250),
                                   dict(poll_frag=True, poll_delay=1000),
-                                  dict(poll_frag=True, poll_delay=500, cuda_nb=16)],
+                                  dict(poll_frag=True, poll_delay=500, cuda_nb=16), *SENTINEL_FRAG],
 }
 # the seed model at other lengths: layer pipeline against the stack kernel (where to switch)
 SEQ_SWEEP = [(dataclasses.replace(WORKLOADS[0], name=f"A seed seq{n}", seq_len=n), [dict(pipeline=True),

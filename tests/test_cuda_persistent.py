@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="triton is not installed (pip install 'lstminfer[gpu]')")
 
 from lstminfer.kernels.rnn import KernelStalled, pack_rnn, plan_for, rnn_forward  # noqa: E402
-from lstminfer.kernels.rnn.plan import _cuda_choice, _cuda_plan  # noqa: E402
+from lstminfer.kernels.rnn.plan import _cuda_choice, _cuda_plan, _refuse_cuda_options  # noqa: E402
 from test_fused import (  # noqa: E402
     DTYPES,
     GPU_PERSISTENT_CASES,
@@ -103,6 +103,35 @@ def test_cuda_choice_says_why_not():
         assert plan is None and reason == why and ("cuda-bindings" in why or "NVRTC" in why)
 
 
+def test_cuda_only_options_are_refused_where_they_do_not_apply():
+    """poll_sentinel, sentinel_last and stamps: a one-line ValueError naming the option where the plan runs another
+    kernel (here the CPU's: the Triton persistent and the stack kernel), and poll_sentinel where its sentinels
+    would be all of h (one batch row a block, one 16-byte chunk a producer block)."""
+    for option in ("poll_sentinel", "sentinel_last", "stamps"):
+        with pytest.raises(ValueError, match=f"^{option} is an option of the CUDA persistent kernel, and this "
+                                             f"call's plan runs the persistent kernel") as err:
+            plan_for(packed_of(20, False), 4, 3, path="per-layer", **{option: True})
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="^stamps is an option of the CUDA persistent kernel.* runs the stack kernel"):
+        plan_for(packed_of(20, False), 4, 3, stamps=True)
+    p_fp32 = _cuda_plan(packed_of(512, False), 1, 132)  # P fp32: one row, 4 units (16 bytes) a block
+    with pytest.raises(ValueError, match="^poll_sentinel does not apply .* cuda_nb=8 or more"):
+        _refuse_cuda_options(dataclasses.replace(p_fp32, poll_sentinel=True), torch.float32, 1)
+    wider = _cuda_plan(packed_of(512, False), 1, 132, cuda_nb=8)  # 32 bytes a producer: the sentinel is half
+    _refuse_cuda_options(dataclasses.replace(wider, poll_sentinel=True), torch.float32, 1)
+    p_bf16 = _cuda_plan(packed_of(512, False, torch.bfloat16), 1, 132, cuda_nb=8)  # 16 bytes a producer in 16-bit
+    with pytest.raises(ValueError, match="cuda_nb=16 or more"):
+        _refuse_cuda_options(dataclasses.replace(p_bf16, poll_sentinel=True), torch.bfloat16, 1)
+    mma_one_row = _cuda_plan(packed_of(512, False, torch.bfloat16), 1, 132, mma=True)  # 16 padded rows, 1 real
+    with pytest.raises(ValueError, match="poll_sentinel does not apply"):
+        _refuse_cuda_options(dataclasses.replace(mma_one_row, poll_sentinel=True), torch.bfloat16, 1)
+    u = dataclasses.replace(_cuda_plan(packed_of(1024, False, torch.float16), 8, 132), poll_sentinel=True,
+                            sentinel_last=True, stamps=True)  # U: 8 rows
+    _refuse_cuda_options(u, torch.float16, 8)
+    assert {k: u.describe()[k] for k in ("poll_sentinel", "sentinel_last", "stamps")} == dict(
+        poll_sentinel=True, sentinel_last=True, stamps=True)
+
+
 def test_plan_without_a_gpu_keeps_the_triton_kernel():
     """On the CPU (the interpreter) the per-layer path is the Triton kernel, which the interpreter can run."""
     plan = plan_for(packed_of(20, False), 4, 3, path="per-layer")
@@ -136,6 +165,32 @@ def _variants():
         "bi bf16 gru, h polled into A fragments, 2 k slices": CudaConfig(False, 2, 512, 320, 8, 40, 16, 64, 2, True,
                                                                          16, True, False, mma_regs=True,
                                                                          poll_frag=True),
+        # poll_sentinel (one chunk a producer polled before the whole slice), sentinel_last and stamps on each path
+        "U fp16 h polled into A fragments after the sentinels, a delay": CudaConfig(
+            True, 1, 1024, 1024, 8, 128, 16, 256, 8, True, 16, False, True, mma_regs=True, poll_frag=True,
+            poll_delay=150, poll_sentinel=True),
+        "U fp16 A fragments, sentinel row stored last, stamps": CudaConfig(
+            True, 1, 1024, 1024, 8, 128, 16, 256, 8, True, 16, False, True, mma_regs=True, poll_frag=True,
+            poll_sentinel=True, sentinel_last=True, stamps=True),
+        "bi bf16 gru A fragments, 2 k slices, sentinels, stamps": CudaConfig(
+            False, 2, 512, 320, 8, 40, 16, 64, 2, True, 16, True, False, mma_regs=True, poll_frag=True,
+            poll_sentinel=True, stamps=True),
+        "Q bf16 gru W fragments in registers, sentinels": CudaConfig(False, 1, 512, 512, 16, 32, 16, 256, 8, True, 16,
+                                                                     True, True, mma_regs=True, poll_sentinel=True),
+        "U fp16 mma, sentinels, sentinel row last, a sleep": CudaConfig(
+            True, 1, 1024, 1024, 8, 128, 16, 256, 2, True, 16, False, False, poll_sleep=64, poll_sentinel=True,
+            sentinel_last=True),
+        "S fp32 gru bi ffma, sentinels, stamps": CudaConfig(False, 2, 512, 512, 8, 64, 8, 256, 8, False, 32, False,
+                                                            False, poll_sentinel=True, stamps=True),
+        "R fp32 ffma 128 k a thread, sentinels": CudaConfig(True, 1, 1024, 1024, 8, 128, 1, 256, 8, False, 32, False,
+                                                            True, poll_sentinel=True),
+        "Q fp32 ffma 16 rows, sentinel row last": CudaConfig(True, 1, 512, 512, 16, 32, 16, 256, 4, False, 32, False,
+                                                             True, sentinel_last=True),
+        "P bf16 ffma 8 units, sentinels": CudaConfig(True, 1, 512, 512, 8, 64, 1, 256, 8, False, 16, True, True,
+                                                     poll_sentinel=True),
+        "fp32 bi 768 W in shared memory, sentinels, stamps": CudaConfig(
+            True, 2, 1024, 768, 16, 48, 8, 192, 3, False, 32, False, True, w_shared=True, poll_sentinel=True,
+            stamps=True),
     }
 
 
@@ -163,18 +218,33 @@ GPU_CASES = GPU_PERSISTENT_CASES + [
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def sentinel_options(batch, dtype):
+    """poll_sentinel, with enough hidden units a block at one batch row for it to apply (plan_for refuses it where
+    a producer writes one 16-byte chunk of h)."""
+    return dict(poll_sentinel=True, cuda_nb=32 // dtype.itemsize if batch == 1 else None)
+
+
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("variant", ["default", "sentinel"])
 @pytest.mark.parametrize("precision,atol", [("fp32", 1e-4), ("fp16", 1e-2), ("bf16", 8e-2)])
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_gpu_cuda_persistent_matches_float64(case, precision, atol):
+def test_gpu_cuda_persistent_matches_float64(case, precision, atol, variant):
+    """The default plan of each case, and the same with poll_sentinel (the wait polls one chunk a producer block
+    first: poll_frag at hidden >= 768 in 16-bit, h through shared memory elsewhere)."""
     kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
     dtype = DTYPES[precision]
     module = make(kind, input_size, hidden, layers, bi, bf)
     x, hx = random_inputs(module, seq_len, batch, with_state)
-    plan = plan_for(pack_rnn(module, "cuda", dtype), seq_len, batch, path="per-layer", cuda=True)
-    assert plan.kernel == "persistent-cuda", plan.note
-    got = run_fused(module, x, hx, dtype=dtype, device="cuda", path="per-layer", cuda=True)
+    overrides = dict(path="per-layer", cuda=True, **(sentinel_options(batch, dtype) if variant == "sentinel" else {}))
+    if variant == "sentinel" and batch == 1 and hidden > 512 and precision != "fp32":
+        # 16 units a block at hidden 1024 and one row fit no CUDA plan (FFMA registers): refused, not ignored
+        with pytest.raises(ValueError, match="^poll_sentinel is an option of the CUDA persistent kernel"):
+            plan_for(pack_rnn(module, "cuda", dtype), seq_len, batch, **overrides)
+        return
+    plan = plan_for(pack_rnn(module, "cuda", dtype), seq_len, batch, **overrides)
+    assert plan.kernel == "persistent-cuda" and plan.poll_sentinel == (variant == "sentinel"), plan.note
+    got = run_fused(module, x, hx, dtype=dtype, device="cuda", **overrides)
     assert all(g.dtype == dtype for g in got)
     assert_close(got, reference(module, x, hx), atol)
 
@@ -222,19 +292,21 @@ def test_gpu_cuda_persistent_w_in_shared_memory_matches_float64(case, precision)
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("sentinel_last", [False, True], ids=["", "sentinel_last"])
 @pytest.mark.parametrize("poll_frag", [False, True])
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 @pytest.mark.parametrize("case", [c for c in GPU_CASES if c[7] > 1], ids=lambda c: "-".join(map(str, c)))
-def test_gpu_cuda_persistent_mma_fragments_in_registers_match_float64(case, precision, poll_frag):
+def test_gpu_cuda_persistent_mma_fragments_in_registers_match_float64(case, precision, poll_frag, sentinel_last):
     """mma with a warp per k slice and W_hh^T fragments in registers (mma_regs=True), and with each warp polling
     its k slice of h straight into its A fragments (poll_frag=True: one block barrier a step, k permuted inside
-    the slice); asked for only, not yet measured."""
+    the slice); each also with the sentinel poll and the producers storing the sentinel row last (sentinel_last)."""
     kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
     module = make(kind, input_size, hidden, layers, bi, bf)
     x, hx = random_inputs(module, seq_len, batch, with_state)
-    overrides = dict(path="per-layer", cuda=True, mma_regs=True, poll_frag=poll_frag)
+    overrides = dict(path="per-layer", cuda=True, mma_regs=True, poll_frag=poll_frag, sentinel_last=sentinel_last)
     plan = plan_for(pack_rnn(module, "cuda", DTYPES[precision]), seq_len, batch, **overrides)
     assert plan.kernel == "persistent-cuda" and plan.mma_regs and plan.poll_frag == poll_frag, plan.note
+    assert plan.poll_sentinel == plan.sentinel_last == sentinel_last
     got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", **overrides)
     assert_close(got, reference(module, x, hx), 1e-2 if precision == "fp16" else 8e-2)
 
@@ -259,14 +331,18 @@ def test_gpu_cuda_persistent_fragments_polled_by_wider_blocks_match_float64(case
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("precision,options", [("fp16", dict(poll_frag=True, poll_delay=500, poll_sleep=256)),
-                                               ("fp32", dict(poll_delay=500, poll_sleep=256))])
+                                               ("fp32", dict(poll_delay=500, poll_sleep=256)),
+                                               ("fp16", dict(poll_frag=True, poll_delay=150, poll_sentinel=True)),
+                                               ("fp32", dict(poll_delay=300, poll_sleep=256, poll_sentinel=True))],
+                         ids=["fp16", "fp32", "fp16-sentinel", "fp32-sentinel"])
 def test_gpu_cuda_persistent_sleeps_in_the_wait_match_float64(precision, options):
-    """A sleep before the first read of a wait (poll_delay) and between two reads (poll_sleep): the same numbers."""
+    """A sleep before the first read of a wait (poll_delay) and between two reads (poll_sleep), also with the
+    sentinel poll: the same numbers."""
     module = make("lstm", 128, 1024, 1, False, False)
     x, hx = random_inputs(module, 12, 8, True)
     overrides = dict(path="per-layer", cuda=True, **options)
     plan = plan_for(pack_rnn(module, "cuda", DTYPES[precision]), 12, 8, **overrides)
-    assert plan.kernel == "persistent-cuda" and (plan.poll_delay, plan.poll_sleep) == (500, 256), plan.note
+    assert plan.kernel == "persistent-cuda" and all(getattr(plan, k) == v for k, v in options.items()), plan.note
     got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", **overrides)
     assert_close(got, reference(module, x, hx), 1e-2 if precision == "fp16" else 1e-4)
 
@@ -310,11 +386,14 @@ def test_gpu_persistent_graph_replays_equal_eager_and_nan_propagates(precision, 
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("precision,options", [("fp32", {}), ("fp16", {"poll_frag": True})])
+@pytest.mark.parametrize("precision,options", [("fp32", {}), ("fp16", {"poll_frag": True}),
+                                               ("fp32", {"poll_sentinel": True}),
+                                               ("fp16", {"poll_frag": True, "poll_sentinel": True})],
+                         ids=["fp32", "fp16-poll_frag", "fp32-sentinel", "fp16-poll_frag-sentinel"])
 def test_gpu_cuda_persistent_stall_raises(monkeypatch, precision, options):
     """One block short of the plan (its units' h never written): the others give up their waits after the spin
     limit and the call raises KernelStalled instead of returning numbers (poll_frag: the block leaves after the
-    product's barrier, not the poll's)."""
+    product's barrier, not the poll's; poll_sentinel: the wait gives up on the missing block's sentinel)."""
     from lstminfer.kernels.rnn import launch as launch_module
 
     monkeypatch.setattr(launch_module, "SPIN_LIMIT", 20000)
@@ -323,10 +402,46 @@ def test_gpu_cuda_persistent_stall_raises(monkeypatch, precision, options):
     dtype = DTYPES[precision]
     packed = pack_rnn(module, "cuda", dtype)
     plan = plan_for(packed, 5, 2, **options)
-    assert plan.kernel == "persistent-cuda" and plan.poll_frag == bool(options), plan.note
+    assert plan.kernel == "persistent-cuda" and all(getattr(plan, k) == v for k, v in options.items()), plan.note
     short = dataclasses.replace(plan, programs=plan.programs - 1)
     args = [t.cuda().to(dtype) for t in (x, *hx)]
     with pytest.raises(KernelStalled, match="resident"):
         rnn_forward(packed, *args, plan=short)
     assert_close([t.cpu() for t in rnn_forward(packed, *args, plan=plan)], reference(module, x, hx),
                  1e-4 if precision == "fp32" else 1e-2)  # the error word was cleared: the next call is judged alone
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision,case,options", [
+    ("fp16", ("lstm", 128, 1024, 1, False, False, 20, 8, True), dict(poll_sentinel=True)),  # poll_frag
+    ("fp32", ("gru", 80, 512, 2, True, False, 12, 5, False), dict(sentinel_last=True)),  # FFMA, h in shared memory
+    ("bf16", ("lstm", 64, 512, 1, False, True, 16, 37, True), {}),  # mma_regs, three row groups
+], ids=["fp16-poll_frag", "fp32-bi-gru", "bf16-37-rows"])
+def test_gpu_cuda_persistent_stamps_are_ordered_and_change_nothing(precision, case, options):
+    """stamps=True: every block's globaltimer stamps of every step are written and ordered (a: the wait starts, b:
+    the block's h is complete, c: its h stores are issued; a_s <= b_s <= c_s <= b_s+1, b_s <= a_s+1, each
+    non-decreasing), and the numbers equal the same plan's without stamps bit for bit."""
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    dtype = DTYPES[precision]
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    packed = pack_rnn(module, "cuda", dtype)
+    plan = plan_for(packed, seq_len, batch, path="per-layer", cuda=True, stamps=True, **options)
+    assert plan.kernel == "persistent-cuda" and plan.stamps, plan.note
+    args = [t.to("cuda", dtype) for t in ([*hx] if isinstance(hx, tuple) else [hx] if hx is not None else [])]
+    x_dev = x.to("cuda", dtype)
+    ws: dict = {}
+    stamped = rnn_forward(packed, x_dev, *args, plan=plan, workspace=ws)
+    plain = rnn_forward(packed, x_dev, *args, plan=dataclasses.replace(plan, stamps=False))
+    for s, p in zip(stamped, plain):
+        assert torch.equal(s, p)
+    st = ws["stamps"].cpu()
+    assert tuple(st.shape) == (layers, plan.programs, seq_len, 3)
+    a, b, c = st.unbind(-1)
+    assert bool((a > 0).all())
+    assert bool((a <= b).all() and (b <= c).all())
+    assert bool((c[..., :-1] <= b[..., 1:]).all() and (b[..., :-1] <= a[..., 1:]).all())
+    for stamp in (a, b, c):
+        assert bool((stamp[..., 1:] >= stamp[..., :-1]).all())
+    assert_close([t.cpu() for t in stamped], reference(module, x, hx), 1e-4 if precision == "fp32" else 8e-2)

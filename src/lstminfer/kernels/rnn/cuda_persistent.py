@@ -42,6 +42,9 @@ class CudaConfig:
     mma_regs: bool = False  # MMA: a warp per k slice over every column tile, W^T fragments in registers
     poll_frag: bool = False  # mma_regs: each warp polls its k slice of h straight into its A fragments
     poll_delay: int = 0  # ns of __nanosleep before the first read of a wait (0: none, the default)
+    poll_sentinel: bool = False  # a wait polls one chunk a producer block (of the last row) before the whole slice
+    sentinel_last: bool = False  # poll_sentinel: the producers store the sentinel row after their other rows
+    stamps: bool = False  # thread 0 of every block writes globaltimer stamps, [blocks, T, 3] (see cuda_source)
 
     def defines(self) -> str:
         values = dict(IS_LSTM=self.is_lstm, D=self.dirs, HP=self.hidden_padded, KH=self.kh, NB=self.nb,
@@ -49,7 +52,8 @@ class CudaConfig:
                       ELEM_BITS=self.elem_bits, IS_BF16=self.bf16, HAS_STATE=self.has_state, FAST=self.fast,
                       POLL_SLEEP=self.poll_sleep, W_SHARED=self.w_shared and not self.mma,
                       MMA_REGS=self.mma_regs and self.mma, POLL_FRAG=self.poll_frag and self.mma_regs and self.mma,
-                      POLL_DELAY=self.poll_delay)
+                      POLL_DELAY=self.poll_delay, POLL_SENTINEL=self.poll_sentinel or self.sentinel_last,
+                      SENTINEL_LAST=self.sentinel_last, STAMPS=self.stamps)
         return "".join(f"#define {k} {int(v)}\n" for k, v in values.items())
 
     def shared_bytes(self) -> int:
@@ -188,13 +192,14 @@ def loaded(cfg: CudaConfig, device_index: int) -> _Loaded:
 
 
 _ARG_TYPES = (ctypes.c_void_p,) * 7 + (ctypes.c_longlong,) * 3 + (ctypes.c_void_p,) * 2 + (ctypes.c_int,) * 5 \
-    + (ctypes.c_longlong,)
+    + (ctypes.c_longlong, ctypes.c_void_p)
 
 
 def launch(cfg: CudaConfig, programs: int, gx: Any, w_hh: Any, slab: Any, err: Any, h0: Any, c0: Any, out: Any,
            stride_ot: int, stride_ob: int, stride_ok: int, hn: Any, cn: Any, seq_len: int, batch: int, hidden: int,
-           layer: int, is_last: bool, spin_limit: int) -> None:
-    """One layer's recurrence: `programs` blocks of cfg.threads on torch's current stream (see cuda_source)."""
+           layer: int, is_last: bool, spin_limit: int, stamps: Any = None) -> None:
+    """One layer's recurrence: `programs` blocks of cfg.threads on torch's current stream (see cuda_source).
+    `stamps` (cfg.stamps only): the layer's int64 [programs, seq_len, 3] tensor the kernel writes."""
     import torch
 
     driver, _ = _bindings()
@@ -202,18 +207,25 @@ def launch(cfg: CudaConfig, programs: int, gx: Any, w_hh: Any, slab: Any, err: A
     with torch.cuda.device(device):  # the module is loaded into, and launched on, the tensors' device's context
         kernel = loaded(cfg, device)
         _launch(driver, kernel, cfg, programs, gx, w_hh, slab, err, h0, c0, out, stride_ot, stride_ob, stride_ok,
-                hn, cn, seq_len, batch, hidden, layer, is_last, spin_limit)
+                hn, cn, seq_len, batch, hidden, layer, is_last, spin_limit, stamps)
 
 
 def _launch(driver: Any, kernel: _Loaded, cfg: CudaConfig, programs: int, gx: Any, w_hh: Any, slab: Any,
             err: Any, h0: Any, c0: Any, out: Any, stride_ot: int, stride_ob: int, stride_ok: int, hn: Any, cn: Any,
-            seq_len: int, batch: int, hidden: int, layer: int, is_last: bool, spin_limit: int) -> None:
+            seq_len: int, batch: int, hidden: int, layer: int, is_last: bool, spin_limit: int,
+            stamps: Any = None) -> None:
     import torch
 
     kernel.check_resident(programs)
+    if cfg.stamps != (stamps is not None):
+        raise ValueError("a variant compiled with stamps needs its stamps tensor, and only it takes one")
+    if stamps is not None and (stamps.dtype != torch.int64 or tuple(stamps.shape) != (programs, seq_len, 3)
+                               or not stamps.is_contiguous()):
+        raise ValueError(f"stamps must be a contiguous int64 [{programs}, {seq_len}, 3] tensor, got "
+                         f"{stamps.dtype} {tuple(stamps.shape)}")
     values = (gx.data_ptr(), w_hh.data_ptr(), slab.data_ptr(), err.data_ptr(), h0.data_ptr(), c0.data_ptr(),
               out.data_ptr(), stride_ot, stride_ob, stride_ok, hn.data_ptr(), cn.data_ptr(), seq_len, batch, hidden,
-              layer, int(is_last), spin_limit)
+              layer, int(is_last), spin_limit, stamps.data_ptr() if stamps is not None else 0)
     # kernelParams as an array of pointers to each argument's bytes (cuda-python's own examples pass it so)
     boxed = [kind(value) for kind, value in zip(_ARG_TYPES, values)]
     pointers = (ctypes.c_void_p * len(boxed))(*(ctypes.addressof(b) for b in boxed))

@@ -31,6 +31,27 @@ polls its own k slice of h from the slab straight into its A fragments (lane (g,
 same permutation), so there is no h in shared memory and no barrier 1: one block barrier a step, the partial sums
 double-buffered by step parity (a warp may start the next step's product while another still reads this step's sums
 in the cell); a wait that gives up leaves after barrier 2.
+
+POLL_SENTINEL (v18, asked only): a wait first polls only a sentinel per producer block of the warp's k range (the
+16-byte chunk of that producer's last units in the last real batch row; one lane each) until none is poison, and
+only then reads its whole slice as before (every chunk checked, the poisoned ones re-read): a round of the wait reads
+1 / rows of the bytes, for one more L2 round trip after the data is there. Both poll paths: with A_DIRECT a warp's
+k slice; else a warp polls every row of one k range (WCH chunks, lane-major) into shared memory, so that its
+sentinels are exactly its chunks' producers. What guarantees the numbers is unchanged: each slab word is written
+once a launch after the poison fill, a relaxed load returns the poison or the final word, and every word the
+product uses was checked. The sentinel is a hint only: the stores of one producer (several threads, relaxed, to
+different L2 slices) reach L2 in no guaranteed order, so a valid sentinel says nothing about the other words, and
+a wrong hint costs one more round of re-reads, never a wrong number. SENTINEL_LAST makes the hint better: the
+warps that hold cells meet at a named barrier after issuing every other row's stores, then store the sentinel row
+(program and barrier order make the sentinel's store issue last; arrival order is still not guaranteed). A
+release/acquire pair would make the hint a guarantee, but a release waits for the earlier stores' completion (an
+L2 round trip on the producer's critical path). The spin limit counts the sentinel's reads and the slice's together.
+
+STAMPS (asked only): thread 0 of every block writes globaltimer ns into ``stamps[block][step][3]`` (the layer's
+slice, launch.py's workspace["stamps"]): (a) the step's wait starts, (b) the block's whole h slice is valid (the
+last warp's own stamp, taken after its poll and read after the next block barrier), (c) the block's h stores of
+the step are issued (the last warp's). Each warp's stamps go through shared memory by step parity; (c) of a step
+is written after the next step's barrier (of the last step, after the loop).
 """
 
 SOURCE = r"""
@@ -58,6 +79,15 @@ typedef unsigned int u32;
 #ifndef POLL_DELAY
 #define POLL_DELAY 0
 #endif
+#ifndef POLL_SENTINEL
+#define POLL_SENTINEL 0
+#endif
+#ifndef SENTINEL_LAST
+#define SENTINEL_LAST 0
+#endif
+#ifndef STAMPS
+#define STAMPS 0
+#endif
 #if MMA && MMA_REGS
 #define NTILES (COLS / 8)
 #define CPW (KH / 16 / KSL)
@@ -67,6 +97,13 @@ typedef unsigned int u32;
 #define NPOLL CPW
 #define RED_SIZE (KSL * BB * RROW)
 static_assert(CPW % 2 == 0, "h polled into A fragments: two k chunks a 16-byte read");
+#define SWCH (KH / KSL / CE)
+#elif POLL_SENTINEL
+// a warp polls every row of one k range of WCH chunks (the producers its sentinels watch), lane-major
+#define A_DIRECT 0
+#define WCH ((CPR + NT / 32 - 1) / (NT / 32))
+#define SWCH WCH
+#define NPOLL ((BB * WCH + 31) / 32)
 #else
 #define A_DIRECT 0
 #define NPOLL PC
@@ -77,8 +114,18 @@ static_assert(CPW % 2 == 0, "h polled into A fragments: two k chunks a 16-byte r
 #define PC ((NCH + NT - 1) / NT)
 #define CELLS (BB * NB)
 #define CPT ((CELLS + NT - 1) / NT)
+#define CELL_THREADS (CELLS >= NT ? NT : (CELLS + 31) / 32 * 32)  // the warps that hold cells
+#if POLL_SENTINEL
+// sentinels: in a warp's k range of SWCH chunks, one chunk a producer block (its last unit's; a chunk of
+// 16-bit h holds two producers' words at NB 4), of the last real row
+#define SPP (NB * ELEM_BITS / 8 >= 16 ? NB * ELEM_BITS / 8 / 16 : 1)
+#define NSW ((SWCH + SPP - 1) / SPP)
+#define SPL ((NSW + 31) / 32)
+static_assert(SPL <= 32, "at most 32 sentinels a lane (a bit mask)");
+#endif
 #define MMA_BATCH 8
 static_assert(PC <= 32, "at most 32 poll chunks a thread (a bit mask)");
+static_assert(NPOLL <= 32, "at most 32 poll chunks a thread (a bit mask)");
 
 #if ELEM_BITS == 32
 typedef float elem_t;
@@ -147,6 +194,27 @@ __device__ __forceinline__ uint4 ld_poll(const void* p) {
     return v;
 }
 
+#if STAMPS
+__device__ __forceinline__ long long now_ns() {
+    long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t) :: "memory");
+    return t;
+}
+
+// thread 0, after a block barrier: step s's "whole h slice valid" (the last warp's) and step s - 1's "h stored"
+// (the last warp's), from the warps' own stamps in shared memory (double-buffered by step parity)
+__device__ __forceinline__ void write_stamps(long long* st, const long long (*s_stamp)[NT / 32][2], int s, int T) {
+    long long valid = 0, stored = 0;
+#pragma unroll 1
+    for (int w = 0; w < NT / 32; ++w) {
+        valid = max(valid, s_stamp[s & 1][w][0]);
+        stored = max(stored, s_stamp[(s + 1) & 1][w][1]);
+    }
+    if (s < T) st[3 * s + 1] = valid;
+    if (s > 0) st[3 * (s - 1) + 2] = stored;
+}
+#endif
+
 __device__ __forceinline__ bool has_poison(uint4 v) {
 #if ELEM_BITS == 32
     return (v.x == 0xffffffffu) | (v.y == 0xffffffffu) | (v.z == 0xffffffffu) | (v.w == 0xffffffffu);
@@ -195,10 +263,15 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     const float* __restrict__ gx, const elem_t* __restrict__ w_hh, elem_t* slab, int* err,
     const elem_t* __restrict__ h0, const elem_t* __restrict__ c0, elem_t* out,
     long long stride_ot, long long stride_ob, long long stride_ok, elem_t* hn, elem_t* cn,
-    int T, int B, int H, int layer, int is_last, long long spin_limit)
+    int T, int B, int H, int layer, int is_last, long long spin_limit, long long* stamps)
 {
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int s_abort;
+#if STAMPS
+    // [step parity][warp][0: the warp's h slice valid, 1: the warp's h stores issued], globaltimer ns
+    __shared__ long long s_stamp[2][NT / 32][2];
+    long long* const my_stamps = stamps + (long long)blockIdx.x * T * 3;  // this layer's [blocks, T, 3]
+#endif
     hs_t* h_s = (hs_t*)smem;
 #if A_DIRECT
     float* const red_base = (float*)smem;  // [2][KSL][BB][RROW]: a step's partial sums, by step parity
@@ -313,6 +386,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     for (int s = 0; s < T; ++s) {
         const int t = d == 0 ? s : T - 1 - s;
         const long long read_slot = d == 0 ? t : t + 2;
+#if STAMPS
+        if (tid == 0) my_stamps[3 * s] = now_ns();  // (a) the step's wait starts (before the gx loads)
+#endif
         // this step's projection: no other block's work, so in flight during the wait
         float4 g[CPT];
 #pragma unroll
@@ -335,10 +411,59 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #else
 #define POLL_PTR(i) (src + b * RT + k)
 #endif
+#if !A_DIRECT && POLL_SENTINEL
+        // slot i of a lane: chunk q = lane + 32 i of its warp's k range, every row (the producers its sentinels
+        // watch)
+#define SLOT(i) const int q = (tid & 31) + 32 * (i), b = q / WCH, k = ((tid >> 5) * WCH + q % WCH) * CE
+#define SLOT_REAL (q < BB * WCH && b < nrows && k < KH)
+#elif !A_DIRECT
+#define SLOT(i) const int q = tid + (i) * NT, b = q / CPR, k = (q % CPR) * CE
+#define SLOT_REAL (q < NCH && b < nrows)
+#endif
+        bool gave_up = false;
+        long long spins = 1;
 #if POLL_DELAY
         // the first read later: a read before the others' h is there only costs this multiprocessor's L2
         // bandwidth (a round of h is 16-32 KiB a block at 8-16 rows) ahead of the read that finds it
         __nanosleep(POLL_DELAY);
+#endif
+#if POLL_SENTINEL
+        {
+            // first only the sentinels of the warp's k range (one chunk a producer block, in the last real row,
+            // which SENTINEL_LAST makes each producer store last), until none is poison: a round of the wait
+            // reads 1 / rows of the bytes. A hint only: the reads below still check every word of the slice and
+            // re-read the chunks that hold poison; nothing orders the sentinel before the other words
+            const int lane = tid & 31, wc0 = (tid >> 5) * SWCH;
+            const elem_t* const srow = src + (long long)(nrows - 1) * RT;
+            uint4 sv[SPL];
+            u32 spend = 0;
+#pragma unroll
+            for (int m = 0; m < SPL; ++m) {
+                const int c = wc0 + min((lane + 32 * m) * SPP + SPP - 1, SWCH - 1);
+                sv[m] = make_uint4(0u, 0u, 0u, 0u);
+                if (lane + 32 * m < NSW && c < CPR) {
+                    sv[m] = ld_poll(srow + c * CE);
+                    spend |= 1u << m;
+                }
+            }
+            while (true) {
+                u32 sbad = 0;
+#pragma unroll
+                for (int m = 0; m < SPL; ++m)
+                    if (((spend >> m) & 1u) && has_poison(sv[m])) sbad |= 1u << m;
+                if (!__any_sync(0xffffffffu, sbad != 0u)) break;  // the warp's whole range: uniform
+                if (spins >= spin_limit) { gave_up = true; break; }  // the reads below find poison: no wait
+#if POLL_SLEEP
+                __nanosleep(POLL_SLEEP);
+#endif
+#pragma unroll
+                for (int m = 0; m < SPL; ++m) {
+                    const int c = wc0 + min((lane + 32 * m) * SPP + SPP - 1, SWCH - 1);
+                    if ((sbad >> m) & 1u) sv[m] = ld_poll(srow + c * CE);
+                }
+                ++spins;
+            }
+        }
 #endif
 #pragma unroll
         for (int i = 0; i < NPOLL; ++i) {
@@ -347,15 +472,13 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             v[i] = make_uint4(0u, 0u, 0u, 0u);  // rows past the batch multiply as 0
             if (poll_slot(i, tid, nrows, b, k)) {
 #else
-            const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
-            if (q < NCH && b < nrows) {
+            SLOT(i);
+            if (SLOT_REAL) {
 #endif
                 v[i] = ld_poll(POLL_PTR(i));
                 pending |= 1u << i;
             }
         }
-        bool gave_up = false;
-        long long spins = 1;
         while (true) {
             u32 bad = 0;
 #if A_DIRECT
@@ -374,12 +497,16 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #pragma unroll
             for (int i = 0; i < NPOLL; ++i) {
 #if !A_DIRECT
-                const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
+                SLOT(i);
 #endif
                 if ((bad >> i) & 1u) v[i] = ld_poll(POLL_PTR(i));
             }
             ++spins;
         }
+#if STAMPS
+        __syncwarp();
+        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][0] = now_ns();  // the warp's part of h is valid
+#endif
 #if A_DIRECT
         if (gave_up) {
             atomicMax(err, 1);
@@ -389,8 +516,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #else
         if (!gave_up) {
 #pragma unroll
-            for (int i = 0; i < PC; ++i) {
-                const int q = tid + i * NT, b = q / CPR, k = (q % CPR) * CE;
+            for (int i = 0; i < NPOLL; ++i) {
+                SLOT(i);
                 if ((pending >> i) & 1u) {
 #if MMA || ELEM_BITS == 32
                     *(uint4*)(h_s + h_index(b, k)) = v[i];
@@ -414,6 +541,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         }
         __syncthreads();  // barrier 1: h is in shared memory
         if (s_abort) return;
+#if STAMPS
+        if (tid == 0) write_stamps(my_stamps, s_stamp, s, T);
+#endif
 #endif
 
 #if MMA && MMA_REGS
@@ -553,8 +683,15 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         __syncthreads();  // barrier 2: the partial sums are in shared memory
 #if A_DIRECT
         if (s_abort) return;  // a wait gave up (its product was garbage, never stored)
+#if STAMPS
+        if (tid == 0) write_stamps(my_stamps, s_stamp, s, T);
+#endif
 #endif
 
+#if SENTINEL_LAST
+        u32 deferred = 0;  // the cells of the sentinel row (the last real one): stored after the others
+        elem_t h_last[CPT];
+#endif
 #pragma unroll
         for (int i = 0; i < CPT; ++i) {
             const int j = tid + i * NT, b = j / NB, u = j % NB, n = n0 + u;
@@ -578,7 +715,16 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                 h_st[i] = h;
                 const int row = row0 + b;
                 const elem_t hv = from_f32(h);
+#if SENTINEL_LAST
+                if (b == nrows - 1) {
+                    h_last[i] = hv;
+                    deferred |= 1u << i;
+                } else {
+                    slab[((long long)(t + 1) * B + row) * RT + d * HP + n] = hv;  // the word is the flag
+                }
+#else
                 slab[((long long)(t + 1) * B + row) * RT + d * HP + n] = hv;  // the word is the flag
+#endif
                 if (n < H) {
                     if (is_last) out[t * stride_ot + row * stride_ob + (d * H + n) * stride_ok] = hv;
                     if (s == T - 1) {
@@ -591,6 +737,25 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                 }
             }
         }
+#if SENTINEL_LAST
+        // the warps that hold cells meet (named barrier 1) once every other row's h store is issued, then store
+        // the sentinel row: "sentinel valid" becomes a better predictor that the rest is there. Still no order a
+        // consumer may rely on (relaxed stores to different L2 slices): the poison check decides
+        asm volatile("bar.sync 1, %0;" :: "n"(CELL_THREADS) : "memory");
+#pragma unroll
+        for (int i = 0; i < CPT; ++i) {
+            const int j = tid + i * NT, n = n0 + j % NB;
+            if ((deferred >> i) & 1u) slab[((long long)(t + 1) * B + row0 + nrows - 1) * RT + d * HP + n] = h_last[i];
+        }
+#endif
+#if STAMPS
+        __syncwarp();
+        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = now_ns();  // the warp's h stores are issued
+#endif
     }
+#if STAMPS
+    __syncthreads();
+    if (tid == 0) write_stamps(my_stamps, s_stamp, T, T);  // (c) of the last step (no step T: its (b) is not kept)
+#endif
 }
 """

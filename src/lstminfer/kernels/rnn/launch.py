@@ -130,6 +130,8 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
                   w_hh=packed.w_hh.float() if plan.wide else packed.w_hh,
                   state=torch.empty((2, dirs, batch, hp), device=device, dtype=torch.float32),
                   err=torch.zeros(1, device=device, dtype=torch.int32))
+        if plan.stamps:  # the CUDA kernel's globaltimer stamps (cuda_source.py, STAMPS): [layer, block, step, 3]
+            ws["stamps"] = torch.zeros((layers, plan.programs, seq_len, 3), device=device, dtype=torch.int64)
     slab, state = ws["slab"], ws["state"]
     words = slab.view(torch.int32 if slab.dtype == torch.float32 else torch.int16)
     units = -(-batch // plan.block_b) * dirs * plan.r_tiles
@@ -148,10 +150,11 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
             cfg = CudaConfig(lstm, dirs, hp, kh, plan.block_n, plan.r_tiles, plan.block_b, 32 * plan.num_warps,
                              plan.k_split, plan.mma, 8 * slab.element_size(), slab.dtype == torch.bfloat16,
                              h0 is not None, fast_math, plan.poll_sleep, plan.w_shared, plan.mma_regs,
-                             plan.poll_frag, plan.poll_delay)
+                             plan.poll_frag, plan.poll_delay, plan.poll_sentinel, plan.sentinel_last, plan.stamps)
             launch(cfg, plan.programs, gx, ws["w_hh"], slab, ws["err"], h0 if h0 is not None else hn,
                    c0 if (h0 is not None and lstm) else hn, out, stride_ot, stride_ob, out.stride(2), hn, cn,
-                   seq_len, batch, hidden, layer, layer == layers - 1, SPIN_LIMIT)
+                   seq_len, batch, hidden, layer, layer == layers - 1, SPIN_LIMIT,
+                   ws["stamps"][layer] if plan.stamps else None)
             continue
         args = (gx, ws["w_hh"], slab, state, ws["err"], h0 if h0 is not None else hn,
                 c0 if (h0 is not None and lstm) else hn, out, stride_ot, stride_ob, out.stride(2), hn, cn,
@@ -196,7 +199,9 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     `workspace` (a dict kept by the caller) lets repeated calls of one shape reuse the scratch buffers and, for
     eager CUDA calls, the compiled kernel's launcher (see _launch). A persistent launch that gave up a wait
     raises KernelStalled: at once when `check` (an eager call waits for the kernel then), else at the
-    caller's raise_if_stalled(workspace) (graph replays; see FusedRunner.download_impl).
+    caller's raise_if_stalled(workspace) (graph replays; see FusedRunner.download_impl). A plan with stamps=True
+    (the CUDA kernel) leaves its blocks' globaltimer stamps in workspace["stamps"], int64 [layers, blocks, T, 3]
+    (cuda_source.py, STAMPS; benchmarks/kernel_stamps.py reads them).
     """
     if x.dim() != 3:
         raise ValueError(f"expected a 3-d input, got shape {tuple(x.shape)}")

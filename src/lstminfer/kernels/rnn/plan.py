@@ -69,6 +69,9 @@ CUDA_MAX_SHARED = 227 << 10
 # (380 -> 342), S bf16 (904 -> 746) and T (769 -> 713), where poll_frag without the delay lost (S 1024, T 853)
 POLL_FRAG_MIN_HIDDEN = 768
 POLL_DELAY_NS = 500
+# options of the CUDA kernel only (asked for only, not yet measured; docs/fused_kernel.md v18): a plan that runs
+# another kernel refuses them
+CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps")
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,9 @@ class Plan:
     mma_regs: bool = False  # CUDA kernel, mma: a warp per k slice, W_hh^T fragments in registers (default: fits)
     poll_frag: bool = False  # CUDA kernel, mma_regs: h polled into A fragments, one barrier a step (hidden >= 768)
     poll_delay: int = 0  # CUDA kernel: ns slept before the first read of a wait (POLL_DELAY_NS with poll_frag)
+    poll_sentinel: bool = False  # CUDA kernel: a wait polls one chunk a producer block before the whole slice
+    sentinel_last: bool = False  # CUDA kernel, poll_sentinel: the producers store the sentinel row last
+    stamps: bool = False  # CUDA kernel: globaltimer stamps of every block's steps into workspace["stamps"]
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
@@ -119,7 +125,7 @@ class Plan:
                                  "num_warps"),
                   "persistent-cuda": ("block_b", "block_n", "r_tiles", "programs", "k_split", "num_warps",
                                       "mma", "w_shared", "mma_regs", "poll_frag", "poll_sleep",
-                                      "poll_delay")}[self.kernel]
+                                      "poll_delay", "poll_sentinel", "sentinel_last", "stamps")}[self.kernel]
         out = {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
         if self.note:
             out["note"] = self.note
@@ -319,6 +325,30 @@ def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: b
 
 
 def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = None, **overrides: Any) -> Plan:
+    """Pick the path and tile sizes (_plan_for); the CUDA kernel's own options (CUDA_ONLY_OPTIONS) are refused, in
+    a one-line ValueError naming the option, where the plan runs another kernel or where they do not apply."""
+    if overrides.get("sentinel_last"):
+        overrides["poll_sentinel"] = True  # the sentinel row stored last is for the sentinel poll
+    plan = _plan_for(packed, seq_len, batch, path, **overrides)
+    _refuse_cuda_options(plan, packed.dtype, batch)
+    return plan
+
+
+def _refuse_cuda_options(plan: Plan, dtype: torch.dtype, batch: int) -> None:
+    """A one-line ValueError where the plan has a CUDA_ONLY_OPTIONS option it cannot honour: another kernel runs,
+    or poll_sentinel where the sentinels would be all of h (one row a block, one 16-byte chunk a producer)."""
+    for name in CUDA_ONLY_OPTIONS:
+        if getattr(plan, name) and plan.kernel != "persistent-cuda":
+            why = f" ({plan.note})" if plan.note else ""
+            raise ValueError(f"{name} is an option of the CUDA persistent kernel, and this call's plan runs the "
+                             f"{plan.kernel} kernel{why}: leave {name} out, or plan with path='per-layer', cuda=True")
+    if plan.poll_sentinel and min(plan.block_b, batch) == 1 and plan.block_n * dtype.itemsize <= 16:
+        raise ValueError(f"poll_sentinel does not apply to one batch row a block with {plan.block_n} hidden units "
+                         f"(one 16-byte chunk of h a producer: the sentinels would be all of h); ask for it with "
+                         f"cuda_nb={32 // dtype.itemsize} or more, or more batch rows")
+
+
+def _plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = None, **overrides: Any) -> Plan:
     """Pick the path and tile sizes.
 
     A recurrence unit (one direction's row tile) keeps W_hh^T [HP, 4 * HP / r_tiles] in registers, whole
