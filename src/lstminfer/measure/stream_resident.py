@@ -141,8 +141,8 @@ class ResidentEngine:
                 raise UserError(f"{RESIDENT}: the state is {list(h.shape)}, the chunk needs {list(expected)} "
                                 "(another batch: reset() first)")
             kernel.load(h, c)
-        y = kernel.step(np.ascontiguousarray(x))
-        h, c = kernel.state
+        y = kernel.step(x)  # copied into the pinned buffer from any layout
+        h, c = kernel.loaded_state  # the state after the chunk: arrays the kernel never changes in place
         new_state = {self.names["h"]: h}
         if self.is_lstm:
             new_state[self.names["c"]] = c

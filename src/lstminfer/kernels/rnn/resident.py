@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import threading
 import time
 import weakref
 from dataclasses import dataclass
@@ -239,6 +240,9 @@ def _elem(dtype: Any) -> tuple[int, bool]:
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
+# taken and released between a chunk's data and its sequence word: a locked instruction, so the data's stores
+# (memcpy may use non-temporal ones for large chunks) are visible before the sequence word is
+_STORE_FENCE = threading.Lock()
 
 
 @atexit.register
@@ -393,6 +397,8 @@ class ResidentKernel:
             ctl = self.ctl
             ctl[CTL_CMD] = cmd
             ctl[CTL_T] = steps
+            with _STORE_FENCE:
+                pass
             ctl[CTL_SEQ] = seq  # last: the kernel reads the command after it (x86 keeps the stores' order)
             spins = 0
             deadline = 0.0
@@ -454,13 +460,19 @@ class ResidentKernel:
             self.load(zeros, zeros if self.cfg.is_lstm else None)
         steps = x.shape[0]
         out = np.empty((steps, self.batch, self.cfg.hidden), np.float32)
-        for start in range(0, steps, self.max_chunk):
-            part = min(self.max_chunk, steps - start)
-            self.x[:part] = x[start:start + part]
-            self._send(CMD_STEP, part)
-            out[start:start + part] = self.y[:part]
-            # what a relaunch would load: the state after this command (copies: the next command overwrites)
-            self.loaded_state = (self.state_out[0].copy(), self.state_out[1].copy() if self.cfg.is_lstm else None)
+        before = self.loaded_state
+        try:
+            for start in range(0, steps, self.max_chunk):
+                part = min(self.max_chunk, steps - start)
+                self.x[:part] = x[start:start + part]
+                self._send(CMD_STEP, part)
+                out[start:start + part] = self.y[:part]
+                # what a relaunch would load: the state after this command (copies: the next command overwrites)
+                self.loaded_state = (self.state_out[0].copy(),
+                                     self.state_out[1].copy() if self.cfg.is_lstm else None)
+        except KernelStalled:
+            self.loaded_state = before  # a chunk cut into commands fails whole: the state before it
+            raise
         return out
 
     @property

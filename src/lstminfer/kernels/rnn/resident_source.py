@@ -321,6 +321,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_resident(
                         break;
                     }
                     if ((long long)(now_ns() - t0) > idle_ns) { cmd = CMD_EXIT; break; }
+                    if (ld_relaxed_gpu(dev + DEV_ERR)) { cmd = CMD_EXIT; break; }  // a block gave up a wait
                     if (poll_sleep_ns > 0) __nanosleep(poll_sleep_ns);
                 }
                 s_cmd = cmd; s_T = T; s_seq = seq;
@@ -354,6 +355,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_resident(
                     }
                     // block 0 has left by then (its own idle limit), or never ran
                     if ((long long)(now_ns() - t0) > idle_ns + 2000000000LL) { cmd = CMD_EXIT; break; }
+                    // a block gave up a wait (this one finished the chunk before): nothing more will come
+                    if (ld_relaxed_gpu(dev + DEV_ERR)) { cmd = CMD_EXIT; break; }
                     __nanosleep(32);
                 }
                 s_cmd = cmd; s_T = T;
@@ -362,7 +365,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_resident(
         }
         const int cmd = s_cmd, T = s_T;
         if (cmd == CMD_EXIT || cmd == CMD_STOP) {
-            if (blockIdx.x == 0 && tid == 0) {
+            if (blockIdx.x == 0 && tid == 0 && ld_relaxed_gpu(dev + DEV_ERR) == 0u) {  // a stall keeps its status
                 __threadfence_system();
                 st_relaxed_sys(ctl + CTL_STATUS, cmd == CMD_STOP ? ST_STOPPED : ST_IDLE);
             }
