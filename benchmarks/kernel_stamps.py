@@ -28,7 +28,7 @@ import dataclasses
 import json
 
 import torch
-from fused_vs_cudnn import DTYPES, WORKLOADS, graphed, setup, time_calls
+from fused_vs_cudnn import DTYPES, WORKLOADS, graphed, setup, time_calls  # the sibling script (same folder)
 
 from lstminfer.kernels.rnn import pack_rnn, plan_for, raise_if_stalled, rnn_forward
 
@@ -67,16 +67,23 @@ def timer_tick(stamps: torch.Tensor) -> float:
     return float(steps.min()) if steps.numel() else float("nan")
 
 
-def measure(w, overrides: dict, args) -> dict:
-    """Fused-graph us of the plan without stamps, then one eager call with stamps after a warm-up call."""
-    dev = torch.device("cuda")
+def make_plan(w, overrides: dict):
+    """The workload's packed module and its plan with `overrides` (ValueError where the options do not apply)."""
     dtype = DTYPES[w.precision]
-    module, x, h0, c0, _ = setup(w, with_ref=False)
-    xd, h0d, c0d = (t.to(dev, dtype) for t in (x, h0, c0))
-    packed = pack_rnn(module, dev, dtype)
+    module = setup(w, with_ref=False)[0]
+    packed = pack_rnn(module, torch.device("cuda"), dtype)
     plan = plan_for(packed, w.seq_len, w.batch, **overrides)
     if plan.kernel != "persistent-cuda":
         raise ValueError(f"the plan runs the {plan.kernel} kernel ({plan.note}): no stamps")
+    return packed, plan
+
+
+def measure(w, packed, plan, args) -> dict:
+    """Fused-graph us of the plan without stamps, then one eager call with stamps after a warm-up call."""
+    dev = torch.device("cuda")
+    dtype = DTYPES[w.precision]
+    _, x, h0, c0, _ = setup(w, with_ref=False)
+    xd, h0d, c0d = (t.to(dev, dtype) for t in (x, h0, c0))
     stream = torch.cuda.Stream()
     workspace: dict = {}
     run = lambda p, ws: rnn_forward(packed, xd, h0d, c0d, plan=p, workspace=ws, check=False)  # noqa: E731
@@ -139,16 +146,17 @@ def main() -> None:
             try:
                 if args.layer >= w.num_layers:
                     raise ValueError(f"--layer {args.layer}: the workload has {w.num_layers} layer(s)")
-                row = measure(w, overrides, args)
+                packed, plan = make_plan(w, overrides)
+                key = json.dumps(plan.describe(), sort_keys=True)
+                if key in seen:  # e.g. "sentinel" and "sentinel delay 0" where the plan's delay is 0
+                    print(f"| {w.name} | {name} | same plan as {seen[key]} |" + " |" * 10, flush=True)
+                    continue
+                seen[key] = name
+                row = measure(w, packed, plan, args)
             except Exception as err:  # a variant refused or failed is reported, not fatal
                 print(f"| {w.name} | {name} | failed: {type(err).__name__}: {str(err)[:160]} |" + " |" * 10,
                       flush=True)
                 continue
-            key = json.dumps(row["plan"], sort_keys=True)
-            if key in seen:  # e.g. "sentinel" and "sentinel delay 0" where the plan's delay is 0
-                print(f"| {w.name} | {name} | same plan as {seen[key]} |" + " |" * 10, flush=True)
-                continue
-            seen[key] = name
             row["variant"] = name
             rows.append(row)
             cells = " | ".join(f"{row[f'{q}_median_ns']:.0f} ({row[f'{q}_mean_ns']:.0f})" for q in QUANTITIES)
