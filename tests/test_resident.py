@@ -265,7 +265,9 @@ def test_chunked_stream_equals_float64_over_the_whole_sequence(resident, case):
 
 @gpu
 def test_a_spec_session_feeds_h0_c0_and_returns_only_the_output(resident):
-    spec = lstminfer.ModelSpec(kind="lstm", input_size=16, hidden_size=32, num_layers=2)
+    from lstminfer.model.spec import ModelSpec
+
+    spec = ModelSpec(kind="lstm", input_size=16, hidden_size=32, num_layers=2)
     sess = resident(spec)
     torch_sess = lstminfer.Session(spec, backend="torch", device="cpu")
     x = np.random.default_rng(4).standard_normal((6, 2, 16)).astype(np.float32)

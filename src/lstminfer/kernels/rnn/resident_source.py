@@ -140,6 +140,15 @@ __device__ __forceinline__ float ld_host_f32(const float* p) {  // mapped host m
     return v;
 }
 
+// the chunk's 16-byte pieces: no "memory" clobber, so a thread's loads are all in flight before the stores that
+// use them (bar.sync after the acquire of the sequence word orders them after it)
+__device__ __forceinline__ float4 ld_host_v4(const float* p) {
+    float4 v;
+    asm volatile("ld.relaxed.sys.global.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+    return v;
+}
+
 __device__ __forceinline__ u32 ld_acquire_gpu(const u32* p) {
     u32 v;
     asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -327,10 +336,18 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_resident(
                 s_cmd = cmd; s_T = T; s_seq = seq;
             }
             __syncthreads();
-            if (s_cmd == CMD_STEP) {
-                const int n = s_T * B * IN;
-#pragma unroll 4
-                for (int i = tid; i < n; i += NT) stage[i] = ld_host_f32(x_host + i);
+            if (s_cmd == CMD_STEP) {  // the chunk into the staging buffer: 4 x 16 bytes in flight a thread
+                const int n = s_T * B * IN, n4 = n / 4;
+                for (int i0 = tid; i0 < n4; i0 += 4 * NT) {
+                    float4 v[4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (i0 + j * NT < n4) v[j] = ld_host_v4(x_host + 4 * (i0 + j * NT));
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (i0 + j * NT < n4) *(float4*)(stage + 4 * (i0 + j * NT)) = v[j];
+                }
+                for (int i = 4 * n4 + tid; i < n; i += NT) stage[i] = ld_host_f32(x_host + i);
             }
             __syncthreads();
             if (tid == 0) {
