@@ -114,8 +114,8 @@ def measure(w, packed, plan, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="comma-separated workload name prefixes (default: "
-                                                   + ", ".join(n.split()[0] for n in DEFAULT_WORKLOADS) + ")")
+    parser.add_argument("--only", default="", help="comma-separated prefixes of fused_vs_cudnn's workload names "
+                                                   "(default: " + ", ".join(DEFAULT_WORKLOADS) + ")")
     parser.add_argument("--variants", default="", help="comma-separated variant names (default: all of "
                                                        + ", ".join(VARIANTS) + ")")
     parser.add_argument("--layer", type=int, default=0, help="the layer whose stamps are summarized (default 0)")
@@ -160,10 +160,10 @@ def main() -> None:
             row["variant"] = name
             rows.append(row)
             cells = " | ".join(f"{row[f'{q}_median_ns']:.0f} ({row[f'{q}_mean_ns']:.0f})" for q in QUANTITIES)
-            plan = " ".join(f"{k}={v}" for k, v in row["plan"].items() if k not in ("kernel", "path"))
+            plan_text = " ".join(f"{k}={v}" for k, v in row["plan"].items() if k not in ("kernel", "path"))
             print(f"| {w.name} | {name} | {row['fused_graph_us']:.1f} | {row['stamped_span_us']:.1f} "
                   f"| {1000 * row['stamped_span_us'] / row['steps']:.0f} | {cells} | {row['timer_tick_ns']:.0f} "
-                  f"| {'yes' if row['outputs_equal_without_stamps'] else 'NO'} | {plan} |", flush=True)
+                  f"| {'yes' if row['outputs_equal_without_stamps'] else 'NO'} | {plan_text} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
