@@ -132,6 +132,15 @@ def test_cuda_only_options_are_refused_where_they_do_not_apply():
         poll_sentinel=True, sentinel_last=True, stamps=True)
 
 
+def test_cuda_config_compiles_the_v18_options_in_only_when_asked():
+    from lstminfer.kernels.rnn.cuda_persistent import CudaConfig
+
+    base = CudaConfig(True, 1, 1024, 1024, 8, 128, 16, 256, 8, True, 16, False, True, mma_regs=True, poll_frag=True)
+    assert all(f"#define {name} 0\n" in base.defines() for name in ("POLL_SENTINEL", "SENTINEL_LAST", "STAMPS"))
+    last = dataclasses.replace(base, sentinel_last=True, stamps=True).defines()  # sentinel_last implies the poll
+    assert all(f"#define {name} 1\n" in last for name in ("POLL_SENTINEL", "SENTINEL_LAST", "STAMPS"))
+
+
 def test_plan_without_a_gpu_keeps_the_triton_kernel():
     """On the CPU (the interpreter) the per-layer path is the Triton kernel, which the interpreter can run."""
     plan = plan_for(packed_of(20, False), 4, 3, path="per-layer")
