@@ -11,6 +11,7 @@ relaunch, NaN propagation, a stalled wait raising KernelStalled, and the CLI.  S
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +19,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():  # as test_cuda_persistent.py: the package's Triton kernels are decorated at import
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton", reason="triton is not installed (pip install 'lstminfer[gpu]')")
 
 import lstminfer  # noqa: E402
 from lstminfer.errors import UserError  # noqa: E402

@@ -47,7 +47,11 @@ class ResidentEngine:
         if getattr(module, "proj_size", 0):
             raise _refuse(f"has no projection (proj_size {module.proj_size})")
         from lstminfer.backends.pytorch import torch_dtype
-        from lstminfer.kernels.rnn.resident import plan_resident
+
+        try:  # the kernels package brings Triton with it
+            from lstminfer.kernels.rnn.resident import plan_resident
+        except ImportError as err:
+            raise _refuse(f"needs the gpu extra (pip install 'lstminfer[gpu]'): {err}") from err
 
         self.dtype = torch_dtype(precision)
         elem_bits = 32 if self.dtype == torch.float32 else 16
