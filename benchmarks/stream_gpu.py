@@ -18,7 +18,9 @@ cost of launching the graph), and the replay's GPU time (CUDA events on the engi
 fused-resident the engine's run and the kernel's round trip alone (the chunk into mapped memory, the command,
 the spin on the done word, the outputs read).
 
-A third table puts fused-resident beside fused-graph on that LSTM at batch 1 and 8, chunks of 1 and 10 steps.
+A third table puts fused-resident beside fused-graph on that LSTM at batch 1 and 8, chunks of 1 and 10 steps;
+a fourth times fused-resident's one-step chunk at batch 1 with 1, 2, 4 and 8 hidden units a block (128, 64, 32
+and 16 blocks; the plan's default is 4).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ BACKENDS = ("torch", "torch-graph", "fused", "fused-graph")
 RESIDENT = "fused-resident"  # stream-only, a plain nn.LSTM / nn.GRU: the lstm model's rows only
 TARGETED = ("fused-graph", RESIDENT)
 RESIDENT_GRID = [(batch, chunk) for batch in (1, 8) for chunk in (1, 10)]
+RESIDENT_NB = (1, 2, 4, 8)  # hidden units a block of the resident kernel (LSTM 128: 128 to 16 blocks)
 TARGETS_US = {"lstm": 30.0, "vad": 60.0}  # issue 15, fused-graph on the H200
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -157,6 +160,22 @@ def resident_grid(lstm, args) -> list[dict]:
             print(f"{backend:14} {batch:5d} {chunk:5d} {lat['median']:8.1f} {lat['p90']:8.1f} {lat['p99']:8.1f} "
                   f"{lat['median'] / chunk:9.2f}")
             records.append({"model": "lstm", "backend": backend, "grid": True, **rec})
+    from lstminfer.kernels.rnn.resident import ResidentKernel
+
+    print("\nfused-resident, LSTM 128->128, batch 1, one-step chunks: hidden units a block (us)")
+    print(f"{'units':>5} {'blocks':>6} {'median':>8} {'p90':>8} {'p99':>8}")
+    try:
+        for nb in RESIDENT_NB:
+            ResidentKernel.units_per_block = nb
+            session = lstminfer.Session(lstm, backend=RESIDENT, device="cuda")
+            rec = stream_one(session, 1, args.chunks, args.warmup_chunks, 1, 32.0, np.random.default_rng(0))
+            blocks = session._engine.kernel.cfg.blocks
+            session.close()
+            lat = {k: rec["latency_ms"][k] * 1000.0 for k in ("median", "p90", "p99")}
+            print(f"{nb:5d} {blocks:6d} {lat['median']:8.1f} {lat['p90']:8.1f} {lat['p99']:8.1f}")
+            records.append({"model": "lstm", "backend": RESIDENT, "units_per_block": nb, **rec})
+    finally:
+        ResidentKernel.units_per_block = None
     return records
 
 

@@ -81,6 +81,7 @@ def test_plan_sizes_and_one_line_limits():
     big = plan_resident("lstm", 512, 512, 2, 16)  # fp32 weights of two layers: 4 units a block, 128 blocks
     assert (big.nb, big.blocks) == (4, 128)
     assert plan_resident("lstm", 512, 512, 2, 16, elem_bits=16, bf16=True).blocks == 64  # 16-bit: half
+    assert plan_resident("lstm", 128, 128, 1, 1, nb=1).blocks == 128  # forced: a unit a block
     odd = plan_resident("gru", 7, 100, 3, 2)  # KIN: the widest layer input (100), padded to 8
     assert (odd.k_in, odd.k_max, odd.nb, odd.blocks) == (104, 208, 2, 50)
     with pytest.raises(ValueError, match=r"^batch 17: the resident kernel runs 1 to 16 streams side by side$"):

@@ -104,20 +104,22 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def plan_resident(kind: str, input_size: int, hidden: int, layers: int, batch: int, elem_bits: int = 32,
-                  bf16: bool = False, max_blocks: int = MAX_BLOCKS_DEFAULT) -> ResidentConfig:
+                  bf16: bool = False, max_blocks: int = MAX_BLOCKS_DEFAULT, nb: int | None = None) -> ResidentConfig:
     """The variant for these sizes: about 32 blocks where the weights fit (NB = hidden / 32, a power of two),
-    fewer units a block (more blocks, up to `max_blocks`, one a multiprocessor) where they do not.  Raises a
-    one-line ValueError naming the limit a size passes."""
+    fewer units a block (more blocks, up to `max_blocks`, one a multiprocessor) where they do not; `nb` forces
+    the units a block (benchmarks/stream_gpu.py's sweep).  Raises a one-line ValueError naming the limit a size
+    passes."""
     if not 1 <= batch <= MAX_BATCH:
         raise ValueError(f"batch {batch}: the resident kernel runs 1 to {MAX_BATCH} streams side by side")
     gates = 4 if kind == "lstm" else 3
     widest = input_size if layers == 1 else max(input_size, hidden)
     k_max = _round_up(widest, 8) + _round_up(hidden, 8)
-    nb = 1
-    while nb * 2 <= max(1, hidden // 32):
-        nb *= 2
-    while nb > 1 and shared_bytes(gates, layers, batch, nb, k_max, elem_bits) > SHARED_LIMIT:
-        nb //= 2
+    if nb is None:
+        nb = 1
+        while nb * 2 <= max(1, hidden // 32):
+            nb *= 2
+        while nb > 1 and shared_bytes(gates, layers, batch, nb, k_max, elem_bits) > SHARED_LIMIT:
+            nb //= 2
     need = shared_bytes(gates, layers, batch, nb, k_max, elem_bits)
     blocks = -(-hidden // nb)
     if need > SHARED_LIMIT or blocks > max_blocks:
@@ -263,6 +265,7 @@ class ResidentKernel:
     spin_s = 0.5  # the kernel's bound on a wait for another block's h
     poll_sleep_ns = 100  # block 0's pause between two reads of the command word
     max_chunk = 64  # steps a STEP command carries (longer chunks are cut)
+    units_per_block: int | None = None  # NB; None: plan_resident's choice (the benchmark's sweep sets it)
 
     def __init__(self, weights: ResidentWeights, batch: int, device_index: int, *, idle_s: float | None = None,
                  max_chunk: int | None = None) -> None:
@@ -279,7 +282,7 @@ class ResidentKernel:
         elem_bits, bf16 = _elem(weights.dtype)
         sms = torch.cuda.get_device_properties(device_index).multi_processor_count
         self.cfg = plan_resident(weights.kind, weights.input_size, weights.hidden, weights.layers, batch, elem_bits,
-                                 bf16, max_blocks=sms)
+                                 bf16, max_blocks=sms, nb=self.units_per_block)
         driver, _ = _bindings()
         self.driver = driver
         with torch.cuda.device(device_index):
