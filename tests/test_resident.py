@@ -390,3 +390,16 @@ def test_stream_cli_runs_fused_resident(cli, tmp_path):
                          "--backends", "fused-resident,fused-graph", "--json", tmp_path / "s.json")
     assert code == 0, err
     assert "fused-resident" in out and "fused-graph" in out
+
+
+@gpu
+def test_output_names_and_values_follow_the_torch_engine(resident):
+    module = make("gru", 8, 16, 1, batch_first=True)
+    x = np.random.default_rng(12).standard_normal((2, 3, 8)).astype(np.float32)
+    for source in (module, (module, torch.randn(2, 3, 8))):  # output/hn, and a whole-model wrapping's output_0/1
+        sess, cpu = resident(source), lstminfer.Session(source, backend="torch", device="cpu")
+        got, want = sess.step(x), cpu.step(x)
+        assert got.keys() == want.keys()
+        for name in got:
+            np.testing.assert_allclose(got[name], want[name], atol=5e-5, err_msg=name)
+        assert sess.state.keys() == cpu.state.keys()

@@ -79,6 +79,10 @@ class ResidentEngine:
         self.idle_s: float | None = None  # None: ResidentKernel.idle_s (the tests shorten it)
         self.carried = session.carried
         self.names = self._state_names(session)
+        # the module's outputs by the model's names (output, hn, cn; a whole-model wrapping: output_0, ...);
+        # with state pairs, the state outputs are the session's, not step()'s
+        state_out = {o for _, o in session.pairs}
+        self.output_names = [n for n in model.output_names if n not in state_out] or ["output"]
         self.kernel: Any = None
         self.weights: Any = None
         self.current: dict[str, np.ndarray] | None = None  # the state dict the kernel holds on chip
@@ -151,12 +155,10 @@ class ResidentEngine:
         if self.is_lstm:
             new_state[self.names["c"]] = c
         self.current = new_state
-        outputs = {"output": y.transpose(1, 0, 2).copy() if self.batch_first else y}
+        values = [y.transpose(1, 0, 2).copy() if self.batch_first else y]
         if self.carried:  # the module's own outputs: output, hn (, cn)
-            outputs["hn"] = h.copy()
-            if self.is_lstm:
-                outputs["cn"] = c.copy()
-        return outputs, new_state
+            values += [h.copy(), c.copy()] if self.is_lstm else [h.copy()]
+        return dict(zip(self.output_names, values)), new_state
 
     def close(self) -> None:
         if self.kernel is not None:
