@@ -133,14 +133,18 @@ class ResidentEngine:
         return self.kernel
 
     def run(self, feeds: dict[str, np.ndarray], state: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        x = np.asarray(feeds[self.session.chunk_input], np.float32)
+        x = feeds[self.session.chunk_input]  # an ndarray in the model's dtype (Session.step)
+        if x.dtype != np.float32:
+            x = x.astype(np.float32)
         if x.ndim != 3 or x.shape[2] != self.module.input_size:
             raise UserError(f"{RESIDENT}: a chunk is [seq, batch, {self.module.input_size}] "
                             f"({'[batch, seq, ...] with batch_first' if self.batch_first else 'time first'}), "
                             f"not {list(x.shape)}")
         if self.batch_first:
             x = x.transpose(1, 0, 2)
-        kernel = self._kernel_for(x.shape[1])
+        kernel = self.kernel
+        if kernel is None or kernel.batch != x.shape[1]:
+            kernel = self._kernel_for(x.shape[1])
         if state is not self.current:  # a state set from outside: the first chunk, reset(), sess.state = ...
             h = state[self.names["h"]]
             c = state[self.names["c"]] if self.is_lstm else None
