@@ -56,6 +56,7 @@ COMPILE_CASES = {  # kind, input, hidden, layers, batch, elem_bits, bf16
     "gru-fp32-2l-b4": ("gru", 40, 128, 2, 4, 32, False),
     "gru-bf16-1l-b16": ("gru", 128, 512, 1, 16, 16, True),
     "lstm-fp32-2l-b16-h512": ("lstm", 512, 512, 2, 16, 32, False),
+    "lstm-fp16-1l-b2": ("lstm", 100, 200, 1, 2, 16, False),
 }
 
 
@@ -243,6 +244,7 @@ GPU_CASES = [  # kind, input, hidden, layers, batch, precision, batch_first
     ("gru", 24, 256, 2, 8, "bf16", False),
     ("lstm", 64, 96, 2, 16, "bf16", True),
     ("lstm", 200, 512, 2, 4, "fp32", False),
+    ("gru", 100, 200, 1, 2, "fp16", False),
 ]
 
 
@@ -254,7 +256,7 @@ def test_chunked_stream_equals_float64_over_the_whole_sequence(resident, case):
     steps = sum(CHUNKS)
     shape = (batch, steps, input_size) if batch_first else (steps, batch, input_size)
     x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     want_out, want_h, want_c = reference(module, x, dtype)
     sess = resident(module, precision)
     got = _stream(sess, x, CHUNKS, batch_first)
