@@ -405,3 +405,15 @@ def test_output_names_and_values_follow_the_torch_engine(resident):
         for name in got:
             np.testing.assert_allclose(got[name], want[name], atol=5e-5, err_msg=name)
         assert sess.state.keys() == cpu.state.keys()
+
+
+def test_packed_weights_and_biases_take_the_precision_of_the_module_in_that_dtype():
+    module = make("lstm", 8, 16, 1)
+    cfg = plan_resident("lstm", 8, 16, 1, 1, elem_bits=16, bf16=True)
+    wpack, bpack = ResidentWeights.of(module, torch.bfloat16, "cpu").packed(cfg)
+    assert wpack.dtype == torch.bfloat16 and bpack.dtype == torch.float32
+    rounded = module.to(torch.bfloat16).float()
+    # unit 0's input gate: block 0, row 0 (gate 0, unit 0)
+    assert torch.equal(wpack[0, 0, 0, :8].float(), rounded.weight_ih_l0[0])
+    assert torch.equal(wpack[0, 0, 0, cfg.k_in:cfg.k_in + 16].float(), rounded.weight_hh_l0[0])
+    assert bpack[0, 0, 0, 0] == rounded.bias_ih_l0[0] and bpack[0, 0, 0, 1] == rounded.bias_hh_l0[0]

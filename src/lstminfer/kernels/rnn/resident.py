@@ -212,9 +212,10 @@ class ResidentWeights:
         return cls(kind, module.input_size, hidden, module.num_layers, w_ih, w_hh, b_ih, b_hh, dtype)
 
     def packed(self, cfg: ResidentConfig) -> tuple[Any, Any]:
-        """(wpack [G][NL][ROWS][KMAX] in the weights' dtype, bpack [G][NL][ROWS][2] fp32): block g's rows are
-        gate q's units g NB .. g NB + NB - 1 (row q NB + u), the x part at 0, the h part at KIN; zeros where a
-        unit is past the hidden size or a layer's input is narrower than KIN."""
+        """(wpack [G][NL][ROWS][KMAX] in the weights' dtype, bpack [G][NL][ROWS][2] fp32 words holding values
+        of that dtype): block g's rows are gate q's units g NB .. g NB + NB - 1 (row q NB + u), the x part at
+        0, the h part at KIN; zeros where a unit is past the hidden size or a layer's input is narrower than
+        KIN."""
         import torch
 
         gates, hidden, nb, blocks = cfg.gates, self.hidden, cfg.nb, cfg.blocks
@@ -231,7 +232,8 @@ class ResidentWeights:
         w = w.view(self.layers, gates, blocks, nb, cfg.k_max).permute(2, 0, 1, 3, 4)
         b = b.view(self.layers, gates, blocks, nb, 2).permute(2, 0, 1, 3, 4)
         wpack = w.reshape(blocks, self.layers, gates * nb, cfg.k_max).to(self.dtype).contiguous()
-        bpack = b.reshape(blocks, self.layers, gates * nb, 2).contiguous()
+        # biases rounded to the weights' precision as the module in that dtype has them, kept as fp32 words
+        bpack = b.reshape(blocks, self.layers, gates * nb, 2).to(self.dtype).float().contiguous()
         return wpack, bpack
 
 
