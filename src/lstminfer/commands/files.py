@@ -140,8 +140,8 @@ def _stream_backends(args: argparse.Namespace, model: Any) -> list[tuple[str, st
 
     requested = split_list(args.backends)
     # fused-resident is stream-only, outside the registry (measure/stream_resident.py): CUDA, asked for by name
-    resident = [("fused-resident", "cuda") for r in requested if r.partition(":")[0] == "fused-resident"][:1]
-    rest = [r for r in requested if r.partition(":")[0] != "fused-resident"]
+    resident = [("fused-resident", "cuda") for r in requested or () if r.partition(":")[0] == "fused-resident"][:1]
+    rest = [r for r in requested or () if r.partition(":")[0] != "fused-resident"]
     if resident and not rest:
         return resident
     chosen = select_backends(rest, "all", None if rest else model)
