@@ -41,11 +41,13 @@ def test_cuda_plan_fits_the_multiprocessors_and_names_its_kernel():
     p = _cuda_plan(packed_of(1024, False, torch.float16), 8, 132)  # U: 128 blocks of 8 units, 16 rows, mma
     assert (p.kernel, p.block_n, p.r_tiles, p.programs, p.block_b, p.mma) == ("persistent-cuda", 8, 128, 128, 16,
                                                                              True)
-    # the measured defaults (plan.py, POLL_FRAG_MIN_HIDDEN): from hidden 768 h polled into register fragments,
+    # the measured defaults (plan.py, POLL_FRAG_MIN_HIDDEN): from hidden 512 h polled into register fragments,
     # a warp per k slice, the first read of a wait 500 ns into the step
     assert (p.mma_regs, p.poll_frag, p.poll_delay, p.num_warps, p.k_split) == (True, True, 500, 8, 8)
     q = _cuda_plan(packed_of(512, False, torch.bfloat16), 64, 132)  # Q: 4 groups of 16 rows x 32 blocks
-    assert (q.block_b, q.block_n, q.programs, q.mma_regs, q.poll_frag, q.poll_delay) == (16, 16, 128, True, False, 0)
+    assert (q.block_b, q.block_n, q.programs, q.mma_regs, q.poll_frag, q.poll_delay) == (16, 16, 128, True, True, 500)
+    m = _cuda_plan(packed_of(256, False, torch.bfloat16), 8, 132)  # below hidden 512: mma_regs, h via shared memory
+    assert (m.mma_regs, m.poll_frag, m.poll_delay) == (True, False, 0)
     shared_w = _cuda_plan(packed_of(512, False, torch.bfloat16), 64, 132, mma_regs=False)  # asked: W^T in shared
     assert (shared_w.mma_regs, shared_w.k_split, shared_w.num_warps) == (False, 1, 8)  # a warp per 8-column tile
     big = _cuda_plan(packed_of(1024, False, torch.float16), 32, 132)  # fragments past the registers: W^T shared

@@ -66,8 +66,10 @@ CUDA_OTHER_REGISTERS = 90
 CUDA_MAX_SHARED = 227 << 10
 # mma defaults from the H200 sweep of 2026-12-03 (fused-graph us, default -> mma_regs -> poll_frag with a
 # 500 ns first-read delay): U fp16 592 -> 511 -> 354, V 3793 -> 3308 -> 2122; mma_regs alone also won on Q bf16
-# (380 -> 342), S bf16 (904 -> 746) and T (769 -> 713), where poll_frag without the delay lost (S 1024, T 853)
-POLL_FRAG_MIN_HIDDEN = 768
+# (380 -> 342), S bf16 (904 -> 746) and T (769 -> 713), where poll_frag without the delay lost (S 1024, T 853).
+# v18 (H200 sweep of 2026-12-03, 10:52 UTC): with the delay poll_frag also wins at hidden 512, Q bf16 342 -> 248,
+# S bf16 747 -> 688 (docs/fused_kernel.md)
+POLL_FRAG_MIN_HIDDEN = 512
 POLL_DELAY_NS = 500
 # options of the CUDA kernel only (asked for only, not yet measured; docs/fused_kernel.md v18): a plan that runs
 # another kernel refuses them
