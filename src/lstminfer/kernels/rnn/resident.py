@@ -389,9 +389,10 @@ class ResidentKernel:
         layer = int(c[CTL_ERR_LAYER])
         what = f"layer {layer}'s new h (its input)" if c[CTL_ERR_WHAT] == 1 else f"layer {layer}'s previous h"
         unit = int(c[CTL_ERR_UNIT])
+        seen, tag = int(c[CTL_ERR_SEEN]) & 0xffffffff, int(c[CTL_ERR_TAG]) & 0xffffffff  # int32 words, unsigned tags
         return (f"resident kernel: block {c[CTL_ERR_BLOCK]} gave up waiting {self.spin_s:g} s for {what} at step "
                 f"{c[CTL_ERR_STEP]} of the chunk: word (row {c[CTL_ERR_ROW]}, unit {unit}), written by block "
-                f"{unit // self.cfg.nb}, tag {c[CTL_ERR_SEEN] & 0xffffffff} instead of {c[CTL_ERR_TAG] & 0xffffffff} "
+                f"{unit // self.cfg.nb}, tag {seen} instead of {tag} "
                 "(not every block resident: another kernel holding multiprocessors?); no result returned")
 
     def _send(self, cmd: int, steps: int = 0) -> None:
