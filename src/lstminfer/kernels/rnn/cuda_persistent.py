@@ -132,17 +132,21 @@ def compile_cubin(cfg: Any, arch: str = "sm_90", source: str = SOURCE,
 
 
 class _Loaded:
-    """A variant's module and function on one device, its shared memory raised, its residency checked."""
+    """A variant's module and function on one device, its shared memory raised, its residency checked.  Shared
+    by the persistent kernel (compile_cubin, KERNEL_NAME) and the resident one (resident.py: its own compile and
+    kernel name); `what` names the kernel and `fix` ends the refusal of check_resident."""
 
-    def __init__(self, cfg: CudaConfig, device_index: int) -> None:
+    def __init__(self, cfg: Any, device_index: int, cubin_of: Any = None, name: bytes = KERNEL_NAME,
+                 what: str = "the CUDA persistent kernel", fix: str = ": use cuda=False or path='multi-launch'"):
         import torch
 
         driver, _ = _bindings()
         major, minor = torch.cuda.get_device_capability(device_index)
-        self.cubin, self.log = compile_cubin(cfg, f"sm_{major}{minor}")
+        self.cubin, self.log = (cubin_of or compile_cubin)(cfg, f"sm_{major}{minor}")
+        self.what, self.fix = what, fix
         _ensure_context(device_index)
         self.module = _check(driver.cuModuleLoadData(self.cubin), "cuModuleLoadData")
-        self.function = _check(driver.cuModuleGetFunction(self.module, KERNEL_NAME), "cuModuleGetFunction")
+        self.function = _check(driver.cuModuleGetFunction(self.module, name), "cuModuleGetFunction")
         self.shared = cfg.shared_bytes()
         _check(driver.cuFuncSetAttribute(
             self.function, driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -158,10 +162,9 @@ class _Loaded:
         """Refuse a grid whose blocks cannot all be resident at once on an idle GPU: their waits would never
         end (cuOccupancyMaxActiveBlocksPerMultiprocessor x multiprocessors >= blocks)."""
         if self.per_sm * self.sms < programs:
-            raise ValueError(f"the CUDA persistent kernel's {programs} blocks cannot all be resident "
+            raise ValueError(f"{self.what}'s {programs} blocks cannot all be resident "
                              f"({self.per_sm} a multiprocessor at {self.registers} registers a thread and "
-                             f"{self.shared} bytes of shared memory, {self.sms} multiprocessors): "
-                             f"use cuda=False or path='multi-launch'")
+                             f"{self.shared} bytes of shared memory, {self.sms} multiprocessors){self.fix}")
 
 
 def _ensure_context(device_index: int) -> None:
@@ -179,15 +182,17 @@ def _ensure_context(device_index: int) -> None:
         _check(driver.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
 
 
-_LOADED: dict[tuple[CudaConfig, int], _Loaded] = {}
+_LOADED: dict[tuple[Any, int], _Loaded] = {}
 
 
-def loaded(cfg: CudaConfig, device_index: int) -> _Loaded:
-    """The compiled and loaded variant (compiled on first use, then cached for the process)."""
+def loaded(cfg: Any, device_index: int, **kernel: Any) -> _Loaded:
+    """The compiled and loaded variant (compiled on first use, then cached for the process); `kernel`: _Loaded's
+    cubin_of / name / what / fix for a kernel other than the persistent one (its config type keeps the keys
+    apart)."""
     key = (cfg, device_index)
     entry = _LOADED.get(key)
     if entry is None:
-        entry = _LOADED[key] = _Loaded(cfg, device_index)
+        entry = _LOADED[key] = _Loaded(cfg, device_index, **kernel)
     return entry
 
 

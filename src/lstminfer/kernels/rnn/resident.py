@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from .cuda_persistent import _bindings, _check, _ensure_context, compile_cubin
+from .cuda_persistent import loaded as _loaded
 from .launch import KernelStalled
 from .resident_source import SOURCE
 
@@ -136,46 +137,10 @@ def compile_resident(cfg: ResidentConfig, arch: str = "sm_90") -> tuple[bytes, s
     return compile_cubin(cfg, arch, source=SOURCE, name="rnn_resident")
 
 
-class _Loaded:
-    """A variant's module and function on one device, its shared memory raised, its occupancy read."""
-
-    def __init__(self, cfg: ResidentConfig, device_index: int) -> None:
-        import torch
-
-        driver, _ = _bindings()
-        major, minor = torch.cuda.get_device_capability(device_index)
-        self.cubin, self.log = compile_resident(cfg, f"sm_{major}{minor}")
-        _ensure_context(device_index)
-        self.module = _check(driver.cuModuleLoadData(self.cubin), "cuModuleLoadData")
-        self.function = _check(driver.cuModuleGetFunction(self.module, KERNEL_NAME), "cuModuleGetFunction")
-        self.shared = cfg.shared_bytes()
-        _check(driver.cuFuncSetAttribute(
-            self.function, driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            self.shared), "cuFuncSetAttribute")
-        self.registers = _check(driver.cuFuncGetAttribute(
-            driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_NUM_REGS, self.function), "cuFuncGetAttribute")
-        self.per_sm = _check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(self.function, cfg.threads,
-                                                                                 self.shared),
-                             "cuOccupancyMaxActiveBlocksPerMultiprocessor")
-        self.sms = torch.cuda.get_device_properties(device_index).multi_processor_count
-
-    def check_resident(self, blocks: int) -> None:
-        """Refuse a grid whose blocks cannot all be resident at once on an idle GPU: they wait for each other."""
-        if self.per_sm * self.sms < blocks:
-            raise ValueError(f"the resident kernel's {blocks} blocks cannot all be resident ({self.per_sm} a "
-                             f"multiprocessor at {self.registers} registers a thread and {self.shared} bytes of "
-                             f"shared memory, {self.sms} multiprocessors)")
-
-
-_LOADED: dict[tuple[ResidentConfig, int], _Loaded] = {}
-
-
-def loaded(cfg: ResidentConfig, device_index: int) -> _Loaded:
-    key = (cfg, device_index)
-    entry = _LOADED.get(key)
-    if entry is None:
-        entry = _LOADED[key] = _Loaded(cfg, device_index)
-    return entry
+def loaded(cfg: ResidentConfig, device_index: int) -> Any:
+    """The compiled and loaded variant, cached for the process (cuda_persistent.loaded with this kernel)."""
+    return _loaded(cfg, device_index, cubin_of=compile_resident, name=KERNEL_NAME, what="the resident kernel",
+                   fix="")
 
 
 @dataclass
