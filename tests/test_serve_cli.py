@@ -67,6 +67,7 @@ def test_serve_answers_then_sigterm_leaves_no_process(tmp_path):
         assert info_path.exists(), f"serve did not come up: {proc.poll()} {proc.stderr.read() if proc.poll() else ''}"
         info = json.loads(info_path.read_text())
         assert info["models"] == ["tiny", "tiny_stream"] and info["http"].startswith("127.0.0.1:")
+        assert (info["device"], info["instances"]) == ("cpu", 1)  # --instances auto on a CPU
 
         import tritonclient.http as httpclient
 
@@ -83,6 +84,7 @@ def test_serve_answers_then_sigterm_leaves_no_process(tmp_path):
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         assert "stopped" in out
+        assert "backend onnxruntime on cpu, 1 instance each (auto)" in out
         deadline = time.monotonic() + 10
         while any(_alive(p) for p in below) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -91,6 +93,10 @@ def test_serve_answers_then_sigterm_leaves_no_process(tmp_path):
         # one request, one execution, to the stream model; none to the stateless one
         assert "lstminfer: tiny_stream: profile: executions of 1-1 requests: 1, 1.0 requests each; " in log
         assert "lstminfer: tiny: profile: no execution" in log
+        # Triton made the one instance per model it was told to (its own line per instance: NAME_group_index)
+        made = sorted(line.split("ModelInstanceInitialize: ")[1].split()[0] for line in log.splitlines()
+                      if "TRITONBACKEND_ModelInstanceInitialize: " in line)
+        assert made == ["tiny_0_0", "tiny_stream_0_0"], made
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -353,19 +353,31 @@ def test_handler_streams_interleaved_restart_and_errors(exported, ort_runner, bu
 @needs_tritonclient
 def test_export_triton_python_and_onnxruntime(cli, tmp_path):
     code, out, err = cli("export-triton", "--no-bidirectional", "--num-layers", "2", "-o", tmp_path / "py",
-                         "--name", "small")
+                         "--name", "small", "--instances", "3")
     assert code == 0, err
     assert (tmp_path / "py" / "small_stream" / "1" / "model.onnx").is_file()
     desc = json.loads((tmp_path / "py" / "small" / "1" / "lstminfer.json").read_text())
     assert desc["backend"] == "onnxruntime" and desc["model_args"]["num_layers"] == 2
+    for name in ("small", "small_stream"):  # an explicit count is kept as it is
+        assert _instance_groups(tmp_path / "py" / name) == [(3, "KIND_CPU")]
+    # --instances auto (the default) on a GPU: 2 KIND_GPU instances (written here without a GPU: the stock
+    # repository needs none to be written).
     code, out, err = cli("export-triton", "--no-bidirectional", "--num-layers", "2", "-o", tmp_path / "ort",
-                         "--platform", "onnxruntime", "--max-batch", "8", "--json", tmp_path / "ort.json")
+                         "--platform", "onnxruntime", "--max-batch", "8", "--device", "cuda",
+                         "--json", tmp_path / "ort.json")
     assert code == 0, err
     record = json.loads((tmp_path / "ort.json").read_text())
     assert record["models"] == ["seed", "seed_stream"]
     for name in record["models"]:
         config = repo.parse_config((tmp_path / "ort" / name / "config.pbtxt").read_text())
         assert config.max_batch_size == 8
+        assert _instance_groups(tmp_path / "ort" / name) == [(2, "KIND_GPU")]
+
+
+def _instance_groups(model_dir) -> list[tuple[int, str]]:
+    """(count, kind name) of each instance group of a written model's config."""
+    groups = repo.parse_config((model_dir / "config.pbtxt").read_text()).instance_group
+    return [(g.count, type(g).Kind.Name(g.kind)) for g in groups]
 
 
 def test_export_triton_errors_are_one_line(cli, tmp_path):
@@ -373,6 +385,10 @@ def test_export_triton_errors_are_one_line(cli, tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     code, _, err = cli("export-triton", "-o", tmp_path / "full")
     assert code == 2 and "not empty" in err and len(err.strip().splitlines()) == 1
+    for bad in ("0", "two"):
+        code, _, err = cli("export-triton", "-o", tmp_path / "new", "--instances", bad)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert f"--instances: must be a positive integer or auto, got '{bad}'" in err
     if importlib.util.find_spec("tensorrt") is None:
         code, _, err = cli("export-triton", "--num-layers", "1", "-o", tmp_path / "trt", "--platform", "tensorrt")
         assert code == 2 and "TensorRT is not installed" in err and len(err.strip().splitlines()) == 1

@@ -103,6 +103,16 @@ def processes_value(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") from None
 
 
+def instances_value(text: str) -> int | str:
+    """`--instances`: a positive integer or "auto" (repository.instances_for resolves it by device)."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") from None
+
+
 def _add_served_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("served model")
     g.add_argument("--name", default=None,
@@ -123,8 +133,9 @@ def _add_served_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--queue-delay-us", type=non_negative_int, default=0, metavar="US",
                    help="how long Triton may hold a request to fill a batch (default 0: requests that queue while "
                         "the model is busy are batched anyway; a delay only adds latency at low load)")
-    g.add_argument("--instances", type=positive_int, default=1, metavar="N",
-                   help="model instances, each its own process and runner (default 1)")
+    g.add_argument("--instances", type=instances_value, default="auto", metavar="N|auto",
+                   help="model instances, each its own process and runner; auto: 2 with --device cuda (executions "
+                        "overlap), 1 on a CPU (default auto)")
     g.add_argument("--max-streams", type=positive_int, default=64, metavar="N",
                    help="streams open at once per instance (default 64)")
     g.add_argument("--idle-timeout", type=positive_float, default=60.0, metavar="S",
@@ -154,10 +165,11 @@ def model_args_of(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _options(args: argparse.Namespace, device: str) -> Any:
-    from lstminfer.serve.repository import ServeOptions
+    from lstminfer.serve.repository import ServeOptions, instances_for
 
-    return ServeOptions(max_batch=args.max_batch, queue_delay_us=args.queue_delay_us, instances=args.instances,
-                        kind="KIND_GPU" if device == "cuda" else "KIND_CPU", max_streams=args.max_streams,
+    kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
+    return ServeOptions(max_batch=args.max_batch, queue_delay_us=args.queue_delay_us,
+                        instances=instances_for(args.instances, kind), kind=kind, max_streams=args.max_streams,
                         idle_timeout_s=args.idle_timeout, buckets=args.batch_buckets)
 
 
@@ -257,6 +269,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if repo.exists() and any(repo.iterdir()):
             raise UserError(f"--repository {repo} is not empty: give a new folder")
         model, names = write_python_repository(args, repo, Path(scratch))
+        device = _device(args)
+        instances = _options(args, device).instances
         config.repository = repo.resolve()
         server = TritonServer(config, log_path=Path(args.log) if args.log else None, install=install)
         with console.status(f"starting Triton Inference Server {install.version} with {', '.join(names)}"):
@@ -264,13 +278,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         try:
             info = {"models": names, "http": config.http_url, "grpc": config.grpc_url, "metrics": config.metrics_url,
                     "repository": str(config.repository), "log": str(server.log_path), "pid": os.getpid(),
-                    "backend": args.backend, "model": model.name}
+                    "backend": args.backend, "device": device, "instances": instances, "model": model.name}
             rows = [{"endpoint": "HTTP/REST", "address": f"http://{config.http_url}/v2/models/{names[0]}/infer"},
                     {"endpoint": "gRPC", "address": config.grpc_url},
                     {"endpoint": "metrics", "address": config.metrics_url},
                     {"endpoint": "ready", "address": f"http://{config.http_url}/v2/health/ready"}]
-            print_table(f"Serving {', '.join(names)} ({_describe(model)}, backend {args.backend}); "
-                        "Ctrl-C stops", rows)
+            chosen = " (auto)" if args.instances == "auto" else ""
+            print_table(f"Serving {', '.join(names)} ({_describe(model)}, backend {args.backend} on {device}, "
+                        f"{instances} instance{'s' if instances > 1 else ''} each{chosen}); Ctrl-C stops", rows)
             write_json_output(args.json, info)
             print(f"ready: lstminfer loadtest {config.http_url}", flush=True)
             server.run_until_signal()

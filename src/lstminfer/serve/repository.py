@@ -132,6 +132,18 @@ def served_tensors(model: Any) -> ServedTensors:
     return ServedTensors(inputs, outputs, pairs, refusal, fixed)
 
 
+# `--instances auto`: Python-backend instances per model, by where they run. On the H200 two KIND_GPU instances
+# served 2.3x the requests of one at concurrency 64 with the same p50 at 1 (docs/serving.md, "Two instances",
+# 2026-12-03): one instance runs one execute at a time, and its stub's Python, not the GPU, is the bound. On a
+# CPU the instances' backends compete for the same cores as Triton and the clients, so one.
+AUTO_INSTANCES = {"KIND_GPU": 2, "KIND_CPU": 1}
+
+
+def instances_for(value: int | str, kind: str) -> int:
+    """The instance count of `--instances` (a positive integer, or "auto") for instances of `kind`."""
+    return AUTO_INSTANCES[kind] if value == "auto" else int(value)
+
+
 @dataclass(frozen=True)
 class ServeOptions:
     """How Triton batches and places a served model."""
