@@ -76,16 +76,24 @@ def fused_rnn_op(x: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | No
                  meta: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole stack through the fused kernel; meta = (is_lstm, input_size, hidden, layers, directions,
     batch_first, hidden_padded, input_padded).  Returns output, hn, cn (cn empty for a GRU)."""
-    from lstminfer.kernels.rnn import PackedRNN, rnn_forward
+    from lstminfer.kernels.rnn import PackedRNN
 
     lstm, input_size, hidden, layers, dirs, batch_first, hp, k0 = meta
     packed = PackedRNN(kind="lstm" if lstm else "gru", input_size=input_size, hidden_size=hidden, num_layers=layers,
                        num_directions=dirs, batch_first=bool(batch_first), hidden_padded=hp, input_padded=k0,
                        dtype=x.dtype, w_ih0=w_ih0, w_ihr=w_ihr, w_hh=w_hh, bias=bias)
-    key = (w_hh.data_ptr(), x.device, tuple(x.shape), h0 is not None)
-    outs = rnn_forward(packed, x, h0, c0, workspace=_WORKSPACES.setdefault(key, {}))
+    outs = _kernel_call(packed, x, h0, c0)
     cn = outs[2] if lstm else outs[1].new_empty(0)
     return outs[0], outs[1], cn
+
+
+def _kernel_call(packed: Any, x: torch.Tensor, h0: torch.Tensor | None, c0: torch.Tensor | None,
+                 hn_out: torch.Tensor | None = None, cn_out: torch.Tensor | None = None) -> tuple:
+    """rnn_forward with the scratch workspace of this (weights, input shape, state given)."""
+    from lstminfer.kernels.rnn import rnn_forward
+
+    key = (packed.w_hh.data_ptr(), x.device, tuple(x.shape), h0 is not None)
+    return rnn_forward(packed, x, h0, c0, workspace=_WORKSPACES.setdefault(key, {}), hn_out=hn_out, cn_out=cn_out)
 
 
 @fused_rnn_op.register_fake
@@ -171,6 +179,29 @@ class FusedRNN(nn.Module):
         if lstm:
             return out.to(dtype), (hn.to(dtype), cn.to(dtype))
         return out.to(dtype), hn.to(dtype)
+
+    @torch.compiler.disable
+    def forward_into(self, input: Any, hx: Any, h_out: torch.Tensor, c_out: torch.Tensor | None = None) -> Any:
+        """forward(input, hx) that leaves the new state in the caller's buffers h_out (and c_out for an LSTM),
+        returned as the new state: a stream's state buffers written by the kernel itself, with no copy after
+        it (measure/stream_engines.py; a CUDA graph of a chunk has a node less per state tensor).  The buffers
+        must not share memory with hx (the kernel may still read h0 while it writes hn; a stream swaps two
+        buffers per step).  Where the kernel cannot write them (a fallback, a dtype other than the kernel's)
+        the new state is copied into them.  Not for torch.compile (it calls the kernel outside the custom op)."""
+        packed = self._fused
+        lstm = self.mode == "LSTM"
+        direct = (hx is not None and not self._fallback(input) and input.dtype == packed.dtype
+                  and h_out.dtype == packed.dtype and (not lstm or c_out.dtype == packed.dtype))
+        if not direct:
+            out, new = self.forward(input, hx)
+            h_out.copy_(new[0] if lstm else new)
+            if lstm:
+                c_out.copy_(new[1])
+            return out, ((h_out, c_out) if lstm else h_out)
+        h0, c0 = hx if lstm else (hx, None)
+        outs = _kernel_call(packed, input, h0.to(packed.dtype), c0.to(packed.dtype) if lstm else None, h_out,
+                            c_out if lstm else None)
+        return outs[0], ((h_out, c_out) if lstm else h_out)
 
 
 def fused_workspaces(module: nn.Module) -> list[dict]:

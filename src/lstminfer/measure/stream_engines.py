@@ -152,7 +152,12 @@ def _carried_state_class() -> Any:
 
     class CarriedState(nn.Module):
         """A recurrent layer that, called without hx, starts from the state its last call left (a stream's
-        previous chunk) and writes the new state back in place (a CUDA graph replays both)."""
+        previous chunk) and leaves the new state in the buffers the next call starts from (a CUDA graph replays
+        both).  The engine points it at the buffers before every step: it reads ``h``/``c`` and writes
+        ``h_out``/``c_out``.  A fused layer writes those itself (FusedRNN.forward_into: no copy, so one graph
+        node less per state tensor); they are then two buffer sets that the engine swaps after each step (the
+        kernel must not write the state it reads).  Other layers' new state is copied into them (then they may
+        be the very buffers read: the copy runs after the layer)."""
 
         def __init__(self, layer: nn.Module):
             super().__init__()
@@ -160,15 +165,33 @@ def _carried_state_class() -> Any:
             self.lstm = layer.mode == "LSTM"
             self.h: Any = None  # set by ModuleEngine before every step
             self.c: Any = None
+            self.h_out: Any = None
+            self.c_out: Any = None
+            self.calls = 0  # calls in this step (the engine zeroes it)
 
         def forward(self, x: Any, hx: Any = None) -> Any:
             if hx is not None or isinstance(x, PackedSequence):  # the model handles this call's state itself
                 return self.layer(x, hx)
-            out, new = self.layer(x, (self.h, self.c) if self.lstm else self.h)
-            self.h.copy_(new[0] if self.lstm else new)
+            self.calls += 1
+            if self.calls == 1:  # the stream's previous state
+                state = (self.h, self.c) if self.lstm else self.h
+                into = getattr(self.layer, "forward_into", None)
+                if into is not None:
+                    return into(x, state, self.h_out, self.c_out)
+            else:  # called again in one step: from the state the first call left
+                state = (self.h_out, self.c_out) if self.lstm else self.h_out
+            out, new = self.layer(x, state)
+            self.h_out.copy_(new[0] if self.lstm else new)
             if self.lstm:
-                self.c.copy_(new[1])
+                self.c_out.copy_(new[1])
             return out, new
+
+        def keep(self) -> None:
+            """Not called in this step: the state carries over unchanged."""
+            if self.calls == 0 and self.h_out is not self.h:
+                self.h_out.copy_(self.h)
+                if self.lstm:
+                    self.c_out.copy_(self.c)
 
     return CarriedState
 
@@ -272,7 +295,12 @@ class ModuleEngine:
         self.module, self.wrappers = carry_state(module) if carried else (module, {})
         self.state_out = {o: i for i, o in session.pairs}
         self.input_names, self.output_names = model.input_names, model.output_names  # fixed: read once
+        # The state every step reads (self.buffers) and the one it writes: two sets swapped after each step where a
+        # carried layer's kernel writes its new state itself (CarriedState), else one set updated in place.
+        self.swapping = any(hasattr(w.layer, "forward_into") for w in self.wrappers.values())
         self.buffers: dict[str, Any] = {}
+        self.sets: list[dict[str, Any]] = [self.buffers, {} if self.swapping else self.buffers]
+        self.parity = 0  # self.buffers is self.sets[self.parity]
         self.graphed = name.endswith("-graph")
         self.graphs: dict[tuple, CapturedStep] = {}
         self.last: CapturedStep | None = None  # the step the last chunk replayed (benchmarks/stream_gpu.py)
@@ -322,18 +350,34 @@ class ModuleEngine:
             if buf is not None and buf.shape == value.shape:
                 buf.copy_(value)
                 continue
-            self.buffers[name] = value.clone()
+            for buffers in self.sets:
+                buffers[name] = value.clone()
             self.graphs.clear()
             self.last = None
+
+    def _point(self) -> None:
+        """The carried layers read the current state set and write the other (the same one without swapping)."""
+        read, write = self.buffers, self.sets[1 - self.parity]
         for path, w in self.wrappers.items():
-            w.h = self.buffers[f"{path}.h"]
-            w.c = self.buffers.get(f"{path}.c")
+            w.h, w.h_out = read[f"{path}.h"], write[f"{path}.h"]
+            w.c, w.c_out = read.get(f"{path}.c"), write.get(f"{path}.c")
+            w.calls = 0
+
+    def _swap(self) -> None:
+        """After a step: the state it wrote is the one the next step reads."""
+        if self.swapping:
+            self.parity ^= 1
+            self.buffers = self.sets[self.parity]
 
     # -- one step --
     def _step(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The model on device inputs; the state outputs copied into the buffers; the other outputs."""
+        """The model on device inputs; the state outputs copied into the buffers (or, carried, written into the
+        other set by the layers); the other outputs.  Reads and writes the buffers _point names: no swap here."""
+        self._point()
         tensors = [inputs[n] if n in inputs else self.buffers[n] for n in self.input_names]
         values = dict(zip(self.output_names, self.session.model.call_module(self.module, tensors)))
+        for w in self.wrappers.values():
+            w.keep()
         for out, name in self.state_out.items():
             self.buffers[name].copy_(values[out])
         return {n: v for n, v in values.items() if n not in self.state_out}
@@ -478,8 +522,11 @@ class ModuleEngine:
                 self._bind(state)
         if not (self.graphed and self.cuda):
             with self.on_stream, self.torch.no_grad():  # as measured before (a graph needs none: fixed at capture)
-                return self._eager(feeds), self.buffers
-        key = tuple((n, a.shape) for n, a in feeds.items())
+                outputs = self._eager(feeds)
+            self._swap()
+            return outputs, self.buffers
+        # a graph per chunk shape and state set read (two sets when swapping: each graph reads one, writes the other)
+        key = (self.parity, *((n, a.shape) for n, a in feeds.items()))
         step = self.graphs.get(key)
         if step is None:
             with self.on_stream:
@@ -488,10 +535,12 @@ class ModuleEngine:
             step.inputs[name][...] = array
         self.replay(step)
         self.last = step
+        self._swap()
         return {n: a.copy() for n, a in step.outputs.items()}, self.buffers
 
     def close(self) -> None:
         self.module, self.graphs, self.buffers, self.pinned, self.last = None, {}, {}, {}, None
+        self.sets = [self.buffers, self.buffers]
 
 
 class OnStream:

@@ -34,15 +34,41 @@ def raise_if_stalled(workspace: dict[str, Any], any_stream: bool = True) -> None
 
 
 def _new_outputs(packed: PackedRNN, seq_len: int, batch: int, state_shape: tuple, device: Any,
-                 dtype: Any) -> tuple:
-    """output (in PyTorch's layout) with its time and batch strides, hn, and cn (hn again for a GRU)."""
+                 dtype: Any, hn_out: torch.Tensor | None = None, cn_out: torch.Tensor | None = None) -> tuple:
+    """output (in PyTorch's layout) with its time and batch strides, hn, and cn (hn again for a GRU); hn and cn
+    are the caller's buffers where given (checked by _check_state_out)."""
     y_width = packed.num_directions * packed.hidden_size
     out = torch.empty((batch, seq_len, y_width) if packed.batch_first else (seq_len, batch, y_width),
                       device=device, dtype=dtype)
     stride_ot, stride_ob = (out.stride(1), out.stride(0)) if packed.batch_first else (out.stride(0), out.stride(1))
-    hn = torch.empty(state_shape, device=device, dtype=dtype)
-    cn = torch.empty(state_shape, device=device, dtype=dtype) if packed.kind == "lstm" else hn
+    hn = hn_out if hn_out is not None else torch.empty(state_shape, device=device, dtype=dtype)
+    if packed.kind != "lstm":
+        cn = hn
+    else:
+        cn = cn_out if cn_out is not None else torch.empty(state_shape, device=device, dtype=dtype)
     return out, stride_ot, stride_ob, hn, cn
+
+
+def _check_state_out(packed: PackedRNN, x: torch.Tensor, state_shape: tuple, hn_out: torch.Tensor | None,
+                     cn_out: torch.Tensor | None, h0: torch.Tensor | None, c0: torch.Tensor | None) -> None:
+    """hn_out / cn_out: contiguous, of the state's shape, in x's dtype, on x's device, and sharing no memory with
+    h0 / c0 or each other.  Not aliased because the kernels do not all read their whole h0 before any program
+    writes hn: the stack kernel's row tiles each read all of h0 and write their own units of hn, so a fast tile
+    would overwrite h0 under a slow one (a stream keeps two state buffers and swaps them instead)."""
+    if cn_out is not None and packed.kind != "lstm":
+        raise ValueError("cn_out is for an LSTM; a GRU has no cell state")
+    given = [(n, t) for n, t in (("hn_out", hn_out), ("cn_out", cn_out)) if t is not None]
+    for name, t in given:
+        if tuple(t.shape) != state_shape or t.dtype != x.dtype or t.device != x.device or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous {x.dtype} tensor of shape {state_shape} on {x.device}, "
+                             f"got {t.dtype} {tuple(t.shape)} on {t.device}"
+                             f"{'' if t.is_contiguous() else ' (not contiguous)'}")
+    others = [(n, t) for n, t in (("h0", h0), ("c0", c0), *given) if t is not None]
+    for name, t in given:
+        for other, u in others:
+            if other != name and t.untyped_storage().data_ptr() == u.untyped_storage().data_ptr():
+                raise ValueError(f"{name} shares memory with {other}: give the new state its own buffer (the "
+                                 "kernel's programs may still read h0/c0 while others write hn/cn)")
 
 
 def _launch(kernel: Any, grid: tuple[int, int, int], ws: dict, num_warps: int, *args: Any, **constexprs: Any) -> None:
@@ -192,7 +218,8 @@ def _check_resident(plan: Plan, args: tuple, constexprs: dict) -> None:
 
 def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = None,
                 c0: torch.Tensor | None = None, plan: Plan | None = None,
-                workspace: dict[str, Any] | None = None, check: bool = True) -> tuple[torch.Tensor, ...]:
+                workspace: dict[str, Any] | None = None, check: bool = True,
+                hn_out: torch.Tensor | None = None, cn_out: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """Run the whole stack: (output, hn[, cn]) with nn.LSTM / nn.GRU's shapes, in x's dtype.
 
     x is [T, B, I] (or [B, T, I] when packed.batch_first) on packed's device; h0/c0 [L*D, B, H] or None.
@@ -202,6 +229,10 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     caller's raise_if_stalled(workspace) (graph replays; see FusedRunner.download_impl). A plan with stamps=True
     (the CUDA kernel) leaves its blocks' globaltimer stamps in workspace["stamps"], int64 [layers, blocks, T, 3]
     (cuda_source.py, STAMPS; benchmarks/kernel_stamps.py reads them).
+
+    hn_out / cn_out: the caller's buffers for hn / cn (a stream's state, written in place: no copy after the
+    call), contiguous, in x's dtype, sharing no memory with h0 / c0 (_check_state_out says why); returned as
+    hn / cn.
     """
     if x.dim() != 3:
         raise ValueError(f"expected a 3-d input, got shape {tuple(x.shape)}")
@@ -232,7 +263,10 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     # real k of the sums: hidden units per direction, input features of layer 0
     h_sum, i_sum = (hidden, packed.input_size) if plan.exact_k else (hp, packed.input_padded)
     batch_tiles = -(-batch // plan.block_b)
-    out, stride_ot, stride_ob, hn, cn = _new_outputs(packed, seq_len, batch, state_shape, device, dtype)
+    if hn_out is not None or cn_out is not None:
+        _check_state_out(packed, x, state_shape, hn_out, cn_out, h0, c0)
+    out, stride_ot, stride_ob, hn, cn = _new_outputs(packed, seq_len, batch, state_shape, device, dtype, hn_out,
+                                                     cn_out)
     inputs = (x, stride_xt, stride_xb, stride_xk, h0.contiguous() if has_state else hn,
               c0.contiguous() if (has_state and lstm) else hn, packed.w_ih0, packed.w_ihr, packed.w_hh, packed.bias)
     outputs = (out, stride_ot, stride_ob, out.stride(2), hn, cn, seq_len, batch, packed.input_size, hidden, layers)
