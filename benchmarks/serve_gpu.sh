@@ -28,7 +28,8 @@
 # quarter of the cores: 2 at level 16 and 4 at 64 on the 16-core H200 host, so those levels are not bounded
 # by one Python process's GIL; 1: as before), LSTMINFER_SERVE_PROFILE (1: the served
 # model logs per-piece medians of its execute per execution size at unload; server-logs.txt shows them),
-# INSTANCES (1: `serve --instances`, Python-backend instances per model, each its own stub and runner).
+# INSTANCES (auto: `serve --instances`, Python-backend instances per model, each its own stub and runner;
+# auto is 2 with DEVICE=cuda, 1 on a CPU; tables.txt says how many Triton made, from its log).
 set -uo pipefail
 OUT=${OUT:-serve-gpu-out}
 WHEELS=${WHEELS:-.whl-serve}
@@ -40,7 +41,7 @@ BACKEND=${BACKEND:-fused-graph}
 DEVICE=${DEVICE:-cuda}
 PROTOCOLS=${PROTOCOLS:-http,grpc}
 PROCESSES=${PROCESSES:-auto}
-INSTANCES=${INSTANCES:-1}
+INSTANCES=${INSTANCES:-auto}
 export LSTMINFER_SERVE_PROFILE=${LSTMINFER_SERVE_PROFILE:-1}
 mkdir -p "$OUT"
 WORK=${WORK:-$(mktemp -d /tmp/serve-gpu.XXXXXX)}
@@ -92,6 +93,10 @@ bench() {  # NAME TIMEOUT ARGS...: one benchmarks/serve_triton.py run, its table
     --out-json "$WORK/$name.json" --loadtest-json "$WORK/$name-loadtest.json" \
     --server-log "$WORK/$name-server.log" "$@" 2>&1 | tee -a "$OUT/tables.txt"
   local code=${PIPESTATUS[0]}
+  # How many instances Triton made per model (--instances $INSTANCES): its log has a line per instance.
+  [[ -f $WORK/$name-server.log ]] && say "$name: instances (--instances $INSTANCES): $(grep -o \
+    'ModelInstanceInitialize: [A-Za-z0-9_-]*_[0-9]*_[0-9]*' "$WORK/$name-server.log" | sed -E 's/.*: (.*)_[0-9]+_[0-9]+$/\1/' \
+    | sort | uniq -c | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1}')"
   case $code in
     0) say "$name: done" ;;
     1) say "$name: done, with failed requests or wrong answers (the reasons are above)" ;;
