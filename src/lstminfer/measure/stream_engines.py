@@ -6,7 +6,9 @@
   lstminfer.accelerate) or ``fused-graph``: the state in tensors on the device that every step updates in
   place, so a CUDA graph captures the whole step (chunk in, state read and written, outputs out) and a step
   is one copy up, one replay, one copy down.  For models that call their recurrent layers without state,
-  each layer is wrapped (``CarriedState``) and carries its own state from chunk to chunk.
+  each layer is wrapped (``CarriedState``) and carries its own state from chunk to chunk; a fused layer
+  writes its new state itself into a second set of buffers, and the two sets swap after each step (one
+  graph per set), so the graph has no copy of the state.
 * ``RunnerEngine``: any registered backend through its Runner (the state makes a host round trip).
 """
 
@@ -264,13 +266,16 @@ class ModuleEngine:
     """torch, torch-graph, fused, fused-graph on the model's PyTorch module (see the module docstring).
 
     The state is the session's pairs (the forward takes and returns it) or, with ``carried``, each recurrent
-    layer's own (names ``PATH.h`` / ``PATH.c``).  Everything runs on the engine's own CUDA stream (made current
+    layer's own (names ``PATH.h`` / ``PATH.c``; with fused layers in two sets that swap after each step, see
+    CarriedState, and a graph per chunk shape and set).  Everything runs on the engine's own CUDA stream (made current
     for the call and restored: the caller's other work is never waited for).  A graphed chunk is: the chunk
     written into a pinned buffer, one replay (which copies it up, runs the step, writes the state in place and
     copies the outputs down into pinned buffers), one stream synchronize, one numpy copy of each output.  The
     returned arrays are copies, so they stay valid after the next step overwrites the pinned buffers.  The eager
     backends copy through the same pinned buffers around the module call.
     """
+
+    keep_graphs = False  # keep each captured cudaGraph_t for graph_nodes() (benchmarks/stream_gpu.py; tests)
 
     def __init__(self, session: Any, name: str, precision: str, carried: bool):
         import torch
@@ -453,7 +458,7 @@ class ModuleEngine:
     def _capture_step(self, pinned_in: dict[str, Any], landing: dict[str, Any], pinned_out: dict[str, Any],
                       stalls: StallWatch | None, staged: bool) -> CapturedStep:
         torch = self.torch
-        graph = torch.cuda.CUDAGraph()
+        graph = torch.cuda.CUDAGraph(keep_graph=True) if self.keep_graphs else torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=self.stream):
             if staged:
                 for name, host in pinned_in.items():
@@ -470,6 +475,8 @@ class ModuleEngine:
                         pinned_out[name].copy_(value, non_blocking=True)
                 if stalls is not None:
                     stalls.record()
+        if self.keep_graphs:
+            graph.instantiate()
         copies_up = [(landing[n], host) for n, host in pinned_in.items()]
         copies_down = [(pinned_out[n], value) for n, value in device_out.items()]  # views keep FLAT's memory
         return CapturedStep(graph, {n: t.numpy() for n, t in pinned_in.items()},
@@ -526,7 +533,7 @@ class ModuleEngine:
             self._swap()
             return outputs, self.buffers
         # a graph per chunk shape and state set read (two sets when swapping: each graph reads one, writes the other)
-        key = (self.parity, *((n, a.shape) for n, a in feeds.items()))
+        key = (*((n, a.shape) for n, a in feeds.items()), self.parity)
         step = self.graphs.get(key)
         if step is None:
             with self.on_stream:
@@ -541,6 +548,45 @@ class ModuleEngine:
     def close(self) -> None:
         self.module, self.graphs, self.buffers, self.pinned, self.last = None, {}, {}, {}, None
         self.sets = [self.buffers, self.buffers]
+
+
+def graph_nodes(graph: Any) -> list[tuple[str, str]]:
+    """The nodes of a CUDA graph captured by a ModuleEngine with ``keep_graphs`` set (``step.graph``), in the order
+    cudaGraphGetNodes lists them: (kind, kernel name) each, the kind "kernel", "memcpy", "memset", ... and the name
+    "" for other kinds or where the driver does not give it.  Every node of a chunk's graph waits for the one
+    before it (one stream captured), so each costs its launch latency: this counts them.  Needs cuda-bindings
+    (``pip install "lstminfer[gpu]"``)."""
+    from cuda.bindings import driver, runtime
+
+    def checked(result: tuple) -> Any:
+        err, *values = result
+        if int(err) != 0:
+            raise RuntimeError(f"CUDA graph query failed: {err}")
+        return values[0] if len(values) == 1 else values
+
+    raw = graph.raw_cuda_graph()
+    _, count = checked(runtime.cudaGraphGetNodes(raw, numNodes=0))
+    nodes, count = checked(runtime.cudaGraphGetNodes(raw, numNodes=count))
+    kinds = {runtime.cudaGraphNodeType.cudaGraphNodeTypeKernel: "kernel",
+             runtime.cudaGraphNodeType.cudaGraphNodeTypeMemcpy: "memcpy",
+             runtime.cudaGraphNodeType.cudaGraphNodeTypeMemset: "memset",
+             runtime.cudaGraphNodeType.cudaGraphNodeTypeHost: "host",
+             runtime.cudaGraphNodeType.cudaGraphNodeTypeGraph: "child_graph",
+             runtime.cudaGraphNodeType.cudaGraphNodeTypeEmpty: "empty",
+             runtime.cudaGraphNodeType.cudaGraphNodeTypeWaitEvent: "wait_event",
+             runtime.cudaGraphNodeType.cudaGraphNodeTypeEventRecord: "event_record"}
+    out = []
+    for node in nodes[:count]:
+        kind = checked(runtime.cudaGraphNodeGetType(node))
+        name = ""
+        if kind == runtime.cudaGraphNodeType.cudaGraphNodeTypeKernel:
+            err, params = driver.cuGraphKernelNodeGetParams(driver.CUgraphNode(init_value=int(node)))
+            if int(err) == 0 and int(params.func):
+                err, found = driver.cuFuncGetName(driver.CUfunction(init_value=int(params.func)))
+                if int(err) == 0:
+                    name = found.decode() if isinstance(found, bytes) else str(found)
+        out.append((kinds.get(kind, str(kind)), name))
+    return out
 
 
 class OnStream:

@@ -96,6 +96,37 @@ def _launch(kernel: Any, grid: tuple[int, int, int], ws: dict, num_warps: int, *
         run(*args, *tail)
 
 
+# the most layer-output words whose poison is restored by one copy from a template together with the barrier
+# counters (one graph node instead of a memset and a fill kernel: a streamed chunk's launches are tiny)
+RESET_COPY_MAX_WORDS = 16384
+
+
+def _sync_and_seq(sync_words: int, seq_words: int, poll_h: bool, device: Any) -> dict[str, torch.Tensor]:
+    """The stack kernel's barrier counters (int32, zero before a launch) and layer-output slabs (fp32; poisoned
+    with -1 words before a launch when the kernel polls them).  Polled slabs up to RESET_COPY_MAX_WORDS share one
+    buffer with the counters ("words", the slabs from a 128-byte boundary on) and a template of its contents
+    before a launch ("reset"), so that one copy resets both: a CUDA graph of a chunk gets one node for it."""
+    if not (poll_h and seq_words <= RESET_COPY_MAX_WORDS):
+        return {"seq": torch.empty(seq_words, device=device, dtype=torch.float32),
+                "sync": torch.zeros(sync_words, device=device, dtype=torch.int32)}
+    lead = -(-sync_words // 32) * 32
+    reset = torch.full((lead + seq_words,), -1, device=device, dtype=torch.int32)
+    reset[:lead] = 0
+    words = reset.clone()
+    return {"words": words, "reset": reset, "sync": words[:sync_words], "seq": words[lead:].view(torch.float32)}
+
+
+def _reset_sync_and_seq(ws: dict[str, Any], grid_sync: bool, poll_h: bool) -> None:
+    """Before a launch: the counters zeroed (grid_sync), the polled slabs poisoned (poll_h)."""
+    if "reset" in ws:
+        ws["words"].copy_(ws["reset"])
+        return
+    if grid_sync:
+        ws["sync"].zero_()
+    if poll_h:
+        ws["seq"].view(torch.int32).fill_(-1)
+
+
 class _NoTF32:
     """IEEE fp32 in cuBLAS for the projection GEMM, whatever the global switch says; restored after."""
 
@@ -318,14 +349,10 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
         ws.clear()
         ws.update(key=key,
                   gx=torch.empty(seq_len * batch * 4 * rt, device=device, dtype=torch.float32),
-                  seq=torch.empty(seq_slabs * seq_len * batch * rt, device=device, dtype=torch.float32),
                   c_state=torch.empty(layers * dirs * batch * hp if plan.path == "multi-launch" else 1,
-                                      device=device, dtype=torch.float32),
-                  sync=torch.zeros(batch_tiles * (1 + dirs), device=device, dtype=torch.int32))
-    if grid_sync:
-        ws["sync"].zero_()
-    if poll_h:
-        ws["seq"].view(torch.int32).fill_(-1)
+                                      device=device, dtype=torch.float32))
+        ws.update(_sync_and_seq(batch_tiles * (1 + dirs), seq_slabs * seq_len * batch * rt, poll_h, device))
+    _reset_sync_and_seq(ws, grid_sync, poll_h)
 
     def launch(programs: int, layer_begin: int, layer_end: int, step_begin: int, step_end: int,
                do_proj: bool, do_rec: bool) -> None:
