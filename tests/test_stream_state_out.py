@@ -180,3 +180,42 @@ def test_the_vad_graph_has_no_state_copies(backend, capsys):
     if backend == "fused-graph":
         assert sum("_rnn_stack_kernel" in n for _, n in nodes) == 1, nodes
         assert kinds.count("memcpy") == 3 and "memset" not in kinds, nodes
+
+
+def test_a_model_that_returns_its_state_gets_it_written_by_the_kernel():
+    """vad_with_state (forward(frames, (h, c)) -> (prob, (h, c))) on fused: the kernel writes h and c into the
+    other state set itself (no copy); a model that returns them swapped, (c, h), still streams like torch."""
+    _interpreted(f"""
+import importlib.util, numpy as np, torch, lstminfer
+import lstminfer.kernels.rnn as rnn
+direct, real = [], rnn.rnn_forward
+rnn.rnn_forward = lambda *a, **k: direct.append(k.get("hn_out") is not None) or real(*a, **k)
+spec = importlib.util.spec_from_file_location("vad", {str(EXAMPLES / "vad.py")!r})
+vad = importlib.util.module_from_spec(spec); spec.loader.exec_module(vad)
+
+class Swapped(vad.VAD):
+    def forward(self, frames, state):
+        prob, (h, c) = super().forward(frames, state)
+        return prob, (c, h)
+
+torch.manual_seed(4)
+x = np.random.default_rng(5).standard_normal((2, 5, 6)).astype(np.float32)
+zeros = (torch.zeros(1, 1, 8), torch.zeros(1, 1, 8))
+for cls in (vad.VAD, Swapped):
+    model = cls(features=6, hidden=8).eval()
+    example = (torch.randn(1, 4, 6), zeros)
+    runs = {{}}
+    for backend in ("fused", "torch"):
+        direct.clear()
+        session = lstminfer.Session((model, example), backend=backend, device="cpu")
+        assert session.pairs and not session.carried
+        runs[backend] = np.concatenate([session.step(x[:, t:t + 2])["output"] for t in (0, 2, 4)], 1)
+        if backend == "fused":
+            assert session._engine.swapping and direct == [True] * 3, direct
+    np.testing.assert_allclose(runs["fused"], runs["torch"], atol=1e-5)
+    if cls is vad.VAD:
+        with torch.no_grad():
+            want = model.double()(torch.from_numpy(x).double()).numpy()
+        np.testing.assert_allclose(runs["fused"], want, atol=1e-5)
+        model.float()
+""")

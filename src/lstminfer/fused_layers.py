@@ -34,6 +34,37 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 _WORKSPACES: dict[tuple, dict] = {}
 
 
+# a stream's state inputs and the buffers their next values go to (state_into): a FusedRNN called with such an
+# input writes its new state there itself (forward_into), once
+_STATE_INTO: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+class state_into:
+    """For one step of a stream whose model takes and returns its state: each (state input, buffer) pair says
+    where the new value of that state goes.  A FusedRNN called with those inputs as hx writes its new state into
+    the buffers (forward_into: no copy after the model), the first time only; the caller copies whatever the
+    model returns that is not already its buffer.  The buffers must not be the inputs (measure/stream_engines.py
+    keeps two sets).  A class, not a generator: entered per chunk."""
+
+    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.pairs = pairs
+
+    def __enter__(self) -> None:
+        _STATE_INTO.update({id(src): (src, dest) for src, dest in self.pairs})
+
+    def __exit__(self, *exc: object) -> None:
+        _STATE_INTO.clear()
+
+
+def _routed(state: torch.Tensor | None) -> torch.Tensor | None:
+    """The buffer that state_into names for this state input (taken: one use), else None."""
+    entry = _STATE_INTO.get(id(state)) if state is not None else None
+    if entry is None or entry[0] is not state:
+        return None
+    del _STATE_INTO[id(state)]
+    return entry[1]
+
+
 def _forget_workspaces(weights_ptr: int) -> None:
     for key in [k for k in _WORKSPACES if k[0] == weights_ptr]:
         del _WORKSPACES[key]
@@ -162,6 +193,10 @@ class FusedRNN(nn.Module):
                 or (input.requires_grad and torch.is_grad_enabled()))
 
     def forward(self, input: Any, hx: Any = None) -> Any:
+        if _STATE_INTO and hx is not None:  # a stream step that names where this state goes (state_into)
+            into = self._state_into(hx)
+            if into is not None:
+                return self.forward_into(input, hx, *into)
         if self._fallback(input):
             return self.original(input, hx)
         packed = self._fused
@@ -179,6 +214,16 @@ class FusedRNN(nn.Module):
         if lstm:
             return out.to(dtype), (hn.to(dtype), cn.to(dtype))
         return out.to(dtype), hn.to(dtype)
+
+    @torch.compiler.disable
+    def _state_into(self, hx: Any) -> tuple | None:
+        if self.mode != "LSTM":
+            h_out = _routed(hx)
+            return None if h_out is None else (h_out, None)
+        h_out, c_out = _routed(hx[0]), _routed(hx[1])
+        if h_out is None or c_out is None:
+            return None
+        return h_out, c_out
 
     @torch.compiler.disable
     def forward_into(self, input: Any, hx: Any, h_out: torch.Tensor, c_out: torch.Tensor | None = None) -> Any:

@@ -302,7 +302,8 @@ class ModuleEngine:
         self.input_names, self.output_names = model.input_names, model.output_names  # fixed: read once
         # The state every step reads (self.buffers) and the one it writes: two sets swapped after each step where a
         # carried layer's kernel writes its new state itself (CarriedState), else one set updated in place.
-        self.swapping = any(hasattr(w.layer, "forward_into") for w in self.wrappers.values())
+        fused = any(hasattr(m, "forward_into") for m in self.module.modules())
+        self.swapping = fused and bool(self.wrappers or self.state_out)
         self.buffers: dict[str, Any] = {}
         self.sets: list[dict[str, Any]] = [self.buffers, {} if self.swapping else self.buffers]
         self.parity = 0  # self.buffers is self.sets[self.parity]
@@ -376,15 +377,28 @@ class ModuleEngine:
 
     # -- one step --
     def _step(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        """The model on device inputs; the state outputs copied into the buffers (or, carried, written into the
-        other set by the layers); the other outputs.  Reads and writes the buffers _point names: no swap here."""
+        """The model on device inputs; the state outputs in the buffers; the other outputs.  With two sets the
+        state is read from the current one and written into the other, by the fused layers themselves where they
+        compute it (CarriedState, state_into), else copied; with one set it is copied in place after the model.
+        No swap here (run() swaps after the step)."""
         self._point()
-        tensors = [inputs[n] if n in inputs else self.buffers[n] for n in self.input_names]
-        values = dict(zip(self.output_names, self.session.model.call_module(self.module, tensors)))
+        read, write = self.buffers, self.sets[1 - self.parity]
+        tensors = [inputs[n] if n in inputs else read[n] for n in self.input_names]
+        if self.swapping and self.state_out:  # the fused layers write the state they return into `write`
+            from lstminfer.fused_layers import state_into
+
+            with state_into([(read[name], write[name]) for name in self.state_out.values()]):
+                values = dict(zip(self.output_names, self.session.model.call_module(self.module, tensors)))
+        else:
+            values = dict(zip(self.output_names, self.session.model.call_module(self.module, tensors)))
         for w in self.wrappers.values():
             w.keep()
-        for out, name in self.state_out.items():
-            self.buffers[name].copy_(values[out])
+        state = {name: values[out] for out, name in self.state_out.items()}
+        if self.swapping and any(v is not write[n] and any(v is b for b in write.values()) for n, v in state.items()):
+            state = {n: v.clone() for n, v in state.items()}  # one set's buffer returned as another's state
+        for name, value in state.items():
+            if value is not write[name]:
+                write[name].copy_(value)
         return {n: v for n, v in values.items() if n not in self.state_out}
 
     def _to_compute(self, tensors: dict[str, Any]) -> dict[str, Any]:
