@@ -18,9 +18,10 @@ cost of launching the graph), and the replay's GPU time (CUDA events on the engi
 fused-resident the engine's run and the kernel's round trip alone (the chunk into mapped memory, the command,
 the spin on the done word, the outputs read).
 
-A third table puts fused-resident beside fused-graph on that LSTM at batch 1 and 8, chunks of 1 and 10 steps;
-a fourth times fused-resident's one-step chunk at batch 1 with 1, 2, 4 and 8 hidden units a block (128, 64, 32
-and 16 blocks; the plan's default is 4).
+A list of the nodes of the VAD's captured chunk graph on torch-graph and fused-graph follows (their kinds and
+kernel names, capture order); then a third table puts fused-resident beside fused-graph on that LSTM at batch 1
+and 8, chunks of 1 and 10 steps; a fourth times fused-resident's one-step chunk at batch 1 with 1, 2, 4 and 8
+hidden units a block (128, 64, 32 and 16 blocks; the plan's default is 4).
 """
 
 from __future__ import annotations
@@ -140,9 +141,34 @@ def main() -> None:
                          for k, width in (("run", 8), ("replay_wait", 12), ("launch", 8), ("gpu", 8), ("kernel", 8)))
         print(f"{rec['model']:6} {rec['backend']:14} {rec['latency_ms']['median'] * 1000.0:8.1f} {cells} "
               f"{part.get('copies', '')}")
+    graph_nodes_table(models()["vad"])
     records += resident_grid(models()["lstm"], args)
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
+
+
+def graph_nodes_table(vad) -> None:
+    """The nodes of the VAD's graphed one-frame chunk on each graph backend: every node waits for the one before
+    it, a few microseconds each (measure.stream_engines.graph_nodes; needs cuda-bindings)."""
+    from collections import Counter
+
+    from lstminfer.measure.stream_engines import graph_nodes
+
+    print("\nnodes of the VAD's graphed chunk (batch 1, one frame), in capture order")
+    for backend in ("torch-graph", "fused-graph"):
+        session = lstminfer.Session(vad, backend=backend, device="cuda")
+        session._engine.keep_graphs = True
+        session.step(np.zeros((1, 1, 40), np.float32))
+        try:
+            nodes = graph_nodes(session._engine.last.graph)
+        except (ImportError, RuntimeError) as err:
+            print(f"{backend:14} cannot list the nodes: {err}")
+            continue
+        finally:
+            session.close()
+        kinds = ", ".join(f"{n} {k}" for k, n in Counter(k for k, _ in nodes).items())
+        print(f"{backend:14} {len(nodes):3d} nodes ({kinds}): "
+              + " | ".join(f"{k} {name[:48]}" if name else k for k, name in nodes))
 
 
 def resident_grid(lstm, args) -> list[dict]:
