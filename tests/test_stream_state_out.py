@@ -156,7 +156,7 @@ def test_one_copy_resets_the_barrier_counters_and_the_polled_slabs():
 @pytest.mark.parametrize("backend", ["torch-graph", "fused-graph"])
 def test_the_vad_graph_has_no_state_copies(backend, capsys):
     """The nodes of the VAD's graphed one-frame chunk (printed).  fused-graph: the stack kernel once and three
-    copies: the chunk up, the kernel's counters and slabs reset, the output down (before: five, with hn and cn
+    copies: the chunk up, the kernel's counters and slabs reset, the output down (before: four, with hn and cn
     copied into the state, and the reset a memset and a fill kernel).  Chunked still equals one pass."""
     from lstminfer.measure.stream_engines import ModuleEngine, graph_nodes
 
