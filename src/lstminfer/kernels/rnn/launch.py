@@ -340,7 +340,11 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
                 HAS_STATE=has_state, ON_GPU=not interpreting(), FAST_MATH=fast_math, K_CHAIN=plan.k_chain,
                 I_SUM=i_sum, H_SUM=h_sum)
         return (out, hn, cn) if lstm else (out, hn)
-    grid_sync = plan.path == "single-launch" and plan.programs > 1
+    # One step of one layer with each unit projecting its own columns: no program reads what another writes, so
+    # no grid barrier, and no counters to zero or slabs to poison before the launch (a streamed one-step
+    # chunk's graph has no reset node at all)
+    independent = seq_len == 1 and layers == 1 and plan.proj_by_unit
+    grid_sync = plan.path == "single-launch" and plan.programs > 1 and not independent
     # polling h needs one output slab per layer, poisoned before every launch; capped at 64 MB
     poll_h = (grid_sync and plan.r_tiles > 1 and plan.poll_h
               and layers * seq_len * batch * rt * 4 <= POLL_H_MAX_BYTES)
