@@ -260,6 +260,8 @@ class CapturedStep:
     copies_up: list[tuple[Any, Any]]
     copies_down: list[tuple[Any, Any]]
     stalls: StallWatch | None
+    parity: int = 0  # the state set the graph reads (ModuleEngine.sets)
+    other: CapturedStep | None = None  # with two state sets: the same chunk shape's graph that reads the other
 
 
 class ModuleEngine:
@@ -267,9 +269,9 @@ class ModuleEngine:
 
     The state is the session's pairs (the forward takes and returns it) or, with ``carried``, each recurrent
     layer's own (names ``PATH.h`` / ``PATH.c``; with fused layers in two sets that swap after each step, see
-    CarriedState, and a graph per chunk shape and set).  Everything runs on the engine's own CUDA stream (made current
-    for the call and restored: the caller's other work is never waited for).  A graphed chunk is: the chunk
-    written into a pinned buffer, one replay (which copies it up, runs the step, writes the state in place and
+    CarriedState, and per chunk shape a graph for each set).  Everything runs on the engine's own CUDA stream
+    (made current for the call and restored: the caller's other work is never waited for).  A graphed chunk is:
+    the chunk written into a pinned buffer, one replay (which copies it up, runs the step, writes the state and
     copies the outputs down into pinned buffers), one stream synchronize, one numpy copy of each output.  The
     returned arrays are copies, so they stay valid after the next step overwrites the pinned buffers.  The eager
     backends copy through the same pinned buffers around the module call.
@@ -372,8 +374,7 @@ class ModuleEngine:
     def _swap(self) -> None:
         """After a step: the state it wrote is the one the next step reads."""
         if self.swapping:
-            self.parity ^= 1
-            self.buffers = self.sets[self.parity]
+            self._flip()
 
     # -- one step --
     def _step(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -443,7 +444,8 @@ class ModuleEngine:
                      for n, a in feeds.items()}
         landing = {n: torch.zeros(a.shape, dtype=t.dtype, device=self.device) for (n, a), t in
                    zip(feeds.items(), pinned_in.values())}
-        saved = {n: b.clone() for n, b in self.buffers.items()}
+        # both sets put back: a warm-up writes the set it does not read
+        saved = [(buffers, {n: b.clone() for n, b in buffers.items()}) for buffers in self.sets[:1 + self.swapping]]
         try:
             with IeeeFp32(torch):  # what a graph runs is fixed at capture: IEEE fp32 in cuDNN and cuBLAS
                 for _ in range(2):
@@ -464,10 +466,29 @@ class ModuleEngine:
                 if step is None:
                     step = self._capture_step(pinned_in, landing, pinned_out, stalls, staged=False)
         finally:
-            for name, buf in self.buffers.items():
-                buf.copy_(saved[name])
+            for buffers, values in saved:
+                for name, buf in buffers.items():
+                    buf.copy_(values[name])
             self.stream.synchronize()
         return step
+
+    def _capture_sets(self, feeds: dict[str, np.ndarray]) -> CapturedStep:
+        """A chunk shape's graph, and with two state sets the one that reads the other set too (step.other), both
+        at the first chunk of the shape: the next chunk replays at once."""
+        step = self._capture(feeds)
+        step.parity = self.parity
+        if self.swapping:
+            self._flip()
+            try:
+                step.other = self._capture(feeds)
+            finally:
+                self._flip()
+            step.other.parity, step.other.other = 1 - self.parity, step
+        return step
+
+    def _flip(self) -> None:
+        self.parity ^= 1
+        self.buffers = self.sets[self.parity]
 
     def _capture_step(self, pinned_in: dict[str, Any], landing: dict[str, Any], pinned_out: dict[str, Any],
                       stalls: StallWatch | None, staged: bool) -> CapturedStep:
@@ -546,12 +567,13 @@ class ModuleEngine:
                 outputs = self._eager(feeds)
             self._swap()
             return outputs, self.buffers
-        # a graph per chunk shape and state set read (two sets when swapping: each graph reads one, writes the other)
-        key = (*((n, a.shape) for n, a in feeds.items()), self.parity)
+        key = tuple((n, a.shape) for n, a in feeds.items())
         step = self.graphs.get(key)
         if step is None:
             with self.on_stream:
-                step = self.graphs[key] = self._capture(feeds)
+                step = self.graphs[key] = self._capture_sets(feeds)
+        if step.parity != self.parity:
+            step = step.other
         for name, array in feeds.items():
             step.inputs[name][...] = array
         self.replay(step)
