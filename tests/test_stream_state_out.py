@@ -155,11 +155,14 @@ def test_one_copy_resets_the_barrier_counters_and_the_polled_slabs():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["torch-graph", "fused-graph"])
 def test_the_vad_graph_has_no_state_copies(backend, capsys):
-    """The nodes of the VAD's graphed one-frame chunk (printed).  fused-graph: the stack kernel once and two
-    copies, the chunk up and the output down (before: four, with hn and cn copied into the state, and a memset
-    and a fill kernel resetting the kernel's counters and slabs, which a one-step chunk of one layer no longer
-    needs).  Chunked still equals one pass."""
-    from lstminfer.measure.stream_engines import ModuleEngine, graph_nodes
+    """The nodes of the VAD's graphed one-frame chunk (printed), and where each copy node writes.  fused-graph: the
+    stack kernel once and no copy into a state buffer of either set (before: hn and cn copied into the state,
+    and a memset and a fill kernel resetting the kernel's counters and slabs, which a one-step chunk of one layer
+    no longer needs).  Its three copies are the chunk up, the head's bias and the output down: nn.Linear(128, 1)
+    on one row is PyTorch's addmm without cuBLASLt (a matrix with one row or column), which copies the bias
+    broadcast into the result before a gemv adds the product, as eager PyTorch does.  torch-graph copies hn and
+    cn into the state (two copies into state buffers: the check finds them).  Chunked still equals one pass."""
+    from lstminfer.measure.stream_engines import ModuleEngine, graph_nodes, memcpy_nodes
 
     pytest.importorskip("cuda.bindings", reason="cuda-bindings is not installed (pip install 'lstminfer[gpu]')")
     spec = importlib.util.spec_from_file_location("example_vad_nodes", EXAMPLES / "vad.py")
@@ -167,19 +170,36 @@ def test_the_vad_graph_has_no_state_copies(backend, capsys):
     spec.loader.exec_module(vad)
     model, example = vad.vad()
     session = lstminfer.Session((model, example), backend=backend, device="cuda")
-    assert isinstance(session._engine, ModuleEngine)
-    session._engine.keep_graphs = True
+    engine = session._engine
+    assert isinstance(engine, ModuleEngine)
+    engine.keep_graphs = True
     x = np.random.default_rng(5).standard_normal((1, 4, 40)).astype(np.float32)
     got = np.concatenate([session.step(x[:, t:t + 1])["output"] for t in range(4)], 1)
     with torch.no_grad():
         want = model.double()(torch.from_numpy(x).double()).numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
-    nodes = graph_nodes(session._engine.last.graph)
+    nodes = graph_nodes(engine.last.graph)
+    copies = memcpy_nodes(engine.last.graph)
     with capsys.disabled():
         print(f"\n{backend}: {len(nodes)} nodes: " + ", ".join(f"{k}:{n[:40]}" if n else k for k, n in nodes))
-    if backend == "fused-graph":
-        assert sum("_rnn_stack_kernel" in n for _, n in nodes) == 1, nodes
-        assert [k for k, _ in nodes].count("memcpy") == 2, nodes
+        print(f"{backend}: copies (dst, src, bytes): " + ", ".join(f"{d:#x}<-{s:#x} {b}" for d, s, b in copies))
+    assert len(copies) == [k for k, _ in nodes].count("memcpy"), (copies, nodes)
+    sets = engine.sets[:1 + engine.swapping]  # two sets on fused-graph, one on torch-graph
+    states = [(t.data_ptr(), t.data_ptr() + t.nbytes) for buffers in sets for t in buffers.values()]
+    assert len(states) == 2 * len(sets), states  # rnn.h and rnn.c in each set
+
+    def into_state(dst: int, nbytes: int) -> bool:
+        return any(dst < end and dst + nbytes > begin for begin, end in states)
+
+    state_copies = [c for c in copies if into_state(c[0], c[2])]
+    bias = engine.module.head.bias
+    from_bias = [c for c in copies if c[1] == bias.data_ptr() and c[2] == bias.nbytes]
+    if backend == "torch-graph":
+        assert len(state_copies) == 2, copies  # hn and cn after cuDNN's layer
+        return
+    assert sum("_rnn_stack_kernel" in n for _, n in nodes) == 1, nodes
+    assert state_copies == [], copies
+    assert len(from_bias) == 1 and len(copies) == 3, (copies, nodes)  # chunk up, the head's bias, output down
 
 
 def test_a_model_that_returns_its_state_gets_it_written_by_the_kernel():

@@ -586,12 +586,8 @@ class ModuleEngine:
         self.sets = [self.buffers, self.buffers]
 
 
-def graph_nodes(graph: Any) -> list[tuple[str, str]]:
-    """The nodes of a CUDA graph captured by a ModuleEngine with ``keep_graphs`` set (``step.graph``), in the order
-    cudaGraphGetNodes lists them: (kind, kernel name) each, the kind "kernel", "memcpy", "memset", ... and the name
-    "" for other kinds or where the driver does not give it.  Every node of a chunk's graph waits for the one
-    before it (one stream captured), so each costs its launch latency: this counts them.  Needs cuda-bindings
-    (``pip install "lstminfer[gpu]"``)."""
+def _graph_query() -> tuple[Any, Any, Any]:
+    """(driver, runtime, checked): cuda-bindings' modules and a function that raises on an error result."""
     from cuda.bindings import driver, runtime
 
     def checked(result: tuple) -> Any:
@@ -600,9 +596,25 @@ def graph_nodes(graph: Any) -> list[tuple[str, str]]:
             raise RuntimeError(f"CUDA graph query failed: {err}")
         return values[0] if len(values) == 1 else values
 
+    return driver, runtime, checked
+
+
+def _listed_nodes(graph: Any) -> list[Any]:
+    """The nodes of a kept CUDA graph in the order cudaGraphGetNodes lists them."""
+    _, runtime, checked = _graph_query()
     raw = graph.raw_cuda_graph()
     _, count = checked(runtime.cudaGraphGetNodes(raw, numNodes=0))
     nodes, count = checked(runtime.cudaGraphGetNodes(raw, numNodes=count))
+    return list(nodes[:count])
+
+
+def graph_nodes(graph: Any) -> list[tuple[str, str]]:
+    """The nodes of a CUDA graph captured by a ModuleEngine with ``keep_graphs`` set (``step.graph``), in the order
+    cudaGraphGetNodes lists them: (kind, kernel name) each, the kind "kernel", "memcpy", "memset", ... and the name
+    "" for other kinds or where the driver does not give it.  Every node of a chunk's graph waits for the one
+    before it (one stream captured), so each costs its launch latency: this counts them.  Needs cuda-bindings
+    (``pip install "lstminfer[gpu]"``)."""
+    driver, runtime, checked = _graph_query()
     kinds = {runtime.cudaGraphNodeType.cudaGraphNodeTypeKernel: "kernel",
              runtime.cudaGraphNodeType.cudaGraphNodeTypeMemcpy: "memcpy",
              runtime.cudaGraphNodeType.cudaGraphNodeTypeMemset: "memset",
@@ -612,7 +624,7 @@ def graph_nodes(graph: Any) -> list[tuple[str, str]]:
              runtime.cudaGraphNodeType.cudaGraphNodeTypeWaitEvent: "wait_event",
              runtime.cudaGraphNodeType.cudaGraphNodeTypeEventRecord: "event_record"}
     out = []
-    for node in nodes[:count]:
+    for node in _listed_nodes(graph):
         kind = checked(runtime.cudaGraphNodeGetType(node))
         name = ""
         if kind == runtime.cudaGraphNodeType.cudaGraphNodeTypeKernel:
@@ -622,6 +634,27 @@ def graph_nodes(graph: Any) -> list[tuple[str, str]]:
                 if int(err) == 0:
                     name = found.decode() if isinstance(found, bytes) else str(found)
         out.append((kinds.get(kind, str(kind)), name))
+    return out
+
+
+def memcpy_nodes(graph: Any) -> list[tuple[int, int, int]]:
+    """The copy nodes of a kept CUDA graph (as graph_nodes lists them, the other kinds left out): (destination
+    address, source address, bytes) each, from cudaGraphMemcpyNodeGetParams, so that a test can tell a copy into
+    a stream's state buffers from the model's own (tests/test_stream_state_out.py).  A captured 1-d copy is one
+    row: the address is the pitched pointer plus its position; bytes is the extent's volume."""
+    _, runtime, checked = _graph_query()
+
+    def address(pitched: Any, pos: Any) -> int:
+        return int(pitched.ptr) + int(pos.x) + int(pitched.pitch) * (int(pos.y) + int(pitched.ysize) * int(pos.z))
+
+    out = []
+    for node in _listed_nodes(graph):
+        if checked(runtime.cudaGraphNodeGetType(node)) != runtime.cudaGraphNodeType.cudaGraphNodeTypeMemcpy:
+            continue
+        params = checked(runtime.cudaGraphMemcpyNodeGetParams(node))
+        extent = params.extent
+        out.append((address(params.dstPtr, params.dstPos), address(params.srcPtr, params.srcPos),
+                    int(extent.width) * max(1, int(extent.height)) * max(1, int(extent.depth))))
     return out
 
 
