@@ -148,6 +148,39 @@ def test_plan_keeps_the_h_poll_to_hidden_128():
     assert plan_for(small, 9, 1).poll_h and not plan_for(large, 9, 1).poll_h
 
 
+def as_cuda_plan(monkeypatch):
+    """plan_for as it plans for an H200 (132 multiprocessors), on the CPU: the packed weights say cuda."""
+    from lstminfer.kernels.rnn import plan as plan_module
+    from lstminfer.kernels.rnn.packing import PackedRNN
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(plan_module, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(PackedRNN, "device", property(lambda self: torch.device("cuda")))
+
+
+@pytest.mark.parametrize("hidden,layers,bi,batch,tiles_warps_rows", [
+    (64, 1, False, 1, (2, 4, 1)), (64, 1, False, 8, (1, 4, 2)), (64, 1, False, 64, (1, 4, 2)),
+    (64, 2, True, 8, (1, 4, 2)), (40, 1, False, 3, (1, 4, 2)), (128, 1, False, 1, (4, 4, 1)),
+    (128, 1, False, 8, (4, 4, 1))])
+def test_stack_plan_gives_the_cell_a_unit_a_thread_at_hidden_64(monkeypatch, hidden, layers, bi, batch,
+                                                                tiles_warps_rows):
+    """HP 64 on the stack kernel (seq 100): at most 4 warps, and with h in registers (one row tile) at least one
+    cell element a thread; else Triton computed every unit's cell in every thread (sm_90 SASS: 650-1290 MUFU a
+    step against 10, docs/fused_kernel.md). HP 128 keeps its 4 row tiles on 4 warps."""
+    as_cuda_plan(monkeypatch)
+    plan = plan_for(pack_rnn(make("lstm", hidden, hidden, layers, bi, False)), 100, batch)
+    assert plan.kernel == "stack" and plan.path == "single-launch" and not (plan.relay or plan.pipeline)
+    assert (plan.r_tiles, plan.num_warps, plan.block_b) == tiles_warps_rows
+    if plan.r_tiles == 1:
+        assert plan.block_b * 64 >= 32 * plan.num_warps
+
+
+def test_pipeline_keeps_8_warps_at_hidden_64(monkeypatch):
+    as_cuda_plan(monkeypatch)
+    plan = plan_for(pack_rnn(make("lstm", 16, 64, 1, False, False)), 1, 1)
+    assert plan.pipeline and (plan.r_tiles, plan.num_warps) == (1, 8)
+
+
 # kind, input, hidden, layers, bidirectional, batch_first, seq, batch, with_state
 PIPELINE_CASES = [
     ("lstm", 10, 20, 3, True, False, 1, 3, True),

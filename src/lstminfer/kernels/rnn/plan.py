@@ -355,20 +355,28 @@ def _plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = No
 
     A recurrence unit (one direction's row tile) keeps W_hh^T [HP, 4 * HP / r_tiles] in registers, whole
     columns per thread; r_tiles is the fewest that keeps that under WEIGHT_REGISTERS per thread at
-    num_warps <= 8. With r_tiles == 1, h stays in registers. On CUDA every program of a batch tile must be
+    num_warps <= 4. With r_tiles == 1, h stays in registers. On CUDA every program of a batch tile must be
     resident (grid barriers), so at most one per multiprocessor; otherwise, and on request, multi-launch.
     """
     hp, dirs = packed.hidden_padded, packed.num_directions
     cols = 4 * dirs * hp
-    # unit columns spread over lanes and warps, the k sum inside each thread; at most 4 warps past HP 64
-    # (8 warps of 128 weight registers spilled on sm_90), never more than WEIGHT_REGISTERS weights a thread.
-    max_warps = 8 if hp <= 64 else 4
+    # unit columns spread over lanes and warps, the k sum inside each thread: at most 4 warps (8 warps of 128
+    # weight registers spilled on sm_90) and WEIGHT_REGISTERS weights a thread. With h in registers (one row
+    # tile) the cell must have at least one element a thread: at HP 64 on 8 warps (2 rows, 128 elements) Triton
+    # 3.9 computed the cell of every unit in every thread (sm_90 SASS read on the CPU: 1290 MUFU and 450 spill
+    # instructions a step, against 10 and none on 4 warps), and at 1 row so on 4 warps too (650 MUFU), so one row
+    # takes 2 row tiles there (10 MUFU, like HP 128's 4 tiles). Chosen from the SASS, not yet timed on a GPU
+    # (docs/fused_kernel.md). The layer pipeline keeps its 8 warps at HP 64.
+    max_warps = 4
+    pipe_max_warps = 8 if hp <= 64 else 4
     r_tiles = 1
-    while (4 * hp // r_tiles > 32 * max_warps or hp * 4 * hp // r_tiles > WEIGHT_REGISTERS * 32 * max_warps) \
-            and 4 * hp // r_tiles > 1:
+    while hp * 4 * hp // r_tiles > WEIGHT_REGISTERS * 32 * max_warps and 4 * hp // r_tiles > 1:
         r_tiles *= 2
     num_warps = max(1, min(max_warps, 4 * hp // r_tiles // 32))
     full_rows = min(_pow2(batch, least=1), max(1, 128 // hp))  # h is replicated in every thread
+    if r_tiles == 1 and hp > 32 and full_rows * hp < 32 * num_warps:
+        r_tiles = 2  # HP <= 32 has the one-warp plan below
+        num_warps = max(1, min(max_warps, 4 * hp // r_tiles // 32))
     block_b = full_rows
     block_c = min(cols, 128 if hp <= 64 else 64)
     block_m = 16 if seq_len * block_b <= 16 else 32
@@ -439,14 +447,14 @@ def _plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = No
     # columns per thread: at most WEIGHT_REGISTERS of W_ih and W_hh), all of them resident; CUDA only.
     k_in = max(packed.input_padded, dirs * hp if packed.num_layers > 1 else 0)
     pipe_block_b = overrides.get("block_b", full_rows)
-    pipe_warps = max(1, min(max_warps, 4 * hp // 32))
-    pipeline_fits = (r_tiles == 1 and k_in + hp <= WEIGHT_REGISTERS
+    pipe_warps = max(1, min(pipe_max_warps, 4 * hp // 32))
+    pipeline_fits = (4 * hp <= 32 * pipe_max_warps and k_in + hp <= WEIGHT_REGISTERS
                      and -(-batch // pipe_block_b) * packed.num_layers * dirs <= sms)
     pipeline = (on_cuda and path == "single-launch" and pipeline_fits and seq_len <= PIPELINE_MAX_SEQ
                 and k_in + hp <= PIPELINE_WEIGHTS and overrides.get("pipeline", True))
     if pipeline:
         programs = packed.num_layers * dirs
-        block_b, num_warps = pipe_block_b, pipe_warps
+        block_b, num_warps, r_tiles = pipe_block_b, pipe_warps, 1
         if seq_len == 1:
             # fewer batch rows per program shorten each program's step (A: 4 rows 20.9 us, 2 rows 17.2, 1 row
             # 16.1), as long as every program stays resident. Not at seq > 1: Triton compiles the time loop
