@@ -403,6 +403,17 @@ def test_gpu_matches_float64(case):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("kind,bi,batch", [("lstm", False, 1), ("gru", True, 1), ("lstm", True, 8)])
+def test_gpu_hidden_64_plans(kind, bi, batch):
+    """HP 64 since the 4-warp rule: one batch row on 2 row tiles (h polled), more rows on one (h in registers)."""
+    module = make(kind, 24, 64, 2, bi, False)
+    x, hx = random_inputs(module, 20, batch, True)
+    plan = plan_for(pack_rnn(module, "cuda"), 20, batch)
+    assert (plan.r_tiles, plan.num_warps) == ((2, 4) if batch == 1 else (1, 4))
+    assert_close(run_fused(module, x, hx, device="cuda"), reference(module, x, hx), FP32_ATOL)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("kind,hidden,poll_h", [("lstm", 128, True), ("gru", 128, True), ("lstm", 128, False),
                                                 ("lstm", 200, False), ("gru", 200, False)])
 def test_gpu_grid_barrier_paths(kind, hidden, poll_h):
