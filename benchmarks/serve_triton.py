@@ -50,7 +50,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, argparse.Namespace]
     own.add_argument("--duration", type=float, default=5.0, help="counted seconds per level")
     own.add_argument("--warmup", type=float, default=1.0)
     own.add_argument("--direct-calls", type=int, default=2000, help="backend-alone calls per shape (and <= 5 s)")
-    own.add_argument("--processes", type=serve.processes_value, default=1, metavar="N|auto",
+    own.add_argument("--processes", type=serve.count_or_auto, default=1, metavar="N|auto",
                      help="load-generator processes per level, N or auto (lstminfer loadtest --processes; default 1)")
     own.add_argument("--out-json", default=None, metavar="FILE", help="the table's rows (rewritten after each level)")
     own.add_argument("--server-log", default=None, metavar="FILE",

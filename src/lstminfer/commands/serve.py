@@ -85,7 +85,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--chunks", type=positive_int, default=20, metavar="N",
                    help="chunks per stream before END, then a new stream (default 20)")
     p.add_argument("--timeout", type=positive_float, default=30.0, metavar="S", help="per-request timeout (default 30)")
-    p.add_argument("--processes", type=processes_value, default="auto", metavar="N|auto",
+    p.add_argument("--processes", type=count_or_auto, default="auto", metavar="N|auto",
                    help="load-generator processes per level, the concurrency's workers spread over them, so one "
                         "Python process (its GIL) does not bound a high level; auto: one per "
                         f"{AUTO_WORKERS_PER_PROCESS} workers, at most a quarter of the CPU cores (default auto)")
@@ -93,18 +93,9 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_loadtest)
 
 
-def processes_value(text: str) -> int | str:
-    """`--processes`: a positive integer or "auto"."""
-    if text == "auto":
-        return text
-    try:
-        return positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}") from None
-
-
-def instances_value(text: str) -> int | str:
-    """`--instances`: a positive integer or "auto" (repository.instances_for resolves it by device)."""
+def count_or_auto(text: str) -> int | str:
+    """`--processes` and `--instances`: a positive integer or "auto" (resolved later: the load generator's
+    processes by the levels' workers, the instances by the device in repository.instances_for)."""
     if text == "auto":
         return text
     try:
@@ -133,7 +124,7 @@ def _add_served_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--queue-delay-us", type=non_negative_int, default=0, metavar="US",
                    help="how long Triton may hold a request to fill a batch (default 0: requests that queue while "
                         "the model is busy are batched anyway; a delay only adds latency at low load)")
-    g.add_argument("--instances", type=instances_value, default="auto", metavar="N|auto",
+    g.add_argument("--instances", type=count_or_auto, default="auto", metavar="N|auto",
                    help="model instances, each its own process and runner; auto: 2 with --device cuda (executions "
                         "overlap), 1 on a CPU (default auto)")
     g.add_argument("--max-streams", type=positive_int, default=64, metavar="N",
