@@ -54,6 +54,51 @@ the step are issued (the last warp's). Each warp's stamps go through shared memo
 is written after the next step's barrier (of the last step, after the loop).
 """
 
+# the element type and the cell's functions, shared with the resident kernel (resident_source.py)
+ELEMENT_MATH = r"""
+#if ELEM_BITS == 32
+typedef float elem_t;
+#else
+typedef u16 elem_t;
+#endif
+
+__device__ __forceinline__ float to_f32(elem_t v) {
+#if ELEM_BITS == 32
+    return v;
+#elif IS_BF16
+    return __uint_as_float(((u32)v) << 16);
+#else
+    float f;
+    asm("{.reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t;}" : "=f"(f) : "h"(v));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ float sigmoid_f(float x) {
+#if FAST
+    float e, r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -1.4426950408889634f));
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
+    return r;
+#else
+    return 1.0f / (1.0f + expf(-x));
+#endif
+}
+
+__device__ __forceinline__ float tanh_f(float x) {
+    // 2 sigmoid(2x) - 1: exact limits at +-inf, NaN stays NaN, absolute error ~1e-7 near 0 (as cell.py)
+#if FAST
+    float e, r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -2.8853900817779268f));
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
+    return 2.0f * r - 1.0f;
+#else
+    return 2.0f / (1.0f + expf(-2.0f * x)) - 1.0f;
+#endif
+}
+
+"""
+
 SOURCE = r"""
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -127,28 +172,12 @@ static_assert(SPL <= 32, "at most 32 sentinels a lane (a bit mask)");
 static_assert(PC <= 32, "at most 32 poll chunks a thread (a bit mask)");
 static_assert(NPOLL <= 32, "at most 32 poll chunks a thread (a bit mask)");
 
-#if ELEM_BITS == 32
-typedef float elem_t;
-#else
-typedef u16 elem_t;
-#endif
+""" + ELEMENT_MATH + r"""
 #if MMA
 typedef elem_t hs_t;
 #else
 typedef float hs_t;
 #endif
-
-__device__ __forceinline__ float to_f32(elem_t v) {
-#if ELEM_BITS == 32
-    return v;
-#elif IS_BF16
-    return __uint_as_float(((u32)v) << 16);
-#else
-    float f;
-    asm("{.reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t;}" : "=f"(f) : "h"(v));
-    return f;
-#endif
-}
 
 __device__ __forceinline__ elem_t from_f32(float f) {
 #if ELEM_BITS == 32
@@ -161,29 +190,6 @@ __device__ __forceinline__ elem_t from_f32(float f) {
     u16 r;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(f));
     return r;
-#endif
-}
-
-__device__ __forceinline__ float sigmoid_f(float x) {
-#if FAST
-    float e, r;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -1.4426950408889634f));
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
-    return r;
-#else
-    return 1.0f / (1.0f + expf(-x));
-#endif
-}
-
-__device__ __forceinline__ float tanh_f(float x) {
-    // 2 sigmoid(2x) - 1: exact limits at +-inf, NaN stays NaN, absolute error ~1e-7 near 0 (as cell.py)
-#if FAST
-    float e, r;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -2.8853900817779268f));
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
-    return 2.0f * r - 1.0f;
-#else
-    return 2.0f / (1.0f + expf(-2.0f * x)) - 1.0f;
 #endif
 }
 

@@ -30,6 +30,8 @@ cuda_source.py (``ex2.approx``/``rcp.approx`` with FAST).  Sizes are compile-tim
 resident.py puts in front): IS_LSTM, NL, B, IN, H, NB, G, NT, KIN, KMAX, ELEM_BITS, IS_BF16, FAST.
 """
 
+from .cuda_source import ELEMENT_MATH
+
 SOURCE = r"""
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -71,47 +73,7 @@ typedef unsigned long long u64;
 #define DEV_ARRIVE 8
 #define DEV_ERR 16
 
-#if ELEM_BITS == 32
-typedef float elem_t;
-#else
-typedef u16 elem_t;
-#endif
-
-__device__ __forceinline__ float to_f32(elem_t v) {
-#if ELEM_BITS == 32
-    return v;
-#elif IS_BF16
-    return __uint_as_float(((u32)v) << 16);
-#else
-    float f;
-    asm("{.reg .b16 t; mov.b16 t, %1; cvt.f32.f16 %0, t;}" : "=f"(f) : "h"(v));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ float sigmoid_f(float x) {
-#if FAST
-    float e, r;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -1.4426950408889634f));
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
-    return r;
-#else
-    return 1.0f / (1.0f + expf(-x));
-#endif
-}
-
-__device__ __forceinline__ float tanh_f(float x) {
-    // 2 sigmoid(2x) - 1: exact limits at +-inf, NaN stays NaN (as cuda_source.py)
-#if FAST
-    float e, r;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * -2.8853900817779268f));
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
-    return 2.0f * r - 1.0f;
-#else
-    return 2.0f / (1.0f + expf(-2.0f * x)) - 1.0f;
-#endif
-}
-
+""" + ELEMENT_MATH + r"""
 __device__ __forceinline__ u64 now_ns() {
     u64 t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
