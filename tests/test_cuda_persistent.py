@@ -456,3 +456,12 @@ def test_gpu_cuda_persistent_stamps_are_ordered_and_change_nothing(precision, ca
     for stamp in (a, b, c):
         assert bool((stamp[..., 1:] >= stamp[..., :-1]).all())
     assert_close([t.cpu() for t in stamped], reference(module, x, hx), 1e-4 if precision == "fp32" else 8e-2)
+
+
+def test_the_plan_options_reach_the_kernel_config_by_name():
+    # launch.py builds CudaConfig's options from the Plan fields of the same names: a renamed field fails here
+    from lstminfer.kernels.rnn.cuda_persistent import PLAN_OPTIONS, CudaConfig
+    from lstminfer.kernels.rnn.plan import Plan
+
+    config, plan = ({f.name for f in dataclasses.fields(c)} for c in (CudaConfig, Plan))
+    assert set(PLAN_OPTIONS) <= config & plan

@@ -19,6 +19,11 @@ from .cuda_source import SOURCE
 KERNEL_NAME = b"rnn_persistent_cuda"
 
 
+# the CudaConfig fields that are Plan fields of the same name (the plan's options of this kernel, passed by name)
+PLAN_OPTIONS = ("poll_sleep", "w_shared", "mma_regs", "poll_frag", "poll_delay", "poll_sentinel", "sentinel_last",
+                "stamps")
+
+
 @dataclass(frozen=True)
 class CudaConfig:
     """The compile-time constants of one kernel variant (the #defines of cuda_source.SOURCE)."""

@@ -202,12 +202,11 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
         if kh < hp:
             slab[..., kh:] = 0  # units no program computes: zero for the next layer's GEMM
         if plan.cuda:
-            from .cuda_persistent import CudaConfig, launch
+            from .cuda_persistent import PLAN_OPTIONS, CudaConfig, launch
 
             cfg = CudaConfig(lstm, dirs, hp, kh, plan.block_n, plan.r_tiles, plan.block_b, 32 * plan.num_warps,
                              plan.k_split, plan.mma, 8 * slab.element_size(), slab.dtype == torch.bfloat16,
-                             h0 is not None, fast_math, plan.poll_sleep, plan.w_shared, plan.mma_regs,
-                             plan.poll_frag, plan.poll_delay, plan.poll_sentinel, plan.sentinel_last, plan.stamps)
+                             h0 is not None, fast_math, **{name: getattr(plan, name) for name in PLAN_OPTIONS})
             launch(cfg, plan.programs, gx, ws["w_hh"], slab, ws["err"], h0 if h0 is not None else hn,
                    c0 if (h0 is not None and lstm) else hn, out, stride_ot, stride_ob, out.stride(2), hn, cn,
                    seq_len, batch, hidden, layer, layer == layers - 1, SPIN_LIMIT,
