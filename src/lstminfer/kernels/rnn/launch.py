@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from .cudnn import cudnn_forward
 from .packing import PackedRNN
 from .persistent import _rnn_persistent_kernel
 from .pipeline import _rnn_pipe_kernel
@@ -295,6 +296,8 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     batch_tiles = -(-batch // plan.block_b)
     if hn_out is not None or cn_out is not None:
         _check_state_out(packed, x, state_shape, hn_out, cn_out, h0, c0)
+    if plan.path == "cudnn":
+        return cudnn_forward(packed, x, h0, c0, hn_out, cn_out)
     out, stride_ot, stride_ob, hn, cn = _new_outputs(packed, seq_len, batch, state_shape, device, dtype, hn_out,
                                                      cn_out)
     inputs = (x, stride_xt, stride_xb, stride_xk, h0.contiguous() if has_state else hn,

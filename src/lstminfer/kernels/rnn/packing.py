@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,7 +20,9 @@ class PackedRNN:
     side. Slots: LSTM i, f, g, o; GRU r, z, "W_hn h + b_hn", "W_in x + b_in" (r multiplies the third).
     w_ih0 [K0, C], w_ihr [max(L-1, 1), D*HP, C], w_hh [L, D, HP, HP*4] with values of `dtype` (stored as float32
     with wide weights, see pack_rnn); bias [L, C] float32
-    (b_ih + b_hh folded where PyTorch adds them).
+    (b_ih + b_hh folded where PyTorch adds them). `source`: the module's own parameters (detached, not copied;
+    PyTorch's names) and its `bias` flag, for the calls the plan hands to cuDNN (cudnn.py); `cudnn_module` caches
+    the module built from them on first use.
     """
 
     kind: str
@@ -36,6 +38,8 @@ class PackedRNN:
     w_ihr: torch.Tensor
     w_hh: torch.Tensor
     bias: torch.Tensor
+    source: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    cudnn_module: Any = field(default=None, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -109,4 +113,6 @@ def pack_rnn(module: torch.nn.Module, device: Any = "cpu", dtype: torch.dtype = 
     c = rt * 4
     return PackedRNN("lstm" if lstm else "gru", module.input_size, hidden, layers, dirs, module.batch_first,
                      hp, k0, dtype, put(w_ih0, dtype, (k0, c)), put(w_ihr, dtype, (-1, rt, c)),
-                     put(w_hh, dtype, (layers, dirs, hp, hp * 4)), put(bias, torch.float32, (layers, c)))
+                     put(w_hh, dtype, (layers, dirs, hp, hp * 4)), put(bias, torch.float32, (layers, c)),
+                     source={"bias": module.bias, "dropout": 0.0,
+                             "weights": {n: getattr(module, n).detach() for n in module._flat_weights_names}})

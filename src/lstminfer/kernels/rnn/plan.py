@@ -11,9 +11,15 @@ import torch
 from .packing import PackedRNN, _pow2
 
 # single-launch: the whole stack in one launch (stack, pipeline or relay kernel); per-layer: per layer one GEMM and
-# one launch of the persistent kernel; multi-launch: the stack kernel once per (layer, time step)
-PATHS = ("single-launch", "per-layer", "multi-launch")
-KERNELS = ("stack", "pipeline", "relay", "persistent", "persistent-cuda")
+# one launch of the persistent kernel; multi-launch: the stack kernel once per (layer, time step); cudnn: the call
+# handed to PyTorch's cuDNN RNN (cudnn.py), where no fused kernel fits the size well (CUDNN_HANDOFF)
+PATHS = ("single-launch", "per-layer", "multi-launch", "cudnn")
+KERNELS = ("stack", "pipeline", "relay", "persistent", "persistent-cuda", "cudnn")
+# Where the plan would otherwise run a kernel known to lose to cuDNN by a wide margin, hand the call to cuDNN
+# (plan_for(..., cudnn=False) keeps ours): the Triton persistent kernel (the CUDA kernel does not fit: H200 grid
+# of 2026-12-03, 22 of its 23 points lost, down to 0.13x) and the multi-launch path (one launch per layer and
+# step). docs/fused_kernel.md, "Sizes handed to cuDNN".
+CUDNN_HANDOFF = True
 # Recurrent weights per thread a program keeps in registers for a whole layer (fp32 values).
 WEIGHT_REGISTERS = 128
 POLL_H_MAX_BYTES = 64 << 20
@@ -115,6 +121,7 @@ class Plan:
 
     def __post_init__(self) -> None:
         kernel = (("persistent-cuda" if self.cuda else "persistent") if self.path == "per-layer"
+                  else "cudnn" if self.path == "cudnn"
                   else "pipeline" if self.pipeline else "relay" if self.relay else "stack")
         object.__setattr__(self, "kernel", kernel)
 
@@ -125,6 +132,7 @@ class Plan:
                   "relay": ("block_b", "programs", "num_warps"),
                   "persistent": ("block_b", "block_n", "r_tiles", "programs", "resident", "k_split",
                                  "num_warps"),
+                  "cudnn": (),
                   "persistent-cuda": ("block_b", "block_n", "r_tiles", "programs", "k_split", "num_warps",
                                       "mma", "w_shared", "mma_regs", "poll_frag", "poll_sleep",
                                       "poll_delay", "poll_sentinel", "sentinel_last", "stamps")}[self.kernel]
@@ -329,11 +337,35 @@ def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: b
 def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = None, **overrides: Any) -> Plan:
     """Pick the path and tile sizes (_plan_for); the CUDA kernel's own options (CUDA_ONLY_OPTIONS) are refused, in
     a one-line ValueError naming the option, where the plan runs another kernel or where they do not apply."""
+    cudnn = overrides.pop("cudnn", None)
+    if path == "cudnn" or cudnn is True:
+        why = cudnn_unavailable(packed)
+        if why:
+            raise ValueError(f"cannot hand this call to cuDNN: {why}")
+        return Plan("cudnn", batch, 1, 1, note="asked for (path='cudnn')")
     if overrides.get("sentinel_last"):
         overrides["poll_sentinel"] = True  # the sentinel row stored last is for the sentinel poll
     plan = _plan_for(packed, seq_len, batch, path, **overrides)
     _refuse_cuda_options(plan, packed.dtype, batch)
+    if (path is None and not overrides and cudnn is None and CUDNN_HANDOFF
+            and (plan.kernel == "persistent" or plan.path == "multi-launch") and not cudnn_unavailable(packed)):
+        # a size no fused kernel serves well: cuDNN instead, saying why (describe() puts it in bench records)
+        ours = "the Triton persistent kernel" if plan.kernel == "persistent" else "one stack launch a step"
+        why = f" ({plan.note})" if plan.note else ""
+        return Plan("cudnn", batch, 1, 1, note=f"handed to cuDNN: the fused plan here is {ours}{why}, known "
+                                                 f"to lose to cuDNN; cudnn=False keeps it")
     return plan
+
+
+def cudnn_unavailable(packed: PackedRNN) -> str:
+    """Why a call on `packed` cannot be handed to cuDNN ("" where it can)."""
+    if packed.device.type != "cuda" or interpreting():
+        return "not on a CUDA device"
+    if packed.source is None:
+        return "the packed weights keep no reference to the module's parameters (pack_rnn keeps one)"
+    if not torch.backends.cudnn.is_available() or not torch.backends.cudnn.enabled:
+        return "cuDNN is not available or is disabled (torch.backends.cudnn.enabled)"
+    return ""
 
 
 def _refuse_cuda_options(plan: Plan, dtype: torch.dtype, batch: int) -> None:
@@ -375,8 +407,10 @@ def _plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = No
     num_warps = max(1, min(max_warps, 4 * hp // r_tiles // 32))
     full_rows = min(_pow2(batch, least=1), max(1, 128 // hp))  # h is replicated in every thread
     if r_tiles == 1 and hp > 32 and full_rows * hp < 32 * num_warps:
-        r_tiles = 2  # HP <= 32 has the one-warp plan below
-        num_warps = max(1, min(max_warps, 4 * hp // r_tiles // 32))
+        # pad the batch tile instead (HP <= 32 has the one-warp plan below): at HP 64 and one row, 2 row tiles
+        # exchanging h took 10.7 us a step on the H200 (h64 b1: 1070 us against 48-59 us at 8-64 rows on one
+        # tile, 2026-12-03 grid); a masked padding row costs one more cell element a thread
+        full_rows = min(_pow2(-(-32 * num_warps // hp), least=1), max(1, 128 // hp))
     block_b = full_rows
     block_c = min(cols, 128 if hp <= 64 else 64)
     block_m = 16 if seq_len * block_b <= 16 else 32
@@ -406,6 +440,10 @@ def _plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = No
                                            mma_regs, poll_frag, cuda_nb)
     if (path is None and on_cuda and (persistent is not None or cuda_plan is not None)
             and hp >= PERSISTENT_MIN_HIDDEN):
+        path = "per-layer"
+    elif path is None and on_cuda and cuda_plan is not None and batch_tiles * dirs * r_tiles > sms:
+        # the stack kernel would not be resident and run one launch per (layer, step): the CUDA kernel instead
+        # (H200 grid of 2026-12-03: h128 b64 on the multi-launch path lost to cuDNN at every point, 0.46-0.91x)
         path = "per-layer"
     if path != "per-layer":
         per_layer.pop("wide", None)
