@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from lstminfer.cudnn_rnn import flatten_rnn
 from lstminfer.kernels.rnn import pack_rnn, plan_for, raise_if_stalled, rnn_forward
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -193,7 +194,7 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
     row: dict = {"workload": w.name}
     if overrides is None and not args.no_cudnn:
         cudnn = copy.deepcopy(module).to(dev, dtype)
-        cudnn.flatten_parameters()  # one contiguous weight buffer, or cuDNN compacts the weights every call
+        flatten_rnn(cudnn)  # one contiguous weight buffer (bf16 too), or cuDNN compacts the weights every call
         with torch.inference_mode():
             run_cudnn = lambda: cudnn(xd, (h0d, c0d))  # noqa: E731
             row["cudnn"] = time_calls(run_cudnn, args.warmup, args.iters, stream)

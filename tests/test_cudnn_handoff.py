@@ -160,3 +160,38 @@ def test_gpu_new_default_plans_match_float64(kind, hidden, batch, layers, bi, pr
     got = rnn_forward(packed, *[None if t is None else t.cuda().to(dtype) for t in (x, *states)])
     atol = {"fp32": 2e-5, "bf16": 2e-2, "fp16": 4e-3}[precision]
     assert_close([t.float().cpu() for t in got], reference(module, x, hx), atol)
+
+
+def test_flatten_rnn_leaves_cpu_modules_as_they_are_and_says_so():
+    from lstminfer.cudnn_rnn import flatten_rnn, in_one_chunk
+
+    module = make("lstm", 4, 8, 2, True, False).to(torch.bfloat16)
+    before = [w.data_ptr() for w in module._flat_weights]
+    assert flatten_rnn(module) is False and not in_one_chunk(module)
+    assert [w.data_ptr() for w in module._flat_weights] == before
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("kind,bias,bi", [("lstm", True, True), ("gru", False, False)])
+def test_gpu_flatten_rnn_puts_bf16_weights_in_one_buffer_and_cudnn_stops_compacting(kind, bias, bi):
+    """flatten_parameters() skips bf16 (torch.backends.cudnn.CUDNN_TENSOR_DTYPES), so cuDNN compacted the weights
+    on every call and warned; flatten_rnn flattens them, the warning goes and the numbers stay the same."""
+    import warnings
+
+    from lstminfer.cudnn_rnn import flatten_rnn, in_one_chunk
+
+    module = make(kind, 16, 32, 2, bi, False, bias=bias).to("cuda", torch.bfloat16)
+    x = torch.randn(5, 3, 16, device="cuda", dtype=torch.bfloat16)
+    module.flatten_parameters()
+    assert not in_one_chunk(module)  # what PyTorch leaves (if this fails, PyTorch now flattens bf16 itself)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as before:
+        warnings.simplefilter("always")
+        want = module(x)[0]
+    assert any("contiguous chunk" in str(w.message) for w in before)
+    assert flatten_rnn(module) and in_one_chunk(module)
+    with torch.no_grad(), warnings.catch_warnings(record=True) as after:
+        warnings.simplefilter("always")
+        got = module(x)[0]
+    assert not any("contiguous chunk" in str(w.message) for w in after)
+    assert torch.equal(got, want)

@@ -9,6 +9,7 @@ import numpy as np
 
 from lstminfer.backends.base import Runner, torch_settings
 from lstminfer.backends.cuda_graph import GraphReplay
+from lstminfer.cudnn_rnn import flatten_rnn
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
@@ -82,7 +83,7 @@ class TorchRunner(TorchTensors, TorchDevices):
         self.module = copy.deepcopy(self.model.module).to(device=self.device, dtype=self.dtype).eval()
         for sub in self.module.modules():
             if isinstance(sub, torch.nn.RNNBase):
-                sub.flatten_parameters()  # one contiguous weight buffer, as cuDNN wants
+                flatten_rnn(sub)  # one contiguous weight buffer, as cuDNN wants (bf16 too: cudnn_rnn.py)
         if self.device == "cuda":
             self.stream = torch.cuda.Stream()
 

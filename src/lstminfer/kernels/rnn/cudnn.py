@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ...cudnn_rnn import flatten_rnn
 from .packing import PackedRNN
 
 
@@ -24,7 +25,7 @@ def cudnn_module(packed: PackedRNN) -> torch.nn.Module:
         with torch.no_grad():
             for name, value in source["weights"].items():
                 getattr(module, name).copy_(value)
-        module.flatten_parameters()
+        flatten_rnn(module)  # bf16 too (flatten_parameters skips it: cuDNN would compact every call)
         packed.cudnn_module = module
     return packed.cudnn_module
 
@@ -35,8 +36,13 @@ def cudnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None, c
     module = cudnn_module(packed)
     lstm = packed.kind == "lstm"
     hx = None if h0 is None else ((h0, c0) if lstm else h0)
-    with torch.no_grad():
-        out, state = module(x, hx)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # fp32 is IEEE fp32 here as in the fused kernels (TF32: errors ~1e-3)
+    try:
+        with torch.no_grad():
+            out, state = module(x, hx)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
     hn, cn = state if lstm else (state, state)
     if hn_out is not None:
         hn = hn_out.copy_(hn)
