@@ -23,6 +23,7 @@ from lstminfer.kernels.rnn.plan import _cuda_choice, _cuda_plan, _refuse_cuda_op
 from test_fused import (  # noqa: E402
     DTYPES,
     GPU_PERSISTENT_CASES,
+    as_cuda_plan,
     assert_close,
     make,
     random_inputs,
@@ -215,6 +216,130 @@ def test_nvrtc_compiles_each_variant_for_sm90_without_spills(name):
         pytest.skip(why)
     cubin, log = compile_cubin(_variants()[name], "sm_90a")
     assert cubin[:4] == b"\x7fELF"  # a cubin, not PTX
+    assert "0 bytes spill stores" in log and "rnn_persistent_cuda" in log, log
+
+
+# ---- clusters (v19): the plan and NVRTC on the CPU -------------------------------------------------------------
+
+def test_cluster_plan_holds_a_direction_and_batch_group_in_one_cluster():
+    """cluster=True: the largest cluster (16, 8, 4 blocks) whose blocks hold the W_hh^T slices; a block's units are
+    whole 16-byte groups of h (8 units of 16-bit, 4 of fp32); clusters of (batch group, direction)."""
+    q = _cuda_plan(packed_of(512, False, torch.bfloat16), 64, 132, cluster=True)  # Q: 4 clusters of 16 rows
+    assert (q.kernel, q.cluster, q.r_tiles, q.block_n, q.block_b, q.programs, q.mma, q.group_rows) == (
+        "persistent-cuda", 16, 16, 32, 16, 64, True, 0)
+    assert not q.mma_regs and not q.poll_frag and q.poll_delay == 0  # 16 tiles x 4 chunks: past the registers
+    assert {k: q.describe()[k] for k in ("cluster", "group_rows")} == {"cluster": 16, "group_rows": 0}
+    eight = _cuda_plan(packed_of(512, False, torch.bfloat16), 64, 132, cluster=16, cluster_rows=8)  # 8 of 8 rows
+    assert (eight.programs, eight.block_b, eight.group_rows) == (128, 16, 8)
+    s = _cuda_plan(packed_of(512, True, torch.bfloat16), 8, 132, cluster=True)  # S bf16: a cluster a direction
+    assert (s.cluster, s.programs) == (16, 32)
+    p = _cuda_plan(packed_of(512, False, torch.bfloat16), 1, 132, cluster=True)  # one row: FFMA would not fit
+    assert p.mma and p.cluster == 16
+    m = _cuda_plan(packed_of(256, False), 1, 132, cluster=True)  # M fp32: FFMA, W^T in registers
+    assert (m.mma, m.w_shared, m.cluster, m.block_n, m.block_b, m.programs) == (False, False, 16, 16, 1, 16)
+    regs = _cuda_plan(packed_of(256, False, torch.float16), 8, 132, cluster=True)  # fragments fit: mma_regs
+    assert (regs.mma_regs, regs.cluster, regs.block_n) == (True, 16, 16)
+    c8 = _cuda_plan(packed_of(256, True, torch.float16), 8, 132, cluster=8)
+    assert (c8.cluster, c8.r_tiles, c8.block_n, c8.programs) == (8, 8, 32, 16)
+    c4 = _cuda_plan(packed_of(256, False, torch.float16), 8, 132, cluster=4, mma_regs=False)
+    assert (c4.cluster, c4.block_n, c4.num_warps) == (4, 64, 32)
+    f384 = _cuda_plan(packed_of(384, False), 16, 132, cluster=True)  # fp32 hidden 384: 24 units, 128 k a thread
+    assert (f384.block_n, f384.k_split, f384.num_warps, f384.w_shared) == (24, 3, 9, False)
+    assert _cuda_plan(packed_of(384, False), 16, 132, cluster=True, w_shared=True).w_shared
+    odd = _cuda_plan(packed_of(300, True, torch.bfloat16), 5, 132, cluster=True)  # 300 units: 16 blocks of 24
+    assert (odd.block_n * odd.r_tiles, odd.programs) == (384, 32)
+    rows64 = _cuda_plan(packed_of(256, False), 64, 132, cluster=True, cluster_rows=8)  # fp32: 8 real rows a block
+    assert (rows64.block_b, rows64.programs, rows64.group_rows) == (8, 128, 0)
+
+
+def test_cluster_plan_refuses_in_one_line():
+    for packed, batch, size in ((packed_of(512, False), 8, "256 KiB"), (packed_of(1024, False, torch.bfloat16), 8,
+                                                                          "512 KiB")):
+        with pytest.raises(ValueError, match=f"^cluster=True does not fit hidden {packed.hidden_size} in "
+                                             f".*W_hh\\^T slice \\({size} at 16 blocks\\).*leave cluster out$"):
+            _cuda_plan(packed, batch, 132, cluster=True)
+    with pytest.raises(ValueError, match="^cluster=8 does not fit hidden 512 in bfloat16"):
+        _cuda_plan(packed_of(512, False, torch.bfloat16), 8, 132, cluster=8)  # 256 KiB a block
+    with pytest.raises(ValueError, match="^cluster must be True or a cluster size from 2 to 16 blocks, got 32"):
+        _cuda_plan(packed_of(256, False), 8, 132, cluster=32)
+    with pytest.raises(ValueError, match="^cluster_rows is an option of cluster plans"):
+        _cuda_plan(packed_of(256, False), 8, 132, cluster_rows=8)
+    with pytest.raises(ValueError, match="^cluster_rows=32 does not fit a block"):
+        _cuda_plan(packed_of(256, False), 64, 132, cluster=True, cluster_rows=32)
+    with pytest.raises(ValueError, match="^cluster does not combine with poll_frag"):
+        _cuda_plan(packed_of(256, False, torch.float16), 8, 132, cluster=True, poll_frag=True)
+    # on the CPU (no CUDA device) the CUDA kernel cannot run at all
+    with pytest.raises(ValueError, match=r"^cluster is an option of the CUDA persistent kernel, which cannot run "
+                                         r"this call \(no CUDA device\)"):
+        plan_for(packed_of(256, False), 10, 8, cluster=True)
+
+
+def test_plan_for_takes_cluster_as_an_option(monkeypatch):
+    """plan_for as on an H200 (on the CPU): cluster=True / cluster=C plans the per-layer CUDA kernel with clusters,
+    also below PERSISTENT_MIN_HIDDEN; the poll options and another kernel are refused in one line."""
+    pytest.importorskip("cuda.bindings", reason="cuda-bindings is not installed (pip install 'lstminfer[dev]')")
+    from lstminfer.kernels.rnn.cuda_persistent import available
+
+    if not available()[0]:
+        pytest.skip(available()[1])
+    as_cuda_plan(monkeypatch)
+    packed = pack_rnn(make("lstm", 256, 512, 1, False, False), "cpu", torch.bfloat16)
+    plan = plan_for(packed, 100, 64, cluster=True)
+    assert (plan.kernel, plan.path, plan.cluster, plan.programs) == ("persistent-cuda", "per-layer", 16, 64)
+    assert plan_for(packed, 100, 64).cluster == 0  # not the default until measured
+    small = plan_for(pack_rnn(make("gru", 16, 128, 1, False, False), "cpu", torch.float32), 100, 8, cluster=8)
+    assert (small.kernel, small.cluster, small.block_n) == ("persistent-cuda", 8, 16)
+    for option in ("stamps", "poll_sentinel"):
+        with pytest.raises(ValueError, match=f"^{option} does not apply to a cluster plan"):
+            plan_for(packed, 100, 64, cluster=True, **{option: True})
+    with pytest.raises(ValueError, match="^cluster is an option of the CUDA persistent kernel, and this call's plan "
+                                         "runs the stack kernel"):
+        plan_for(packed, 100, 64, path="single-launch", cluster=16)
+    with pytest.raises(ValueError, match="^cluster=True does not fit hidden 512 in float32"):
+        plan_for(pack_rnn(make("lstm", 256, 512, 1, False, False), "cpu", torch.float32), 100, 8, cluster=True)
+
+
+def _cluster_config(kind, hidden, bi, dtype, batch, has_state, **options):
+    """The CudaConfig launch.py builds for the cluster plan of these sizes (so the plan and the kernel agree)."""
+    from lstminfer.kernels.rnn.cuda_persistent import PLAN_OPTIONS, CudaConfig
+
+    packed = packed_of(hidden, bi, dtype, kind)
+    plan = _cuda_plan(packed, batch, 132, **options)
+    assert plan.cluster
+    return CudaConfig(kind == "lstm", packed.num_directions, packed.hidden_padded, plan.r_tiles * plan.block_n,
+                      plan.block_n, plan.r_tiles, plan.block_b, 32 * plan.num_warps, plan.k_split, plan.mma,
+                      8 * dtype.itemsize, dtype == torch.bfloat16, has_state,
+                      **{name: getattr(plan, name) for name in PLAN_OPTIONS})
+
+
+CLUSTER_VARIANTS = {  # (kind, hidden, bi, dtype, batch, h0/c0, options)
+    "Q bf16 mma 512, 16 blocks": ("lstm", 512, False, torch.bfloat16, 64, True, dict(cluster=16)),
+    "fp16 gru bi 512, 16 blocks of 8 rows, no state": ("gru", 512, True, torch.float16, 16, False,
+                                                      dict(cluster=16, cluster_rows=8)),
+    "bf16 256 W fragments in registers, 16 blocks": ("lstm", 256, False, torch.bfloat16, 8, True, dict(cluster=16)),
+    "bf16 gru bi 256, 8 blocks": ("gru", 256, True, torch.bfloat16, 8, False, dict(cluster=8)),
+    "fp16 256 W^T in shared memory, 8 blocks": ("lstm", 256, False, torch.float16, 8, True,
+                                                dict(cluster=8, mma_regs=False)),
+    "fp32 256 FFMA one row": ("lstm", 256, False, torch.float32, 1, True, dict(cluster=True)),
+    "fp32 gru bi 256 FFMA 16 rows": ("gru", 256, True, torch.float32, 16, False, dict(cluster=True)),
+    "fp32 384 FFMA 128 k a thread": ("lstm", 384, False, torch.float32, 8, True, dict(cluster=True)),
+    "fp32 384 W^T in shared memory": ("lstm", 384, False, torch.float32, 16, True, dict(cluster=True, w_shared=True)),
+}
+
+
+@pytest.mark.parametrize("name", list(CLUSTER_VARIANTS))
+def test_nvrtc_compiles_each_cluster_variant_for_sm90_without_spills(name):
+    pytest.importorskip("cuda.bindings", reason="cuda-bindings is not installed (pip install 'lstminfer[dev]')")
+    from lstminfer.kernels.rnn.cuda_persistent import available, compile_cubin
+
+    ok, why = available()
+    if not ok:
+        pytest.skip(why)
+    *sizes, options = CLUSTER_VARIANTS[name]
+    cfg = _cluster_config(*sizes, **options)
+    assert "#define CLUSTER " + str(cfg.cluster) + "\n" in cfg.defines()
+    cubin, log = compile_cubin(cfg, "sm_90a")
+    assert cubin[:4] == b"\x7fELF"
     assert "0 bytes spill stores" in log and "rnn_persistent_cuda" in log, log
 
 
@@ -465,3 +590,80 @@ def test_the_plan_options_reach_the_kernel_config_by_name():
 
     config, plan = ({f.name for f in dataclasses.fields(c)} for c in (CudaConfig, Plan))
     assert set(PLAN_OPTIONS) <= config & plan
+
+
+# ---- GPU: clusters (v19) -----------------------------------------------------------------------------------------
+
+# (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c0, precisions, plan options)
+CLUSTER_CASES = [
+    ("lstm", 256, 512, 1, False, False, 30, 1, True, ("fp16", "bf16"), dict(cluster=True)),  # P, mma at one row
+    ("lstm", 80, 512, 2, True, True, 20, 8, True, ("bf16",), dict(cluster=True)),  # S
+    ("lstm", 64, 512, 1, False, False, 12, 64, True, ("fp16", "bf16"), dict(cluster=True)),  # Q: 4 clusters
+    ("gru", 64, 512, 1, False, False, 12, 37, False, ("bf16",), dict(cluster=16, cluster_rows=8)),  # 5 of 8 rows
+    ("gru", 64, 300, 2, True, False, 10, 5, False, ("fp32", "fp16", "bf16"), dict(cluster=True)),  # 24 units
+    ("lstm", 32, 256, 1, False, False, 10, 64, True, ("fp32", "bf16"), dict(cluster=True)),
+    ("lstm", 32, 256, 2, True, True, 10, 16, False, ("fp32", "fp16"), dict(cluster=8)),
+    ("gru", 48, 256, 1, False, True, 9, 8, True, ("bf16",), dict(cluster=4, mma_regs=False)),
+    ("lstm", 48, 256, 1, False, False, 40, 1, True, ("fp32", "bf16"), dict(cluster=True)),  # M, FFMA on the row
+    ("lstm", 64, 384, 1, False, False, 12, 16, True, ("fp32",), dict(cluster=True)),
+    ("gru", 64, 384, 1, True, False, 12, 8, False, ("fp32",), dict(cluster=True, w_shared=True)),
+]
+CLUSTER_GPU = [(c[:9], p, c[10]) for c in CLUSTER_CASES for p in c[9]]
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 8e-2}
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("case,precision,options", CLUSTER_GPU,
+                         ids=[f"{'-'.join(map(str, c))}-{p}-{'-'.join(f'{k}={v}' for k, v in o.items())}"
+                              for c, p, o in CLUSTER_GPU])
+def test_gpu_cuda_persistent_cluster_matches_float64(case, precision, options):
+    """Cluster plans (h through distributed shared memory, the cluster barrier instead of polls) against float64:
+    LSTM and GRU, 1-2 layers, bidirectional, batch_first, with and without h0/c0, hidden 256/300/384/512, batch
+    1-64, each cluster size and row choice, FFMA and both mma products."""
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
+    dtype = DTYPES[precision]
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    overrides = dict(path="per-layer", cuda=True, **options)
+    plan = plan_for(pack_rnn(module, "cuda", dtype), seq_len, batch, **overrides)
+    assert plan.kernel == "persistent-cuda" and plan.cluster, plan.note
+    got = run_fused(module, x, hx, dtype=dtype, device="cuda", **overrides)
+    assert all(g.dtype == dtype for g in got)
+    assert_close(got, reference(module, x, hx), TOLERANCE[precision])
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gpu_cuda_persistent_cluster_graph_replays_equal_eager(precision):
+    """A cluster launch (cuLaunchKernelEx with a cluster dimension) captured in a CUDA graph: replays equal eager
+    bit for bit, a NaN stays in its batch row."""
+    hidden = 256 if precision == "fp32" else 512
+    module = make("lstm", 80, hidden, 2, True, False)
+    x, hx = random_inputs(module, 16, 4, True)
+    x[3, 1, 5] = float("nan")
+    dtype = DTYPES[precision]
+    packed = pack_rnn(module, "cuda", dtype)
+    plan = plan_for(packed, 16, 4, cluster=True)
+    assert plan.kernel == "persistent-cuda" and plan.cluster == 16, plan.note
+    args = [t.cuda().to(dtype) for t in (x, *hx)]
+    eager = rnn_forward(packed, *args, plan=plan)
+    ws: dict = {}
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        rnn_forward(packed, *args, plan=plan, workspace=ws)
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        static = rnn_forward(packed, *args, plan=plan, workspace=ws, check=False)
+    for _ in range(3):
+        graph.replay()
+        torch.cuda.synchronize()
+        for g, e in zip(static, eager):
+            assert torch.equal(torch.isnan(g), torch.isnan(e))
+            assert torch.equal(torch.nan_to_num(g), torch.nan_to_num(e))
+    want = reference(module, x, hx)
+    finite = [torch.nan_to_num(g.cpu().double(), nan=0.0) for g in static]
+    assert_close(finite, [torch.nan_to_num(w, nan=0.0) for w in want], TOLERANCE[precision] if precision == "fp32"
+                 else 8e-2)

@@ -3,8 +3,8 @@
 ``cuda.bindings`` (NVIDIA's cuda-python, the optional `gpu` extra) is imported on first use only; without it,
 or without NVRTC, ``available()`` says why and the plan keeps the Triton persistent kernel. Sizes are
 compile-time constants (#defines in front of the source); a module is compiled once per (sizes, dtype, cell)
-key and device, loaded with cuModuleLoadData and launched with cuLaunchKernel on torch's current stream, so
-a CUDA-graph capture records it like any other kernel.
+key and device, loaded with cuModuleLoadData and launched with cuLaunchKernel (cluster plans: cuLaunchKernelEx with a
+cluster dimension) on torch's current stream, so a CUDA-graph capture records it like any other kernel.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ KERNEL_NAME = b"rnn_persistent_cuda"
 
 # the CudaConfig fields that are Plan fields of the same name (the plan's options of this kernel, passed by name)
 PLAN_OPTIONS = ("poll_sleep", "w_shared", "mma_regs", "poll_frag", "poll_delay", "poll_sentinel", "sentinel_last",
-                "stamps")
+                "stamps", "cluster", "group_rows")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class CudaConfig:
     poll_sentinel: bool = False  # a wait polls one chunk a producer block (of the last row) before the whole slice
     sentinel_last: bool = False  # poll_sentinel: the producers store the sentinel row after their other rows
     stamps: bool = False  # thread 0 of every block writes globaltimer stamps, [blocks, T, 3] (see cuda_source)
+    cluster: int = 0  # blocks a thread-block cluster (== tiles): h through distributed shared memory (0: the slab)
+    group_rows: int = 0  # real batch rows a block (0: bb; fewer with mma, whose bb is the 16 padded rows)
 
     def defines(self) -> str:
         values = dict(IS_LSTM=self.is_lstm, D=self.dirs, HP=self.hidden_padded, KH=self.kh, NB=self.nb,
@@ -58,24 +60,26 @@ class CudaConfig:
                       POLL_SLEEP=self.poll_sleep, W_SHARED=self.w_shared and not self.mma,
                       MMA_REGS=self.mma_regs and self.mma, POLL_FRAG=self.poll_frag and self.mma_regs and self.mma,
                       POLL_DELAY=self.poll_delay, POLL_SENTINEL=self.poll_sentinel or self.sentinel_last,
-                      SENTINEL_LAST=self.sentinel_last, STAMPS=self.stamps)
+                      SENTINEL_LAST=self.sentinel_last, STAMPS=self.stamps, CLUSTER=self.cluster,
+                      GROUP_ROWS=self.group_rows or self.bb)
         return "".join(f"#define {k} {int(v)}\n" for k, v in values.items())
 
     def shared_bytes(self) -> int:
         """Dynamic shared memory of a block: h, (MMA: W^T), the partial sums."""
         return shared_bytes(self.mma, self.elem_bits, self.bb, self.kh, self.nb, self.k_slices, self.w_shared,
-                            self.mma_regs, self.poll_frag)
+                            self.mma_regs, self.poll_frag, self.cluster)
 
 
 def shared_bytes(mma: bool, elem_bits: int, bb: int, kh: int, nb: int, k_slices: int, w_shared: bool = False,
-                 mma_regs: bool = False, poll_frag: bool = False) -> int:
+                 mma_regs: bool = False, poll_frag: bool = False, cluster: int = 0) -> int:
     cols = 4 * nb
     red = 4 * k_slices * bb * (cols + 8)
+    hbuf = 2 if cluster else 1  # a cluster's h by step parity (the others push the next while this step reads)
     if mma and mma_regs and poll_frag:
         return 2 * red  # no h in shared memory; the partial sums by step parity
     if mma:
-        return (elem_bits // 8) * (bb + (0 if mma_regs else cols)) * (kh + 8) + red
-    return 4 * bb * k_slices * (kh // k_slices + 4) + red + (4 * cols * (kh + 4) if w_shared else 0)
+        return (elem_bits // 8) * (hbuf * bb * (kh + 8) + (0 if mma_regs else cols * (kh + 8))) + red
+    return 4 * hbuf * bb * k_slices * (kh // k_slices + 4) + red + (4 * cols * (kh + 4) if w_shared else 0)
 
 
 def _bindings() -> tuple[Any, Any]:
@@ -162,14 +166,43 @@ class _Loaded:
                                                                                  self.shared),
                              "cuOccupancyMaxActiveBlocksPerMultiprocessor")
         self.sms = torch.cuda.get_device_properties(device_index).multi_processor_count
+        self.cluster = getattr(cfg, "cluster", 0)
+        if self.cluster:
+            if self.cluster > 8:  # Hopper allows 16 blocks a cluster, past the portable 8, where the kernel asks
+                _check(driver.cuFuncSetAttribute(
+                    self.function, driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                    1), "cuFuncSetAttribute")
+            config = launch_config(driver, self.cluster, cfg.threads, self.shared, self.cluster, driver.CUstream(0))
+            self.max_clusters = _check(driver.cuOccupancyMaxActiveClusters(self.function, config),
+                                       "cuOccupancyMaxActiveClusters")
 
     def check_resident(self, programs: int) -> None:
         """Refuse a grid whose blocks cannot all be resident at once on an idle GPU: their waits would never
-        end (cuOccupancyMaxActiveBlocksPerMultiprocessor x multiprocessors >= blocks)."""
+        end (cuOccupancyMaxActiveBlocksPerMultiprocessor x multiprocessors >= blocks). Clusters wait on nobody
+        outside themselves: one cluster must fit (cuOccupancyMaxActiveClusters >= 1), the others may follow."""
+        if self.cluster:
+            if self.max_clusters < 1:
+                raise ValueError(f"{self.what}'s cluster of {self.cluster} blocks does not fit the device "
+                                 f"({self.registers} registers a thread, {self.shared} bytes of shared memory a "
+                                 f"block){self.fix}")
+            return
         if self.per_sm * self.sms < programs:
             raise ValueError(f"{self.what}'s {programs} blocks cannot all be resident "
                              f"({self.per_sm} a multiprocessor at {self.registers} registers a thread and "
                              f"{self.shared} bytes of shared memory, {self.sms} multiprocessors){self.fix}")
+
+
+def launch_config(driver: Any, blocks: int, threads: int, shared: int, cluster: int, stream: Any) -> Any:
+    """cuLaunchKernelEx's configuration: `blocks` blocks of `threads`, in clusters of `cluster` blocks."""
+    attr = driver.CUlaunchAttribute()
+    attr.id = driver.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+    attr.value.clusterDim.x, attr.value.clusterDim.y, attr.value.clusterDim.z = cluster, 1, 1
+    config = driver.CUlaunchConfig()
+    config.gridDimX, config.gridDimY, config.gridDimZ = blocks, 1, 1
+    config.blockDimX, config.blockDimY, config.blockDimZ = threads, 1, 1
+    config.sharedMemBytes, config.hStream = shared, stream
+    config.attrs, config.numAttrs = [attr], 1
+    return config
 
 
 def _ensure_context(device_index: int) -> None:
@@ -240,5 +273,11 @@ def _launch(driver: Any, kernel: _Loaded, cfg: CudaConfig, programs: int, gx: An
     boxed = [kind(value) for kind, value in zip(_ARG_TYPES, values)]
     pointers = (ctypes.c_void_p * len(boxed))(*(ctypes.addressof(b) for b in boxed))
     stream = driver.CUstream(torch.cuda.current_stream(gx.device).cuda_stream)
+    if cfg.cluster:  # a launch with a cluster dimension (on the same stream: a graph capture records it too)
+        if programs % cfg.cluster:
+            raise ValueError(f"{programs} blocks are not whole clusters of {cfg.cluster}")
+        config = launch_config(driver, programs, cfg.threads, kernel.shared, cfg.cluster, stream)
+        _check(driver.cuLaunchKernelEx(config, kernel.function, ctypes.addressof(pointers), 0), "cuLaunchKernelEx")
+        return
     _check(driver.cuLaunchKernel(kernel.function, programs, 1, 1, cfg.threads, 1, 1, kernel.shared, stream,
                                  ctypes.addressof(pointers), 0), "cuLaunchKernel")

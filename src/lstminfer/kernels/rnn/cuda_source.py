@@ -133,6 +133,21 @@ typedef unsigned int u32;
 #ifndef STAMPS
 #define STAMPS 0
 #endif
+#ifndef CLUSTER
+#define CLUSTER 0
+#endif
+#ifndef GROUP_ROWS
+#define GROUP_ROWS BB
+#endif
+#if CLUSTER
+// a cluster of CLUSTER blocks holds every tile of one (batch group, direction): h through distributed shared memory
+static_assert(TILES == CLUSTER, "a cluster is the TILES blocks of one batch group and direction");
+static_assert(!POLL_FRAG && !POLL_SENTINEL && !STAMPS && !POLL_DELAY && !POLL_SLEEP, "clusters do not poll");
+#define HBUF 2  // h in shared memory by step parity: written by the cluster's blocks while this step reads the other
+#else
+#define HBUF 1
+#endif
+static_assert(GROUP_ROWS <= BB, "the real rows of a batch group fit the block's rows");
 #if MMA && MMA_REGS
 #define NTILES (COLS / 8)
 #define CPW (KH / 16 / KSL)
@@ -157,7 +172,7 @@ static_assert(CPW % 2 == 0, "h polled into A fragments: two k chunks a 16-byte r
 #define CPR (KH / CE)
 #define NCH (BB * CPR)
 #define PC ((NCH + NT - 1) / NT)
-#define CELLS (BB * NB)
+#define CELLS (GROUP_ROWS * NB)
 #define CPT ((CELLS + NT - 1) / NT)
 #define CELL_THREADS (CELLS >= NT ? NT : (CELLS + 31) / 32 * 32)  // the warps that hold cells
 #if POLL_SENTINEL
@@ -265,6 +280,61 @@ __device__ __forceinline__ int h_index(int b, int k) {
 #endif
 }
 
+#if CLUSTER
+__device__ __forceinline__ void cluster_arrive() {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ void cluster_wait() {
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// lanes a 16-byte group of h: HG consecutive units of one row (the cells j = tid + i NT of HG consecutive lanes)
+#define HG (16 / (int)sizeof(hs_t))
+static_assert(NB % HG == 0, "a block's units are whole 16-byte groups of h");
+
+// every lane of the warp calls it (shuffles): the lane's h value (its cell's, `real` where the cell exists) joins
+// its group's 16 bytes, which the group's lanes store into `at` (the group's first unit in this block's buffer)
+// of every block of the cluster, CLUSTER / HG blocks a lane (mapa + st.shared::cluster)
+__device__ __forceinline__ void push_h(hs_t* at, bool real, hs_t value) {
+    const int lane = threadIdx.x & 31;
+#if MMA
+    const u32 bits = (u32)value;
+#else
+    const u32 bits = __float_as_uint(value);
+#endif
+    u32 w[HG];
+#pragma unroll
+    for (int e = 0; e < HG; ++e) w[e] = __shfl_sync(0xffffffffu, bits, (lane & ~(HG - 1)) + e);
+#if MMA
+    const uint4 q = make_uint4(w[0] | (w[1] << 16), w[2] | (w[3] << 16), w[4] | (w[5] << 16), w[6] | (w[7] << 16));
+#else
+    const uint4 q = make_uint4(w[0], w[1], w[2], w[3]);
+#endif
+    if (!real) return;
+    const u32 local = (u32)__cvta_generic_to_shared(at);
+#pragma unroll
+    for (int m = 0; m < (CLUSTER + HG - 1) / HG; ++m) {
+        const u32 rank = (u32)(lane % HG + m * HG);
+        if (rank < CLUSTER) {
+            u32 remote;
+            asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+            asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};"
+                         :: "r"(remote), "r"(q.x), "r"(q.y), "r"(q.z), "r"(q.w) : "memory");
+        }
+    }
+}
+
+// the value the next product reads of an h: the 16-bit word (mma) or it widened (FFMA), as the slab path reads it
+__device__ __forceinline__ hs_t h_value(elem_t hv) {
+#if MMA
+    return hv;
+#else
+    return to_f32(hv);
+#endif
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     const float* __restrict__ gx, const elem_t* __restrict__ w_hh, elem_t* slab, int* err,
     const elem_t* __restrict__ h0, const elem_t* __restrict__ c0, elem_t* out,
@@ -278,27 +348,28 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     __shared__ long long s_stamp[2][NT / 32][2];
     long long* const my_stamps = stamps + (long long)blockIdx.x * T * 3;  // this layer's [blocks, T, 3]
 #endif
-    hs_t* h_s = (hs_t*)smem;
+    hs_t* const h_buf = (hs_t*)smem;  // CLUSTER: [2][BB][HROW] by step parity
+    hs_t* h_s = h_buf;
 #if A_DIRECT
     float* const red_base = (float*)smem;  // [2][KSL][BB][RROW]: a step's partial sums, by step parity
 #elif MMA && MMA_REGS
-    float* red = (float*)(smem + sizeof(hs_t) * BB * HROW);
+    float* red = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW);
 #elif MMA
-    elem_t* w_s = (elem_t*)(smem + sizeof(hs_t) * BB * HROW);
-    float* red = (float*)(smem + sizeof(hs_t) * BB * HROW + sizeof(elem_t) * COLS * HROW);
+    elem_t* w_s = (elem_t*)(smem + sizeof(hs_t) * HBUF * BB * HROW);
+    float* red = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW + sizeof(elem_t) * COLS * HROW);
 #elif W_SHARED
-    float* w_s = (float*)(smem + sizeof(hs_t) * BB * HROW);
-    float* red = (float*)(smem + sizeof(hs_t) * BB * HROW + sizeof(float) * COLS * WROW);
+    float* w_s = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW);
+    float* red = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW + sizeof(float) * COLS * WROW);
 #else
-    float* red = (float*)(smem + sizeof(hs_t) * BB * HROW);
+    float* red = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW);
 #endif
     const int tid = threadIdx.x;
     const int unit = blockIdx.x;
     const int group = unit / (D * TILES);
     const int d = (unit / TILES) % D;
     const int n0 = (unit % TILES) * NB;
-    const int row0 = group * BB;
-    const int nrows = min(BB, B - row0);
+    const int row0 = group * GROUP_ROWS;
+    const int nrows = min(GROUP_ROWS, B - row0);
     const long long RT = (long long)D * HP;
     const long long C = RT * 4;
     const elem_t* w_dir = w_hh + (long long)(layer * D + d) * HP * (HP * 4) + n0 * 4;
@@ -306,8 +377,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     if (tid == 0) s_abort = 0;
 #if !A_DIRECT
     // h rows past the batch stay 0 (the MMA reads 16 rows; their results are never stored)
-    for (int i = tid; i < BB * HROW; i += NT) {
-        if (i / HROW >= nrows) h_s[i] = (hs_t)0;
+    for (int i = tid; i < HBUF * BB * HROW; i += NT) {
+        if (i % (BB * HROW) / HROW >= nrows) h_buf[i] = (hs_t)0;
     }
 #endif
 #if MMA && MMA_REGS
@@ -387,7 +458,20 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             slab[((long long)init_slot * B + row0 + b) * RT + d * HP + n] = from_f32(h_st[i]);
         }
     }
+#if CLUSTER
+    // every block of the cluster has started (its shared memory may be written) and zeroed its padding rows; then
+    // each block's h0 into buffer 0 of every block, which step 0's wait finds complete
+    cluster_arrive();
+    cluster_wait();
+#pragma unroll
+    for (int i = 0; i < CPT; ++i) {
+        const int j = tid + i * NT, b = j / NB, u = j % NB;
+        push_h(h_buf + h_index(b, n0 + (u & ~(HG - 1))), j < CELLS && b < nrows, h_value(from_f32(h_st[i])));
+    }
+    cluster_arrive();
+#else
     __syncthreads();
+#endif
 
     for (int s = 0; s < T; ++s) {
         const int t = d == 0 ? s : T - 1 - s;
@@ -404,6 +488,13 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             if (j < CELLS && b < nrows)
                 g[i] = __ldg((const float4*)(gx + ((long long)t * B + row0 + b) * C + (d * HP + n) * 4));
         }
+#if CLUSTER
+        // the previous h is in this block's shared memory once every block of the cluster has arrived (each pushed
+        // its slice there before; release / acquire at cluster scope): no polls, no L2 round trip. The wait also
+        // orders this step's partial sums after every thread's cell of the previous step (barrier 1's other job)
+        cluster_wait();
+        h_s = h_buf + (s & 1) * (BB * HROW);
+#else
         // wait for the previous h: every thread its own 16-byte chunks, all in flight; the chunks still holding
         // poison are re-read together, so a wait costs one L2 round trip after the data is there, not one a
         // chunk (v15 re-read them one after another: 4-8 round trips a step at 16 rows)
@@ -551,6 +642,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         if (tid == 0) write_stamps(my_stamps, s_stamp, s, T);
 #endif
 #endif
+#endif  // CLUSTER
 
 #if MMA && MMA_REGS
         {
@@ -698,6 +790,11 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         u32 deferred = 0;  // the cells of the sentinel row (the last real one): stored after the others
         elem_t h_last[CPT];
 #endif
+#if CLUSTER
+        elem_t h_new[CPT];  // pushed to the cluster first, then stored to global memory after the arrive
+#pragma unroll
+        for (int i = 0; i < CPT; ++i) h_new[i] = (elem_t)0;
+#endif
 #pragma unroll
         for (int i = 0; i < CPT; ++i) {
             const int j = tid + i * NT, b = j / NB, u = j % NB, n = n0 + u;
@@ -721,7 +818,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                 h_st[i] = h;
                 const int row = row0 + b;
                 const elem_t hv = from_f32(h);
-#if SENTINEL_LAST
+#if CLUSTER
+                h_new[i] = hv;
+#elif SENTINEL_LAST
                 if (b == nrows - 1) {
                     h_last[i] = hv;
                     deferred |= 1u << i;
@@ -731,6 +830,39 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #else
                 slab[((long long)(t + 1) * B + row) * RT + d * HP + n] = hv;  // the word is the flag
 #endif
+#if !CLUSTER
+                if (n < H) {
+                    if (is_last) out[t * stride_ot + row * stride_ob + (d * H + n) * stride_ok] = hv;
+                    if (s == T - 1) {
+                        const long long si = ((long long)(layer * D + d) * B + row) * H + n;
+                        hn[si] = hv;
+#if IS_LSTM
+                        cn[si] = from_f32(c_st[i]);
+#endif
+                    }
+                }
+#endif
+            }
+        }
+#if CLUSTER
+        if (s < T - 1) {  // the last step's h is read by no block
+#pragma unroll
+            for (int i = 0; i < CPT; ++i) {
+                const int j = tid + i * NT, b = j / NB, u = j % NB;
+                push_h(h_buf + ((s + 1) & 1) * (BB * HROW) + h_index(b, n0 + (u & ~(HG - 1))), j < CELLS && b < nrows,
+                       h_value(h_new[i]));
+            }
+            cluster_arrive();
+        }
+        // the global stores, which nobody waits on (the next layer's GEMM, the user's output), after the arrive:
+        // they overlap the other blocks' cells and this block's next wait
+#pragma unroll
+        for (int i = 0; i < CPT; ++i) {
+            const int j = tid + i * NT, b = j / NB, n = n0 + j % NB;
+            if (j < CELLS && b < nrows) {
+                const int row = row0 + b;
+                const elem_t hv = h_new[i];
+                slab[((long long)(t + 1) * B + row) * RT + d * HP + n] = hv;
                 if (n < H) {
                     if (is_last) out[t * stride_ot + row * stride_ob + (d * H + n) * stride_ok] = hv;
                     if (s == T - 1) {
@@ -743,6 +875,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                 }
             }
         }
+#endif
 #if SENTINEL_LAST
         // the warps that hold cells meet (named barrier 1) once every other row's h store is issued, then store
         // the sentinel row: "sentinel valid" becomes a better predictor that the rest is there. Still no order a

@@ -199,7 +199,8 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
         else:
             gx = _projection(slab[1:seq_len + 1].reshape(seq_len * batch, rt), packed.w_ihr[layer - 1],
                              packed.bias[layer])
-        words.fill_(-1)  # every slot, the initial-h ones too: each program writes its h0 there itself
+        if not plan.cluster:  # a cluster exchanges h in shared memory: nobody polls the slab, no poison needed
+            words.fill_(-1)  # every slot, the initial-h ones too: each program writes its h0 there itself
         if kh < hp:
             slab[..., kh:] = 0  # units no program computes: zero for the next layer's GEMM
         if plan.cuda:

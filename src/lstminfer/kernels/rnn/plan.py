@@ -79,7 +79,11 @@ POLL_FRAG_MIN_HIDDEN = 512
 POLL_DELAY_NS = 500
 # options of the CUDA kernel only (asked for only, not yet measured; docs/fused_kernel.md v18): a plan that runs
 # another kernel refuses them
-CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps")
+CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster")
+# thread-block clusters (asked for only until measured; docs/fused_kernel.md "Clusters (v19)"): the blocks a cluster
+# that cluster=True tries, largest first (more than 8 needs the non-portable cluster size, which Hopper allows up to
+# 16), and the rows a cluster by default (mma: the 16 padded rows; FFMA: the real rows, at most CUDA_FFMA_MAX_ROWS)
+CLUSTER_SIZES = (16, 8, 4)
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,8 @@ class Plan:
     poll_sentinel: bool = False  # CUDA kernel: a wait polls one chunk a producer block before the whole slice
     sentinel_last: bool = False  # CUDA kernel, poll_sentinel: the producers store the sentinel row last
     stamps: bool = False  # CUDA kernel: globaltimer stamps of every block's steps into workspace["stamps"]
+    cluster: int = 0  # CUDA kernel: blocks a thread-block cluster, h through distributed shared memory (0: the slab)
+    group_rows: int = 0  # CUDA kernel, cluster: real batch rows a block where fewer than block_b (mma's 16 padded)
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
@@ -135,7 +141,8 @@ class Plan:
                   "cudnn": (),
                   "persistent-cuda": ("block_b", "block_n", "r_tiles", "programs", "k_split", "num_warps",
                                       "mma", "w_shared", "mma_regs", "poll_frag", "poll_sleep",
-                                      "poll_delay", "poll_sentinel", "sentinel_last", "stamps")}[self.kernel]
+                                      "poll_delay", "poll_sentinel", "sentinel_last", "stamps", "cluster",
+                                      "group_rows")}[self.kernel]
         out = {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
         if self.note:
             out["note"] = self.note
@@ -203,11 +210,18 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
 
 def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
                w_shared: bool | None = None, mma_regs: bool | None = None,
-               poll_frag: bool | None = None, cuda_nb: int | None = None) -> Plan | None:
+               poll_frag: bool | None = None, cuda_nb: int | None = None, cluster: bool | int | None = None,
+               cluster_rows: int | None = None) -> Plan | None:
     """The CUDA C++ kernel's plan (see _cuda_layout), with the mma defaults measured on the H200 (2026-12-03,
     docs/fused_kernel.md v17): W_hh^T fragments in registers (mma_regs) on every mma plan where they fit, and
     from padded hidden POLL_FRAG_MIN_HIDDEN on h polled into the fragments (poll_frag) with a first read
-    POLL_DELAY_NS after the step starts. Asked-for options are kept as asked (None where they do not fit)."""
+    POLL_DELAY_NS after the step starts. Asked-for options are kept as asked (None where they do not fit).
+    cluster (True or a size) / cluster_rows: _cluster_plan, a ValueError where it does not fit."""
+    if cluster or cluster_rows:
+        if poll_frag or cuda_nb:
+            raise ValueError(f"cluster does not combine with {'poll_frag' if poll_frag else 'cuda_nb'} (a cluster "
+                             f"reads h from shared memory, its tiles are the cluster's blocks): leave it out")
+        return _cluster_plan(packed, batch, mma, w_shared, mma_regs, cluster, cluster_rows)
     if mma_regs is not None or poll_frag is not None:
         return _cuda_layout(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb)
     frag = packed.hidden_padded >= POLL_FRAG_MIN_HIDDEN
@@ -237,8 +251,6 @@ def _cuda_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None = Non
     chunks a warp. cuda_nb (asked only): at least this many hidden units a block (fewer blocks, each reading h
     once for more columns: less L2 traffic a step, a longer product).
     """
-    from .cuda_persistent import shared_bytes  # no cuda.bindings import: sizes only
-
     hp, dirs, hidden = packed.hidden_padded, packed.num_directions, packed.hidden_size
     sixteen = packed.dtype != torch.float32
     mma = (sixteen and batch > CUDA_FFMA_16BIT_MAX_ROWS) if mma is None else (bool(mma) and sixteen)
@@ -259,11 +271,27 @@ def _cuda_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None = Non
         if nb > 64:
             return None
     kh = tiles * nb
-    cols = 4 * nb
     if kh > hp:
         return None
-    poll_frag = bool(poll_frag) and mma
-    mma_regs = (bool(mma_regs) or poll_frag) and mma
+    elem_bits = 16 if sixteen else 32
+    product = _cuda_product(mma, bool(mma_regs) or bool(poll_frag), bool(poll_frag), bool(w_shared), bb, kh, nb,
+                            elem_bits)
+    if product is None:
+        return None
+    threads, k_split, mma_regs, poll_frag, w_shared = product
+    return Plan("per-layer", bb, tiles, groups * dirs * tiles, num_warps=threads // 32, block_n=nb,
+                k_split=k_split, cuda=True, mma=mma, w_shared=w_shared, mma_regs=mma_regs, poll_frag=poll_frag)
+
+
+def _cuda_product(mma: bool, mma_regs: bool, poll_frag: bool, w_shared: bool, bb: int, kh: int, nb: int,
+                  elem_bits: int, cluster: int = 0) -> tuple[int, int, bool, bool, bool] | None:
+    """The product's shape for a block of nb units over kh k and bb rows: (threads, k slices, mma_regs, poll_frag,
+    w_shared) as they apply, or None where it does not fit the registers or shared memory (_cuda_layout)."""
+    from .cuda_persistent import shared_bytes  # no cuda.bindings import: sizes only
+
+    cols = 4 * nb
+    poll_frag = poll_frag and mma
+    mma_regs = (mma_regs or poll_frag) and mma
     if mma_regs:
         n_tiles = cols // 8
         for k_split in (8, 16, 4, 2):  # 8 warps where the fragments fit 255 registers, 16 (128 a thread) else
@@ -289,7 +317,7 @@ def _cuda_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None = Non
         for kpt in (128, 64, 256, 32):
             threads = cols * kh // kpt
             if (kh % kpt == 0 and threads % 32 == 0 and 64 <= threads <= 512
-                    and shared_bytes(False, 32, bb, kh, nb, kh // kpt, True) <= CUDA_MAX_SHARED):
+                    and shared_bytes(False, 32, bb, kh, nb, kh // kpt, True, cluster=cluster) <= CUDA_MAX_SHARED):
                 break
         else:
             return None
@@ -303,18 +331,84 @@ def _cuda_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None = Non
         else:
             return None
         k_split = kh // kpt
-    elem_bits = 16 if sixteen else 32
-    w_shared = bool(w_shared) and not mma
-    if shared_bytes(mma, elem_bits, bb, kh, nb, k_split, w_shared, mma_regs, poll_frag) > CUDA_MAX_SHARED:
+    w_shared = w_shared and not mma
+    if shared_bytes(mma, elem_bits, bb, kh, nb, k_split, w_shared, mma_regs, poll_frag, cluster) > CUDA_MAX_SHARED:
         return None
-    return Plan("per-layer", bb, tiles, groups * dirs * tiles, num_warps=threads // 32, block_n=nb,
-                k_split=k_split, cuda=True, mma=mma, w_shared=w_shared, mma_regs=mma_regs, poll_frag=poll_frag)
+    return threads, k_split, mma_regs, poll_frag, w_shared
+
+
+def _cluster_plan(packed: PackedRNN, batch: int, mma: bool | None, w_shared: bool | None, mma_regs: bool | None,
+                  cluster: bool | int | None, cluster_rows: int | None) -> Plan:
+    """The cluster plan (cuda_source.py, CLUSTER): a thread-block cluster of C blocks holds one (batch group,
+    direction), each block nb units (nb x C >= hidden, nb a multiple of a 16-byte group of h: 8 units of 16-bit h,
+    4 of fp32), and the blocks exchange h through distributed shared memory. cluster=True takes the largest of
+    CLUSTER_SIZES that fits, cluster=C that size; cluster_rows: the real batch rows a cluster (mma: at most its 16
+    padded rows; FFMA: at most CUDA_FFMA_MAX_ROWS). Clusters need not be resident together (no block waits on
+    another cluster). A one-line ValueError names the option and the size where it does not fit."""
+    if cluster_rows and not cluster:
+        raise ValueError("cluster_rows is an option of cluster plans: add cluster=True (or cluster=C)")
+    if cluster is not True and not (isinstance(cluster, int) and 2 <= cluster <= 16):
+        raise ValueError(f"cluster must be True or a cluster size from 2 to 16 blocks, got {cluster!r}")
+    sixteen = packed.dtype != torch.float32
+    # 16-bit at one row: FFMA on the row as without clusters, else (W_hh^T past FFMA's registers) mma
+    products = ((False,) if not sixteen or mma is False else (True,) if mma or batch > CUDA_FFMA_16BIT_MAX_ROWS
+                else (False, True))
+    if cluster_rows is not None and not 1 <= cluster_rows <= CUDA_MMA_ROWS:
+        raise ValueError(f"cluster_rows={cluster_rows} does not fit a block: at most {CUDA_MMA_ROWS} rows")
+    sizes = CLUSTER_SIZES if cluster is True else (cluster,)
+    for size in sizes:
+        for use_mma in products:
+            plan = _cluster_layout(packed, batch, use_mma, w_shared, mma_regs, size, cluster_rows)
+            if plan is not None:
+                return plan
+    size = sizes[0]
+    slice_kib = 4 * packed.hidden_padded * packed.hidden_padded * packed.dtype.itemsize / size / 1024
+    dtype = str(packed.dtype).removeprefix("torch.")
+    raise ValueError(f"cluster={cluster} does not fit hidden {packed.hidden_size} in {dtype}: a block's "
+                     f"W_hh^T slice ({slice_kib:.0f} KiB at {size} blocks) with its h buffers fits neither the "
+                     f"registers nor {CUDA_MAX_SHARED >> 10} KiB of shared memory; leave cluster out")
+
+
+def _cluster_layout(packed: PackedRNN, batch: int, mma: bool, w_shared: bool | None, mma_regs: bool | None,
+                    size: int, cluster_rows: int | None) -> Plan | None:
+    """_cluster_plan at one cluster size, or None: the fewest units a block that fit; mma with its W_hh^T
+    fragments in registers where they fit (mma_regs=None), else W^T in shared memory; FFMA with W_hh^T in
+    registers, else in shared memory (w_shared=None)."""
+    hp, dirs, hidden = packed.hidden_padded, packed.num_directions, packed.hidden_size
+    rows = cluster_rows or (CUDA_MMA_ROWS if mma else min(batch, CUDA_FFMA_MAX_ROWS))
+    bb = CUDA_MMA_ROWS if mma else rows
+    groups = -(-batch // rows)
+    group = 8 if mma else 4  # units a 16-byte group of h (the kernel's pushes)
+    elem_bits = 16 if packed.dtype != torch.float32 else 32
+    regs_options = (True, False) if mma_regs is None else (bool(mma_regs),)
+    shared_options = (False, True) if w_shared is None else (bool(w_shared),)
+    nb = -(-hidden // (size * group)) * group  # the fewest units a block, whole groups
+    while nb * size <= hp:
+        kh = nb * size
+        if kh % 16 == 0:
+            for regs in regs_options if mma else (False,):
+                for shared in shared_options if not mma else (False,):
+                    product = _cuda_product(mma, regs, False, shared, bb, kh, nb, elem_bits, size)
+                    if product is not None and (product[2] == regs or not mma):
+                        threads, k_split, regs_used, _, shared_used = product
+                        return Plan("per-layer", bb, size, groups * dirs * size, num_warps=threads // 32,
+                                    block_n=nb, k_split=k_split, cuda=True, mma=mma, w_shared=shared_used,
+                                    mma_regs=regs_used, cluster=size, group_rows=rows if rows != bb else 0)
+        nb += group
+    return None
 
 
 def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: bool | None, mma: bool | None,
                  wide: bool | None, w_shared: bool | None = None, mma_regs: bool | None = None,
-                 poll_frag: bool | None = None, cuda_nb: int | None = None) -> tuple[Plan | None, str]:
-    """(the CUDA kernel's plan, "") where it runs this call, else (None, why not)."""
+                 poll_frag: bool | None = None, cuda_nb: int | None = None, cluster: bool | int | None = None,
+                 cluster_rows: int | None = None) -> tuple[Plan | None, str]:
+    """(the CUDA kernel's plan, "") where it runs this call, else (None, why not); cluster asked for where the CUDA
+    kernel cannot run: a one-line ValueError."""
+    if cluster or cluster_rows:
+        plan, why = _cuda_choice(packed, batch, sms, on_cuda, cuda, mma, wide)
+        if plan is None:
+            raise ValueError(f"cluster is an option of the CUDA persistent kernel, which cannot run this call "
+                             f"({why}): leave cluster out")
     if cuda is False:
         return None, "cuda=False"
     if not on_cuda:
@@ -328,7 +422,7 @@ def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: b
     ok, why = available()
     if not ok:
         return None, why
-    plan = _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb)
+    plan = _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows)
     if plan is None:
         return None, "the size does not fit the CUDA kernel (blocks, registers or shared memory)"
     return plan, ""
@@ -376,6 +470,11 @@ def _refuse_cuda_options(plan: Plan, dtype: torch.dtype, batch: int) -> None:
             why = f" ({plan.note})" if plan.note else ""
             raise ValueError(f"{name} is an option of the CUDA persistent kernel, and this call's plan runs the "
                              f"{plan.kernel} kernel{why}: leave {name} out, or plan with path='per-layer', cuda=True")
+    if plan.cluster:
+        for name in ("poll_sentinel", "stamps", "poll_frag", "poll_delay", "poll_sleep"):
+            if getattr(plan, name):
+                raise ValueError(f"{name} does not apply to a cluster plan (h through distributed shared memory, no "
+                                 f"polls): leave {name} or cluster out")
     if plan.poll_sentinel and min(plan.block_b, batch) == 1 and plan.block_n * dtype.itemsize <= 16:
         raise ValueError(f"poll_sentinel does not apply to one batch row a block with {plan.block_n} hidden units "
                          f"(one 16-byte chunk of h a producer: the sentinels would be all of h); ask for it with "
@@ -431,15 +530,16 @@ def _plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = No
     batch_tiles = -(-batch // block_b)
     items = -(-seq_len * block_b // block_m) * (cols // block_c)
     # the persistent plan's own choices (its block_n and programs follow the warps)
-    cuda_keys = ("cuda", "mma", "w_shared", "mma_regs", "poll_frag", "cuda_nb")
+    cuda_keys = ("cuda", "mma", "w_shared", "mma_regs", "poll_frag", "cuda_nb", "cluster", "cluster_rows")
     per_layer = {k: overrides.pop(k) for k in ("num_warps", "wide", *cuda_keys) if k in overrides} \
         if path in (None, "per-layer") else {}
-    cuda, mma, w_shared, mma_regs, poll_frag, cuda_nb = (per_layer.pop(k, None) for k in cuda_keys)
+    cuda, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows = (per_layer.pop(k, None)
+                                                                               for k in cuda_keys)
     persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda, **per_layer)
     cuda_plan, why_not_cuda = _cuda_choice(packed, batch, sms, on_cuda, cuda, mma, per_layer.get("wide"), w_shared,
-                                           mma_regs, poll_frag, cuda_nb)
+                                           mma_regs, poll_frag, cuda_nb, cluster, cluster_rows)
     if (path is None and on_cuda and (persistent is not None or cuda_plan is not None)
-            and hp >= PERSISTENT_MIN_HIDDEN):
+            and (hp >= PERSISTENT_MIN_HIDDEN or cluster)):
         path = "per-layer"
     elif path is None and on_cuda and cuda_plan is not None and batch_tiles * dirs * r_tiles > sms:
         # the stack kernel would not be resident and run one launch per (layer, step): the CUDA kernel instead
