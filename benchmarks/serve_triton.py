@@ -4,7 +4,17 @@ For each concurrency level c it prints the load test (`lstminfer loadtest`: p50/
 second) beside the backend alone: one Runner call at the request's shape (the latency floor) and at c
 requests' rows stacked (what the dynamic / sequence batcher can at best form), whose c / t is the throughput
 ceiling. `server share` = served rps / ceiling: near 1 means the backend is the bottleneck, well below 1 the
-server (HTTP/gRPC, Python backend, batching) is. Before any load, one request per served model is compared
+server (HTTP/gRPC, Python backend, batching) is.
+
+That tight loop of back-to-back calls is the backend at its fastest: its code, weights and buffers stay in the
+caches. Inside the server every call follows a wait (the stub idles until Triton hands it the next batch, while
+Triton, HTTP/gRPC and the client run), and a call after a wait costs more (docs/serving.md, "Why the backend
+is slower inside the stub"). So after each level the backend alone is timed again *paced*: every call after a
+sleep of the level's own mean gap between executions (Triton's execution count over the level's time, less
+the backend's own call), at the request's shape and at c requests' rows: `alone_paced_p50_ms`,
+`alone_paced_batched_ms`, `ceiling_paced_rps` and `server_share_paced` beside the tight loop's
+`alone_p50_ms`, `alone_batched_ms`, `ceiling_rps` and `server_share` (kept as they were). `pause_us` is that
+sleep. Before any load, one request per served model is compared
 with the backend alone on the same arrays (`answers: ... max |served - alone|`; exit 1 past 1e-4, as for a
 failed request); the load test itself checks every answer's shape and dtype.
 
@@ -83,6 +93,33 @@ def direct_latency_ms(runner, feeds: dict, calls: int, limit_s: float = 5.0) -> 
     return statistics.median(times)
 
 
+def paced_latency_ms(runner, feeds: dict, pause_s: float, calls: int, limit_s: float = 2.0) -> float:
+    """Median of the backend's infer() when each call follows a sleep of `pause_s` (the gap the server left
+    between executions), the host clock around the call only: the backend as the server calls it, after a
+    wait, against ``direct_latency_ms``'s back-to-back calls. At least 20 calls, else up to `calls` or
+    `limit_s` seconds (the sleeps included), whichever comes first."""
+    runner.infer(feeds)
+    times = []
+    deadline = time.perf_counter() + limit_s
+    while len(times) < 20 or (len(times) < calls and time.perf_counter() < deadline):
+        time.sleep(pause_s)
+        start = time.perf_counter()
+        runner.infer(feeds)
+        runner.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def pause_between_executions(rps: float, stats: dict, alone_ms: float) -> float:
+    """Seconds the backend sat idle between two executions at a level, on average: the mean interval between
+    executions (requests a second over requests an execution) less the backend's own call; 0 when the
+    server was never idle or nothing was counted. Capped at 50 ms (a slow level is paced like a slow client)."""
+    requests_per_exec = stats.get("requests_per_exec") or 0.0
+    if rps <= 0 or requests_per_exec <= 0:
+        return 0.0
+    return min(max(requests_per_exec / rps - alone_ms / 1e3, 0.0), 0.05)
+
+
 def server_stats(http_url: str, model: str) -> dict:
     """Triton's cumulative statistics of one model (the statistics extension)."""
     import tritonclient.http as httpclient
@@ -106,7 +143,8 @@ def stats_delta(before: dict, after: dict) -> dict:
     inferences = int(after["inference_count"]) - int(before["inference_count"])
     if not requests or not executions:
         return {}
-    return {"rows_per_exec": inferences / executions, "queue_us": ns("queue") / requests / 1e3,
+    return {"rows_per_exec": inferences / executions, "requests_per_exec": requests / executions,
+            "queue_us": ns("queue") / requests / 1e3,
             "infer_us": ns("compute_infer") / requests / 1e3,
             "in_out_us": (ns("compute_input") + ns("compute_output")) / requests / 1e3}
 
@@ -177,15 +215,17 @@ def main(argv: list[str]) -> int:
         runner = runner_class(args.backend)(stream_model, device=device, precision=args.precision,
                                             **backend_options(args))
         runner.prepare()
-        alone = {}
+        alone, feeds_at = {}, {}
         for c in sorted(set([1, *concurrency])):
-            alone[("stateless", c)] = direct_latency_ms(runner, runner_feeds(model, seq_len, c * batch, True),
-                                                        mine.direct_calls)
+            feeds_at[("stateless", c)] = runner_feeds(model, seq_len, c * batch, True)
         for c in sorted(set([1, *streams])):
-            alone[("stream", c)] = direct_latency_ms(runner, runner_feeds(model, 1, c, True), mine.direct_calls)
+            feeds_at[("stream", c)] = runner_feeds(model, 1, c, True)
+        for key, feeds in feeds_at.items():
+            alone[key] = direct_latency_ms(runner, feeds, mine.direct_calls)
 
         header = ["protocol", "mode", "concurrency", "processes", "requests", "failed", "rps", "p50_ms", "p99_ms",
                   "alone_p50_ms", "overhead_p50_ms", "alone_batched_ms", "ceiling_rps", "server_share",
+                  "pause_us", "alone_paced_p50_ms", "alone_paced_batched_ms", "server_share_paced",
                   "rows_per_exec", "queue_us", "infer_us", "in_out_us"]
         print(f"{model.name}: {model.spec.describe()}, request seq {seq_len} x batch {batch} (streams: 1 step x 1 "
               f"row); backend {args.backend}[{device}] {args.precision} threads {args.threads or 'default'}",
@@ -219,6 +259,12 @@ def main(argv: list[str]) -> int:
                     inside = stats_delta(before, server_stats(config.http_url, model_name))
                     floor, at_c = alone[(mode, 1)], alone[(mode, c)]
                     ceiling = c / at_c * 1e3
+                    # The backend alone at this level's pace (the server idle now; the runner is this process's)
+                    pause = pause_between_executions(record.throughput_rps, inside, at_c)
+                    paced_floor = paced_latency_ms(runner, feeds_at[(mode, 1)], pause, mine.direct_calls // 2)
+                    paced_at_c = paced_floor if c == 1 else paced_latency_ms(runner, feeds_at[(mode, c)], pause,
+                                                                             mine.direct_calls // 2)
+                    ceiling_paced = c / paced_at_c * 1e3
                     rows_out.append({
                         "protocol": protocol, "mode": mode, "concurrency": c,
                         "processes": processes_for(c, mine.processes), "requests": record.requests,
@@ -226,7 +272,12 @@ def main(argv: list[str]) -> int:
                         "p50_ms": record.latency_ms.get("p50"), "p99_ms": record.latency_ms.get("p99"),
                         "alone_p50_ms": floor, "overhead_p50_ms": (record.latency_ms.get("p50") or 0) - floor,
                         "alone_batched_ms": at_c, "ceiling_rps": ceiling,
-                        "server_share": record.throughput_rps / ceiling, **inside, "errors": record.errors})
+                        "server_share": record.throughput_rps / ceiling, "pause_us": pause * 1e6,
+                        "alone_paced_p50_ms": paced_floor,
+                        "overhead_paced_p50_ms": (record.latency_ms.get("p50") or 0) - paced_floor,
+                        "alone_paced_batched_ms": paced_at_c, "ceiling_paced_rps": ceiling_paced,
+                        "server_share_paced": record.throughput_rps / ceiling_paced, **inside,
+                        "errors": record.errors})
                     records.append(record)
                     row = rows_out[-1]
                     print("  ".join(f"{row.get(h):>15.4g}" if isinstance(row.get(h), float)

@@ -1,9 +1,12 @@
 """The load generator's and the served model's bookkeeping, without a server: several processes' counts merged
-exactly, how many processes a level gets, and the execute profile's per-size medians (hand-computed)."""
+exactly, how many processes a level gets, the execute profile's per-size medians (hand-computed), and the
+benchmark's pause between executions for its paced baseline."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +117,23 @@ def test_the_other_processes_are_stopped_at_once_when_one_fails(tmp_path):
     assert (tmp_path / "first").is_dir()  # one process did start, and waited for the start
     # the waiting process is ended, not joined for seconds (it would wait PROCESS_START_S for a start that never comes)
     assert failed_at[0] - begin < 4.0
+
+
+def _serve_triton():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "serve_triton.py"
+    spec = importlib.util.spec_from_file_location("serve_triton", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pause_between_executions_is_the_gap_less_the_backend():
+    bench = _serve_triton()
+    # 800 requests a second, 2 an execution: an execution every 2.5 ms, the backend 0.5 ms of it -> 2 ms idle
+    assert bench.pause_between_executions(800.0, {"requests_per_exec": 2.0}, 0.5) == pytest.approx(2e-3)
+    # saturated: executions back to back, no pause
+    assert bench.pause_between_executions(4000.0, {"requests_per_exec": 2.0}, 0.6) == 0.0
+    # a slow level is capped at 50 ms; nothing counted: no pause
+    assert bench.pause_between_executions(1.0, {"requests_per_exec": 1.0}, 0.1) == 0.05
+    assert bench.pause_between_executions(0.0, {"requests_per_exec": 1.0}, 0.1) == 0.0
+    assert bench.pause_between_executions(100.0, {}, 0.1) == 0.0

@@ -16,7 +16,15 @@ from lstminfer.errors import UserError
 from lstminfer.model.base import Model
 from lstminfer.model.spec import ModelSpec, build_module, preset
 from lstminfer.serve import repository as repo
-from lstminfer.serve.pymodel import Handler, RequestError, StreamChunk, bucket_for, bucket_sizes
+from lstminfer.serve.pymodel import (
+    Handler,
+    Profile,
+    RequestError,
+    StreamChunk,
+    bucket_for,
+    bucket_sizes,
+    process_facts,
+)
 from lstminfer.serve.state import StreamStore, UnknownStream
 
 needs_tritonclient = pytest.mark.skipif(importlib.util.find_spec("tritonclient") is None,
@@ -252,6 +260,45 @@ def test_handler_answers_a_bad_request_alone(exported, ort_runner):
     results = handler.infer([flat, good])
     assert isinstance(results[0], RequestError) and "3-D" in str(results[0])
     _close(results[1], _reference(model, good))
+
+
+def test_handler_again_repeats_each_backend_call_and_answers_the_first(exported, ort_runner):
+    """LSTMINFER_SERVE_PROFILE=2's diagnosis: every backend call made a second time at once on the same arrays
+    and timed apart (the back-to-back call inside the stub); the answers are the first call's."""
+    model = exported["lstm"]
+    handler = Handler(model.spec, ort_runner["lstm"], stream=False)
+    handler.profile, handler.again = Profile(), True
+    rng = np.random.default_rng(3)
+    requests = [_batch_major_inputs(model.spec, b, t, rng) for b, t in ((1, 2), (2, 2), (1, 4))]
+    calls = []
+    infer = handler.runner.infer
+    handler.runner.infer = lambda feeds: calls.append(feeds) or infer(feeds)
+    try:
+        results = handler.infer(requests)
+    finally:
+        del handler.runner.infer
+    assert len(calls) == 4  # two groups (lengths 2 and 4), each call twice
+    assert calls[0] is calls[1] and calls[2] is calls[3] and calls[1] is not calls[2]
+    assert handler.backend_s > 0 and handler.again_s > 0
+    for feeds, got in zip(requests, results):
+        _close(got, _reference(model, feeds))
+
+
+def test_process_facts_show_the_threads_the_backend_runs_with(exported):
+    """The served process's line: its CPUs, its OS threads and the runner's own thread count (read back from
+    ONNX Runtime), so over-subscription in the stub shows in the log."""
+    import os
+
+    from lstminfer.backends.base import runner_class
+
+    runner = runner_class("onnxruntime")(exported["lstm"], threads=1)
+    runner.prepare()
+    try:
+        line = process_facts(runner)
+    finally:
+        runner.close()
+    assert line.startswith(f"process {os.getpid()}: cpus {','.join(map(str, sorted(os.sched_getaffinity(0))))}, ")
+    assert " OS threads, " in line and "'threads': 1" in line and "CPUExecutionProvider" in line
 
 
 def test_bucket_sizes():

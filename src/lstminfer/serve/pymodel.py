@@ -91,18 +91,46 @@ def bucket_for(rows: int, buckets: tuple[int, ...]) -> int:
     return next((b for b in buckets if b >= rows), rows)
 
 
-PROFILE_ENV = "LSTMINFER_SERVE_PROFILE"
+PROFILE_ENV = "LSTMINFER_SERVE_PROFILE"  # 1: the execute profile; 2: also the backend called again at once
+
+
+def process_facts(runner: Any) -> str:
+    """What the served process runs with, for the log: its CPUs, its OS threads, the thread settings the
+    backends read (OMP/MKL variables, torch's pools) and the runner's own facts (ORT's intra-op threads).
+    A backend 2-3x slower in the stub than alone was first suspected of over-subscription; this line shows
+    whether the stub's process differs from a benchmark's (docs/serving.md, "Why the backend is slower")."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = []
+    try:
+        threads = len(os.listdir("/proc/self/task"))
+    except OSError:
+        threads = -1
+    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ}
+    torch_threads = ""
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        torch_threads = f", torch intra-op {torch.get_num_threads()} inter-op {torch.get_num_interop_threads()}"
+    try:
+        described = runner.describe()
+    except Exception as err:  # noqa: BLE001 - a facts line must not stop the model loading
+        described = {"describe": f"{type(err).__name__}: {err}"}
+    return (f"process {os.getpid()}: cpus {','.join(map(str, cpus)) or '?'}, {threads} OS threads, env "
+            f"{env or 'no OMP/MKL variables'}{torch_threads}, backend {described}")
 
 
 class Profile:
     """Where an execution's time goes, when the server runs with ``LSTMINFER_SERVE_PROFILE=1``: the seconds of
     each piece of every ``execute`` (the tensors out of the stub, the Handler, within it the backend's own
-    call, the answers back to the stub), kept per size class of the execution (1 request, 2-3, 4-7, ...: a
-    load test's concurrency level shows as its class) and logged at unload, one line a class, beside which
+    call, the answers back to the stub; with ``LSTMINFER_SERVE_PROFILE=2`` also ``again``: the backend called a
+    second time at once on the same inputs, a back-to-back call inside the stub), kept per size class of the
+    execution (1 request, 2-3, 4-7, ...: a load test's concurrency level shows as its class) and logged at
+    unload, one line a class, beside which
     Triton's own statistics read (its ``compute_infer`` is the whole execute plus the stub's round trip). At
     most `keep` samples a piece and class (the latest), so a long run holds bounded memory."""
 
-    PIECES = ("inputs", "handler", "backend", "outputs", "execute")
+    PIECES = ("inputs", "handler", "backend", "again", "outputs", "execute")
 
     def __init__(self, keep: int = 20_000):
         self.keep = keep
@@ -159,6 +187,8 @@ class Handler:
         self.store = StreamStore(max_streams, idle_timeout_s) if stream else None
         self.profile: Profile | None = None  # set by TritonPythonModel under LSTMINFER_SERVE_PROFILE=1
         self.backend_s = 0.0  # with a profile: the Runner's time since the profile last took it
+        self.again: bool = False  # LSTMINFER_SERVE_PROFILE=2: each call repeated at once, timed apart (diagnosis)
+        self.again_s = 0.0
 
     # ---- layout: Triton's tensors are batch-major; the Runner takes the model's own layout ------------------
     def _stacked(self, name: str, parts: list[Any], padding: int) -> Any:
@@ -193,6 +223,10 @@ class Handler:
             begin = time.perf_counter()
             answers = self.runner.infer(inputs)
             self.backend_s += time.perf_counter() - begin
+            if self.again:  # the same call back-to-back: what a tight loop alone measures, here in the stub
+                begin = time.perf_counter()
+                self.runner.infer(inputs)
+                self.again_s += time.perf_counter() - begin
         outputs = {name: self._batch_major(name, value, total) for name, value in answers.items()}
         if len(feeds) == 1:
             return [outputs]
@@ -513,7 +547,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         self.name = args.get("model_name", desc["name"])
         self.input_names = [i["name"] for i in config["input"]]
-        self.profile = Profile() if os.environ.get(PROFILE_ENV) == "1" else None
+        self.profile = Profile() if os.environ.get(PROFILE_ENV) in ("1", "2") else None
         self.batched = desc.get("batched", True)
         import numpy as np
 
@@ -534,6 +568,9 @@ class TritonPythonModel:
                      f"load (seq {model.seq_len}, {desc['backend']}): {seconds:.2f} s"
                      + (f"; {stopped}" if stopped else ""))
             self.handler.profile = self.profile  # the requests only, not the warm-up
+            self.handler.again = os.environ.get(PROFILE_ENV) == "2"
+            if self.profile:
+                _log(f"{self.name}: {process_facts(runner)}")
             return
         import triton_python_backend_utils as pb_utils
 
@@ -582,8 +619,11 @@ class TritonPythonModel:
         if profile:
             end = time.perf_counter()
             backend, self.handler.backend_s = getattr(self.handler, "backend_s", 0.0), 0.0
-            profile.add(len(requests), {"inputs": mark - begin, "handler": answered - mark, "backend": backend,
-                                        "outputs": end - answered, "execute": end - begin})
+            times = {"inputs": mark - begin, "handler": answered - mark, "backend": backend,
+                     "outputs": end - answered, "execute": end - begin}
+            if getattr(self.handler, "again", False):
+                times["again"], self.handler.again_s = self.handler.again_s, 0.0
+            profile.add(len(requests), times)
         return responses
 
     def finalize(self) -> None:
