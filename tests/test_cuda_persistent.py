@@ -228,21 +228,34 @@ def test_cluster_plan_holds_a_direction_and_batch_group_in_one_cluster():
     assert (q.kernel, q.cluster, q.r_tiles, q.block_n, q.block_b, q.programs, q.mma, q.group_rows) == (
         "persistent-cuda", 16, 16, 32, 16, 64, True, 0)
     assert not q.mma_regs and not q.poll_frag and q.poll_delay == 0  # 16 tiles x 4 chunks: past the registers
-    assert {k: q.describe()[k] for k in ("cluster", "group_rows")} == {"cluster": 16, "group_rows": 0}
+    # so W^T in shared memory, a warp per 4 column tiles and a k slice: 16 warps, each A fragment read 4 times
+    assert (q.tiles_per_warp, q.k_split, q.num_warps) == (4, 4, 16)
+    assert {k: q.describe()[k] for k in ("cluster", "group_rows", "tiles_per_warp")} == {
+        "cluster": 16, "group_rows": 0, "tiles_per_warp": 4}
+    one = _cuda_plan(packed_of(512, False, torch.bfloat16), 64, 132, cluster=True, tiles_per_warp=1)  # asked: v16's
+    assert (one.tiles_per_warp, one.k_split, one.num_warps) == (0, 1, 16)
     eight = _cuda_plan(packed_of(512, False, torch.bfloat16), 64, 132, cluster=16, cluster_rows=8)  # 8 of 8 rows
     assert (eight.programs, eight.block_b, eight.group_rows) == (128, 16, 8)
     s = _cuda_plan(packed_of(512, True, torch.bfloat16), 8, 132, cluster=True)  # S bf16: a cluster a direction
     assert (s.cluster, s.programs) == (16, 32)
-    p = _cuda_plan(packed_of(512, False, torch.bfloat16), 1, 132, cluster=True)  # one row: FFMA would not fit
-    assert p.mma and p.cluster == 16
+    # fp32 hidden 512 (256 KiB a block): FFMA with the slice split between registers and shared memory; the rows a
+    # cluster such that every cluster runs at once (CLUSTER_ACTIVE: 7 of 16 blocks)
+    p = _cuda_plan(packed_of(512, False), 1, 132, cluster=True)
+    assert (p.mma, p.w_regs, p.k_split, p.num_warps, p.programs) == (False, 160, 2, 8, 16)
+    assert _cuda_plan(packed_of(512, False, torch.bfloat16), 1, 132, cluster=True).w_regs == 160  # 16-bit, one row
+    q32 = _cuda_plan(packed_of(512, False), 64, 132, cluster=True)  # 7 clusters of 10 rows (the last 4)
+    assert (q32.block_b, q32.programs, q32.w_regs) == (10, 112, 132)
+    s32 = _cuda_plan(packed_of(512, True), 8, 132, cluster=True)  # 3 clusters of 3 rows a direction
+    assert (s32.block_b, s32.programs, s32.w_regs) == (3, 96, 156)
     m = _cuda_plan(packed_of(256, False), 1, 132, cluster=True)  # M fp32: FFMA, W^T in registers
-    assert (m.mma, m.w_shared, m.cluster, m.block_n, m.block_b, m.programs) == (False, False, 16, 16, 1, 16)
+    assert (m.mma, m.w_shared, m.w_regs, m.cluster, m.block_n, m.block_b, m.programs) == (False, False, 0, 16, 16,
+                                                                                          1, 16)
     regs = _cuda_plan(packed_of(256, False, torch.float16), 8, 132, cluster=True)  # fragments fit: mma_regs
     assert (regs.mma_regs, regs.cluster, regs.block_n) == (True, 16, 16)
     c8 = _cuda_plan(packed_of(256, True, torch.float16), 8, 132, cluster=8)
     assert (c8.cluster, c8.r_tiles, c8.block_n, c8.programs) == (8, 8, 32, 16)
     c4 = _cuda_plan(packed_of(256, False, torch.float16), 8, 132, cluster=4, mma_regs=False)
-    assert (c4.cluster, c4.block_n, c4.num_warps) == (4, 64, 32)
+    assert (c4.cluster, c4.block_n, c4.num_warps, c4.k_split, c4.tiles_per_warp) == (4, 64, 16, 2, 4)
     f384 = _cuda_plan(packed_of(384, False), 16, 132, cluster=True)  # fp32 hidden 384: 24 units, 128 k a thread
     assert (f384.block_n, f384.k_split, f384.num_warps, f384.w_shared) == (24, 3, 9, False)
     assert _cuda_plan(packed_of(384, False), 16, 132, cluster=True, w_shared=True).w_shared
@@ -250,11 +263,12 @@ def test_cluster_plan_holds_a_direction_and_batch_group_in_one_cluster():
     assert (odd.block_n * odd.r_tiles, odd.programs) == (384, 32)
     rows64 = _cuda_plan(packed_of(256, False), 64, 132, cluster=True, cluster_rows=8)  # fp32: 8 real rows a block
     assert (rows64.block_b, rows64.programs, rows64.group_rows) == (8, 128, 0)
+    assert _cuda_plan(packed_of(256, False), 64, 132, cluster=True).block_b == 10  # 7 clusters at once
 
 
 def test_cluster_plan_refuses_in_one_line():
-    for packed, batch, size in ((packed_of(512, False), 8, "256 KiB"), (packed_of(1024, False, torch.bfloat16), 8,
-                                                                          "512 KiB")):
+    for packed, batch, size in ((packed_of(1024, False), 8, "1024 KiB"), (packed_of(1024, False, torch.bfloat16), 8,
+                                                                            "512 KiB")):
         with pytest.raises(ValueError, match=f"^cluster=True does not fit hidden {packed.hidden_size} in "
                                              f".*W_hh\\^T slice \\({size} at 16 blocks\\).*leave cluster out$"):
             _cuda_plan(packed, batch, 132, cluster=True)
@@ -262,8 +276,9 @@ def test_cluster_plan_refuses_in_one_line():
         _cuda_plan(packed_of(512, False, torch.bfloat16), 8, 132, cluster=8)  # 256 KiB a block
     with pytest.raises(ValueError, match="^cluster must be True or a cluster size from 2 to 16 blocks, got 32"):
         _cuda_plan(packed_of(256, False), 8, 132, cluster=32)
-    with pytest.raises(ValueError, match="^cluster_rows is an option of cluster plans"):
-        _cuda_plan(packed_of(256, False), 8, 132, cluster_rows=8)
+    for option in ("cluster_rows", "tiles_per_warp"):
+        with pytest.raises(ValueError, match=f"^{option} is an option of cluster plans"):
+            _cuda_plan(packed_of(256, False), 8, 132, **{option: 4})
     with pytest.raises(ValueError, match="^cluster_rows=32 does not fit a block"):
         _cuda_plan(packed_of(256, False), 64, 132, cluster=True, cluster_rows=32)
     with pytest.raises(ValueError, match="^cluster does not combine with poll_frag"):
@@ -295,8 +310,8 @@ def test_plan_for_takes_cluster_as_an_option(monkeypatch):
     with pytest.raises(ValueError, match="^cluster is an option of the CUDA persistent kernel, and this call's plan "
                                          "runs the stack kernel"):
         plan_for(packed, 100, 64, path="single-launch", cluster=16)
-    with pytest.raises(ValueError, match="^cluster=True does not fit hidden 512 in float32"):
-        plan_for(pack_rnn(make("lstm", 256, 512, 1, False, False), "cpu", torch.float32), 100, 8, cluster=True)
+    with pytest.raises(ValueError, match="^cluster=True does not fit hidden 1024 in float32"):
+        plan_for(pack_rnn(make("lstm", 256, 1024, 1, False, False), "cpu", torch.float32), 100, 8, cluster=True)
 
 
 def _cluster_config(kind, hidden, bi, dtype, batch, has_state, **options):
@@ -324,6 +339,12 @@ CLUSTER_VARIANTS = {  # (kind, hidden, bi, dtype, batch, h0/c0, options)
     "fp32 gru bi 256 FFMA 16 rows": ("gru", 256, True, torch.float32, 16, False, dict(cluster=True)),
     "fp32 384 FFMA 128 k a thread": ("lstm", 384, False, torch.float32, 8, True, dict(cluster=True)),
     "fp32 384 W^T in shared memory": ("lstm", 384, False, torch.float32, 16, True, dict(cluster=True, w_shared=True)),
+    "Q bf16 one tile a warp": ("lstm", 512, False, torch.bfloat16, 64, True, dict(cluster=True, tiles_per_warp=1)),
+    "P fp32 split slice, one row": ("lstm", 512, False, torch.float32, 1, True, dict(cluster=True)),
+    "Q fp32 split slice, 10 rows": ("lstm", 512, False, torch.float32, 64, True, dict(cluster=True)),
+    "Q fp32 split slice, 16 rows": ("lstm", 512, False, torch.float32, 64, True, dict(cluster=True, cluster_rows=16)),
+    "S fp32 gru bi split slice, 3 rows, no state": ("gru", 512, True, torch.float32, 8, False, dict(cluster=True)),
+    "P bf16 split slice": ("lstm", 512, False, torch.bfloat16, 1, True, dict(cluster=True)),
 }
 
 
@@ -596,9 +617,11 @@ def test_the_plan_options_reach_the_kernel_config_by_name():
 
 # (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c0, precisions, plan options)
 CLUSTER_CASES = [
-    ("lstm", 256, 512, 1, False, False, 30, 1, True, ("fp16", "bf16"), dict(cluster=True)),  # P, mma at one row
-    ("lstm", 80, 512, 2, True, True, 20, 8, True, ("bf16",), dict(cluster=True)),  # S
-    ("lstm", 64, 512, 1, False, False, 12, 64, True, ("fp16", "bf16"), dict(cluster=True)),  # Q: 4 clusters
+    ("lstm", 256, 512, 1, False, False, 30, 1, True, ("fp32", "bf16"), dict(cluster=True)),  # P: the split slice
+    ("lstm", 256, 512, 1, False, False, 30, 1, True, ("fp16",), dict(cluster=True, mma=True)),  # mma at one row
+    ("lstm", 80, 512, 2, True, True, 20, 8, True, ("fp32", "bf16"), dict(cluster=True)),  # S
+    ("lstm", 64, 512, 1, False, False, 12, 64, True, ("fp32", "fp16", "bf16"), dict(cluster=True)),  # Q
+    ("gru", 64, 512, 1, False, True, 12, 16, True, ("bf16",), dict(cluster=True, tiles_per_warp=1)),
     ("gru", 64, 512, 1, False, False, 12, 37, False, ("bf16",), dict(cluster=16, cluster_rows=8)),  # 5 of 8 rows
     ("gru", 64, 300, 2, True, False, 10, 5, False, ("fp32", "fp16", "bf16"), dict(cluster=True)),  # 24 units
     ("lstm", 32, 256, 1, False, False, 10, 64, True, ("fp32", "bf16"), dict(cluster=True)),

@@ -21,7 +21,7 @@ KERNEL_NAME = b"rnn_persistent_cuda"
 
 # the CudaConfig fields that are Plan fields of the same name (the plan's options of this kernel, passed by name)
 PLAN_OPTIONS = ("poll_sleep", "w_shared", "mma_regs", "poll_frag", "poll_delay", "poll_sentinel", "sentinel_last",
-                "stamps", "cluster", "group_rows")
+                "stamps", "cluster", "group_rows", "w_regs", "tiles_per_warp")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class CudaConfig:
     stamps: bool = False  # thread 0 of every block writes globaltimer stamps, [blocks, T, 3] (see cuda_source)
     cluster: int = 0  # blocks a thread-block cluster (== tiles): h through distributed shared memory (0: the slab)
     group_rows: int = 0  # real batch rows a block (0: bb; fewer with mma, whose bb is the 16 padded rows)
+    w_regs: int = 0  # FFMA: k a thread in registers, the rest of its KPT in shared memory (0: not split)
+    tiles_per_warp: int = 0  # mma with W^T in shared memory: column tiles a warp (0 or 1: one)
 
     def defines(self) -> str:
         values = dict(IS_LSTM=self.is_lstm, D=self.dirs, HP=self.hidden_padded, KH=self.kh, NB=self.nb,
@@ -61,17 +63,18 @@ class CudaConfig:
                       MMA_REGS=self.mma_regs and self.mma, POLL_FRAG=self.poll_frag and self.mma_regs and self.mma,
                       POLL_DELAY=self.poll_delay, POLL_SENTINEL=self.poll_sentinel or self.sentinel_last,
                       SENTINEL_LAST=self.sentinel_last, STAMPS=self.stamps, CLUSTER=self.cluster,
-                      GROUP_ROWS=self.group_rows or self.bb)
+                      GROUP_ROWS=self.group_rows or self.bb, W_REGS=0 if self.mma else self.w_regs,
+                      MMA_TPW=max(1, self.tiles_per_warp) if self.mma and not self.mma_regs else 1)
         return "".join(f"#define {k} {int(v)}\n" for k, v in values.items())
 
     def shared_bytes(self) -> int:
         """Dynamic shared memory of a block: h, (MMA: W^T), the partial sums."""
         return shared_bytes(self.mma, self.elem_bits, self.bb, self.kh, self.nb, self.k_slices, self.w_shared,
-                            self.mma_regs, self.poll_frag, self.cluster)
+                            self.mma_regs, self.poll_frag, self.cluster, 0 if self.mma else self.w_regs)
 
 
 def shared_bytes(mma: bool, elem_bits: int, bb: int, kh: int, nb: int, k_slices: int, w_shared: bool = False,
-                 mma_regs: bool = False, poll_frag: bool = False, cluster: int = 0) -> int:
+                 mma_regs: bool = False, poll_frag: bool = False, cluster: int = 0, w_regs: int = 0) -> int:
     cols = 4 * nb
     red = 4 * k_slices * bb * (cols + 8)
     hbuf = 2 if cluster else 1  # a cluster's h by step parity (the others push the next while this step reads)
@@ -79,7 +82,8 @@ def shared_bytes(mma: bool, elem_bits: int, bb: int, kh: int, nb: int, k_slices:
         return 2 * red  # no h in shared memory; the partial sums by step parity
     if mma:
         return (elem_bits // 8) * (hbuf * bb * (kh + 8) + (0 if mma_regs else cols * (kh + 8))) + red
-    return 4 * hbuf * bb * k_slices * (kh // k_slices + 4) + red + (4 * cols * (kh + 4) if w_shared else 0)
+    w = 4 * cols * (kh + 4) if w_shared else 4 * cols * (kh - k_slices * w_regs + 4) if w_regs else 0
+    return 4 * hbuf * bb * k_slices * (kh // k_slices + 4) + red + w
 
 
 def _bindings() -> tuple[Any, Any]:

@@ -115,6 +115,25 @@ typedef unsigned int u32;
 #ifndef W_SHARED
 #define W_SHARED 0
 #endif
+#ifndef W_REGS
+#define W_REGS 0
+#endif
+#ifndef MMA_TPW
+#define MMA_TPW 1
+#endif
+#if MMA && !MMA_REGS && MMA_TPW > 1
+// mma with W^T in shared memory and a warp per (group of MMA_TPW column tiles, k slice): each A fragment (h) read
+// once a group instead of once a tile (16 warps of one tile each read all of h: 256 KiB a step at hidden 512 on
+// 16-row blocks, against W^T's 128 KiB)
+static_assert((COLS / 8) % MMA_TPW == 0 && (KH / 16) % KSL == 0, "whole tile groups and k slices");
+#endif
+#if W_REGS
+// FFMA with the slice split: a thread's first W_REGS k of its KPT in registers, the other WS_K in shared memory as
+// [COLS][KSL * WS_K + 4] (fp32 slices past both alone, e.g. hidden 512 on 16 blocks of a cluster: 256 KiB a block)
+static_assert(!MMA && !W_SHARED && W_REGS < KPT && W_REGS % 4 == 0, "a split FFMA slice");
+#define WS_K (KPT - W_REGS)
+#define WSROW (KSL * WS_K + 4)
+#endif
 #ifndef MMA_REGS
 #define MMA_REGS 0
 #endif
@@ -360,6 +379,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #elif W_SHARED
     float* w_s = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW);
     float* red = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW + sizeof(float) * COLS * WROW);
+#elif W_REGS
+    float* w_s = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW);
+    float* red = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW + sizeof(float) * COLS * WSROW);
 #else
     float* red = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW);
 #endif
@@ -420,7 +442,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     }
     const int lane = tid & 31, warp = tid >> 5;
     const int ks = warp % KSL;
-    const int nt = warp / KSL;  // one m tile: BB == 16
+    const int nt = warp / KSL;  // one m tile: BB == 16; MMA_TPW > 1: the warp's tile group
 #elif W_SHARED
     // W^T columns in shared memory as fp32 [COLS][KH + 4] (rows 4 words apart: a quarter warp's float4 reads of
     // consecutive columns hit distinct banks), for slices past the registers
@@ -429,6 +451,16 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     for (int i = tid; i < KH * COLS; i += NT) {
         const int k = i / COLS, c = i % COLS;
         w_s[c * WROW + k] = to_f32(w_dir[(long long)k * (HP * 4) + c]);
+    }
+#elif W_REGS
+    const int col = tid % COLS, ks = tid / COLS;
+    float w[W_REGS];
+#pragma unroll
+    for (int i = 0; i < W_REGS; ++i) w[i] = to_f32(w_dir[(long long)(ks * KPT + i) * (HP * 4) + col]);
+#pragma unroll 8
+    for (int i = tid; i < COLS * KSL * WS_K; i += NT) {
+        const int c = i % COLS, ks2 = i / COLS / WS_K, kk = i / COLS % WS_K;
+        w_s[c * WSROW + ks2 * WS_K + kk] = to_f32(w_dir[(long long)(ks2 * KPT + W_REGS + kk) * (HP * 4) + c]);
     }
 #else
     const int col = tid % COLS, ks = tid / COLS;
@@ -691,6 +723,44 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                 *(float2*)(r + 8 * RROW) = make_float2(acc[nt][2], acc[nt][3]);
             }
         }
+#elif MMA && MMA_TPW > 1
+        {
+            // the warp's MMA_TPW column tiles over its k slice: an A fragment a chunk, used for every tile of the group
+            float acc[MMA_TPW][4];
+#pragma unroll
+            for (int a = 0; a < MMA_TPW; ++a) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.f;
+            const int kbeg = ks * (KH / KSL);
+            const u32 a_base = (u32)__cvta_generic_to_shared(h_s + (lane & 15) * HROW + (lane >> 4) * 8 + kbeg);
+            const elem_t* b_base = w_s + (nt * MMA_TPW * 8 + (lane >> 2)) * HROW + (lane & 3) * 2 + kbeg;
+#pragma unroll
+            for (int kc = 0; kc < KH / KSL / 16; ++kc) {
+                u32 af[4], bf[MMA_TPW][2];
+                asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                             : "=r"(af[0]), "=r"(af[1]), "=r"(af[2]), "=r"(af[3]) : "r"(a_base + kc * 32) : "memory");
+#pragma unroll
+                for (int tw = 0; tw < MMA_TPW; ++tw) {
+                    bf[tw][0] = *(const u32*)(b_base + tw * 8 * HROW + kc * 16);
+                    bf[tw][1] = *(const u32*)(b_base + tw * 8 * HROW + kc * 16 + 8);
+                }
+#pragma unroll
+                for (int tw = 0; tw < MMA_TPW; ++tw) {
+#if IS_BF16
+                    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+#else
+                    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+#endif
+                        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                        : "+f"(acc[tw][0]), "+f"(acc[tw][1]), "+f"(acc[tw][2]), "+f"(acc[tw][3])
+                        : "r"(af[0]), "r"(af[1]), "r"(af[2]), "r"(af[3]), "r"(bf[tw][0]), "r"(bf[tw][1]));
+                }
+            }
+#pragma unroll
+            for (int tw = 0; tw < MMA_TPW; ++tw) {
+                float* r = red + (ks * BB + (lane >> 2)) * RROW + (nt * MMA_TPW + tw) * 8 + (lane & 3) * 2;
+                *(float2*)r = make_float2(acc[tw][0], acc[tw][1]);
+                *(float2*)(r + 8 * RROW) = make_float2(acc[tw][2], acc[tw][3]);
+            }
+        }
 #elif MMA
         {
             // fragments of MMA_BATCH k chunks loaded before their mma's (all loads in flight together), four
@@ -751,6 +821,46 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                 for (int b = 0; b < BB; ++b) {
                     if (b < nrows) {
                         const float4 hv = *(const float4*)(hbase + b * HROW + 4 * i);
+                        acc[b][0] = fmaf(hv.x, wv.x, acc[b][0]);
+                        acc[b][1] = fmaf(hv.y, wv.y, acc[b][1]);
+                        acc[b][0] = fmaf(hv.z, wv.z, acc[b][0]);
+                        acc[b][1] = fmaf(hv.w, wv.w, acc[b][1]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int b = 0; b < BB; ++b)
+                if (b < nrows) red[(ks * BB + b) * RROW + col] = acc[b][0] + acc[b][1];
+        }
+#elif W_REGS
+        {
+            // the register part of the k slice, then the shared-memory part (each float4 of W read once a step and
+            // used for every row); h reads are broadcasts
+            const float* wcol = w_s + col * WSROW + ks * WS_K;
+            const float* hbase = h_s + ks * (KPT + 4);
+            float acc[BB][2];
+#pragma unroll
+            for (int b = 0; b < BB; ++b) acc[b][0] = acc[b][1] = 0.f;
+#pragma unroll
+            for (int i = 0; i < W_REGS / 4; ++i) {
+#pragma unroll
+                for (int b = 0; b < BB; ++b) {
+                    if (b < nrows) {
+                        const float4 hv = *(const float4*)(hbase + b * HROW + 4 * i);
+                        acc[b][0] = fmaf(hv.x, w[4 * i], acc[b][0]);
+                        acc[b][1] = fmaf(hv.y, w[4 * i + 1], acc[b][1]);
+                        acc[b][0] = fmaf(hv.z, w[4 * i + 2], acc[b][0]);
+                        acc[b][1] = fmaf(hv.w, w[4 * i + 3], acc[b][1]);
+                    }
+                }
+            }
+#pragma unroll 4
+            for (int i = 0; i < WS_K / 4; ++i) {
+                const float4 wv = *(const float4*)(wcol + 4 * i);
+#pragma unroll
+                for (int b = 0; b < BB; ++b) {
+                    if (b < nrows) {
+                        const float4 hv = *(const float4*)(hbase + b * HROW + W_REGS + 4 * i);
                         acc[b][0] = fmaf(hv.x, wv.x, acc[b][0]);
                         acc[b][1] = fmaf(hv.y, wv.y, acc[b][1]);
                         acc[b][0] = fmaf(hv.z, wv.z, acc[b][0]);

@@ -84,6 +84,15 @@ CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster")
 # that cluster=True tries, largest first (more than 8 needs the non-portable cluster size, which Hopper allows up to
 # 16), and the rows a cluster by default (mma: the 16 padded rows; FFMA: the real rows, at most CUDA_FFMA_MAX_ROWS)
 CLUSTER_SIZES = (16, 8, 4)
+# clusters of a size that can run at once with one block a multiprocessor: a cluster lives in one GPC, and the H100 /
+# H200's 132 multiprocessors sit in 8 GPCs of 16-18 (so 16 blocks: one a GPC, 7-8). FFMA cluster plans take enough
+# rows a cluster that their clusters all run at once (more would queue behind them: twice the time). An assumption
+# until cuOccupancyMaxActiveClusters is read on the H200 (the launch checks >= 1 only); other sizes: SMs // size
+CLUSTER_ACTIVE = {16: 7, 8: 16, 4: 33}
+# cluster plans' mma with W^T in shared memory (its fragments past the registers, e.g. hidden 512 in 16-bit): a warp
+# per 4 column tiles and a k slice, 16 warps (one tile a warp: each of 16 warps read all of h every step)
+CLUSTER_TILES_PER_WARP = 4
+CLUSTER_MMA_WARPS = 16
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,8 @@ class Plan:
     stamps: bool = False  # CUDA kernel: globaltimer stamps of every block's steps into workspace["stamps"]
     cluster: int = 0  # CUDA kernel: blocks a thread-block cluster, h through distributed shared memory (0: the slab)
     group_rows: int = 0  # CUDA kernel, cluster: real batch rows a block where fewer than block_b (mma's 16 padded)
+    w_regs: int = 0  # CUDA kernel, FFMA: k a thread in registers, the rest of its slice in shared memory (0: no split)
+    tiles_per_warp: int = 0  # CUDA kernel, mma with W^T in shared memory: column tiles a warp (0: one)
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
@@ -142,7 +153,7 @@ class Plan:
                   "persistent-cuda": ("block_b", "block_n", "r_tiles", "programs", "k_split", "num_warps",
                                       "mma", "w_shared", "mma_regs", "poll_frag", "poll_sleep",
                                       "poll_delay", "poll_sentinel", "sentinel_last", "stamps", "cluster",
-                                      "group_rows")}[self.kernel]
+                                      "group_rows", "w_regs", "tiles_per_warp")}[self.kernel]
         out = {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
         if self.note:
             out["note"] = self.note
@@ -211,17 +222,17 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
 def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
                w_shared: bool | None = None, mma_regs: bool | None = None,
                poll_frag: bool | None = None, cuda_nb: int | None = None, cluster: bool | int | None = None,
-               cluster_rows: int | None = None) -> Plan | None:
+               cluster_rows: int | None = None, tiles_per_warp: int | None = None) -> Plan | None:
     """The CUDA C++ kernel's plan (see _cuda_layout), with the mma defaults measured on the H200 (2026-12-03,
     docs/fused_kernel.md v17): W_hh^T fragments in registers (mma_regs) on every mma plan where they fit, and
     from padded hidden POLL_FRAG_MIN_HIDDEN on h polled into the fragments (poll_frag) with a first read
     POLL_DELAY_NS after the step starts. Asked-for options are kept as asked (None where they do not fit).
-    cluster (True or a size) / cluster_rows: _cluster_plan, a ValueError where it does not fit."""
-    if cluster or cluster_rows:
+    cluster (True or a size) / cluster_rows / tiles_per_warp: _cluster_plan, a ValueError where it does not fit."""
+    if cluster or cluster_rows or tiles_per_warp:
         if poll_frag or cuda_nb:
             raise ValueError(f"cluster does not combine with {'poll_frag' if poll_frag else 'cuda_nb'} (a cluster "
                              f"reads h from shared memory, its tiles are the cluster's blocks): leave it out")
-        return _cluster_plan(packed, batch, mma, w_shared, mma_regs, cluster, cluster_rows)
+        return _cluster_plan(packed, batch, sms, mma, w_shared, mma_regs, cluster, cluster_rows, tiles_per_warp)
     if mma_regs is not None or poll_frag is not None:
         return _cuda_layout(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb)
     frag = packed.hidden_padded >= POLL_FRAG_MIN_HIDDEN
@@ -278,15 +289,18 @@ def _cuda_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None = Non
                             elem_bits)
     if product is None:
         return None
-    threads, k_split, mma_regs, poll_frag, w_shared = product
-    return Plan("per-layer", bb, tiles, groups * dirs * tiles, num_warps=threads // 32, block_n=nb,
-                k_split=k_split, cuda=True, mma=mma, w_shared=w_shared, mma_regs=mma_regs, poll_frag=poll_frag)
+    return Plan("per-layer", bb, tiles, groups * dirs * tiles, block_n=nb, cuda=True, mma=mma, **product)
 
 
 def _cuda_product(mma: bool, mma_regs: bool, poll_frag: bool, w_shared: bool, bb: int, kh: int, nb: int,
-                  elem_bits: int, cluster: int = 0) -> tuple[int, int, bool, bool, bool] | None:
-    """The product's shape for a block of nb units over kh k and bb rows: (threads, k slices, mma_regs, poll_frag,
-    w_shared) as they apply, or None where it does not fit the registers or shared memory (_cuda_layout)."""
+                  elem_bits: int, cluster: int = 0, w_split: bool = False,
+                  tiles_per_warp: int = 1) -> dict[str, Any] | None:
+    """The product's shape for a block of nb units over kh k and bb rows, as Plan fields (num_warps, k_split,
+    mma_regs, poll_frag, w_shared, w_regs, tiles_per_warp as they apply), or None where it does not fit the
+    registers or shared memory (_cuda_layout). tiles_per_warp (mma with W^T in shared memory): a warp per group of
+    that many column tiles and a k slice, CLUSTER_MMA_WARPS warps, so that each A fragment is read once a group.
+    w_split (FFMA): a thread's k slice split, w_regs k in registers (what they hold next to the ~90 other registers
+    and ~3 a row) and the rest in shared memory (cluster plans of fp32 hidden 512: 256 KiB a block)."""
     from .cuda_persistent import shared_bytes  # no cuda.bindings import: sizes only
 
     cols = 4 * nb
@@ -303,6 +317,16 @@ def _cuda_product(mma: bool, mma_regs: bool, poll_frag: bool, w_shared: bool, bb
         else:
             return None
         threads = 32 * k_split
+    elif mma and tiles_per_warp > 1:
+        n_tiles = cols // 8
+        if n_tiles % tiles_per_warp:
+            return None
+        k_split = max(1, CLUSTER_MMA_WARPS // (n_tiles // tiles_per_warp))
+        while k_split > 1 and (kh // 16) % k_split:
+            k_split //= 2
+        threads = 32 * n_tiles // tiles_per_warp * k_split
+        if threads > 1024:
+            return None
     elif mma:
         n_tiles = cols // 8
         k_split = max(1, CUDA_MMA_WARPS // n_tiles)
@@ -311,6 +335,21 @@ def _cuda_product(mma: bool, mma_regs: bool, poll_frag: bool, w_shared: bool, bb
         threads = 32 * n_tiles * k_split
         if threads > 1024:
             return None
+    elif w_split:
+        for kpt in (256, 128, 512):
+            threads = cols * kh // kpt
+            w_regs = (min(255, 65536 // max(threads, 1)) - CUDA_OTHER_REGISTERS - 3 * bb) // 4 * 4
+            w_regs = min(w_regs, kpt - 4)
+            if (kh % kpt == 0 and threads % 32 == 0 and 64 <= threads <= 1024 and w_regs >= 4
+                    and shared_bytes(False, 32, bb, kh, nb, kh // kpt, cluster=cluster, w_regs=w_regs)
+                    <= CUDA_MAX_SHARED):
+                break
+        else:
+            return None
+        k_split = kh // kpt
+        if shared_bytes(False, elem_bits, bb, kh, nb, k_split, cluster=cluster, w_regs=w_regs) > CUDA_MAX_SHARED:
+            return None
+        return dict(num_warps=threads // 32, k_split=k_split, w_regs=w_regs)
     elif w_shared:
         # at most 512 threads (768 capped the registers at 85 and spilled at hidden 768, one row), and as
         # many as the partial sums leave room for next to W
@@ -334,19 +373,24 @@ def _cuda_product(mma: bool, mma_regs: bool, poll_frag: bool, w_shared: bool, bb
     w_shared = w_shared and not mma
     if shared_bytes(mma, elem_bits, bb, kh, nb, k_split, w_shared, mma_regs, poll_frag, cluster) > CUDA_MAX_SHARED:
         return None
-    return threads, k_split, mma_regs, poll_frag, w_shared
+    tiles = {"tiles_per_warp": tiles_per_warp} if mma and not mma_regs and tiles_per_warp > 1 else {}
+    return dict(num_warps=threads // 32, k_split=k_split, mma_regs=mma_regs, poll_frag=poll_frag, w_shared=w_shared,
+                **tiles)
 
 
-def _cluster_plan(packed: PackedRNN, batch: int, mma: bool | None, w_shared: bool | None, mma_regs: bool | None,
-                  cluster: bool | int | None, cluster_rows: int | None) -> Plan:
+def _cluster_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None, w_shared: bool | None,
+                  mma_regs: bool | None, cluster: bool | int | None, cluster_rows: int | None,
+                  tiles_per_warp: int | None = None) -> Plan:
     """The cluster plan (cuda_source.py, CLUSTER): a thread-block cluster of C blocks holds one (batch group,
     direction), each block nb units (nb x C >= hidden, nb a multiple of a 16-byte group of h: 8 units of 16-bit h,
     4 of fp32), and the blocks exchange h through distributed shared memory. cluster=True takes the largest of
     CLUSTER_SIZES that fits, cluster=C that size; cluster_rows: the real batch rows a cluster (mma: at most its 16
-    padded rows; FFMA: at most CUDA_FFMA_MAX_ROWS). Clusters need not be resident together (no block waits on
+    padded rows, 16 by default; FFMA: at most CUDA_FFMA_MAX_ROWS, by default the fewest with which every cluster
+    runs at once, CLUSTER_ACTIVE). Clusters need not be resident together (no block waits on
     another cluster). A one-line ValueError names the option and the size where it does not fit."""
-    if cluster_rows and not cluster:
-        raise ValueError("cluster_rows is an option of cluster plans: add cluster=True (or cluster=C)")
+    for name, value in (("cluster_rows", cluster_rows), ("tiles_per_warp", tiles_per_warp)):
+        if value and not cluster:
+            raise ValueError(f"{name} is an option of cluster plans: add cluster=True (or cluster=C)")
     if cluster is not True and not (isinstance(cluster, int) and 2 <= cluster <= 16):
         raise ValueError(f"cluster must be True or a cluster size from 2 to 16 blocks, got {cluster!r}")
     sixteen = packed.dtype != torch.float32
@@ -358,7 +402,8 @@ def _cluster_plan(packed: PackedRNN, batch: int, mma: bool | None, w_shared: boo
     sizes = CLUSTER_SIZES if cluster is True else (cluster,)
     for size in sizes:
         for use_mma in products:
-            plan = _cluster_layout(packed, batch, use_mma, w_shared, mma_regs, size, cluster_rows)
+            plan = _cluster_layout(packed, batch, sms, use_mma, w_shared, mma_regs, size, cluster_rows,
+                                   tiles_per_warp)
             if plan is not None:
                 return plan
     size = sizes[0]
@@ -369,31 +414,37 @@ def _cluster_plan(packed: PackedRNN, batch: int, mma: bool | None, w_shared: boo
                      f"registers nor {CUDA_MAX_SHARED >> 10} KiB of shared memory; leave cluster out")
 
 
-def _cluster_layout(packed: PackedRNN, batch: int, mma: bool, w_shared: bool | None, mma_regs: bool | None,
-                    size: int, cluster_rows: int | None) -> Plan | None:
+def _cluster_layout(packed: PackedRNN, batch: int, sms: int, mma: bool, w_shared: bool | None,
+                    mma_regs: bool | None, size: int, cluster_rows: int | None,
+                    tiles_per_warp: int | None = None) -> Plan | None:
     """_cluster_plan at one cluster size, or None: the fewest units a block that fit; mma with its W_hh^T
     fragments in registers where they fit (mma_regs=None), else W^T in shared memory; FFMA with W_hh^T in
     registers, else in shared memory (w_shared=None)."""
     hp, dirs, hidden = packed.hidden_padded, packed.num_directions, packed.hidden_size
-    rows = cluster_rows or (CUDA_MMA_ROWS if mma else min(batch, CUDA_FFMA_MAX_ROWS))
+    groups_at_once = max(1, CLUSTER_ACTIVE.get(size, sms // size) // dirs)
+    rows = cluster_rows or (CUDA_MMA_ROWS if mma else min(-(-batch // groups_at_once), CUDA_FFMA_MAX_ROWS))
     bb = CUDA_MMA_ROWS if mma else rows
     groups = -(-batch // rows)
     group = 8 if mma else 4  # units a 16-byte group of h (the kernel's pushes)
     elem_bits = 16 if packed.dtype != torch.float32 else 32
-    regs_options = (True, False) if mma_regs is None else (bool(mma_regs),)
-    shared_options = (False, True) if w_shared is None else (bool(w_shared),)
+    # mma: W^T fragments in registers, else W^T in shared memory with tile groups (CLUSTER_TILES_PER_WARP), else one
+    # tile a warp
+    regs_options = ((True, 0), (False, tiles_per_warp or CLUSTER_TILES_PER_WARP), (False, 1)) if mma_regs is None \
+        else ((True, 0),) if mma_regs else ((False, tiles_per_warp or CLUSTER_TILES_PER_WARP), (False, 1))
+    # FFMA (w_shared, w_split): registers, else shared memory, else split between them
+    shared_options = (((False, False), (True, False), (False, True)) if w_shared is None
+                      else ((bool(w_shared), False),))
     nb = -(-hidden // (size * group)) * group  # the fewest units a block, whole groups
     while nb * size <= hp:
         kh = nb * size
         if kh % 16 == 0:
-            for regs in regs_options if mma else (False,):
-                for shared in shared_options if not mma else (False,):
-                    product = _cuda_product(mma, regs, False, shared, bb, kh, nb, elem_bits, size)
-                    if product is not None and (product[2] == regs or not mma):
-                        threads, k_split, regs_used, _, shared_used = product
-                        return Plan("per-layer", bb, size, groups * dirs * size, num_warps=threads // 32,
-                                    block_n=nb, k_split=k_split, cuda=True, mma=mma, w_shared=shared_used,
-                                    mma_regs=regs_used, cluster=size, group_rows=rows if rows != bb else 0)
+            for regs, tiles_per in regs_options if mma else ((False, 0),):
+                for shared, split in shared_options if not mma else ((False, False),):
+                    product = _cuda_product(mma, regs, False, shared, bb, kh, nb, elem_bits, size, split,
+                                            max(1, tiles_per))
+                    if product is not None and (product.get("mma_regs") == regs or not mma):
+                        return Plan("per-layer", bb, size, groups * dirs * size, block_n=nb, cuda=True, mma=mma,
+                                    cluster=size, group_rows=rows if rows != bb else 0, **product)
         nb += group
     return None
 
@@ -401,10 +452,10 @@ def _cluster_layout(packed: PackedRNN, batch: int, mma: bool, w_shared: bool | N
 def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: bool | None, mma: bool | None,
                  wide: bool | None, w_shared: bool | None = None, mma_regs: bool | None = None,
                  poll_frag: bool | None = None, cuda_nb: int | None = None, cluster: bool | int | None = None,
-                 cluster_rows: int | None = None) -> tuple[Plan | None, str]:
+                 cluster_rows: int | None = None, tiles_per_warp: int | None = None) -> tuple[Plan | None, str]:
     """(the CUDA kernel's plan, "") where it runs this call, else (None, why not); cluster asked for where the CUDA
     kernel cannot run: a one-line ValueError."""
-    if cluster or cluster_rows:
+    if cluster or cluster_rows or tiles_per_warp:
         plan, why = _cuda_choice(packed, batch, sms, on_cuda, cuda, mma, wide)
         if plan is None:
             raise ValueError(f"cluster is an option of the CUDA persistent kernel, which cannot run this call "
@@ -422,7 +473,8 @@ def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: b
     ok, why = available()
     if not ok:
         return None, why
-    plan = _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows)
+    plan = _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows,
+                      tiles_per_warp)
     if plan is None:
         return None, "the size does not fit the CUDA kernel (blocks, registers or shared memory)"
     return plan, ""
@@ -530,14 +582,15 @@ def _plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = No
     batch_tiles = -(-batch // block_b)
     items = -(-seq_len * block_b // block_m) * (cols // block_c)
     # the persistent plan's own choices (its block_n and programs follow the warps)
-    cuda_keys = ("cuda", "mma", "w_shared", "mma_regs", "poll_frag", "cuda_nb", "cluster", "cluster_rows")
+    cuda_keys = ("cuda", "mma", "w_shared", "mma_regs", "poll_frag", "cuda_nb", "cluster", "cluster_rows",
+                 "tiles_per_warp")
     per_layer = {k: overrides.pop(k) for k in ("num_warps", "wide", *cuda_keys) if k in overrides} \
         if path in (None, "per-layer") else {}
-    cuda, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows = (per_layer.pop(k, None)
-                                                                               for k in cuda_keys)
+    cuda, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp = (
+        per_layer.pop(k, None) for k in cuda_keys)
     persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda, **per_layer)
     cuda_plan, why_not_cuda = _cuda_choice(packed, batch, sms, on_cuda, cuda, mma, per_layer.get("wide"), w_shared,
-                                           mma_regs, poll_frag, cuda_nb, cluster, cluster_rows)
+                                           mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp)
     if (path is None and on_cuda and (persistent is not None or cuda_plan is not None)
             and (hp >= PERSISTENT_MIN_HIDDEN or cluster)):
         path = "per-layer"
