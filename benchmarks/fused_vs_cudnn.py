@@ -289,6 +289,23 @@ SEQ_SWEEP += [(Workload("X 768->768 bi B8 fp32", 768, 768, 1, True, 100, 8, "fp3
                [dict(w_shared=True)]),  # the Triton kernel (default) there: 13343 us, cuDNN graph 1534 (v16's grid)
               (next(w for w in WORKLOADS if w.name == "S speech 2L bi 80->512 B8 fp32"),
                [dict(w_shared=True), dict(cuda=True)])]
+# v19 (docs/fused_kernel.md, "Clusters (v19)"): thread-block clusters, h through distributed shared memory. The
+# workloads renamed "C ..." so that --sweep-only C times these variants alone (beside --only's defaults)
+CLUSTER_SWEEP = {
+    "M 256->256 B1 fp32": [dict(cluster=16), dict(cluster=8)],
+    "P 256->512 B1 fp32": [dict(cluster=True)],  # the slice split: 160 k a thread in registers, 96 shared
+    "P 256->512 B1 bf16": [dict(cluster=True), dict(cluster=True, mma=True)],  # FFMA split / mma, 4 tiles a warp
+    "Q 256->512 B64 fp32": [dict(cluster=True), dict(cluster=True, cluster_rows=8),
+                            dict(cluster=True, cluster_rows=16)],
+    "Q 256->512 B64 bf16": [dict(cluster=True), dict(cluster=True, tiles_per_warp=1),
+                            dict(cluster=16, cluster_rows=8)],
+    "Q 256->512 B64 fp16": [dict(cluster=True)],
+    "S speech 2L bi 80->512 B8 fp32": [dict(cluster=True), dict(cluster=True, cluster_rows=8),
+                                       dict(cluster=True, cluster_rows=2)],
+    "S speech 2L bi 80->512 B8 bf16": [dict(cluster=True), dict(cluster=True, mma=False)],
+}
+SEQ_SWEEP += [(dataclasses.replace(w, name=f"C {w.name}"), CLUSTER_SWEEP[w.name]) for w in WORKLOADS
+              if w.name in CLUSTER_SWEEP]
 # the pipeline's cost per layer: the seed model cut to 1 and 5 layers (launch + first layer, then the slope)
 SEQ_SWEEP += [(dataclasses.replace(WORKLOADS[0], name=f"A seed {n} layers", num_layers=n), [dict(pipeline=True)])
               for n in (1, 5)]
