@@ -11,16 +11,17 @@
 # Run from the repository root: bash benchmarks/serve_gpu.sh. A device call returns at most 8 files from $OUT
 # (two folder levels), so everything lands in six, flat, under $OUT (default serve-gpu-out):
 #   facts.txt           GPU, Python, numpy, torch, where libpython lies, what the 3.12 stub cannot link
-#   tables.txt          both printed tables (seed, then stream), this script's own lines, the end time
+#   tables.txt          the printed tables (seed, then stream, per INSTANCES value), this script's own lines,
+#                       the end time
 #   results.json        every level as `lstminfer loadtest --json` writes it ("loadtest", what `lstminfer
-#                       report` reads) and both tables' rows ("tables": {"seed": ..., "stream": ...})
+#                       report` reads) and the tables' rows ("tables": {"seed": ..., "stream": ...})
 #   report.md + report-loadtest.png   `lstminfer report results.json`
 #   server-logs.txt     per tritonserver log: its line count, tracebacks and error lines counted, the
 #                       served model's own lines (how it answers, the batch buckets run at load), the first
 #                       error lines, then its last 200 lines
 # The whole logs, pip's output and the per-run JSON stay in a scratch folder on the machine ($WORK).
 # Bounded: each benchmark by its own timeout (SEED_TIMEOUT, STREAM_TIMEOUT: 100 s each), the whole script
-# well within 240 s. If the wheels do not install or the server cannot start, it says why (tables.txt)
+# well within 240 s per INSTANCES value. If the wheels do not install or the server cannot start, it says why (tables.txt)
 # and still exits 0 with what it has.
 # Optional: LEVELS (1,4,16,64), DURATION (3), WARMUP (0.5), BACKEND (fused-graph), DEVICE (cuda), WHEELS,
 # SITE, PROTOCOLS (http,grpc; grpc is dropped when tritonclient.grpc does not import here), PROCESSES (auto:
@@ -29,7 +30,10 @@
 # by one Python process's GIL; 1: as before), LSTMINFER_SERVE_PROFILE (1: the served
 # model logs per-piece medians of its execute per execution size at unload; server-logs.txt shows them),
 # INSTANCES (auto: `serve --instances`, Python-backend instances per model, each its own stub and runner;
-# auto is 2 with DEVICE=cuda, 1 on a CPU; tables.txt says how many Triton made, from its log).
+# auto is 2 with DEVICE=cuda, 1 on a CPU; tables.txt says how many Triton made, from its log; a list, e.g.
+# 2,4, runs both benchmarks once per value, named seed-i2, stream-i2, seed-i4, ..., into the same six files).
+# Each level is followed by the backend alone paced like the server (serve_triton.py's alone_paced_* and
+# server_share_paced columns).
 set -uo pipefail
 OUT=${OUT:-serve-gpu-out}
 WHEELS=${WHEELS:-.whl-serve}
@@ -83,18 +87,18 @@ if [[ $PROTOCOLS == *grpc* ]] && ! python3 -c "import tritonclient.grpc" >"$WORK
   PROTOCOLS=http
 fi
 
-bench() {  # NAME TIMEOUT ARGS...: one benchmarks/serve_triton.py run, its table appended to tables.txt
-  local name=$1 limit=$2
-  shift 2
+bench() {  # NAME TIMEOUT INSTANCES ARGS...: one benchmarks/serve_triton.py run, its table appended to tables.txt
+  local name=$1 limit=$2 instances=$3
+  shift 3
   echo "== $name" >>"$OUT/tables.txt"
   timeout -k 5 "$limit" python3 benchmarks/serve_triton.py --backend "$BACKEND" --device "$DEVICE" \
     --protocols "$PROTOCOLS" --duration "$DURATION" --warmup "$WARMUP" --direct-calls 500 --processes "$PROCESSES" \
-    --instances "$INSTANCES" \
+    --instances "$instances" \
     --out-json "$WORK/$name.json" --loadtest-json "$WORK/$name-loadtest.json" \
     --server-log "$WORK/$name-server.log" "$@" 2>&1 | tee -a "$OUT/tables.txt"
   local code=${PIPESTATUS[0]}
   # How many instances Triton made per model (--instances $INSTANCES): its log has a line per instance.
-  [[ -f $WORK/$name-server.log ]] && say "$name: instances (--instances $INSTANCES): $(grep -o \
+  [[ -f $WORK/$name-server.log ]] && say "$name: instances (--instances $instances): $(grep -o \
     'ModelInstanceInitialize: [A-Za-z0-9_-]*_[0-9]*_[0-9]*' "$WORK/$name-server.log" | sed -E 's/.*: (.*)_[0-9]+_[0-9]+$/\1/' \
     | sort | uniq -c | awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1}')"
   case $code in
@@ -105,16 +109,21 @@ bench() {  # NAME TIMEOUT ARGS...: one benchmarks/serve_triton.py run, its table
   esac
 }
 
-bench seed "${SEED_TIMEOUT:-100}" --preset seed --concurrency "$LEVELS"
-bench stream "${STREAM_TIMEOUT:-100}" --preset seed --no-bidirectional --num-layers 1 --input-size 128 \
-  --hidden-size 128 --concurrency 0 --streams "$LEVELS"
+NAMES=()
+for instances in ${INSTANCES//,/ }; do
+  suffix=$([[ $INSTANCES == *,* ]] && echo "-i$instances")
+  bench "seed$suffix" "${SEED_TIMEOUT:-100}" "$instances" --preset seed --concurrency "$LEVELS"
+  bench "stream$suffix" "${STREAM_TIMEOUT:-100}" "$instances" --preset seed --no-bidirectional --num-layers 1 \
+    --input-size 128 --hidden-size 128 --concurrency 0 --streams "$LEVELS"
+  NAMES+=("seed$suffix" "stream$suffix")
+done
 
-python3 - "$WORK" "$OUT" <<'EOF'
+python3 - "$WORK" "$OUT" "${NAMES[@]}" <<'EOF'
 import json, sys
 from pathlib import Path
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
 levels, machine, tables = [], {}, {}
-for name in ("seed", "stream"):
+for name in sys.argv[3:]:
     path = work / f"{name}-loadtest.json"
     if path.exists():
         data = json.loads(path.read_text())
@@ -126,7 +135,7 @@ if levels or tables:
     (out / "results.json").write_text(json.dumps({"loadtest": levels, "machine": machine,
                                                    "server": "benchmarks/serve_gpu.sh", "tables": tables}, indent=2))
 EOF
-for name in seed stream; do
+for name in "${NAMES[@]}"; do
   log=$WORK/$name-server.log
   [[ -f $log ]] || continue
   {

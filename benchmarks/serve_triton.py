@@ -196,6 +196,7 @@ def main(argv: list[str]) -> int:
     from lstminfer.commands.args import backend_options
     from lstminfer.commands.serve import write_python_repository
     from lstminfer.serve.loadtest import processes_for, run_level
+    from lstminfer.serve.repository import instances_for
     from lstminfer.serve.server import ServerConfig, TritonServer
 
     mine, args = parse_args(argv)
@@ -215,6 +216,7 @@ def main(argv: list[str]) -> int:
         runner = runner_class(args.backend)(stream_model, device=device, precision=args.precision,
                                             **backend_options(args))
         runner.prepare()
+        instances = instances_for(args.instances, "KIND_GPU" if device == "cuda" else "KIND_CPU")
         alone, feeds_at = {}, {}
         for c in sorted(set([1, *concurrency])):
             feeds_at[("stateless", c)] = runner_feeds(model, seq_len, c * batch, True)
@@ -266,7 +268,7 @@ def main(argv: list[str]) -> int:
                                                                              mine.direct_calls // 2)
                     ceiling_paced = c / paced_at_c * 1e3
                     rows_out.append({
-                        "protocol": protocol, "mode": mode, "concurrency": c,
+                        "protocol": protocol, "mode": mode, "concurrency": c, "instances": instances,
                         "processes": processes_for(c, mine.processes), "requests": record.requests,
                         "failed": record.failed, "rps": record.throughput_rps,
                         "p50_ms": record.latency_ms.get("p50"), "p99_ms": record.latency_ms.get("p99"),
@@ -282,7 +284,7 @@ def main(argv: list[str]) -> int:
                     row = rows_out[-1]
                     print("  ".join(f"{row.get(h):>15.4g}" if isinstance(row.get(h), float)
                                     else f"{row.get(h, '-')!s:>15}" for h in header), flush=True)
-                    write_json(mine, model, args.backend, device, rows_out, records, answers)
+                    write_json(mine, model, f"{args.backend}[{device}] x{instances}", rows_out, records, answers)
             print(f"server log: {server.log_path}" + ("" if mine.server_log else " (removed with the scratch folder)"))
         runner.close()
     for row in rows_out:
@@ -291,18 +293,19 @@ def main(argv: list[str]) -> int:
     return 1 if any(r["failed"] for r in rows_out) or any(d > ANSWER_ATOL for d in answers.values()) else 0
 
 
-def write_json(mine: argparse.Namespace, model, backend: str, device: str, rows: list, records: list,
-               answers: dict) -> None:
-    """Both JSON files as they stand (after every level, so a stopped run keeps what it measured)."""
+def write_json(mine: argparse.Namespace, model, served: str, rows: list, records: list, answers: dict) -> None:
+    """Both JSON files as they stand (after every level, so a stopped run keeps what it measured). `served`:
+    backend[device] xN instances, the load-test records' model suffix, so runs of several instance counts
+    stay apart in one report."""
     from lstminfer.measure.store import machine_info
 
     if mine.out_json:
         Path(mine.out_json).write_text(json.dumps({"model": model.name, "spec": model.spec.to_dict(),
-                                                   "backend": backend, "device": device, "rows": rows,
+                                                   "served": served, "rows": rows,
                                                    "answers_max_abs_diff": answers}, indent=2))
     if mine.loadtest_json:
         Path(mine.loadtest_json).write_text(json.dumps({
-            "loadtest": [{**r.to_dict(), "model": f"{r.model} ({backend}[{device}])"} for r in records],
+            "loadtest": [{**r.to_dict(), "model": f"{r.model} ({served})"} for r in records],
             "server": "benchmarks/serve_triton.py", "machine": machine_info()}, indent=2))
 
 
