@@ -47,6 +47,19 @@ warps that hold cells meet at a named barrier after issuing every other row's st
 release/acquire pair would make the hint a guarantee, but a release waits for the earlier stores' completion (an
 L2 round trip on the producer's critical path). The spin limit counts the sentinel's reads and the slice's together.
 
+CLUSTER (v19, asked only; docs/fused_kernel.md "Clusters (v19)"): the TILES blocks of one (batch group, direction)
+are one thread-block cluster (cuLaunchKernelEx with a cluster dimension), and h goes through distributed shared
+memory instead of the slab: at the end of a step each block pushes its h slice (the 16-bit words, or fp32, that the
+next product reads) into h buffer (s + 1) & 1 of every block of the cluster (a 16-byte group of units gathered by
+shuffles, ``mapa`` + ``st.shared::cluster``), then ``barrier.cluster.arrive.release``; the next step loads its gx and
+``barrier.cluster.wait.acquire`` replaces the poll and barrier 1 (the slab, the user's output and hn/cn are stored
+after the arrive: nobody waits on them). Double buffering by step parity is enough: a block pushes into buffer
+(s + 1) & 1 only after its wait of step s, which every block reaches after its product of step s - 1 (the last
+read of that buffer). No polls, no poison, no spin limit (no KernelStalled: a cluster waits on nobody outside it).
+GROUP_ROWS: the real batch rows a block where fewer than BB (mma's 16 padded rows). W_REGS (FFMA): a thread's first
+W_REGS k in registers and the rest of its KPT in shared memory (fp32 slices past both alone). MMA_TPW (mma, W^T in
+shared memory): a warp per MMA_TPW column tiles and a k slice, each A fragment read once for the group.
+
 STAMPS (asked only): thread 0 of every block writes globaltimer ns into ``stamps[block][step][3]`` (the layer's
 slice, launch.py's workspace["stamps"]): (a) the step's wait starts, (b) the block's whole h slice is valid (the
 last warp's own stamp, taken after its poll and read after the next block barrier), (c) the block's h stores of
@@ -133,6 +146,7 @@ static_assert((COLS / 8) % MMA_TPW == 0 && (KH / 16) % KSL == 0, "whole tile gro
 static_assert(!MMA && !W_SHARED && W_REGS < KPT && W_REGS % 4 == 0, "a split FFMA slice");
 #define WS_K (KPT - W_REGS)
 #define WSROW (KSL * WS_K + 4)
+#define WACC (BB <= 2 ? 4 : 2)
 #endif
 #ifndef MMA_REGS
 #define MMA_REGS 0
@@ -838,9 +852,11 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             // used for every row); h reads are broadcasts
             const float* wcol = w_s + col * WSROW + ks * WS_K;
             const float* hbase = h_s + ks * (KPT + 4);
-            float acc[BB][2];
+            float acc[BB][WACC];  // 4 chains at 1-2 rows (a row's FFMAs are a dependent chain)
 #pragma unroll
-            for (int b = 0; b < BB; ++b) acc[b][0] = acc[b][1] = 0.f;
+            for (int b = 0; b < BB; ++b)
+#pragma unroll
+                for (int a = 0; a < WACC; ++a) acc[b][a] = 0.f;
 #pragma unroll
             for (int i = 0; i < W_REGS / 4; ++i) {
 #pragma unroll
@@ -849,8 +865,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                         const float4 hv = *(const float4*)(hbase + b * HROW + 4 * i);
                         acc[b][0] = fmaf(hv.x, w[4 * i], acc[b][0]);
                         acc[b][1] = fmaf(hv.y, w[4 * i + 1], acc[b][1]);
-                        acc[b][0] = fmaf(hv.z, w[4 * i + 2], acc[b][0]);
-                        acc[b][1] = fmaf(hv.w, w[4 * i + 3], acc[b][1]);
+                        acc[b][2 % WACC] = fmaf(hv.z, w[4 * i + 2], acc[b][2 % WACC]);
+                        acc[b][3 % WACC] = fmaf(hv.w, w[4 * i + 3], acc[b][3 % WACC]);
                     }
                 }
             }
@@ -863,14 +879,16 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                         const float4 hv = *(const float4*)(hbase + b * HROW + W_REGS + 4 * i);
                         acc[b][0] = fmaf(hv.x, wv.x, acc[b][0]);
                         acc[b][1] = fmaf(hv.y, wv.y, acc[b][1]);
-                        acc[b][0] = fmaf(hv.z, wv.z, acc[b][0]);
-                        acc[b][1] = fmaf(hv.w, wv.w, acc[b][1]);
+                        acc[b][2 % WACC] = fmaf(hv.z, wv.z, acc[b][2 % WACC]);
+                        acc[b][3 % WACC] = fmaf(hv.w, wv.w, acc[b][3 % WACC]);
                     }
                 }
             }
 #pragma unroll
             for (int b = 0; b < BB; ++b)
-                if (b < nrows) red[(ks * BB + b) * RROW + col] = acc[b][0] + acc[b][1];
+                if (b < nrows)
+                    red[(ks * BB + b) * RROW + col] = WACC == 4
+                        ? (acc[b][0] + acc[b][1]) + (acc[b][2 % WACC] + acc[b][3 % WACC]) : acc[b][0] + acc[b][1];
         }
 #else
 #pragma unroll 1
