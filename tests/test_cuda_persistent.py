@@ -690,3 +690,23 @@ def test_gpu_cuda_persistent_cluster_graph_replays_equal_eager(precision):
     finite = [torch.nan_to_num(g.cpu().double(), nan=0.0) for g in static]
     assert_close(finite, [torch.nan_to_num(w, nan=0.0) for w in want], TOLERANCE[precision] if precision == "fp32"
                  else 8e-2)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_cluster_occupancy_meets_the_plans_assumption():
+    """The plan sizes FFMA clusters so that all of them run at once, assuming CLUSTER_ACTIVE[C] clusters of C blocks
+    fit the device (a cluster lives in one GPC); cuOccupancyMaxActiveClusters of the Q fp32 (16 blocks, 1 a
+    multiprocessor) and 8-block variants must reach it, else the plan's rows are wrong (the message says by how
+    much)."""
+    from lstminfer.kernels.rnn.cuda_persistent import loaded
+    from lstminfer.kernels.rnn.plan import CLUSTER_ACTIVE
+
+    if torch.cuda.get_device_properties(0).multi_processor_count != 132:
+        pytest.skip("CLUSTER_ACTIVE is the 132-multiprocessor H100 / H200's")
+    for sizes, options in ((("lstm", 512, False, torch.float32, 64, True), dict(cluster=16)),
+                           (("lstm", 256, False, torch.float32, 64, True), dict(cluster=8))):
+        cfg = _cluster_config(*sizes, **options)
+        active = loaded(cfg, 0).max_clusters
+        assert active >= CLUSTER_ACTIVE[cfg.cluster], (
+            f"{active} clusters of {cfg.cluster} run at once, CLUSTER_ACTIVE assumes {CLUSTER_ACTIVE[cfg.cluster]}")
