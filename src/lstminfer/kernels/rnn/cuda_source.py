@@ -413,9 +413,15 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     if (tid == 0) s_abort = 0;
 #if !A_DIRECT
     // h rows past the batch stay 0 (the MMA reads 16 rows; their results are never stored)
+#if CLUSTER
     for (int i = tid; i < HBUF * BB * HROW; i += NT) {
         if (i % (BB * HROW) / HROW >= nrows) h_buf[i] = (hs_t)0;
     }
+#else
+    for (int i = tid; i < BB * HROW; i += NT) {
+        if (i / HROW >= nrows) h_s[i] = (hs_t)0;
+    }
+#endif
 #endif
 #if MMA && MMA_REGS
     // a warp per k slice over every column tile: its B fragments (W^T) in registers for the layer, its A
