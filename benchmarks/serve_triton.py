@@ -4,19 +4,20 @@ For each concurrency level c it prints the load test (`lstminfer loadtest`: p50/
 second) beside the backend alone: one Runner call at the request's shape (the latency floor) and at c
 requests' rows stacked (what the dynamic / sequence batcher can at best form), whose c / t is the throughput
 ceiling. `server share` = served rps / ceiling: near 1 means the backend is the bottleneck, well below 1 the
-server (HTTP/gRPC, Python backend, batching) is.
+server (HTTP/gRPC, Python backend, batching) is. Before any load, one request per served model is compared
+with the backend alone on the same arrays (`answers: ... max |served - alone|`; exit 1 past 1e-4, as for a
+failed request); the load test itself checks every answer's shape and dtype.
 
 That tight loop of back-to-back calls is the backend at its fastest: its code, weights and buffers stay in the
 caches. Inside the server every call follows a wait (the stub idles until Triton hands it the next batch, while
 Triton, HTTP/gRPC and the client run), and a call after a wait costs more (docs/serving.md, "Why the backend
 is slower inside the stub"). So after each level the backend alone is timed again *paced*: every call after a
-sleep of the level's own mean gap between executions (Triton's execution count over the level's time, less
-the backend's own call), at the request's shape and at c requests' rows: `alone_paced_p50_ms`,
+sleep of the level's mean gap between one instance's executions (Triton's executions over the level's time,
+times the instances, less the backend's own call), at the request's shape and at c requests' rows: `alone_paced_p50_ms`,
 `alone_paced_batched_ms`, `ceiling_paced_rps` and `server_share_paced` beside the tight loop's
 `alone_p50_ms`, `alone_batched_ms`, `ceiling_rps` and `server_share` (kept as they were). `pause_us` is that
-sleep. Before any load, one request per served model is compared
-with the backend alone on the same arrays (`answers: ... max |served - alone|`; exit 1 past 1e-4, as for a
-failed request); the load test itself checks every answer's shape and dtype.
+sleep. Under saturation the gap is the server's own work, not idle time, so the paced baseline is then an
+upper bound.
 
 CPU (the docs' numbers):
     python benchmarks/serve_triton.py --preset seed --concurrency 1,8 --protocols http,grpc
@@ -110,14 +111,15 @@ def paced_latency_ms(runner, feeds: dict, pause_s: float, calls: int, limit_s: f
     return statistics.median(times)
 
 
-def pause_between_executions(rps: float, stats: dict, alone_ms: float) -> float:
-    """Seconds the backend sat idle between two executions at a level, on average: the mean interval between
-    executions (requests a second over requests an execution) less the backend's own call; 0 when the
-    server was never idle or nothing was counted. Capped at 50 ms (a slow level is paced like a slow client)."""
+def pause_between_executions(rps: float, stats: dict, alone_ms: float, instances: int = 1) -> float:
+    """Seconds one instance's backend waited between two of its calls at a level, on average: the mean
+    interval between the server's executions (requests an execution over requests a second) times the
+    instances that share them, less the backend's own call; 0 when it never waited or nothing was counted.
+    Capped at 50 ms (a slow level is paced like a slow client)."""
     requests_per_exec = stats.get("requests_per_exec") or 0.0
     if rps <= 0 or requests_per_exec <= 0:
         return 0.0
-    return min(max(requests_per_exec / rps - alone_ms / 1e3, 0.0), 0.05)
+    return min(max(instances * requests_per_exec / rps - alone_ms / 1e3, 0.0), 0.05)
 
 
 def server_stats(http_url: str, model: str) -> dict:
@@ -262,7 +264,7 @@ def main(argv: list[str]) -> int:
                     floor, at_c = alone[(mode, 1)], alone[(mode, c)]
                     ceiling = c / at_c * 1e3
                     # The backend alone at this level's pace (the server idle now; the runner is this process's)
-                    pause = pause_between_executions(record.throughput_rps, inside, at_c)
+                    pause = pause_between_executions(record.throughput_rps, inside, at_c, instances)
                     paced_floor = paced_latency_ms(runner, feeds_at[(mode, 1)], pause, mine.direct_calls // 2)
                     paced_at_c = paced_floor if c == 1 else paced_latency_ms(runner, feeds_at[(mode, c)], pause,
                                                                              mine.direct_calls // 2)

@@ -137,3 +137,5 @@ def test_pause_between_executions_is_the_gap_less_the_backend():
     assert bench.pause_between_executions(1.0, {"requests_per_exec": 1.0}, 0.1) == 0.05
     assert bench.pause_between_executions(0.0, {"requests_per_exec": 1.0}, 0.1) == 0.0
     assert bench.pause_between_executions(100.0, {}, 0.1) == 0.0
+    # two instances share the executions: each instance's backend waits twice the server's interval, less its call
+    assert bench.pause_between_executions(800.0, {"requests_per_exec": 2.0}, 0.5, 2) == pytest.approx(4.5e-3)
