@@ -19,6 +19,7 @@ import collections
 import copy
 import dataclasses
 import functools
+import json
 import re
 import statistics
 import subprocess
@@ -395,6 +396,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated workload name prefixes (default: all)")
     parser.add_argument("--no-cudnn", action="store_true", help="time the fused kernel only")
     parser.add_argument("--sweep-only", default="", help="comma-separated workload name prefixes to sweep")
+    parser.add_argument("--variant", action="append", default=[], metavar="JSON",
+                        help='plan overrides to time every selected workload (or grid point) with as well, e.g. '
+                             '\'{"relay": false}\'; repeatable')
     parser.add_argument("--compare-triton", action="store_true",
                         help="time each workload the CUDA persistent kernel serves again on the Triton kernel "
                              "(cuda=False) and print both against cuDNN in a graph")
@@ -423,6 +427,7 @@ def main() -> None:
                   f"{r['cudnn-graph'] / r['fused-graph']:.2f}x, {r['plan'].kernel}", flush=True)
     if args.grid:
         print_grid(workloads, rows)
+        time_variants(workloads, [json.loads(v) for v in args.variant], args)
         return
     head = ("| workload | cuDNN eager us | cuDNN graph us | fused us | fused-graph us | cuDNN graph / fused-graph "
             "| target us | max abs err vs fp64 (fused / cuDNN) | kernel, plan |")
@@ -456,6 +461,25 @@ def main() -> None:
                           f"| {plan_text(r['plan'])} |", flush=True)
                 except Exception as err:  # a variant that does not compile is reported, not fatal
                     print(f"| {w.name} | {ov} | failed: {type(err).__name__}: {str(err)[:120]} | | | |", flush=True)
+
+
+    time_variants(workloads, [json.loads(v) for v in args.variant], args)
+
+
+def time_variants(workloads: list[Workload], variants: list[dict], args) -> None:
+    """--variant: each selected workload again with each set of plan overrides (fused only)."""
+    if not variants:
+        return
+    print("\n| workload | variant | fused us | fused-graph us | err | kernel, plan |")
+    print("|---|---|---|---|---|---|")
+    for w in workloads:
+        for ov in variants:
+            try:
+                r = bench(w, args, ov)
+                print(f"| {w.name} | {ov} | {r['fused']:.1f} | {r['fused-graph']:.1f} | {r['err']:.1e} "
+                      f"| {plan_text(r['plan'])} |", flush=True)
+            except Exception as err:  # a variant that does not fit is reported, not fatal
+                print(f"| {w.name} | {ov} | failed: {type(err).__name__}: {str(err)[:120]} | | | |", flush=True)
 
 
 if __name__ == "__main__":
