@@ -455,12 +455,7 @@ def main() -> None:
             if picks and not any(w.name.startswith(p) for p in picks):
                 continue
             for ov in variants:
-                try:
-                    r = bench(w, args, ov)
-                    print(f"| {w.name} | {ov} | {r['fused']:.1f} | {r['fused-graph']:.1f} | {r['err']:.1e} "
-                          f"| {plan_text(r['plan'])} |", flush=True)
-                except Exception as err:  # a variant that does not compile is reported, not fatal
-                    print(f"| {w.name} | {ov} | failed: {type(err).__name__}: {str(err)[:120]} | | | |", flush=True)
+                print_variant(w, ov, args)
 
 
     time_variants(workloads, [json.loads(v) for v in args.variant], args)
@@ -474,12 +469,17 @@ def time_variants(workloads: list[Workload], variants: list[dict], args) -> None
     print("|---|---|---|---|---|---|")
     for w in workloads:
         for ov in variants:
-            try:
-                r = bench(w, args, ov)
-                print(f"| {w.name} | {ov} | {r['fused']:.1f} | {r['fused-graph']:.1f} | {r['err']:.1e} "
-                      f"| {plan_text(r['plan'])} |", flush=True)
-            except Exception as err:  # a variant that does not fit is reported, not fatal
-                print(f"| {w.name} | {ov} | failed: {type(err).__name__}: {str(err)[:120]} | | | |", flush=True)
+            print_variant(w, ov, args)
+
+
+def print_variant(w: Workload, ov: dict, args) -> None:
+    """One row of a variants table: the workload timed with the plan overrides `ov`."""
+    try:
+        r = bench(w, args, ov)
+        print(f"| {w.name} | {ov} | {r['fused']:.1f} | {r['fused-graph']:.1f} | {r['err']:.1e} "
+              f"| {plan_text(r['plan'])} |", flush=True)
+    except Exception as err:  # a variant that does not compile or fit is reported, not fatal
+        print(f"| {w.name} | {ov} | failed: {type(err).__name__}: {str(err)[:120]} | | | |", flush=True)
 
 
 if __name__ == "__main__":
