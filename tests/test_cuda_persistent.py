@@ -106,6 +106,30 @@ def test_cuda_choice_says_why_not():
         assert plan is None and reason == why and ("cuda-bindings" in why or "NVRTC" in why)
 
 
+def test_cuda_kpt_sets_the_ffma_products_k_a_thread_or_refuses_in_one_line():
+    """cuda_kpt (asked only, v20): k a thread of the FFMA product, so threads = 4 x units x k / cuda_kpt. Hidden 128
+    batch 64 in fp32 (the grid's CUDA loss): one warp of 64 k a thread by default, 4 warps at 16; also on clusters.
+    Where it does not fit (threads past the registers) or the plan is mma, a one-line ValueError."""
+    h128 = packed_of(128, False)
+    default = _cuda_plan(h128, 64, 132)
+    assert (default.block_b, default.block_n, default.programs, default.num_warps, default.k_split) == (16, 4, 128, 1,
+                                                                                                        2)
+    for kpt, warps in ((64, 1), (32, 2), (16, 4), (8, 8)):
+        p = _cuda_plan(h128, 64, 132, cuda_kpt=kpt)
+        assert (p.num_warps, p.k_split, p.block_n, p.programs, p.mma) == (warps, 128 // kpt, 4, 128, False)
+    c8 = _cuda_plan(h128, 64, 132, cluster=8, cuda_kpt=32)  # 64 columns x 128 k / 32: 8 warps
+    assert (c8.cluster, c8.block_n, c8.num_warps, c8.k_split) == (8, 16, 8, 4)
+    assert _cuda_plan(packed_of(512, False), 1, 132, cuda_kpt=32).num_warps == 8  # P fp32: 16 x 512 / 32 threads
+    with pytest.raises(ValueError, match=r"^cuda_kpt=32 does not fit hidden 512 batch 64 in float32: no block") as e:
+        _cuda_plan(packed_of(512, False), 64, 132, cuda_kpt=32)  # 1024 threads of 122+ registers
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"^cuda_kpt=16 does not fit .* bfloat16: this plan multiplies with mma"):
+        _cuda_plan(packed_of(256, False, torch.bfloat16), 64, 132, cuda_kpt=16)
+    assert not _cuda_plan(packed_of(256, False, torch.bfloat16), 64, 132, cuda_kpt=16, mma=False).mma
+    with pytest.raises(ValueError, match=r"^cuda_kpt must be one of \(8, 16"):
+        _cuda_plan(h128, 64, 132, cuda_kpt=12)
+
+
 def test_cuda_only_options_are_refused_where_they_do_not_apply():
     """poll_sentinel, sentinel_last and stamps: a one-line ValueError naming the option where the plan runs another
     kernel (here the CPU's: the Triton persistent and the stack kernel), and poll_sentinel where its sentinels
@@ -203,6 +227,12 @@ def _variants():
         "fp32 bi 768 W in shared memory, sentinels, stamps": CudaConfig(
             True, 2, 1024, 768, 16, 48, 8, 192, 3, False, 32, False, True, w_shared=True, poll_sentinel=True,
             stamps=True),
+        # cuda_kpt (v20): hidden 128 batch 64 at 16 and 8 k a thread (4 and 8 warps), P fp32 at 32
+        "h128 b64 fp32 lstm ffma 16 k a thread": CudaConfig(True, 1, 128, 128, 4, 32, 16, 128, 8, False, 32, False,
+                                                            True),
+        "h128 b64 fp32 gru ffma 8 k a thread, no state": CudaConfig(False, 1, 128, 128, 4, 32, 16, 256, 16, False, 32,
+                                                                    False, False),
+        "P fp32 ffma 32 k a thread": CudaConfig(True, 1, 512, 512, 4, 128, 1, 256, 16, False, 32, False, True),
     }
 
 
@@ -304,6 +334,8 @@ def test_plan_for_takes_cluster_as_an_option(monkeypatch):
     assert plan_for(packed, 100, 64).cluster == 0  # not the default until measured
     small = plan_for(pack_rnn(make("gru", 16, 128, 1, False, False), "cpu", torch.float32), 100, 8, cluster=8)
     assert (small.kernel, small.cluster, small.block_n) == ("persistent-cuda", 8, 16)
+    h128 = pack_rnn(make("lstm", 16, 128, 1, False, False), "cpu", torch.float32)  # cuda_kpt reaches the plan too
+    assert (plan_for(h128, 100, 64, cuda_kpt=16).num_warps, plan_for(h128, 100, 64).num_warps) == (4, 1)
     for option in ("stamps", "poll_sentinel"):
         with pytest.raises(ValueError, match=f"^{option} does not apply to a cluster plan"):
             plan_for(packed, 100, 64, cluster=True, **{option: True})
@@ -345,6 +377,11 @@ CLUSTER_VARIANTS = {  # (kind, hidden, bi, dtype, batch, h0/c0, options)
     "Q fp32 split slice, 16 rows": ("lstm", 512, False, torch.float32, 64, True, dict(cluster=True, cluster_rows=16)),
     "S fp32 gru bi split slice, 3 rows, no state": ("gru", 512, True, torch.float32, 8, False, dict(cluster=True)),
     "P bf16 split slice": ("lstm", 512, False, torch.bfloat16, 1, True, dict(cluster=True)),
+    "fp32 128 FFMA 5 rows, 8 blocks": ("lstm", 128, False, torch.float32, 64, True, dict(cluster=8)),
+    "fp32 gru 128 FFMA 8 blocks, 32 k a thread": ("gru", 128, False, torch.float32, 64, False,
+                                                  dict(cluster=8, cuda_kpt=32)),
+    "fp16 256 FFMA one row a cluster, 8 blocks": ("lstm", 256, False, torch.float16, 8, True,
+                                                  dict(cluster=8, mma=False)),
 }
 
 
@@ -428,6 +465,29 @@ W_SHARED_CASES = [
     ("gru", 32, 300, 2, False, True, 6, 5, False),
     ("lstm", 16, 512, 1, False, False, 10, 1, True),
 ]
+
+
+KPT_CASES = [  # (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c0, cuda_kpt)
+    ("lstm", 32, 128, 1, False, False, 12, 64, True, 16),
+    ("gru", 32, 128, 2, True, True, 10, 37, False, 8),
+    ("lstm", 16, 512, 1, False, False, 10, 1, True, 32),
+]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("case", KPT_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_gpu_cuda_persistent_k_a_thread_matches_float64(case):
+    """cuda_kpt (v20, asked only): the FFMA product with fewer k a thread (more threads, more k slices summed in
+    shared memory) against float64: hidden 128 at batch 37-64 (the grid's fp32 loss) and P's one row."""
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state, kpt = case
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    overrides = dict(path="per-layer", cuda=True, cuda_kpt=kpt)
+    plan = plan_for(pack_rnn(module, "cuda", torch.float32), seq_len, batch, **overrides)
+    assert plan.kernel == "persistent-cuda" and plan.k_split * kpt == plan.r_tiles * plan.block_n, plan
+    got = run_fused(module, x, hx, dtype=torch.float32, device="cuda", **overrides)
+    assert_close(got, reference(module, x, hx), 1e-4)
 
 
 @pytest.mark.gpu
@@ -630,6 +690,10 @@ CLUSTER_CASES = [
     ("lstm", 48, 256, 1, False, False, 40, 1, True, ("fp32", "bf16"), dict(cluster=True)),  # M, FFMA on the row
     ("lstm", 64, 384, 1, False, False, 12, 16, True, ("fp32",), dict(cluster=True)),
     ("gru", 64, 384, 1, True, False, 12, 8, False, ("fp32",), dict(cluster=True, w_shared=True)),
+    # v20's sweep: hidden 128 batch 64 (5 rows a cluster of 8), 16-bit FFMA clusters of one row
+    ("lstm", 32, 128, 1, False, False, 12, 64, True, ("fp32",), dict(cluster=8)),
+    ("gru", 32, 128, 2, False, True, 10, 37, False, ("fp32",), dict(cluster=8, cuda_kpt=32)),
+    ("lstm", 32, 256, 1, False, False, 10, 8, True, ("fp16", "bf16"), dict(cluster=8, mma=False)),
 ]
 CLUSTER_GPU = [(c[:9], p, c[10]) for c in CLUSTER_CASES for p in c[9]]
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 8e-2}
@@ -697,16 +761,18 @@ def test_gpu_cuda_persistent_cluster_graph_replays_equal_eager(precision):
 def test_gpu_cluster_occupancy_meets_the_plans_assumption():
     """The plan sizes FFMA clusters so that all of them run at once, assuming CLUSTER_ACTIVE[C] clusters of C blocks
     fit the device (a cluster lives in one GPC); cuOccupancyMaxActiveClusters of the Q fp32 (16 blocks, 1 a
-    multiprocessor) and 8-block variants must reach it, else the plan's rows are wrong (the message says by how
-    much)."""
+    multiprocessor), 8- and 4-block variants must reach it, else the plan's rows are wrong (the message gives every
+    count; the H200 of 2026-12-03 ran 15 clusters of 8, where v19 had assumed 16)."""
     from lstminfer.kernels.rnn.cuda_persistent import loaded
     from lstminfer.kernels.rnn.plan import CLUSTER_ACTIVE
 
     if torch.cuda.get_device_properties(0).multi_processor_count != 132:
         pytest.skip("CLUSTER_ACTIVE is the 132-multiprocessor H100 / H200's")
+    active = {}
     for sizes, options in ((("lstm", 512, False, torch.float32, 64, True), dict(cluster=16)),
-                           (("lstm", 256, False, torch.float32, 64, True), dict(cluster=8))):
+                           (("lstm", 256, False, torch.float32, 64, True), dict(cluster=8)),
+                           (("lstm", 256, False, torch.float32, 64, True), dict(cluster=4))):
         cfg = _cluster_config(*sizes, **options)
-        active = loaded(cfg, 0).max_clusters
-        assert active >= CLUSTER_ACTIVE[cfg.cluster], (
-            f"{active} clusters of {cfg.cluster} run at once, CLUSTER_ACTIVE assumes {CLUSTER_ACTIVE[cfg.cluster]}")
+        active[cfg.cluster] = loaded(cfg, 0).max_clusters
+    short = {size: n for size, n in active.items() if n < CLUSTER_ACTIVE[size]}
+    assert not short, f"clusters that run at once (size: count) {active}, CLUSTER_ACTIVE assumes {CLUSTER_ACTIVE}"

@@ -68,6 +68,9 @@ CUDA_MMA_ROWS = 16
 CUDA_MMA_WARPS = 8
 CUDA_FFMA_MAX_ROWS = 16
 CUDA_FFMA_KPT = (64, 128, 32, 16, 8)
+# cuda_kpt (asked only, v20 sweep): the FFMA product's k a thread, e.g. 16 at hidden 128 batch 64 (4 warps of 256 FMA a
+# thread a step instead of the default's one warp of 1024)
+CUDA_KPT_CHOICES = (8, 16, 32, 64, 128, 256, 512)
 CUDA_OTHER_REGISTERS = 90
 CUDA_MAX_SHARED = 227 << 10
 # mma defaults from the H200 sweep of 2026-12-03 (fused-graph us, default -> mma_regs -> poll_frag with a
@@ -85,10 +88,12 @@ CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster")
 # 16), and the rows a cluster by default (mma: the 16 padded rows; FFMA: the real rows, at most CUDA_FFMA_MAX_ROWS)
 CLUSTER_SIZES = (16, 8, 4)
 # clusters of a size that can run at once with one block a multiprocessor: a cluster lives in one GPC, and the H100 /
-# H200's 132 multiprocessors sit in 8 GPCs of 16-18 (so 16 blocks: one a GPC, 7-8). FFMA cluster plans take enough
-# rows a cluster that their clusters all run at once (more would queue behind them: twice the time). An assumption
-# until cuOccupancyMaxActiveClusters is read on the H200 (the launch checks >= 1 only); other sizes: SMs // size
-CLUSTER_ACTIVE = {16: 7, 8: 16, 4: 33}
+# H200's 132 multiprocessors sit in GPCs of unequal size (so 16 blocks: one a GPC). FFMA cluster plans take enough
+# rows a cluster that their clusters all run at once (more would queue behind them: twice the time). Measured on the
+# H200 (cuOccupancyMaxActiveClusters, 2026-12-03 13:50 UTC, docs/fused_kernel.md "Clusters (v19)"): 15 clusters of 8
+# (not 16 = 128 / 8: one GPC holds fewer than 16 multiprocessors), at least 7 of 16; 4 blocks not yet read: 28 (132
+# / 4 less 5 for GPCs of 2 or 6 multiprocessors past a multiple of 4); other sizes: SMs // size
+CLUSTER_ACTIVE = {16: 7, 8: 15, 4: 28}
 # cluster plans' mma with W^T in shared memory (its fragments past the registers, e.g. hidden 512 in 16-bit): a warp
 # per 4 column tiles and a k slice, 16 warps (one tile a warp: each of 16 warps read all of h every step)
 CLUSTER_TILES_PER_WARP = 4
@@ -222,32 +227,54 @@ def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_
 def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
                w_shared: bool | None = None, mma_regs: bool | None = None,
                poll_frag: bool | None = None, cuda_nb: int | None = None, cluster: bool | int | None = None,
-               cluster_rows: int | None = None, tiles_per_warp: int | None = None) -> Plan | None:
+               cluster_rows: int | None = None, tiles_per_warp: int | None = None,
+               cuda_kpt: int | None = None) -> Plan | None:
     """The CUDA C++ kernel's plan (see _cuda_layout), with the mma defaults measured on the H200 (2026-12-03,
     docs/fused_kernel.md v17): W_hh^T fragments in registers (mma_regs) on every mma plan where they fit, and
     from padded hidden POLL_FRAG_MIN_HIDDEN on h polled into the fragments (poll_frag) with a first read
     POLL_DELAY_NS after the step starts. Asked-for options are kept as asked (None where they do not fit).
-    cluster (True or a size) / cluster_rows / tiles_per_warp: _cluster_plan, a ValueError where it does not fit."""
+    cluster (True or a size) / cluster_rows / tiles_per_warp: _cluster_plan, a ValueError where it does not fit.
+    cuda_kpt (asked only, FFMA): k a thread (the product's k slices: kh / cuda_kpt), a ValueError where it does not
+    fit or the plan multiplies with mma.sync."""
+    if cuda_kpt is not None and cuda_kpt not in CUDA_KPT_CHOICES:
+        raise ValueError(f"cuda_kpt must be one of {CUDA_KPT_CHOICES} (k a thread of the FFMA product), got "
+                         f"{cuda_kpt!r}")
     if cluster or cluster_rows or tiles_per_warp:
         if poll_frag or cuda_nb:
             raise ValueError(f"cluster does not combine with {'poll_frag' if poll_frag else 'cuda_nb'} (a cluster "
                              f"reads h from shared memory, its tiles are the cluster's blocks): leave it out")
-        return _cluster_plan(packed, batch, sms, mma, w_shared, mma_regs, cluster, cluster_rows, tiles_per_warp)
-    if mma_regs is not None or poll_frag is not None:
-        return _cuda_layout(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb)
+        plan = _cluster_plan(packed, batch, sms, mma, w_shared, mma_regs, cluster, cluster_rows, tiles_per_warp,
+                             cuda_kpt)
+    elif mma_regs is not None or poll_frag is not None:
+        plan = _cuda_layout(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb, cuda_kpt)
+    else:
+        plan = _cuda_default_layout(packed, batch, sms, mma, w_shared, cuda_nb, cuda_kpt)
+    if cuda_kpt and (plan is None or plan.mma):
+        dtype = str(packed.dtype).removeprefix("torch.")
+        why = "this plan multiplies with mma.sync (add mma=False)" if plan is not None else (
+            "no block of that many threads fits the registers and shared memory")
+        raise ValueError(f"cuda_kpt={cuda_kpt} does not fit hidden {packed.hidden_size} batch {batch} in {dtype}: "
+                         f"{why}; leave cuda_kpt out")
+    return plan
+
+
+def _cuda_default_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None, w_shared: bool | None,
+                         cuda_nb: int | None, cuda_kpt: int | None = None) -> Plan | None:
+    """_cuda_plan without mma_regs / poll_frag asked: the measured mma defaults, else W^T in shared memory."""
     frag = packed.hidden_padded >= POLL_FRAG_MIN_HIDDEN
     for regs, polled in ((True, frag), (True, False), (False, False)):
-        plan = _cuda_layout(packed, batch, sms, mma, w_shared, regs, polled, cuda_nb)
+        plan = _cuda_layout(packed, batch, sms, mma, w_shared, regs, polled, cuda_nb, cuda_kpt)
         if plan is not None and (plan.mma_regs == regs or not plan.mma):
             return replace(plan, poll_delay=POLL_DELAY_NS) if plan.poll_frag else plan
     if w_shared is None:  # fp32 slices past the registers: W^T in shared memory (X 768 bi B8: 923 us, Triton 13343)
-        return _cuda_layout(packed, batch, sms, mma, True, None, None, cuda_nb)
+        return _cuda_layout(packed, batch, sms, mma, True, None, None, cuda_nb, cuda_kpt)
     return None
 
 
 def _cuda_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
                  w_shared: bool | None = None, mma_regs: bool | None = None,
-                 poll_frag: bool | None = None, cuda_nb: int | None = None) -> Plan | None:
+                 poll_frag: bool | None = None, cuda_nb: int | None = None,
+                 cuda_kpt: int | None = None) -> Plan | None:
     """The CUDA C++ kernel's plan (cuda_source.py), or None where it does not fit.
 
     A block owns nb hidden units of one direction and bb batch rows; nb is the smallest power of two >= 4 for
@@ -260,7 +287,8 @@ def _cuda_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None = Non
     (implies mma_regs): each warp polls its own k slice of h from the slab straight
     into its A fragments (no h in shared memory, no barrier 1: one block barrier a step), an even number of k
     chunks a warp. cuda_nb (asked only): at least this many hidden units a block (fewer blocks, each reading h
-    once for more columns: less L2 traffic a step, a longer product).
+    once for more columns: less L2 traffic a step, a longer product). cuda_kpt (asked only, FFMA): k a thread, in
+    place of the first of CUDA_FFMA_KPT that fits (more threads a block, fewer FMA a thread).
     """
     hp, dirs, hidden = packed.hidden_padded, packed.num_directions, packed.hidden_size
     sixteen = packed.dtype != torch.float32
@@ -286,7 +314,7 @@ def _cuda_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None = Non
         return None
     elem_bits = 16 if sixteen else 32
     product = _cuda_product(mma, bool(mma_regs) or bool(poll_frag), bool(poll_frag), bool(w_shared), bb, kh, nb,
-                            elem_bits)
+                            elem_bits, asked_kpt=cuda_kpt)
     if product is None:
         return None
     return Plan("per-layer", bb, tiles, groups * dirs * tiles, block_n=nb, cuda=True, mma=mma, **product)
@@ -294,13 +322,14 @@ def _cuda_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None = Non
 
 def _cuda_product(mma: bool, mma_regs: bool, poll_frag: bool, w_shared: bool, bb: int, kh: int, nb: int,
                   elem_bits: int, cluster: int = 0, w_split: bool = False,
-                  tiles_per_warp: int = 1) -> dict[str, Any] | None:
+                  tiles_per_warp: int = 1, asked_kpt: int | None = None) -> dict[str, Any] | None:
     """The product's shape for a block of nb units over kh k and bb rows, as Plan fields (num_warps, k_split,
     mma_regs, poll_frag, w_shared, w_regs, tiles_per_warp as they apply), or None where it does not fit the
     registers or shared memory (_cuda_layout). tiles_per_warp (mma with W^T in shared memory): a warp per group of
     that many column tiles and a k slice, CLUSTER_MMA_WARPS warps, so that each A fragment is read once a group.
     w_split (FFMA): a thread's k slice split, w_regs k in registers (what they hold next to the ~90 other registers
-    and ~3 a row) and the rest in shared memory (cluster plans of fp32 hidden 512: 256 KiB a block)."""
+    and ~3 a row) and the rest in shared memory (cluster plans of fp32 hidden 512: 256 KiB a block). asked_kpt (FFMA):
+    k a thread as asked (cuda_kpt) instead of the first that fits."""
     from .cuda_persistent import shared_bytes  # no cuda.bindings import: sizes only
 
     cols = 4 * nb
@@ -336,7 +365,7 @@ def _cuda_product(mma: bool, mma_regs: bool, poll_frag: bool, w_shared: bool, bb
         if threads > 1024:
             return None
     elif w_split:
-        for kpt in (256, 128, 512):
+        for kpt in (asked_kpt,) if asked_kpt else (256, 128, 512):
             threads = cols * kh // kpt
             w_regs = (min(255, 65536 // max(threads, 1)) - CUDA_OTHER_REGISTERS - 3 * bb) // 4 * 4
             w_regs = min(w_regs, kpt - 4)
@@ -353,7 +382,7 @@ def _cuda_product(mma: bool, mma_regs: bool, poll_frag: bool, w_shared: bool, bb
     elif w_shared:
         # at most 512 threads (768 capped the registers at 85 and spilled at hidden 768, one row), and as
         # many as the partial sums leave room for next to W
-        for kpt in (128, 64, 256, 32):
+        for kpt in (asked_kpt,) if asked_kpt else (128, 64, 256, 32):
             threads = cols * kh // kpt
             if (kh % kpt == 0 and threads % 32 == 0 and 64 <= threads <= 512
                     and shared_bytes(False, 32, bb, kh, nb, kh // kpt, True, cluster=cluster) <= CUDA_MAX_SHARED):
@@ -362,7 +391,7 @@ def _cuda_product(mma: bool, mma_regs: bool, poll_frag: bool, w_shared: bool, bb
             return None
         k_split = kh // kpt
     else:
-        for kpt in CUDA_FFMA_KPT:
+        for kpt in (asked_kpt,) if asked_kpt else CUDA_FFMA_KPT:
             threads = cols * kh // kpt
             if (kh % kpt == 0 and threads % 32 == 0 and threads <= 1024
                     and kpt + CUDA_OTHER_REGISTERS <= min(255, 65536 // threads)):
@@ -380,7 +409,7 @@ def _cuda_product(mma: bool, mma_regs: bool, poll_frag: bool, w_shared: bool, bb
 
 def _cluster_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None, w_shared: bool | None,
                   mma_regs: bool | None, cluster: bool | int | None, cluster_rows: int | None,
-                  tiles_per_warp: int | None = None) -> Plan:
+                  tiles_per_warp: int | None = None, cuda_kpt: int | None = None) -> Plan:
     """The cluster plan (cuda_source.py, CLUSTER): a thread-block cluster of C blocks holds one (batch group,
     direction), each block nb units (nb x C >= hidden, nb a multiple of a 16-byte group of h: 8 units of 16-bit h,
     4 of fp32), and the blocks exchange h through distributed shared memory. cluster=True takes the largest of
@@ -395,15 +424,15 @@ def _cluster_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None, w_s
         raise ValueError(f"cluster must be True or a cluster size from 2 to 16 blocks, got {cluster!r}")
     sixteen = packed.dtype != torch.float32
     # 16-bit at one row: FFMA on the row as without clusters, else (W_hh^T past FFMA's registers) mma
-    products = ((False,) if not sixteen or mma is False else (True,) if mma or batch > CUDA_FFMA_16BIT_MAX_ROWS
-                else (False, True))
+    products = ((False,) if not sixteen or mma is False or (cuda_kpt and not mma)
+                else (True,) if mma or batch > CUDA_FFMA_16BIT_MAX_ROWS else (False, True))
     if cluster_rows is not None and not 1 <= cluster_rows <= CUDA_MMA_ROWS:
         raise ValueError(f"cluster_rows={cluster_rows} does not fit a block: at most {CUDA_MMA_ROWS} rows")
     sizes = CLUSTER_SIZES if cluster is True else (cluster,)
     for size in sizes:
         for use_mma in products:
             plan = _cluster_layout(packed, batch, sms, use_mma, w_shared, mma_regs, size, cluster_rows,
-                                   tiles_per_warp)
+                                   tiles_per_warp, cuda_kpt)
             if plan is not None:
                 return plan
     size = sizes[0]
@@ -416,7 +445,7 @@ def _cluster_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None, w_s
 
 def _cluster_layout(packed: PackedRNN, batch: int, sms: int, mma: bool, w_shared: bool | None,
                     mma_regs: bool | None, size: int, cluster_rows: int | None,
-                    tiles_per_warp: int | None = None) -> Plan | None:
+                    tiles_per_warp: int | None = None, cuda_kpt: int | None = None) -> Plan | None:
     """_cluster_plan at one cluster size, or None: the fewest units a block that fit; mma with its W_hh^T
     fragments in registers where they fit (mma_regs=None), else W^T in shared memory; FFMA with W_hh^T in
     registers, else in shared memory (w_shared=None)."""
@@ -441,7 +470,7 @@ def _cluster_layout(packed: PackedRNN, batch: int, sms: int, mma: bool, w_shared
             for regs, tiles_per in regs_options if mma else ((False, 0),):
                 for shared, split in shared_options if not mma else ((False, False),):
                     product = _cuda_product(mma, regs, False, shared, bb, kh, nb, elem_bits, size, split,
-                                            max(1, tiles_per))
+                                            max(1, tiles_per), cuda_kpt)
                     if product is not None and (product.get("mma_regs") == regs or not mma):
                         return Plan("per-layer", bb, size, groups * dirs * size, block_n=nb, cuda=True, mma=mma,
                                     cluster=size, group_rows=rows if rows != bb else 0, **product)
@@ -452,7 +481,8 @@ def _cluster_layout(packed: PackedRNN, batch: int, sms: int, mma: bool, w_shared
 def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: bool | None, mma: bool | None,
                  wide: bool | None, w_shared: bool | None = None, mma_regs: bool | None = None,
                  poll_frag: bool | None = None, cuda_nb: int | None = None, cluster: bool | int | None = None,
-                 cluster_rows: int | None = None, tiles_per_warp: int | None = None) -> tuple[Plan | None, str]:
+                 cluster_rows: int | None = None, tiles_per_warp: int | None = None,
+                 cuda_kpt: int | None = None) -> tuple[Plan | None, str]:
     """(the CUDA kernel's plan, "") where it runs this call, else (None, why not); cluster asked for where the CUDA
     kernel cannot run: a one-line ValueError."""
     if cluster or cluster_rows or tiles_per_warp:
@@ -474,7 +504,7 @@ def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: b
     if not ok:
         return None, why
     plan = _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows,
-                      tiles_per_warp)
+                      tiles_per_warp, cuda_kpt)
     if plan is None:
         return None, "the size does not fit the CUDA kernel (blocks, registers or shared memory)"
     return plan, ""
@@ -583,14 +613,15 @@ def _plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = No
     items = -(-seq_len * block_b // block_m) * (cols // block_c)
     # the persistent plan's own choices (its block_n and programs follow the warps)
     cuda_keys = ("cuda", "mma", "w_shared", "mma_regs", "poll_frag", "cuda_nb", "cluster", "cluster_rows",
-                 "tiles_per_warp")
+                 "tiles_per_warp", "cuda_kpt")
     per_layer = {k: overrides.pop(k) for k in ("num_warps", "wide", *cuda_keys) if k in overrides} \
         if path in (None, "per-layer") else {}
-    cuda, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp = (
+    cuda, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp, cuda_kpt = (
         per_layer.pop(k, None) for k in cuda_keys)
     persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda, **per_layer)
     cuda_plan, why_not_cuda = _cuda_choice(packed, batch, sms, on_cuda, cuda, mma, per_layer.get("wide"), w_shared,
-                                           mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp)
+                                           mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp,
+                                           cuda_kpt)
     if (path is None and on_cuda and (persistent is not None or cuda_plan is not None)
             and (hp >= PERSISTENT_MIN_HIDDEN or cluster)):
         path = "per-layer"
