@@ -307,6 +307,35 @@ CLUSTER_SWEEP = {
 }
 SEQ_SWEEP += [(dataclasses.replace(w, name=f"C {w.name}"), CLUSTER_SWEEP[w.name]) for w in WORKLOADS
               if w.name in CLUSTER_SWEEP]
+# v20 (docs/fused_kernel.md "v20 prepared"): the run that decides the defaults, --only D --sweep-only D. Each point's
+# default ({}) beside its variants in one run: hidden 128 batch 64 fp32 (the CUDA kernel's grid loss to cuDNN) with
+# fewer k a thread (cuda_kpt) and clusters; P fp32 with wider blocks (cuda_nb) or fewer k a thread; clusters at hidden
+# 256 on grid points (seq 100, input = hidden), where M (hidden 256, one row) won; fp16 b8 is cuDNN's persistent-
+# kernel loss. The losses first: a run cut short keeps them
+def _grid_point(hidden: int, batch: int, layers: int, bi: bool, precision: str) -> Workload:
+    return Workload(f"D grid h{hidden} b{batch} {layers}L {'bi' if bi else 'uni'} {precision}", hidden, hidden,
+                    layers, bi, 100, batch, precision, float("nan"))
+
+
+DECIDE_SWEEP = [
+    (_grid_point(128, 64, 1, False, "fp32"), [{}, dict(cuda_kpt=32), dict(cuda_kpt=16), dict(cuda_kpt=8),
+                                              dict(cluster=8), dict(cluster=16), dict(cluster=8, cuda_kpt=32)]),
+    (_grid_point(128, 64, 2, False, "fp32"), [{}, dict(cuda_kpt=16)]),
+    (_grid_point(256, 8, 1, False, "fp16"), [{}, dict(cluster=16), dict(cluster=8), dict(cluster=16, mma=False),
+                                             dict(cluster=8, mma=False)]),
+    (dataclasses.replace(WORKLOADS[6], name="D P 256->512 B1 fp32"), [{}, dict(cuda_nb=8), dict(cuda_nb=16),
+                                                                      dict(cuda_kpt=32)]),
+    (_grid_point(256, 8, 1, False, "fp32"), [{}, dict(cluster=16), dict(cluster=8), dict(cluster=8, cluster_rows=8)]),
+    (_grid_point(256, 8, 1, False, "bf16"), [{}, dict(cluster=8), dict(cluster=8, mma=False)]),
+    (_grid_point(256, 64, 1, False, "fp32"), [{}, dict(cluster=16), dict(cluster=8)]),
+    (_grid_point(256, 64, 1, False, "bf16"), [{}, dict(cluster=16), dict(cluster=8)]),
+    (_grid_point(256, 1, 1, False, "bf16"), [{}, dict(cluster=8)]),
+    (_grid_point(256, 1, 1, True, "fp32"), [{}, dict(cluster=8)]),
+    (_grid_point(256, 8, 1, True, "bf16"), [{}, dict(cluster=8)]),
+    (_grid_point(256, 64, 1, True, "bf16"), [{}, dict(cluster=8)]),
+    (_grid_point(256, 8, 2, True, "fp32"), [{}, dict(cluster=8)]),
+]
+SEQ_SWEEP += DECIDE_SWEEP
 # the pipeline's cost per layer: the seed model cut to 1 and 5 layers (launch + first layer, then the slope)
 SEQ_SWEEP += [(dataclasses.replace(WORKLOADS[0], name=f"A seed {n} layers", num_layers=n), [dict(pipeline=True)])
               for n in (1, 5)]

@@ -130,6 +130,25 @@ def test_cuda_kpt_sets_the_ffma_products_k_a_thread_or_refuses_in_one_line():
         _cuda_plan(h128, 64, 132, cuda_kpt=12)
 
 
+def test_measured_options_are_the_default_only_where_listed_and_asked_options_win(monkeypatch):
+    """CUDA_MEASURED_OPTIONS (v20's rule): an entry makes its options the default plan of its (precision, padded
+    hidden, directions) up to its batch; any asked CUDA option (cluster=False too) plans as asked; options that do not
+    fit the size leave the plain plan."""
+    from lstminfer.kernels.rnn import plan as plan_module
+
+    plain = _cuda_plan(packed_of(256, False), 8, 132)
+    monkeypatch.setattr(plan_module, "CUDA_MEASURED_OPTIONS", {("fp32", 256, 1): ((8, dict(cluster=8)),),
+                                                               ("fp32", 512, 1): ((64, dict(cuda_kpt=32)),)})
+    c8 = _cuda_plan(packed_of(256, False), 8, 132)
+    assert (c8.cluster, c8.block_n) == (8, 32)
+    assert _cuda_plan(packed_of(256, False), 9, 132).cluster == 0  # past the entry's batch: the plain plan
+    assert _cuda_plan(packed_of(256, False), 8, 132, cluster=False) == plain  # asked: no cluster
+    assert _cuda_plan(packed_of(256, True), 8, 132).cluster == 0  # another key (bidirectional)
+    assert _cuda_plan(packed_of(256, False, torch.bfloat16), 8, 132).cluster == 0  # another precision
+    q = _cuda_plan(packed_of(512, False), 64, 132)  # cuda_kpt=32 does not fit Q fp32: the plain plan, no error
+    assert q.k_split == 4 and q.num_warps == 8
+
+
 def test_cuda_only_options_are_refused_where_they_do_not_apply():
     """poll_sentinel, sentinel_last and stamps: a one-line ValueError naming the option where the plan runs another
     kernel (here the CPU's: the Triton persistent and the stack kernel), and poll_sentinel where its sentinels

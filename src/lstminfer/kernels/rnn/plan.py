@@ -98,6 +98,11 @@ CLUSTER_ACTIVE = {16: 7, 8: 15, 4: 28}
 # per 4 column tiles and a k slice, 16 warps (one tile a warp: each of 16 warps read all of h every step)
 CLUSTER_TILES_PER_WARP = 4
 CLUSTER_MMA_WARPS = 16
+# the CUDA kernel's options taken by default where one H200 run measured them faster than the plain plan (v20's rule,
+# docs/fused_kernel.md "Clusters (v19)"): {(precision, padded hidden, directions): ((largest batch, options), ...)},
+# the first entry whose batch bound holds; a plan that asks for any CUDA option, cluster=False or cuda_kpt among
+# them, is planned as asked. Where the options do not fit, the plain plan. Empty until v20's run.
+CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any]], ...]] = {}
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,15 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
     cluster (True or a size) / cluster_rows / tiles_per_warp: _cluster_plan, a ValueError where it does not fit.
     cuda_kpt (asked only, FFMA): k a thread (the product's k slices: kh / cuda_kpt), a ValueError where it does not
     fit or the plan multiplies with mma.sync."""
+    asked = (mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp, cuda_kpt)
+    measured = _measured_options(packed, batch) if all(a is None for a in asked) else None
+    if measured:
+        try:
+            plan = _cuda_plan(packed, batch, sms, **measured)
+        except ValueError:  # a size the measured options do not fit: the plain plan
+            plan = None
+        if plan is not None:
+            return plan
     if cuda_kpt is not None and cuda_kpt not in CUDA_KPT_CHOICES:
         raise ValueError(f"cuda_kpt must be one of {CUDA_KPT_CHOICES} (k a thread of the FFMA product), got "
                          f"{cuda_kpt!r}")
@@ -256,6 +270,15 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
         raise ValueError(f"cuda_kpt={cuda_kpt} does not fit hidden {packed.hidden_size} batch {batch} in {dtype}: "
                          f"{why}; leave cuda_kpt out")
     return plan
+
+
+def _measured_options(packed: PackedRNN, batch: int) -> dict[str, Any] | None:
+    """The CUDA_MEASURED_OPTIONS entry of these sizes, or None."""
+    precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(packed.dtype, "")
+    for largest, options in CUDA_MEASURED_OPTIONS.get((precision, packed.hidden_padded, packed.num_directions), ()):
+        if batch <= largest:
+            return dict(options)
+    return None
 
 
 def _cuda_default_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | None, w_shared: bool | None,
