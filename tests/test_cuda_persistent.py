@@ -496,7 +496,7 @@ KPT_CASES = [  # (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("case", KPT_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_gpu_cuda_persistent_k_a_thread_matches_float64(case):
+def test_gpu_cuda_persistent_cuda_kpt_matches_float64(case):
     """cuda_kpt (v20, asked only): the FFMA product with fewer k a thread (more threads, more k slices summed in
     shared memory) against float64: hidden 128 at batch 37-64 (the grid's fp32 loss) and P's one row."""
     kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state, kpt = case
