@@ -195,3 +195,14 @@ def test_gpu_flatten_rnn_puts_bf16_weights_in_one_buffer_and_cudnn_stops_compact
         got = module(x)[0]
     assert not any("contiguous chunk" in str(w.message) for w in after)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("batch,relay", [(8, True), (44, True), (45, False), (64, False)])
+def test_relay_is_the_default_only_with_two_helpers_a_tile(monkeypatch, batch, relay):
+    """HP 32, seq 100: at batch 64 the relay kernel had one helper a tile and lost to the stack kernel's one-warp
+    plan (H200: 58.5 against 41.1 us); from 2 helpers a tile (132 // batch - 1 >= 2, batch <= 44) it stays."""
+    as_cuda_plan(monkeypatch)
+    packed = pack_rnn(make("lstm", 32, 32, 1, False, False))
+    plan = plan_for(packed, 100, batch)
+    assert (plan.kernel, plan.num_warps, plan.block_b) == ("relay" if relay else "stack", 1, 1)
+    assert plan_for(packed, 100, batch, relay=True).relay  # asked for, it still runs where it fits

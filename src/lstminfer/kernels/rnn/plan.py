@@ -35,6 +35,10 @@ SMALL_ROWS_MIN_SEQ = 16
 # may take. Where it fits it is the one-warp plan's kernel at every length (H100, seed model: 129 vs 164 us at
 # seq 50, 231 vs 273 at 100, 442 vs 500 at 200 against the stack kernel)
 RELAY_HELPERS = 16
+# the relay kernel is the default only where each batch tile gets at least this many helpers (H200 grid, 2026-12-03:
+# h32 b64 uni fp32 with one helper a tile 58.5 us against the stack kernel's one-warp plan 41.1, 2 layers 104.8
+# against 77.7)
+RELAY_MIN_HELPERS = 2
 RELAY_MAX_BYTES = 256 << 20
 # the persistent kernel (per-layer path): the default from this padded hidden size on; the most batch rows and
 # hidden units a program takes; polls before a wait gives up (each poll is at least an L2 round trip, ~0.3 us)
@@ -714,8 +718,9 @@ def _plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = No
     relay_bytes = 4 * seq_len * batch * packed.num_layers * (cols + 2 * dirs * hp)  # gx and two output sets
     relay_fits = (r_tiles == 1 and hp <= 32 and packed.input_padded <= 64 and relay_bytes <= RELAY_MAX_BYTES
                   and relay_tiles * relay_programs <= sms)
+    relay_helpers = sms // relay_tiles // dirs - 1
     relay = (on_cuda and path == "single-launch" and not pipeline and num_warps == 1 and relay_fits
-             and overrides.get("relay", True))
+             and overrides.get("relay", relay_helpers >= RELAY_MIN_HELPERS))
     if relay:
         programs = relay_programs
     plan = Plan(path, block_b, r_tiles, programs, block_m, block_c, 32 if hp <= 64 else 16, num_warps,
