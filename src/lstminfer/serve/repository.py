@@ -135,9 +135,11 @@ def served_tensors(model: Any) -> ServedTensors:
 # `--instances auto`: Python-backend instances per model, by where they run. On the H200 two KIND_GPU
 # instances served 2.2-2.3x the requests of one at concurrency 64, p50 at 1 within the spread between runs:
 # one instance runs one execute at a time, and its Python, not the GPU, is the bound (docs/serving.md, "Four
-# client processes, then two instances"). On the 2-core CPU machine a second instance cost 20-30 % of the
-# throughput: its backend competes for the cores of the first, Triton and the clients (docs/serving.md,
-# "`--instances` on the 2-core CPU machine").
+# client processes, then two instances"). Four served 23-26 % more than two at concurrency 64 but with a
+# 1.2-1.7x p99, and nothing more at concurrency 1, so the default stays 2; `--instances 4` is for a
+# throughput-bound server with many requests in flight (docs/serving.md, "Two instances against four").
+# On the 2-core CPU machine a second instance cost 20-30 % of the throughput: its backend competes for the
+# cores of the first, Triton and the clients (docs/serving.md, "`--instances` on the 2-core CPU machine").
 AUTO_INSTANCES = {"KIND_GPU": 2, "KIND_CPU": 1}
 
 
