@@ -47,7 +47,8 @@ def test_cuda_plan_fits_the_multiprocessors_and_names_its_kernel():
     assert (p.mma_regs, p.poll_frag, p.poll_delay, p.num_warps, p.k_split) == (True, True, 500, 8, 8)
     q = _cuda_plan(packed_of(512, False, torch.bfloat16), 64, 132)  # Q: 4 groups of 16 rows x 32 blocks
     assert (q.block_b, q.block_n, q.programs, q.mma_regs, q.poll_frag, q.poll_delay) == (16, 16, 128, True, True, 500)
-    m = _cuda_plan(packed_of(256, False, torch.bfloat16), 8, 132)  # below hidden 512: mma_regs, h via shared memory
+    # below hidden 512: mma_regs, h via shared memory (the plain plan: the measured default there is a cluster, v20)
+    m = _cuda_plan(packed_of(256, False, torch.bfloat16), 8, 132, measured=False)
     assert (m.mma_regs, m.poll_frag, m.poll_delay) == (True, False, 0)
     shared_w = _cuda_plan(packed_of(512, False, torch.bfloat16), 64, 132, mma_regs=False)  # asked: W^T in shared
     assert (shared_w.mma_regs, shared_w.k_split, shared_w.num_warps) == (False, 1, 8)  # a warp per 8-column tile
@@ -111,7 +112,7 @@ def test_cuda_kpt_sets_the_ffma_products_k_a_thread_or_refuses_in_one_line():
     batch 64 in fp32 (the grid's CUDA loss): one warp of 64 k a thread by default, 4 warps at 16; also on clusters.
     Where it does not fit (threads past the registers) or the plan is mma, a one-line ValueError."""
     h128 = packed_of(128, False)
-    default = _cuda_plan(h128, 64, 132)
+    default = _cuda_plan(h128, 64, 132, measured=False)  # the plain plan (v20's measured default: clusters of 8)
     assert (default.block_b, default.block_n, default.programs, default.num_warps, default.k_split) == (16, 4, 128, 1,
                                                                                                         2)
     for kpt, warps in ((64, 1), (32, 2), (16, 4), (8, 8)):
@@ -136,7 +137,7 @@ def test_measured_options_are_the_default_only_where_listed_and_asked_options_wi
     fit the size leave the plain plan."""
     from lstminfer.kernels.rnn import plan as plan_module
 
-    plain = _cuda_plan(packed_of(256, False), 8, 132)
+    plain = _cuda_plan(packed_of(256, False), 8, 132, measured=False)
     monkeypatch.setattr(plan_module, "CUDA_MEASURED_OPTIONS", {("fp32", 256, 1): ((8, dict(cluster=8)),),
                                                                ("fp32", 512, 1): ((64, dict(cuda_kpt=32)),)})
     c8 = _cuda_plan(packed_of(256, False), 8, 132)
@@ -147,6 +148,46 @@ def test_measured_options_are_the_default_only_where_listed_and_asked_options_wi
     assert _cuda_plan(packed_of(256, False, torch.bfloat16), 8, 132).cluster == 0  # another precision
     q = _cuda_plan(packed_of(512, False), 64, 132)  # cuda_kpt=32 does not fit Q fp32: the plain plan, no error
     assert q.k_split == 4 and q.num_warps == 8
+
+
+def test_the_measured_defaults_are_the_d_sweeps_winners_at_its_sizes_only():
+    """CUDA_MEASURED_OPTIONS as v20's D sweep chose them (docs/fused_kernel.md "v20 measured"): clusters of 8 at hidden
+    256 fp32 (uni batch 1-64, bi 2-8) and hidden 128 fp32 uni (batch 9-64), 16-bit hidden 256 uni batch 2-8 on
+    clusters of 8 with FFMA, 8 units a block at hidden 512 fp32 uni batch 1; the plain plan everywhere else (other
+    batches, directions, precisions, hidden sizes of the same padded size), off Hopper (measured=False) and where
+    anything is asked."""
+    def plain(hidden, bi, dtype, batch):
+        return _cuda_plan(packed_of(hidden, bi, dtype), batch, 132, measured=False)
+
+    for hidden, bi, dtype, batch in [(256, False, torch.float32, 1), (256, False, torch.float32, 8),
+                                     (256, False, torch.float32, 64), (256, True, torch.float32, 5),
+                                     (256, True, torch.float32, 8), (128, False, torch.float32, 64),
+                                     (128, False, torch.float32, 16)]:
+        got = _cuda_plan(packed_of(hidden, bi, dtype), batch, 132)
+        assert (got.cluster, got.mma) == (8, False), (hidden, bi, batch)
+        assert plain(hidden, bi, dtype, batch).cluster == 0
+    c8 = _cuda_plan(packed_of(128, False), 64, 132)  # the timed plan: 13 clusters of 5 rows, 4 warps
+    assert (c8.block_b, c8.block_n, c8.programs, c8.num_warps) == (5, 16, 104, 4)
+    for dtype in (torch.float16, torch.bfloat16):
+        for batch in (2, 8):
+            got = _cuda_plan(packed_of(256, False, dtype), batch, 132)
+            assert (got.cluster, got.mma, got.block_b, got.programs) == (8, False, 1, 8 * batch)
+        for batch in (1, 9, 64):  # b1: 2.3 % (under the rule's 3 %); b64: the clusters lost
+            assert _cuda_plan(packed_of(256, False, dtype), batch, 132) == plain(256, False, dtype, batch)
+        assert _cuda_plan(packed_of(256, True, dtype), 8, 132) == plain(256, True, dtype, 8)  # bi: mma clusters lost
+    p = _cuda_plan(packed_of(512, False), 1, 132)  # P fp32: 64 blocks of 8 units
+    assert (p.block_n, p.programs, p.cluster) == (8, 64, 0) and plain(512, False, torch.float32, 1).block_n == 4
+    for hidden, bi, dtype, batch in [(256, True, torch.float32, 1), (256, True, torch.float32, 16),
+                                     (256, False, torch.float32, 65), (128, False, torch.float32, 8),
+                                     (128, True, torch.float32, 64), (512, False, torch.float32, 2),
+                                     (512, True, torch.float32, 1), (512, False, torch.bfloat16, 1),
+                                     (384, False, torch.float32, 1), (200, False, torch.float32, 8),
+                                     (1024, False, torch.float16, 8)]:
+        assert _cuda_plan(packed_of(hidden, bi, dtype), batch, 132) == plain(hidden, bi, dtype, batch), (hidden, bi,
+                                                                                                     dtype, batch)
+    asked = _cuda_plan(packed_of(256, False, torch.float16), 8, 132, mma=True)  # anything asked: as asked
+    assert asked == plain(256, False, torch.float16, 8) and asked.mma and not asked.cluster
+    assert _cuda_plan(packed_of(256, False), 8, 132, cluster=16).cluster == 16
 
 
 def test_cuda_only_options_are_refused_where_they_do_not_apply():
@@ -160,7 +201,7 @@ def test_cuda_only_options_are_refused_where_they_do_not_apply():
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="^stamps is an option of the CUDA persistent kernel.* runs the stack kernel"):
         plan_for(packed_of(20, False), 4, 3, stamps=True)
-    p_fp32 = _cuda_plan(packed_of(512, False), 1, 132)  # P fp32: one row, 4 units (16 bytes) a block
+    p_fp32 = _cuda_plan(packed_of(512, False), 1, 132, measured=False)  # P fp32's plain plan: 4 units (16 bytes)
     with pytest.raises(ValueError, match="^poll_sentinel does not apply .* cuda_nb=8 or more"):
         _refuse_cuda_options(dataclasses.replace(p_fp32, poll_sentinel=True), torch.float32, 1)
     wider = _cuda_plan(packed_of(512, False), 1, 132, cuda_nb=8)  # 32 bytes a producer: the sentinel is half
@@ -350,11 +391,12 @@ def test_plan_for_takes_cluster_as_an_option(monkeypatch):
     packed = pack_rnn(make("lstm", 256, 512, 1, False, False), "cpu", torch.bfloat16)
     plan = plan_for(packed, 100, 64, cluster=True)
     assert (plan.kernel, plan.path, plan.cluster, plan.programs) == ("persistent-cuda", "per-layer", 16, 64)
-    assert plan_for(packed, 100, 64).cluster == 0  # not the default until measured
+    assert plan_for(packed, 100, 64).cluster == 0  # not the default here: clusters lost at hidden 512 (v19)
     small = plan_for(pack_rnn(make("gru", 16, 128, 1, False, False), "cpu", torch.float32), 100, 8, cluster=8)
     assert (small.kernel, small.cluster, small.block_n) == ("persistent-cuda", 8, 16)
     h128 = pack_rnn(make("lstm", 16, 128, 1, False, False), "cpu", torch.float32)  # cuda_kpt reaches the plan too
-    assert (plan_for(h128, 100, 64, cuda_kpt=16).num_warps, plan_for(h128, 100, 64).num_warps) == (4, 1)
+    kpt = plan_for(h128, 100, 64, cuda_kpt=16)  # asked: no cluster (the default there is clusters of 8, v20)
+    assert (kpt.num_warps, kpt.cluster, plan_for(h128, 100, 64).cluster) == (4, 0, 8)
     for option in ("stamps", "poll_sentinel"):
         with pytest.raises(ValueError, match=f"^{option} does not apply to a cluster plan"):
             plan_for(packed, 100, 64, cluster=True, **{option: True})

@@ -103,10 +103,26 @@ CLUSTER_ACTIVE = {16: 7, 8: 15, 4: 28}
 CLUSTER_TILES_PER_WARP = 4
 CLUSTER_MMA_WARPS = 16
 # the CUDA kernel's options taken by default where one H200 run measured them faster than the plain plan (v20's rule,
-# docs/fused_kernel.md "Clusters (v19)"): {(precision, padded hidden, directions): ((largest batch, options), ...)},
-# the first entry whose batch bound holds; a plan that asks for any CUDA option, cluster=False or cuda_kpt among
-# them, is planned as asked. Where the options do not fit, the plain plan. Empty until v20's run.
-CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any]], ...]] = {}
+# docs/fused_kernel.md "Clusters (v19)" and "v20 measured"): {(precision, hidden, directions): ((largest batch,
+# options), ...)}, the first entry whose batch bound holds ({}: the plain plan); only the hidden sizes measured (not
+# others of the same padded size: hidden 384 pads to 512, and P's 8 units a block there would be 48 blocks, not
+# timed). A plan that asks for any CUDA option, cluster=False or cuda_kpt among them, is planned as asked. Where the
+# options do not fit, the plain plan. From the D sweep (2026-12-03 ~14:05 UTC, fused-graph us, default -> chosen):
+CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any]], ...]] = {
+    # h128 b64 uni: 340.2 -> 147.6 (C8 + cuda_kpt=32 147.4: a tie, the fewer options); by default the
+    # CUDA kernel runs there from batch 34 (the stack kernel below)
+    ("fp32", 128, 1): ((8, {}), (64, dict(cluster=8))),
+    # M (b1, v19's run) 102.0 -> 95.5, b8 211.9 -> 104.6, b64 398.4 -> 322.5
+    ("fp32", 256, 1): ((64, dict(cluster=8)),),
+    # b8 2L bi 480.3 -> 324.3; b1 1L bi 98.9 -> 96.4 (2.5 %: under the 3 %), b64 bi not timed
+    ("fp32", 256, 2): ((1, {}), (8, dict(cluster=8))),
+    # b8 on FFMA (one row a cluster): fp16 158.2 -> 96.9, bf16 158.3 -> 96.6 (mma clusters lost: 176.2); b1 bf16
+    # 95.6 -> 93.4 (2.3 %), b64 bf16 clusters lost (188.9 -> 217.5 / 243.0)
+    ("fp16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False))),
+    ("bf16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False))),
+    # P (256 -> 512 b1 uni): 121.5 -> 113.2 (8 units a block, 64 blocks; v18's stamps run: 125.0 -> 114.8)
+    ("fp32", 512, 1): ((1, dict(cuda_nb=8)),),
+}
 
 
 @dataclass(frozen=True)
@@ -182,6 +198,12 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _hopper(device: torch.device) -> bool:
+    """Whether `device` is a Hopper GPU (sm_90), where CUDA_MEASURED_OPTIONS were measured (clusters need sm_90 or
+    later anyway); planning for a CUDA device without a CUDA runtime (the CPU tests' H200) counts as one."""
+    return not torch.cuda.is_available() or torch.cuda.get_device_capability(device)[0] == 9
+
+
 def _persistent_plan(packed: PackedRNN, batch: int, sms: int, serial: bool, num_warps: int | None = None,
                      wide: bool | None = None) -> Plan | None:
     """The persistent kernel's plan, or None where its programs cannot all be resident.
@@ -237,19 +259,20 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
                w_shared: bool | None = None, mma_regs: bool | None = None,
                poll_frag: bool | None = None, cuda_nb: int | None = None, cluster: bool | int | None = None,
                cluster_rows: int | None = None, tiles_per_warp: int | None = None,
-               cuda_kpt: int | None = None) -> Plan | None:
+               cuda_kpt: int | None = None, measured: bool = True) -> Plan | None:
     """The CUDA C++ kernel's plan (see _cuda_layout), with the mma defaults measured on the H200 (2026-12-03,
     docs/fused_kernel.md v17): W_hh^T fragments in registers (mma_regs) on every mma plan where they fit, and
     from padded hidden POLL_FRAG_MIN_HIDDEN on h polled into the fragments (poll_frag) with a first read
     POLL_DELAY_NS after the step starts. Asked-for options are kept as asked (None where they do not fit).
     cluster (True or a size) / cluster_rows / tiles_per_warp: _cluster_plan, a ValueError where it does not fit.
     cuda_kpt (asked only, FFMA): k a thread (the product's k slices: kh / cuda_kpt), a ValueError where it does not
-    fit or the plan multiplies with mma.sync."""
+    fit or the plan multiplies with mma.sync. measured: nothing asked, the CUDA_MEASURED_OPTIONS entry of these sizes
+    (False: the plain plan; _cuda_choice passes False off the Hopper GPUs they were measured on)."""
     asked = (mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp, cuda_kpt)
-    measured = _measured_options(packed, batch) if all(a is None for a in asked) else None
-    if measured:
+    options = _measured_options(packed, batch) if measured and all(a is None for a in asked) else None
+    if options:
         try:
-            plan = _cuda_plan(packed, batch, sms, **measured)
+            plan = _cuda_plan(packed, batch, sms, **options)
         except ValueError:  # a size the measured options do not fit: the plain plan
             plan = None
         if plan is not None:
@@ -279,7 +302,7 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
 def _measured_options(packed: PackedRNN, batch: int) -> dict[str, Any] | None:
     """The CUDA_MEASURED_OPTIONS entry of these sizes, or None."""
     precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(packed.dtype, "")
-    for largest, options in CUDA_MEASURED_OPTIONS.get((precision, packed.hidden_padded, packed.num_directions), ()):
+    for largest, options in CUDA_MEASURED_OPTIONS.get((precision, packed.hidden_size, packed.num_directions), ()):
         if batch <= largest:
             return dict(options)
     return None
@@ -531,7 +554,7 @@ def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: b
     if not ok:
         return None, why
     plan = _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows,
-                      tiles_per_warp, cuda_kpt)
+                      tiles_per_warp, cuda_kpt, measured=_hopper(packed.device))
     if plan is None:
         return None, "the size does not fit the CUDA kernel (blocks, registers or shared memory)"
     return plan, ""
