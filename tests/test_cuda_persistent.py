@@ -837,3 +837,75 @@ def test_gpu_cluster_occupancy_meets_the_plans_assumption():
         active[cfg.cluster] = loaded(cfg, 0).max_clusters
     short = {size: n for size, n in active.items() if n < CLUSTER_ACTIVE[size]}
     assert not short, f"clusters that run at once (size: count) {active}, CLUSTER_ACTIVE assumes {CLUSTER_ACTIVE}"
+
+
+# v20's measured defaults (CUDA_MEASURED_OPTIONS): the default plan of each of its sizes, with no option asked
+# (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c0, precision, the plan's (cluster, block_n, mma))
+MEASURED_DEFAULT_CASES = [
+    ("lstm", 32, 128, 2, False, False, 10, 64, True, "fp32", (8, 16, False)),
+    ("gru", 48, 256, 1, False, True, 12, 1, False, "fp32", (8, 32, False)),
+    ("lstm", 32, 256, 1, False, False, 8, 37, True, "fp32", (8, 32, False)),
+    ("lstm", 32, 256, 2, True, False, 9, 5, True, "fp32", (8, 32, False)),
+    ("lstm", 32, 256, 1, False, False, 10, 8, True, "fp16", (8, 32, False)),
+    ("gru", 32, 256, 2, False, True, 10, 3, True, "bf16", (8, 32, False)),
+    ("lstm", 256, 512, 1, False, False, 20, 1, True, "fp32", (0, 8, False)),  # P: 8 units a block
+]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("case", MEASURED_DEFAULT_CASES, ids=lambda c: "-".join(map(str, c[:10])))
+def test_gpu_measured_defaults_match_float64(case):
+    """The default plans CUDA_MEASURED_OPTIONS makes (clusters of 8, 8 units a block at P) against float64."""
+    *sizes, precision, want = case
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = sizes
+    dtype = DTYPES[precision]
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the measured defaults are Hopper's (sm_90)")
+    plan = plan_for(pack_rnn(module, "cuda", dtype), seq_len, batch)
+    assert (plan.kernel, (plan.cluster, plan.block_n, plan.mma)) == ("persistent-cuda", want), plan.note
+    got = run_fused(module, x, hx, dtype=dtype, device="cuda")
+    assert_close(got, reference(module, x, hx), TOLERANCE[precision])
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_gpu_measured_default_cluster_one_step_writes_the_callers_state_and_replays(precision):
+    """A stream's one-step call (seq 1) on the measured default cluster plan (hidden 256 batch 8), hn/cn written into
+    the caller's buffers (hn_out / cn_out, as fused_layers' stream path does), chained over 4 calls equal to one
+    pass of 4 steps in float64, and a CUDA-graph replay of the same call equal to eager bit for bit."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the measured defaults are Hopper's (sm_90)")
+    dtype = DTYPES[precision]
+    module = make("lstm", 32, 256, 1, False, False)
+    x, hx = random_inputs(module, 4, 8, True)
+    packed = pack_rnn(module, "cuda", dtype)
+    plan = plan_for(packed, 1, 8)
+    assert plan.cluster == 8 and not plan.mma, plan.note
+    h, c = (t.to("cuda", dtype).contiguous() for t in hx)
+    hn, cn = torch.empty_like(h), torch.empty_like(c)
+    outs = []
+    for t in range(4):
+        out, *_ = rnn_forward(packed, x[t:t + 1].to("cuda", dtype), h, c, plan=plan, hn_out=hn, cn_out=cn)
+        outs.append(out.cpu())
+        h, hn, c, cn = hn, h, cn, c  # the written state is the next call's input (two sets, as a stream swaps)
+    want = reference(module, x, hx)
+    assert_close([torch.cat(outs), h.cpu(), c.cpu()], want, TOLERANCE[precision])
+    args = [x[:1].to("cuda", dtype), h, c]
+    eager = [t.clone() for t in rnn_forward(packed, *args, plan=plan, hn_out=hn, cn_out=cn)]
+    ws: dict = {}
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        rnn_forward(packed, *args, plan=plan, workspace=ws, hn_out=hn, cn_out=cn)
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        static = rnn_forward(packed, *args, plan=plan, workspace=ws, check=False, hn_out=hn, cn_out=cn)
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        for g, e in zip(static, eager):
+            assert torch.equal(g, e)
