@@ -47,18 +47,19 @@ warps that hold cells meet at a named barrier after issuing every other row's st
 release/acquire pair would make the hint a guarantee, but a release waits for the earlier stores' completion (an
 L2 round trip on the producer's critical path). The spin limit counts the sentinel's reads and the slice's together.
 
-CLUSTER (v19, asked only; docs/fused_kernel.md "Clusters (v19)"): the TILES blocks of one (batch group, direction)
-are one thread-block cluster (cuLaunchKernelEx with a cluster dimension), and h goes through distributed shared
-memory instead of the slab: at the end of a step each block pushes its h slice (the 16-bit words, or fp32, that the
-next product reads) into h buffer (s + 1) & 1 of every block of the cluster (a 16-byte group of units gathered by
-shuffles, ``mapa`` + ``st.shared::cluster``), then ``barrier.cluster.arrive.release``; the next step loads its gx and
-``barrier.cluster.wait.acquire`` replaces the poll and barrier 1 (the slab, the user's output and hn/cn are stored
-after the arrive: nobody waits on them). Double buffering by step parity is enough: a block pushes into buffer
-(s + 1) & 1 only after its wait of step s, which every block reaches after its product of step s - 1 (the last
-read of that buffer). No polls, no poison, no spin limit (no KernelStalled: a cluster waits on nobody outside it).
-GROUP_ROWS: the real batch rows a block where fewer than BB (mma's 16 padded rows). W_REGS (FFMA): a thread's first
-W_REGS k in registers and the rest of its KPT in shared memory (fp32 slices past both alone). MMA_TPW (mma, W^T in
-shared memory): a warp per MMA_TPW column tiles and a k slice, each A fragment read once for the group.
+CLUSTER (v19; the default where plan.CUDA_MEASURED_OPTIONS lists it since v20; docs/fused_kernel.md "Clusters (v19)"):
+the TILES blocks of one (batch group, direction) are one thread-block cluster (cuLaunchKernelEx with a cluster
+dimension), and h goes through distributed shared memory instead of the slab: at the end of a step each block pushes its
+h slice (the 16-bit words, or fp32, that the next product reads) into h buffer (s + 1) & 1 of every block of the cluster
+(a 16-byte group of units gathered by shuffles, ``mapa`` + ``st.shared::cluster``), then
+``barrier.cluster.arrive.release``; the next step loads its gx and ``barrier.cluster.wait.acquire`` replaces the poll
+and barrier 1 (the slab, the user's output and hn/cn are stored after the arrive: nobody waits on them). Double
+buffering by step parity is enough: a block pushes into buffer (s + 1) & 1 only after its wait of step s, which every
+block reaches after its product of step s - 1 (the last read of that buffer). No polls, no poison, no spin limit (no
+KernelStalled: a cluster waits on nobody outside it). GROUP_ROWS: the real batch rows a block where fewer than BB (mma's
+16 padded rows). W_REGS (FFMA): a thread's first W_REGS k in registers and the rest of its KPT in shared memory (fp32
+slices past both alone). MMA_TPW (mma, W^T in shared memory): a warp per MMA_TPW column tiles and a k slice, each A
+fragment read once for the group.
 
 STAMPS (asked only): thread 0 of every block writes globaltimer ns into ``stamps[block][step][3]`` (the layer's
 slice, launch.py's workspace["stamps"]): (a) the step's wait starts, (b) the block's whole h slice is valid (the

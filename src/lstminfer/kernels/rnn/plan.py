@@ -87,9 +87,10 @@ POLL_DELAY_NS = 500
 # options of the CUDA kernel only (asked for only, not yet measured; docs/fused_kernel.md v18): a plan that runs
 # another kernel refuses them
 CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster")
-# thread-block clusters (asked for only until measured; docs/fused_kernel.md "Clusters (v19)"): the blocks a cluster
-# that cluster=True tries, largest first (more than 8 needs the non-portable cluster size, which Hopper allows up to
-# 16), and the rows a cluster by default (mma: the 16 padded rows; FFMA: the real rows, at most CUDA_FFMA_MAX_ROWS)
+# thread-block clusters (asked for, or CUDA_MEASURED_OPTIONS' default; docs/fused_kernel.md "Clusters (v19)"): the
+# blocks a cluster that cluster=True tries, largest first (more than 8 needs the non-portable cluster size, which Hopper
+# allows up to 16), and the rows a cluster by default (mma: the 16 padded rows; FFMA: the real rows, at most
+# CUDA_FFMA_MAX_ROWS)
 CLUSTER_SIZES = (16, 8, 4)
 # clusters of a size that can run at once with one block a multiprocessor: a cluster lives in one GPC, and the H100 /
 # H200's 132 multiprocessors sit in GPCs of unequal size (so 16 blocks: one a GPC). FFMA cluster plans take enough
