@@ -174,13 +174,19 @@ def test_the_measured_defaults_are_the_d_sweeps_winners_at_its_sizes_only():
             assert (got.cluster, got.mma, got.block_b, got.programs) == (8, False, 1, 8 * batch)
         for batch in (1, 9, 64):  # b1: 2.3 % (under the rule's 3 %); b64: the clusters lost
             assert _cuda_plan(packed_of(256, False, dtype), batch, 132) == plain(256, False, dtype, batch)
-        assert _cuda_plan(packed_of(256, True, dtype), 8, 132) == plain(256, True, dtype, 8)  # bi: mma clusters lost
+    # 16-bit with 8 units a block where it was slower than fp32 (the final grid's re-timing, 2026-12-03 ~14:25 UTC)
+    for hidden, bi, dtype, batch in [(128, False, torch.bfloat16, 64), (128, False, torch.float16, 40),
+                                     (256, True, torch.bfloat16, 8), (384, False, torch.bfloat16, 1),
+                                     (512, False, torch.bfloat16, 1)]:
+        got = _cuda_plan(packed_of(hidden, bi, dtype), batch, 132)
+        assert (got.block_n, got.cluster) == (8, 0) and plain(hidden, bi, dtype, batch).block_n == 4, (hidden, dtype)
     p = _cuda_plan(packed_of(512, False), 1, 132)  # P fp32: 64 blocks of 8 units
     assert (p.block_n, p.programs, p.cluster) == (8, 64, 0) and plain(512, False, torch.float32, 1).block_n == 4
     for hidden, bi, dtype, batch in [(256, True, torch.float32, 1), (256, True, torch.float32, 16),
                                      (256, False, torch.float32, 65), (128, False, torch.float32, 8),
                                      (128, True, torch.float32, 64), (512, False, torch.float32, 2),
-                                     (512, True, torch.float32, 1), (512, False, torch.bfloat16, 1),
+                                     (512, True, torch.float32, 1), (512, False, torch.float16, 1),
+                                     (256, True, torch.float16, 8), (256, True, torch.bfloat16, 16),
                                      (384, False, torch.float32, 1), (200, False, torch.float32, 8),
                                      (1024, False, torch.float16, 8)]:
         assert _cuda_plan(packed_of(hidden, bi, dtype), batch, 132) == plain(hidden, bi, dtype, batch), (hidden, bi,
@@ -849,6 +855,11 @@ MEASURED_DEFAULT_CASES = [
     ("lstm", 32, 256, 1, False, False, 10, 8, True, "fp16", (8, 32, False)),
     ("gru", 32, 256, 2, False, True, 10, 3, True, "bf16", (8, 32, False)),
     ("lstm", 256, 512, 1, False, False, 20, 1, True, "fp32", (0, 8, False)),  # P: 8 units a block
+    ("lstm", 256, 512, 1, False, False, 20, 1, True, "bf16", (0, 8, False)),  # P bf16 (16-bit FFMA at one row)
+    ("gru", 32, 128, 2, False, False, 10, 64, True, "bf16", (0, 8, True)),
+    ("lstm", 32, 128, 1, False, True, 10, 40, False, "fp16", (0, 8, True)),
+    ("lstm", 32, 256, 1, True, False, 10, 8, True, "bf16", (0, 8, True)),
+    ("lstm", 64, 384, 2, False, False, 10, 1, True, "bf16", (0, 8, False)),
 ]
 
 
