@@ -124,7 +124,7 @@ CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any
     # P (256 -> 512 b1 uni): 121.5 -> 113.2 (8 units a block, 64 blocks; v18's stamps run: 125.0 -> 114.8)
     ("fp32", 512, 1): ((1, dict(cuda_nb=8)),),
     # 16-bit where the final grid (2026-12-03 ~14:20 UTC) had it slower than fp32, timed again with variants in one run
-    # (~14:25 UTC, fused-graph us, default -> cuda_nb=8; clusters of 8 on FFMA tied within 0.3 % at hidden 128 and
+    # (~14:25 UTC, fused-graph us, default -> cuda_nb=8; clusters of 8 on FFMA tied within 1.2 % at hidden 128 and
     # 256, so the fewer blocks, one option): h128 b64 uni bf16 160.1 -> 136.3 (2L 315.7 -> 270.9), fp16 160.1 ->
     # 137.2 (fp32's cluster: 147.0); h256 b8 bi bf16 157.7 -> 134.7 (fp32 151.9); h384 b1 2L uni bf16 247.2 ->
     # 221.0 (fp32 233.0); h512 b1 uni bf16 (P bf16's plan) 128.7 -> 114.0 (fp32 118.7)
