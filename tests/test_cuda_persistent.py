@@ -631,21 +631,10 @@ def test_gpu_cuda_persistent_sleeps_in_the_wait_match_float64(precision, options
     assert_close(got, reference(module, x, hx), 1e-2 if precision == "fp16" else 1e-4)
 
 
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("precision,kernel", [("fp32", "persistent-cuda"), ("bf16", "persistent-cuda"),
-                                              ("fp32", "persistent")])
-def test_gpu_persistent_graph_replays_equal_eager_and_nan_propagates(precision, kernel):
-    """Both persistent kernels (CUDA C++ by default; Triton's with cuda=False) under graph replay: the same
-    numbers as eager, and a NaN in one batch row stays in that row, as in PyTorch."""
-    module = make("lstm", 80, 512, 2, True, False)
-    x, hx = random_inputs(module, 16, 4, True)
-    x[3, 1, 5] = float("nan")  # batch row 1 only
-    dtype = DTYPES[precision]
-    packed = pack_rnn(module, "cuda", dtype)
-    plan = plan_for(packed, 16, 4, **({} if kernel == "persistent-cuda" else {"cuda": False}))
-    assert plan.kernel == kernel, plan.note
-    args = [t.cuda().to(dtype) for t in (x, *hx)]
+
+def replays_equal_eager(packed, args, plan):
+    """The call eager, then captured in a CUDA graph on a side stream and replayed 3 times: every replay equals the
+    eager result bit for bit, NaN where eager has NaN. Returns the graph's static outputs."""
     eager = rnn_forward(packed, *args, plan=plan)
     ws: dict = {}
     stream = torch.cuda.Stream()
@@ -661,6 +650,24 @@ def test_gpu_persistent_graph_replays_equal_eager_and_nan_propagates(precision, 
         for g, e in zip(static, eager):
             assert torch.equal(torch.isnan(g), torch.isnan(e))
             assert torch.equal(torch.nan_to_num(g), torch.nan_to_num(e))
+    return static
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("precision,kernel", [("fp32", "persistent-cuda"), ("bf16", "persistent-cuda"),
+                                              ("fp32", "persistent")])
+def test_gpu_persistent_graph_replays_equal_eager_and_nan_propagates(precision, kernel):
+    """Both persistent kernels (CUDA C++ by default; Triton's with cuda=False) under graph replay: the same
+    numbers as eager, and a NaN in one batch row stays in that row, as in PyTorch."""
+    module = make("lstm", 80, 512, 2, True, False)
+    x, hx = random_inputs(module, 16, 4, True)
+    x[3, 1, 5] = float("nan")  # batch row 1 only
+    dtype = DTYPES[precision]
+    packed = pack_rnn(module, "cuda", dtype)
+    plan = plan_for(packed, 16, 4, **({} if kernel == "persistent-cuda" else {"cuda": False}))
+    assert plan.kernel == kernel, plan.note
+    static = replays_equal_eager(packed, [t.cuda().to(dtype) for t in (x, *hx)], plan)
     want = reference(module, x, hx)
     for g, w in zip(static, want):
         assert torch.equal(torch.isnan(g.cpu()), torch.isnan(w))
@@ -801,22 +808,7 @@ def test_gpu_cuda_persistent_cluster_graph_replays_equal_eager(precision):
     packed = pack_rnn(module, "cuda", dtype)
     plan = plan_for(packed, 16, 4, cluster=True)
     assert plan.kernel == "persistent-cuda" and plan.cluster == 16, plan.note
-    args = [t.cuda().to(dtype) for t in (x, *hx)]
-    eager = rnn_forward(packed, *args, plan=plan)
-    ws: dict = {}
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        rnn_forward(packed, *args, plan=plan, workspace=ws)
-    stream.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        static = rnn_forward(packed, *args, plan=plan, workspace=ws, check=False)
-    for _ in range(3):
-        graph.replay()
-        torch.cuda.synchronize()
-        for g, e in zip(static, eager):
-            assert torch.equal(torch.isnan(g), torch.isnan(e))
-            assert torch.equal(torch.nan_to_num(g), torch.nan_to_num(e))
+    static = replays_equal_eager(packed, [t.cuda().to(dtype) for t in (x, *hx)], plan)
     want = reference(module, x, hx)
     finite = [torch.nan_to_num(g.cpu().double(), nan=0.0) for g in static]
     assert_close(finite, [torch.nan_to_num(w, nan=0.0) for w in want], TOLERANCE[precision] if precision == "fp32"
