@@ -369,6 +369,25 @@ __device__ __forceinline__ hs_t h_value(elem_t hv) {
 }
 #endif
 
+// one (row, unit)'s h into the user's output (last layer) and, at the last step, into hn and cn (the cluster
+// path stores them after its arrive, the others as each cell finishes)
+#if IS_LSTM
+#define STORE_CN(si, c) (cn[si] = from_f32(c))
+#else
+#define STORE_CN(si, c) ((void)0)
+#endif
+#define STORE_OUTPUTS(row, n, hv, c)                                                          \
+    do {                                                                                      \
+        if ((n) < H) {                                                                        \
+            if (is_last) out[t * stride_ot + (row) * stride_ob + (d * H + (n)) * stride_ok] = (hv); \
+            if (s == T - 1) {                                                                 \
+                const long long si_ = ((long long)(layer * D + d) * B + (row)) * H + (n);     \
+                hn[si_] = (hv);                                                               \
+                STORE_CN(si_, c);                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    } while (0)
+
 extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     const float* __restrict__ gx, const elem_t* __restrict__ w_hh, elem_t* slab, int* err,
     const elem_t* __restrict__ h0, const elem_t* __restrict__ c0, elem_t* out,
@@ -966,16 +985,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                 slab[((long long)(t + 1) * B + row) * RT + d * HP + n] = hv;  // the word is the flag
 #endif
 #if !CLUSTER
-                if (n < H) {
-                    if (is_last) out[t * stride_ot + row * stride_ob + (d * H + n) * stride_ok] = hv;
-                    if (s == T - 1) {
-                        const long long si = ((long long)(layer * D + d) * B + row) * H + n;
-                        hn[si] = hv;
-#if IS_LSTM
-                        cn[si] = from_f32(c_st[i]);
-#endif
-                    }
-                }
+                STORE_OUTPUTS(row, n, hv, c_st[i]);
 #endif
             }
         }
@@ -998,16 +1008,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                 const int row = row0 + b;
                 const elem_t hv = h_new[i];
                 slab[((long long)(t + 1) * B + row) * RT + d * HP + n] = hv;
-                if (n < H) {
-                    if (is_last) out[t * stride_ot + row * stride_ob + (d * H + n) * stride_ok] = hv;
-                    if (s == T - 1) {
-                        const long long si = ((long long)(layer * D + d) * B + row) * H + n;
-                        hn[si] = hv;
-#if IS_LSTM
-                        cn[si] = from_f32(c_st[i]);
-#endif
-                    }
-                }
+                STORE_OUTPUTS(row, n, hv, c_st[i]);
             }
         }
 #endif
