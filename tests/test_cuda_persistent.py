@@ -302,17 +302,22 @@ def _variants():
     }
 
 
-@pytest.mark.parametrize("name", list(_variants()))
-def test_nvrtc_compiles_each_variant_for_sm90_without_spills(name):
+def assert_compiles_without_spills(cfg):
+    """NVRTC compiles the variant for sm_90a to a cubin (not PTX) and ptxas reports no spills; skips without NVRTC."""
     pytest.importorskip("cuda.bindings", reason="cuda-bindings is not installed (pip install 'lstminfer[dev]')")
     from lstminfer.kernels.rnn.cuda_persistent import available, compile_cubin
 
     ok, why = available()
     if not ok:
         pytest.skip(why)
-    cubin, log = compile_cubin(_variants()[name], "sm_90a")
-    assert cubin[:4] == b"\x7fELF"  # a cubin, not PTX
+    cubin, log = compile_cubin(cfg, "sm_90a")
+    assert cubin[:4] == b"\x7fELF"
     assert "0 bytes spill stores" in log and "rnn_persistent_cuda" in log, log
+
+
+@pytest.mark.parametrize("name", list(_variants()))
+def test_nvrtc_compiles_each_variant_for_sm90_without_spills(name):
+    assert_compiles_without_spills(_variants()[name])
 
 
 # ---- clusters (v19): the plan and NVRTC on the CPU -------------------------------------------------------------
@@ -454,18 +459,10 @@ CLUSTER_VARIANTS = {  # (kind, hidden, bi, dtype, batch, h0/c0, options)
 
 @pytest.mark.parametrize("name", list(CLUSTER_VARIANTS))
 def test_nvrtc_compiles_each_cluster_variant_for_sm90_without_spills(name):
-    pytest.importorskip("cuda.bindings", reason="cuda-bindings is not installed (pip install 'lstminfer[dev]')")
-    from lstminfer.kernels.rnn.cuda_persistent import available, compile_cubin
-
-    ok, why = available()
-    if not ok:
-        pytest.skip(why)
     *sizes, options = CLUSTER_VARIANTS[name]
     cfg = _cluster_config(*sizes, **options)
     assert "#define CLUSTER " + str(cfg.cluster) + "\n" in cfg.defines()
-    cubin, log = compile_cubin(cfg, "sm_90a")
-    assert cubin[:4] == b"\x7fELF"
-    assert "0 bytes spill stores" in log and "rnn_persistent_cuda" in log, log
+    assert_compiles_without_spills(cfg)
 
 
 # ---- GPU: the kernel against float64 ---------------------------------------------------------------------------
