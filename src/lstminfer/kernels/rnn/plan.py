@@ -638,9 +638,9 @@ def _plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = No
     # weight registers spilled on sm_90) and WEIGHT_REGISTERS weights a thread. With h in registers (one row
     # tile) the cell must have at least one element a thread: at HP 64 on 8 warps (2 rows, 128 elements) Triton
     # 3.9 computed the cell of every unit in every thread (sm_90 SASS read on the CPU: 1290 MUFU and 450 spill
-    # instructions a step, against 10 and none on 4 warps), and at 1 row so on 4 warps too (650 MUFU), so one row
-    # takes 2 row tiles there (10 MUFU, like HP 128's 4 tiles). Chosen from the SASS, not yet timed on a GPU
-    # (docs/fused_kernel.md). The layer pipeline keeps its 8 warps at HP 64.
+    # instructions a step, against 10 and none on 4 warps), and at 1 row so on 4 warps too (650 MUFU): one row is
+    # padded to a 2-row tile below (measured on the H200, docs/fused_kernel.md). The layer pipeline keeps its 8
+    # warps at HP 64.
     max_warps = 4
     pipe_max_warps = 8 if hp <= 64 else 4
     r_tiles = 1
@@ -748,11 +748,11 @@ def _plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = No
     # completes each row, instead of shared by all programs between two grid barriers; CUDA only by default.
     relay_rows = min(full_rows, small_rows)
     relay_tiles = -(-batch // relay_rows)
-    relay_programs = dirs * (1 + max(1, min(RELAY_HELPERS // dirs, sms // relay_tiles // dirs - 1)))
+    relay_helpers = sms // relay_tiles // dirs - 1  # helpers a batch tile and direction the multiprocessors leave
+    relay_programs = dirs * (1 + max(1, min(RELAY_HELPERS // dirs, relay_helpers)))
     relay_bytes = 4 * seq_len * batch * packed.num_layers * (cols + 2 * dirs * hp)  # gx and two output sets
     relay_fits = (r_tiles == 1 and hp <= 32 and packed.input_padded <= 64 and relay_bytes <= RELAY_MAX_BYTES
                   and relay_tiles * relay_programs <= sms)
-    relay_helpers = sms // relay_tiles // dirs - 1
     relay = (on_cuda and path == "single-launch" and not pipeline and num_warps == 1 and relay_fits
              and overrides.get("relay", relay_helpers >= RELAY_MIN_HELPERS))
     if relay:
