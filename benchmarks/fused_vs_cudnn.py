@@ -365,20 +365,22 @@ def print_grid(workloads: list[Workload], rows: list) -> None:
     """One line per point, then how many points fused-graph loses to cuDNN in a graph and the worst ratio."""
     print("| point | cuDNN graph us | fused-graph us | cuDNN graph / fused-graph | kernel |")
     print("|---|---|---|---|---|")
-    ratios = []
+    ours, handed = [], 0
     for w, r in zip(workloads, rows):
         if r is None:
             print(f"| {w.name} | failed | | | |")
             continue
         ratio = r["cudnn-graph"] / r["fused-graph"]
-        ratios.append((ratio, w.name))
         print(f"| {w.name} | {r['cudnn-graph']:.1f} | {r['fused-graph']:.1f} | {ratio:.2f}x | {r['plan'].kernel} |")
-    # points the plan handed to cuDNN (Plan.kernel "cudnn") are cuDNN against itself: counted apart, never as wins
-    ours = [(q, n) for (q, n), r in zip(ratios, [r for r in rows if r is not None]) if r["plan"].kernel != "cudnn"]
-    handed = len(ratios) - len(ours)
+        # points the plan handed to cuDNN (Plan.kernel "cudnn") are cuDNN against itself: counted apart, never wins
+        if r["plan"].kernel == "cudnn":
+            handed += 1
+        else:
+            ours.append((ratio, w.name))
     losses = [n for q, n in ours if q < 1.0]
     worst = min(ours) if ours else (float("nan"), "-")
-    print(f"# grid: {len(ratios)} points timed, {len(rows) - len(ratios)} failed, {handed} handed to cuDNN; "
+    timed = len(ours) + handed
+    print(f"# grid: {timed} points timed, {len(rows) - timed} failed, {handed} handed to cuDNN; "
           f"a fused kernel slower than cuDNN in a graph at {len(losses)} of {len(ours)}; worst ratio "
           f"{worst[0]:.2f}x ({worst[1]})")
 
