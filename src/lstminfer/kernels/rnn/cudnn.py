@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ...cudnn_rnn import flatten_rnn
+from .launch import _NoTF32
 from .packing import PackedRNN
 
 
@@ -36,13 +37,8 @@ def cudnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None, c
     module = cudnn_module(packed)
     lstm = packed.kind == "lstm"
     hx = None if h0 is None else ((h0, c0) if lstm else h0)
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False  # fp32 is IEEE fp32 here as in the fused kernels (TF32: errors ~1e-3)
-    try:
-        with torch.no_grad():
-            out, state = module(x, hx)
-    finally:
-        torch.backends.cudnn.allow_tf32 = tf32
+    with torch.no_grad(), _NoTF32():  # fp32 is IEEE fp32 here as in the fused kernels (TF32: errors ~1e-3)
+        out, state = module(x, hx)
     hn, cn = state if lstm else (state, state)
     if hn_out is not None:
         hn = hn_out.copy_(hn)

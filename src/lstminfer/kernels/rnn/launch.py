@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from .cudnn import cudnn_forward
 from .packing import PackedRNN
 from .persistent import _rnn_persistent_kernel
 from .pipeline import _rnn_pipe_kernel
@@ -129,14 +128,15 @@ def _reset_sync_and_seq(ws: dict[str, Any], grid_sync: bool, poll_h: bool) -> No
 
 
 class _NoTF32:
-    """IEEE fp32 in cuBLAS for the projection GEMM, whatever the global switch says; restored after."""
+    """IEEE fp32 in cuBLAS and cuDNN (the projection GEMM, the calls handed to cuDNN), whatever the global switches
+    say; restored after."""
 
     def __enter__(self) -> None:
-        self.saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
+        self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
     def __exit__(self, *exc: object) -> None:
-        torch.backends.cuda.matmul.allow_tf32 = self.saved
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
 
 
 def _projection(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -298,6 +298,8 @@ def rnn_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None = No
     if hn_out is not None or cn_out is not None:
         _check_state_out(packed, x, state_shape, hn_out, cn_out, h0, c0)
     if plan.path == "cudnn":
+        from .cudnn import cudnn_forward  # here: cudnn.py takes _NoTF32 from this module
+
         return cudnn_forward(packed, x, h0, c0, hn_out, cn_out)
     out, stride_ot, stride_ob, hn, cn = _new_outputs(packed, seq_len, batch, state_shape, device, dtype, hn_out,
                                                      cn_out)
