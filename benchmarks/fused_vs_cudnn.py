@@ -5,11 +5,13 @@
     PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --only A --no-cudnn --sweep --sweep-only A   # A alone
     PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --grid --iters 50    # issue 12's grid: losses to cuDNN
     PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --compare-triton   # CUDA persistent kernel vs Triton's
+    PYTHONPATH=src python3 benchmarks/fused_vs_cudnn.py --grid --tune      # also each point's tuned plan (tune_plan)
 
 Timing: CUDA events around every call on one stream, median of --iters calls after --warmup calls; the same
 weights and inputs every call, no L2 flush (the weights of these models live in L2, as in trtexec).
 cuDNN runs with TF32 off for fp32. Before timing, each fused variant is checked against a float64 CPU
-nn.LSTM (max abs error printed).
+nn.LSTM (max abs error printed). --tune: each workload (grid point) is also tuned (kernels/rnn/tune.py, through the
+plan cache: LSTMINFER_CACHE_DIR or ~/.cache/lstminfer) and its tuned plan timed like the default, where it differs.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 import torch
 
 from lstminfer.cudnn_rnn import flatten_rnn
-from lstminfer.kernels.rnn import pack_rnn, plan_for, raise_if_stalled, rnn_forward
+from lstminfer.kernels.rnn import pack_rnn, plan_for, raise_if_stalled, rnn_forward, tune_plan
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -193,7 +195,8 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
     xd, h0d, c0d = (t.to(dev, dtype) for t in (x, h0, c0))
     stream = torch.cuda.Stream()
     row: dict = {"workload": w.name}
-    if overrides is None and not args.no_cudnn:
+    plain = overrides is None
+    if plain and not args.no_cudnn:
         cudnn = copy.deepcopy(module).to(dev, dtype)
         flatten_rnn(cudnn)  # one contiguous weight buffer (bf16 too), or cuDNN compacts the weights every call
         with torch.inference_mode():
@@ -219,9 +222,42 @@ def bench(w: Workload, args, overrides: dict | None = None) -> dict:
     replay = graphed(run_fused, stream)
     row["fused-graph"] = time_calls(replay, args.warmup, args.iters, stream)
     raise_if_stalled(workspace)  # a persistent wait that gave up: no number for this workload
+    if plain and args.tune:
+        bench_tuned(row, packed, (xd, h0d, c0d), ref, args, stream)
     if args.sass:
         report_sass(f"{w.name} {overrides or 'default'}", args.sass_seen, Path(args.sass))
     return row
+
+
+def bench_tuned(row: dict, packed, inputs: tuple, ref, args, stream: torch.cuda.Stream) -> None:
+    """--tune: the workload's tuned plan (row["tuned"], a TuneResult) timed in a graph like the default
+    (row["tuned-graph"]; the default's number where tuning kept the default plan); a tuning that fails is reported in
+    row["tuned-failed"], the default's numbers kept."""
+    try:
+        tuned = tune_plan(packed, *inputs)
+        row["tuned"] = tuned
+        if dataclasses.replace(tuned.plan, note="") == dataclasses.replace(row["plan"], note=""):
+            row["tuned-graph"], row["tuned-err"] = row["fused-graph"], row["err"]
+            return
+        workspace: dict = {}
+        run_tuned = lambda: rnn_forward(packed, *inputs, plan=tuned.plan, workspace=workspace, check=False)  # noqa: E731
+        with torch.cuda.stream(stream):
+            got = run_tuned()
+        stream.synchronize()
+        raise_if_stalled(workspace)
+        row["tuned-err"] = max_error(got, ref)
+        row["tuned-graph"] = time_calls(graphed(run_tuned, stream), args.warmup, args.iters, stream)
+        raise_if_stalled(workspace)
+    except Exception as err:  # the default's numbers stand; say why there is no tuned one
+        row["tuned-failed"] = f"{type(err).__name__}: {str(err)[:120]}"
+
+
+def tuned_text(r: dict) -> str:
+    """The tuned columns of a table row: tuned-graph us and the tuned plan (or why there is none)."""
+    if "tuned-graph" not in r:
+        return f"failed: {r.get('tuned-failed', '')} | |"
+    cached = " (cached)" if r["tuned"].cached else ""
+    return f"{r['tuned-graph']:.1f} | {plan_text(r['tuned'].plan)}{cached} |"
 
 
 # v18 (docs/fused_kernel.md): a wait polls one chunk a producer block (the sentinel) before the whole slice, with
@@ -361,17 +397,24 @@ def grid_workloads() -> list[Workload]:
     return points
 
 
-def print_grid(workloads: list[Workload], rows: list) -> None:
-    """One line per point, then how many points fused-graph loses to cuDNN in a graph and the worst ratio."""
-    print("| point | cuDNN graph us | fused-graph us | cuDNN graph / fused-graph | kernel |")
-    print("|---|---|---|---|---|")
+def print_grid(workloads: list[Workload], rows: list, tune: bool = False) -> None:
+    """One line per point, then how many points fused-graph loses to cuDNN in a graph and the worst ratio; with
+    `tune`, each point's tuned plan too and the same count for the tuned plans."""
+    print("| point | cuDNN graph us | fused-graph us | cuDNN graph / fused-graph | kernel |"
+          + (" tuned-graph us | tuned kernel |" if tune else ""))
+    print("|---|---|---|---|---|" + ("---|---|" if tune else ""))
     ours, handed = [], 0
     for w, r in zip(workloads, rows):
         if r is None:
-            print(f"| {w.name} | failed | | | |")
+            print(f"| {w.name} | failed | | | |" + (" | |" if tune else ""))
             continue
         ratio = r["cudnn-graph"] / r["fused-graph"]
-        print(f"| {w.name} | {r['cudnn-graph']:.1f} | {r['fused-graph']:.1f} | {ratio:.2f}x | {r['plan'].kernel} |")
+        tuned = ""
+        if tune:
+            tuned = (f" {r['tuned-graph']:.1f} | {r['tuned'].plan.kernel} |" if "tuned-graph" in r
+                     else f" failed: {r.get('tuned-failed', '')} | |")
+        print(f"| {w.name} | {r['cudnn-graph']:.1f} | {r['fused-graph']:.1f} | {ratio:.2f}x | {r['plan'].kernel} |"
+              + tuned)
         # points the plan handed to cuDNN (Plan.kernel "cudnn") are cuDNN against itself: counted apart, never wins
         if r["plan"].kernel == "cudnn":
             handed += 1
@@ -383,6 +426,25 @@ def print_grid(workloads: list[Workload], rows: list) -> None:
     print(f"# grid: {timed} points timed, {len(rows) - timed} failed, {handed} handed to cuDNN; "
           f"a fused kernel slower than cuDNN in a graph at {len(losses)} of {len(ours)}; worst ratio "
           f"{worst[0]:.2f}x ({worst[1]})")
+    if tune:
+        print_tuned_count(workloads, rows)
+
+
+def print_tuned_count(workloads: list[Workload], rows: list) -> None:
+    """print_grid's count for the tuned plans: points whose tuned plan is cuDNN's count as handed off, as the
+    default's do; points whose tuning failed are left out."""
+    ours, handed = [], 0
+    for w, r in zip(workloads, rows):
+        if r is None or "tuned-graph" not in r:
+            continue
+        if r["tuned"].plan.kernel == "cudnn":
+            handed += 1
+        else:
+            ours.append((r["cudnn-graph"] / r["tuned-graph"], w.name))
+    losses = [n for q, n in ours if q < 1.0]
+    worst = min(ours) if ours else (float("nan"), "-")
+    print(f"# grid: tuned: {len(ours) + handed} points tuned, {handed} handed to cuDNN; a fused kernel slower than "
+          f"cuDNN in a graph at {len(losses)} of {len(ours)}; worst ratio {worst[0]:.2f}x ({worst[1]})")
 
 
 def print_cuda_vs_triton(workloads: list[Workload], rows: list, args) -> None:
@@ -433,6 +495,9 @@ def main() -> None:
     parser.add_argument("--compare-triton", action="store_true",
                         help="time each workload the CUDA persistent kernel serves again on the Triton kernel "
                              "(cuda=False) and print both against cuDNN in a graph")
+    parser.add_argument("--tune", action="store_true",
+                        help="also tune each workload (grid point) with tune_plan and time its tuned plan in a graph "
+                             "(a 'tuned' column; with --grid a second count of the points lost to cuDNN)")
     parser.add_argument("--sass", metavar="DIR", default="",
                         help="after each timing, print registers, spills and the loops' instruction mix of the "
                              "kernels it compiled, and keep their SASS in DIR")
@@ -454,27 +519,32 @@ def main() -> None:
             rows.append(None)
         if args.grid and rows[-1] is not None:  # as it goes: a grid cut short by a time limit keeps its points
             r = rows[-1]
+            tuned = ""
+            if args.tune:
+                tuned = (f", tuned {r['tuned-graph']:.1f} us {r['tuned'].plan.kernel}" if "tuned-graph" in r
+                         else f", tuning failed: {r.get('tuned-failed', '')}")
             print(f"# {w.name}: cuDNN graph {r['cudnn-graph']:.1f} us, fused-graph {r['fused-graph']:.1f} us, "
-                  f"{r['cudnn-graph'] / r['fused-graph']:.2f}x, {r['plan'].kernel}", flush=True)
+                  f"{r['cudnn-graph'] / r['fused-graph']:.2f}x, {r['plan'].kernel}{tuned}", flush=True)
     if args.grid:
-        print_grid(workloads, rows)
+        print_grid(workloads, rows, args.tune)
         time_variants(workloads, [json.loads(v) for v in args.variant], args)
         return
     head = ("| workload | cuDNN eager us | cuDNN graph us | fused us | fused-graph us | cuDNN graph / fused-graph "
             "| target us | max abs err vs fp64 (fused / cuDNN) | kernel, plan |")
-    print(head)
-    print("|" + "---|" * 9)
+    print(head + (" tuned-graph us | tuned plan |" if args.tune else ""))
+    print("|" + "---|" * (11 if args.tune else 9))
     met = 0
     for w, r in zip(workloads, rows):
         if r is None:
-            print(f"| {w.name} | failed | | | | | | | |")
+            print(f"| {w.name} | failed | | | | | | | |" + (" | |" if args.tune else ""))
             continue
         cudnn, cudnn_graph = r.get("cudnn", float("nan")), r.get("cudnn-graph", float("nan"))
         met += r["fused-graph"] <= w.target_us
         print(f"| {w.name} | {cudnn:.1f} | {cudnn_graph:.1f} | {r['fused']:.1f} | {r['fused-graph']:.1f} "
               f"| {cudnn_graph / r['fused-graph']:.2f}x | {w.target_us:.0f} "
               f"{'met' if r['fused-graph'] <= w.target_us else 'MISSED'} "
-              f"| {r['err']:.1e} / {r.get('cudnn-err', float('nan')):.1e} | {plan_text(r['plan'])} |", flush=True)
+              f"| {r['err']:.1e} / {r.get('cudnn-err', float('nan')):.1e} | {plan_text(r['plan'])} |"
+              + (f" {tuned_text(r)}" if args.tune else ""), flush=True)
     print(f"# targets met: {met} of {len(workloads)}")
     if args.compare_triton:
         print_cuda_vs_triton(workloads, rows, args)

@@ -5,7 +5,8 @@ from typing import Any
 from lstminfer.errors import UserError
 
 __version__ = "0.1.0"
-__all__ = ["Session", "UserError", "__version__", "accelerate", "fused_rnn", "pack_rnn"]
+__all__ = ["Session", "UserError", "__version__", "accelerate", "clear_tuned_plans", "fused_rnn", "pack_rnn",
+           "tune_plan"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from lstminfer import kernels
 
         return getattr(kernels, name)
+    if name in ("tune_plan", "clear_tuned_plans"):  # plan tuning for the fused kernels (kernels/rnn/tune.py)
+        from lstminfer.kernels import rnn
+
+        return getattr(rnn, name)
     raise AttributeError(f"module 'lstminfer' has no attribute {name!r}")

@@ -6,6 +6,10 @@ else Triton; the record's `kernel` says which: persistent-cuda or persistent).
 replays it. Triton is an optional extra (`pip install "lstminfer[gpu]"`): this module imports it only when
 a runner is prepared or `fused_rnn` is called. On the CPU the kernel runs under Triton's interpreter
 (TRITON_INTERPRET=1), which is for tests, not speed.
+
+Runner options (``bench``/``verify`` pass them through): ``fused_tune`` (``--fused-tune``) tunes the plan of every
+shape the runner serves at prepare time, so timing excludes it (kernels/rnn/tune.py; records say so under
+``tuned``), and ``progress`` (the CLI's step log) gets one line per candidate plan.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from lstminfer.backends.cuda_graph import GraphReplay
 from lstminfer.backends.pytorch import TorchTensors, cuda_available, torch_dtype
 
 INTERPRETER_REASON = "CPU runs need TRITON_INTERPRET=1 (Triton's interpreter); use a CUDA GPU"
+TUNE_ON_CPU_REASON = ("plan tuning (fused_tune, --fused-tune) times the kernels on a CUDA device; drop it to run the "
+                      "fused kernel under the interpreter")
 
 
 def _interpreting() -> bool:
@@ -33,12 +39,12 @@ def _plain_rnn(module: Any) -> Any:
 
 
 def fused_rnn(module_or_weights: Any, x: Any, hx: Any = None, precision: str | None = None,
-              workspace: dict | None = None) -> tuple[Any, Any]:
+              workspace: dict | None = None, tune: bool = False) -> tuple[Any, Any]:
     """`lstminfer.kernels.rnn.fused_rnn` (the public entry point lives with the kernels; triton imported here
     on first call)."""
     from lstminfer.kernels.rnn import fused_rnn as kernel_fused_rnn
 
-    return kernel_fused_rnn(module_or_weights, x, hx, precision=precision, workspace=workspace)
+    return kernel_fused_rnn(module_or_weights, x, hx, precision=precision, workspace=workspace, tune=tune)
 
 
 class FusedRunner(TorchTensors, Runner):
@@ -76,6 +82,8 @@ class FusedRunner(TorchTensors, Runner):
             return fusable(self.model.module)
         if spec.proj_size:
             return False, "LSTM proj_size (projections) is not supported by the fused kernel"
+        if self.options.get("fused_tune") and self.device != "cuda":
+            return False, TUNE_ON_CPU_REASON
         return True, ""
 
     def prepare_impl(self) -> None:
@@ -95,6 +103,25 @@ class FusedRunner(TorchTensors, Runner):
         self.workspace: dict = {}
         if self.device == "cuda":
             self.stream = torch.cuda.Stream()
+        self.tuned: dict[tuple[int, int], Any] = {}  # (seq_len, batch) -> TuneResult
+        if self.options.get("fused_tune") and self.packed is not None:
+            self._tune()
+
+    def _tune(self) -> None:
+        """The tuned plan of every shape this runner serves (kernels/rnn/tune.py), from the cache where it has them;
+        inputs of the model's own kind (random, with h0/c0 where the model feeds them)."""
+        import numpy as np
+
+        from lstminfer.kernels.rnn import tune_plan
+
+        log = self.options.get("progress")
+        rng = np.random.default_rng(0)
+        for seq_len, batch in self.shapes:
+            x, *state = TorchTensors.upload_impl(self, self.model.make_inputs(seq_len, batch, rng))
+            h0 = state[0] if state else None
+            c0 = state[1] if len(state) > 1 else None
+            self.tuned[(seq_len, batch)] = tune_plan(self.packed, x, h0, c0,
+                                                     progress=(lambda line: log(line, None)) if log else None)
 
     def _run(self, device_inputs: list[Any], workspace: dict) -> list[Any]:
         from lstminfer.kernels.rnn import rnn_forward
@@ -104,8 +131,11 @@ class FusedRunner(TorchTensors, Runner):
         x, *state = device_inputs
         h0 = state[0] if state else None
         c0 = state[1] if len(state) > 1 else None
+        seq_len, batch = (x.shape[1], x.shape[0]) if self.packed.batch_first else (x.shape[0], x.shape[1])
+        tuned = self.tuned.get((seq_len, batch))
         # a stalled persistent launch is raised at download (an eager check would wait for every kernel)
-        return list(rnn_forward(self.packed, x, h0, c0, workspace=workspace, check=False))
+        return list(rnn_forward(self.packed, x, h0, c0, plan=tuned.plan if tuned else None, workspace=workspace,
+                                check=False))
 
     def _workspaces(self) -> list[dict]:
         return [self.workspace]
@@ -123,16 +153,22 @@ class FusedRunner(TorchTensors, Runner):
     def close_impl(self) -> None:
         self.packed = None
         self.workspace = {}
+        self.tuned = {}
 
     def plan(self, seq_len: int, batch: int) -> Any:
+        """The plan that serves (seq_len, batch): the tuned one where fused_tune tuned it, else plan_for's."""
         from lstminfer.kernels.rnn import plan_for
 
-        return plan_for(self.packed, seq_len, batch)
+        tuned = self.tuned.get((seq_len, batch))
+        return tuned.plan if tuned else plan_for(self.packed, seq_len, batch)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"tf32": False, "kernel_module": "lstminfer.kernels.rnn"}
         if self._prepared and self.whole is not None:
             out["fused_layers"] = self.whole.lstminfer_summary.replaced
+            if self.options.get("fused_tune"):
+                out["tune_skipped"] = "a whole model's fused layers keep their default plans (fused_tune tunes plain " \
+                                      "nn.LSTM / nn.GRU models)"
         elif self._prepared:
             spec = self.model.spec
             out["hidden_padded"] = self.packed.hidden_padded
@@ -150,6 +186,9 @@ class FusedRunner(TorchTensors, Runner):
         if self._prepared and self.whole is None:
             # which kernel serves this point and how it is launched (kernel, path, tiles, programs)
             out.update(self.plan(seq_len, batch).describe())
+            tuned = self.tuned.get((seq_len, batch))
+            if tuned is not None:  # the plan tuning chose: its time, the default's, the default plan
+                out["tuned"] = tuned.summary()
         return out
 
 

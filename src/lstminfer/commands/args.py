@@ -243,15 +243,17 @@ class BackendOptions:
     tf32: bool = False
     threads: int | None = None
     cpu_mode: str = "latency"
+    fused_tune: bool = False
 
     def runner_options(self, out_dir: Any = None) -> dict[str, Any]:
         """The options every Runner receives (TensorRT's engine cache lives under out_dir)."""
-        options = {"tf32": self.tf32, "threads": self.threads, "cpu_mode": self.cpu_mode}
+        options = {"tf32": self.tf32, "threads": self.threads, "cpu_mode": self.cpu_mode,
+                   "fused_tune": self.fused_tune}
         return {**options, "out_dir": out_dir} if out_dir is not None else options
 
 
 class BackendArgs:
-    """--backends, --device, (precision=True) --precision, --tf32, --threads, --cpu-mode."""
+    """--backends, --device, (precision=True) --precision, --tf32, --threads, --cpu-mode, --fused-tune."""
 
     def __init__(self, precision: bool = True):
         self.precision = precision
@@ -278,13 +280,18 @@ class BackendArgs:
                             "requests in flight); onnxruntime: throughput runs the batch as concurrent groups of at "
                             "most 4 rows, --threads divided among them (for LSTMs with batch > 4 on many cores; "
                             "docs/cpu.md)")
+        g.add_argument("--fused-tune", action="store_true",
+                       help="fused, fused-graph on CUDA: time a few candidate kernel plans of each shape at prepare "
+                            "(seconds a shape, then cached in ~/.cache/lstminfer) and run the fastest that agrees "
+                            "with the default plan's outputs (docs/fused_kernel.md, \"Tuning the plan\")")
 
     @staticmethod
     def parse(args: argparse.Namespace) -> BackendOptions:
         requested = split_list(args.backends)
         return BackendOptions(backends=tuple(requested) if requested else None, device=args.device,
                               precision=getattr(args, "precision", None) or "fp32", tf32=args.tf32,
-                              threads=args.threads, cpu_mode=args.cpu_mode)
+                              threads=args.threads, cpu_mode=args.cpu_mode,
+                              fused_tune=getattr(args, "fused_tune", False))
 
 
 def backend_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -158,8 +158,9 @@ def _measure(job: Job, args: argparse.Namespace, directory: Path,
     if oracle:
         result.add(check_onnx_reference(model, references, oracle))
     with StepLog() as log:
+        # the step log as a runner option too: --fused-tune reports its candidate plans at prepare
         done = measure(model, job.targets, references, job.verify_points, job.bench_points, job.timing,
-                       runner_options(args, job.out), progress=log, finished=finished)
+                       {**runner_options(args, job.out), "progress": log}, progress=log, finished=finished)
     result.add(done.verify + done.bench)
     return result, notes
 

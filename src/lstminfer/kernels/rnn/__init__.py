@@ -42,6 +42,9 @@ Layout of the work (docs/fused_kernel.md has the numbers and which path each siz
   Where cuda-bindings and NVRTC are there and the size fits, the same algorithm runs as CUDA C++
   (``cuda_source.py``, compiled and launched by ``cuda_persistent.py``; ``Plan.kernel == "persistent-cuda"``,
   one or two block barriers a step, mma.sync for 16-bit); ``cuda=False`` in the plan keeps the Triton kernel.
+* Plan tuning (``tune.py``, opt-in: ``tune_plan``, ``fused_rnn(..., tune=True)``): the default plan and a few
+  variants timed in a CUDA graph on the user's GPU, the fastest that agrees with the default's outputs kept, cached
+  in memory and in a JSON file.
 * ``multi-launch``: sizes whose programs cannot all be resident run the same kernel once per layer for the
   projection and once per (layer, time step) for the recurrence, with ``h`` and ``c`` in global memory.
 
@@ -57,6 +60,7 @@ from .pipeline import _rnn_pipe_kernel  # noqa: F401 (the kernels, for tools tha
 from .plan import KERNELS, PATHS, Plan, interpreting, plan_for
 from .relay import _rnn_relay_kernel  # noqa: F401
 from .stack import _rnn_stack_kernel  # noqa: F401
+from .tune import TuneResult, clear_tuned_plans, tune_plan
 
-__all__ = ["KERNELS", "PATHS", "WIDE_WEIGHTS", "KernelStalled", "PackedRNN", "Plan", "fused_rnn", "interpreting",
-           "pack_rnn", "plan_for", "raise_if_stalled", "rnn_forward"]
+__all__ = ["KERNELS", "PATHS", "WIDE_WEIGHTS", "KernelStalled", "PackedRNN", "Plan", "TuneResult", "clear_tuned_plans",
+           "fused_rnn", "interpreting", "pack_rnn", "plan_for", "raise_if_stalled", "rnn_forward", "tune_plan"]

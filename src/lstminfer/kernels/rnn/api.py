@@ -13,14 +13,16 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 
 
 def fused_rnn(module_or_weights: Any, x: torch.Tensor, hx: Any = None, precision: str | None = None,
-              workspace: dict | None = None) -> tuple[Any, Any]:
+              workspace: dict | None = None, tune: bool = False) -> tuple[Any, Any]:
     """nn.LSTM / nn.GRU forward through the fused kernel, with the module's own calling convention.
 
     `module_or_weights`: a plain nn.LSTM / nn.GRU (its weights are packed on every call: pack once with
     `pack_rnn` and pass the PackedRNN for repeated calls). `x` on the weights' device, `[T, B, I]` or
     `[B, T, I]` (batch_first); `hx` None, h0, or (h0, c0). Returns `(output, (hn, cn))` for an LSTM and
     `(output, hn)` for a GRU, in x's dtype. `precision` ("fp32", "fp16", "bf16") casts x and the weights; by
-    default x's dtype decides. Unbatched (2-d) inputs are not accepted.
+    default x's dtype decides. Unbatched (2-d) inputs are not accepted. `tune`: run with the plan tune_plan chose
+    for these sizes on this GPU (tuning on the first call of a shape: seconds of compiles and timing; then cached in
+    memory and on disk, docs/fused_kernel.md "Tuning the plan (`tune`)"); a one-line ValueError off a CUDA device.
     """
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: use one of {sorted(PRECISIONS)}")
@@ -43,5 +45,10 @@ def fused_rnn(module_or_weights: Any, x: torch.Tensor, hx: Any = None, precision
         else:
             h0 = hx
         h0 = h0.to(dtype)
-    outs = rnn_forward(packed, x, h0, c0, workspace=workspace)
+    plan = None
+    if tune:
+        from .tune import tune_plan
+
+        plan = tune_plan(packed, x, h0, c0).plan
+    outs = rnn_forward(packed, x, h0, c0, plan=plan, workspace=workspace)
     return (outs[0], (outs[1], outs[2])) if packed.kind == "lstm" else (outs[0], outs[1])
