@@ -131,6 +131,33 @@ def test_cuda_kpt_sets_the_ffma_products_k_a_thread_or_refuses_in_one_line():
         _cuda_plan(h128, 64, 132, cuda_kpt=12)
 
 
+def test_ffma_cols_gives_a_thread_several_columns_or_refuses_in_one_line():
+    """ffma_cols (v21): the FFMA product with FFMA_COLS columns a thread and ~128 registers of W (k a thread = 128 /
+    ffma_cols), so threads = 4 x units / ffma_cols x k slices. Where the plan is mma, keeps W in shared memory, or
+    no block fits: a one-line ValueError."""
+    q = _cuda_plan(packed_of(512, False), 64, 132, ffma_cols=2)  # Q fp32: 64 columns / 2 x 512 / 64 k
+    assert (q.ffma_cols, q.k_split, q.num_warps, q.block_b, q.block_n, q.programs, q.mma) == (2, 8, 8, 16, 16, 128,
+                                                                                               False)
+    q4 = _cuda_plan(packed_of(512, False), 64, 132, ffma_cols=4)
+    assert (q4.ffma_cols, q4.k_split, q4.num_warps) == (4, 16, 8)
+    s = _cuda_plan(packed_of(512, True), 8, 132, ffma_cols=2)  # S fp32: 32 columns / 2 x 8 k slices, 2 directions
+    assert (s.ffma_cols, s.k_split, s.num_warps, s.programs) == (2, 8, 4, 128)
+    p = _cuda_plan(packed_of(512, False, torch.bfloat16), 1, 132, ffma_cols=2)  # 16-bit at one row: FFMA
+    assert (p.ffma_cols, p.mma) == (2, False)
+    assert "ffma_cols" in p.describe()
+    with pytest.raises(ValueError, match=r"^ffma_cols=2 needs the FFMA product .* bfloat16 its plan multiplies with "
+                                         r"mma.sync \(add mma=False\); leave ffma_cols out$") as e:
+        _cuda_plan(packed_of(512, False, torch.bfloat16), 8, 132, ffma_cols=2)
+    assert "\n" not in str(e.value)
+    assert _cuda_plan(packed_of(512, False, torch.bfloat16), 8, 132, ffma_cols=2, mma=False).ffma_cols == 2
+    with pytest.raises(ValueError, match=r"^ffma_cols must be one of \(1, 2, 4\)"):
+        _cuda_plan(packed_of(512, False), 64, 132, ffma_cols=3)
+    with pytest.raises(ValueError, match=r"^ffma_cols=2 needs .* keeps W_hh\^T in shared memory"):
+        _cuda_plan(packed_of(768, True), 8, 132, ffma_cols=2)  # bidirectional fp32 768: w_shared (X)
+    assert _cuda_plan(packed_of(512, False), 64, 132, ffma_cols=1) == _cuda_plan(packed_of(512, False), 64, 132,
+                                                                                  measured=False)
+
+
 def test_measured_options_are_the_default_only_where_listed_and_asked_options_win(monkeypatch):
     """CUDA_MEASURED_OPTIONS (v20's rule): an entry makes its options the default plan of its (precision, padded
     hidden, directions) up to its batch; any asked CUDA option (cluster=False too) plans as asked; options that do not
@@ -299,6 +326,13 @@ def _variants():
         "h128 b64 fp32 gru ffma 8 k a thread, no state": CudaConfig(False, 1, 128, 128, 4, 32, 16, 256, 16, False, 32,
                                                                     False, False),
         "P fp32 ffma 32 k a thread": CudaConfig(True, 1, 512, 512, 4, 128, 1, 256, 16, False, 32, False, True),
+        # ffma_cols (v21): 2 columns a thread at Q fp32 (64 k), S fp32 GRU bidirectional, 16-bit at one row
+        "Q fp32 ffma 2 columns a thread": CudaConfig(True, 1, 512, 512, 16, 32, 16, 256, 8, False, 32, False, True,
+                                                     ffma_cols=2),
+        "S fp32 gru bi ffma 2 columns a thread, no state": CudaConfig(False, 2, 512, 512, 8, 64, 8, 128, 8, False, 32,
+                                                                      False, False, ffma_cols=2),
+        "P bf16 ffma 2 columns a thread": CudaConfig(True, 1, 512, 512, 8, 64, 1, 128, 8, False, 16, True, True,
+                                                     ffma_cols=2),
     }
 
 
@@ -529,6 +563,33 @@ W_SHARED_CASES = [
     ("gru", 32, 300, 2, False, True, 6, 5, False),
     ("lstm", 16, 512, 1, False, False, 10, 1, True),
 ]
+
+
+FFMA_COLS_CASES = [  # (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c0, precision, ffma_cols)
+    ("lstm", 32, 512, 1, False, False, 12, 64, True, "fp32", 2),
+    ("lstm", 32, 512, 1, False, False, 12, 37, True, "fp32", 4),
+    ("gru", 24, 512, 2, True, True, 10, 8, False, "fp32", 2),
+    ("lstm", 16, 300, 2, True, False, 9, 5, True, "fp32", 4),
+    ("gru", 16, 1024, 1, False, True, 8, 1, True, "fp32", 2),
+    ("lstm", 16, 512, 1, False, False, 10, 1, True, "bf16", 2),
+    ("lstm", 16, 256, 1, True, False, 10, 3, False, "fp16", 4),
+]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("case", FFMA_COLS_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_gpu_cuda_persistent_ffma_cols_matches_float64(case):
+    """ffma_cols (v21): 2 or 4 columns a thread of the FFMA product against float64: fp32 at 1-64 rows (Q, S's shapes,
+    hidden 300 and 1024), LSTM and GRU, bidirectional, batch first, and 16-bit on the FFMA product."""
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state, precision, cols = case
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    overrides = dict(path="per-layer", cuda=True, ffma_cols=cols, mma=False)
+    plan = plan_for(pack_rnn(module, "cuda", DTYPES[precision]), seq_len, batch, **overrides)
+    assert plan.kernel == "persistent-cuda" and plan.ffma_cols == cols and not plan.mma, plan
+    got = run_fused(module, x, hx, dtype=DTYPES[precision], device="cuda", **overrides)
+    assert_close(got, reference(module, x, hx), {"fp32": 1e-4, "fp16": 1e-2}.get(precision, 8e-2))
 
 
 KPT_CASES = [  # (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c0, cuda_kpt)

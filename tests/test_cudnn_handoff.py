@@ -66,6 +66,55 @@ def test_sizes_a_fused_kernel_serves_stay_fused(h200_with_cudnn, hidden, bi, bat
     assert plan.kernel == kernel, plan.note
 
 
+@pytest.mark.parametrize("hidden,layers,batch,dtype", [
+    (32, 1, 64, torch.float32),  # the stack kernel measured 0.95x of cuDNN (H200 grid, 2026-12-03)
+    (32, 2, 64, torch.float32),  # 0.98x
+    (768, 2, 64, torch.bfloat16),  # 0.79x: cuDNN overlaps its two layers
+    (768, 3, 50, torch.bfloat16),
+])
+def test_sizes_measured_faster_on_cudnn_go_to_cudnn(h200_with_cudnn, hidden, layers, batch, dtype):
+    """CUDNN_MEASURED: the exact sizes where one H200 run timed cuDNN in a graph faster than our plan and its variants;
+    the note says so, and cudnn=False, a path or any plan option keeps ours."""
+    packed = pack_rnn(make("lstm", hidden, hidden, layers, False, False), "cpu", dtype)
+    plan = plan_for(packed, 100, batch)
+    assert plan.kernel == "cudnn" and "measured" in plan.note and "cudnn=False keeps it" in plan.note, plan.note
+    ours = plan_for(packed, 100, batch, cudnn=False)
+    assert ours.kernel in ("stack", "persistent-cuda") and ours.kernel in plan.note
+    assert plan_for(packed, 100, batch, path="per-layer").kernel != "cudnn"
+
+
+@pytest.mark.parametrize("hidden,layers,bi,batch,dtype", [
+    (768, 1, False, 64, torch.bfloat16),  # one layer: ours measured faster (689 against 738.5 us)
+    (768, 2, False, 48, torch.bfloat16),  # 3 batch groups: not the measured geometry
+    (768, 2, True, 64, torch.bfloat16),
+    (768, 2, False, 64, torch.float16),  # not measured
+    (32, 1, False, 8, torch.float32),
+    (32, 1, True, 64, torch.float32),
+])
+def test_sizes_next_to_the_measured_ones_are_not_handed_off_by_the_measurement(h200_with_cudnn, hidden, layers, bi,
+                                                                              batch, dtype):
+    """(bidirectional 768 at batch 64 goes to cuDNN for another reason: no CUDA plan fits it)"""
+    plan = plan_for(pack_rnn(make("lstm", hidden, hidden, layers, bi, False), "cpu", dtype), 100, batch)
+    assert "measured" not in plan.note, plan.note
+
+
+def test_measured_cudnn_sizes_stay_fused_off_hopper(h200_with_cudnn, monkeypatch):
+    monkeypatch.setattr(plan_module, "_hopper", lambda device: False)
+    plan = plan_for(pack_rnn(make("lstm", 32, 32, 1, False, False), "cpu"), 100, 64)
+    assert plan.kernel == "stack"
+
+
+def test_hidden_512_batch_8_16_bit_takes_8_units_a_block(h200_with_cudnn):
+    """CUDA_MEASURED_OPTIONS (session 9): unidirectional hidden 512 at 2-8 rows in 16-bit on 64 blocks of 8 units
+    (fp16 174.5 -> 139.2 us, cuDNN's persistent kernel 161.2); bidirectional and 9+ rows keep 4 units."""
+    for dtype in (torch.float16, torch.bfloat16):
+        uni = plan_for(pack_rnn(make("lstm", 512, 512, 1, False, False), "cpu", dtype), 100, 8)
+        assert (uni.kernel, uni.block_n, uni.programs) == ("persistent-cuda", 8, 64)
+        assert plan_for(pack_rnn(make("lstm", 512, 512, 1, False, False), "cpu", dtype), 100, 16).block_n == 4
+        bi = plan_for(pack_rnn(make("lstm", 512, 512, 1, True, False), "cpu", dtype), 100, 8)
+        assert (bi.block_n, bi.programs) == (8, 128)  # 64 blocks a direction either way
+
+
 def test_hidden_64_one_row_pads_the_batch_tile_instead_of_two_row_tiles(monkeypatch):
     """HP 64, one row: 2 row tiles exchanging h ran 10.7 us a step on the H200 (1070 us at seq 100, against 48-59
     at 8-64 rows on one tile); one tile of 2 rows (a masked padding row) gives the cell one element a thread."""

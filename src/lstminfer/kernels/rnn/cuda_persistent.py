@@ -21,7 +21,7 @@ KERNEL_NAME = b"rnn_persistent_cuda"
 
 # the CudaConfig fields that are Plan fields of the same name (the plan's options of this kernel, passed by name)
 PLAN_OPTIONS = ("poll_sleep", "w_shared", "mma_regs", "poll_frag", "poll_delay", "poll_sentinel", "sentinel_last",
-                "stamps", "cluster", "group_rows", "w_regs", "tiles_per_warp")
+                "stamps", "cluster", "group_rows", "w_regs", "tiles_per_warp", "ffma_cols")
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,7 @@ class CudaConfig:
     group_rows: int = 0  # real batch rows a block (0: bb; fewer with mma, whose bb is the 16 padded rows)
     w_regs: int = 0  # FFMA: k a thread in registers, the rest of its KPT in shared memory (0: not split)
     tiles_per_warp: int = 0  # mma with W^T in shared memory: column tiles a warp (0 or 1: one)
+    ffma_cols: int = 0  # FFMA with W^T in registers: columns a thread (0 or 1: one)
 
     def defines(self) -> str:
         values = dict(IS_LSTM=self.is_lstm, D=self.dirs, HP=self.hidden_padded, KH=self.kh, NB=self.nb,
@@ -64,7 +65,8 @@ class CudaConfig:
                       POLL_DELAY=self.poll_delay, POLL_SENTINEL=self.poll_sentinel or self.sentinel_last,
                       SENTINEL_LAST=self.sentinel_last, STAMPS=self.stamps, CLUSTER=self.cluster,
                       GROUP_ROWS=self.group_rows or self.bb, W_REGS=0 if self.mma else self.w_regs,
-                      MMA_TPW=max(1, self.tiles_per_warp) if self.mma and not self.mma_regs else 1)
+                      MMA_TPW=max(1, self.tiles_per_warp) if self.mma and not self.mma_regs else 1,
+                      FCOLS=max(1, self.ffma_cols))
         return "".join(f"#define {k} {int(v)}\n" for k, v in values.items())
 
     def shared_bytes(self) -> int:

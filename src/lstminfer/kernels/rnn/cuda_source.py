@@ -135,6 +135,16 @@ typedef unsigned int u32;
 #ifndef MMA_TPW
 #define MMA_TPW 1
 #endif
+#ifndef FCOLS
+#define FCOLS 1
+#endif
+#if FCOLS > 1
+// FFMA with W^T in registers, FCOLS consecutive columns a thread (and KPT k): each float4 of h read from shared memory
+// feeds FCOLS x 4 FMAs instead of 4 (v21; Q fp32 at one column a thread: 512 128-bit shared loads a thread a step,
+// the product ~2x its FMA issue time by the stamps, docs/fused_kernel.md)
+static_assert(!MMA && !W_SHARED && !W_REGS && !CLUSTER && (FCOLS == 2 || FCOLS == 4) && COLS % FCOLS == 0
+              && KPT % 4 == 0, "FCOLS: the FFMA product with W in registers, 2 or 4 columns a thread");
+#endif
 #if MMA && !MMA_REGS && MMA_TPW > 1
 // mma with W^T in shared memory and a warp per (group of MMA_TPW column tiles, k slice): each A fragment (h) read
 // once a group instead of once a tile (16 warps of one tile each read all of h: 256 KiB a step at hidden 512 on
@@ -502,6 +512,14 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         const int c = i % COLS, ks2 = i / COLS / WS_K, kk = i / COLS % WS_K;
         w_s[c * WSROW + ks2 * WS_K + kk] = to_f32(w_dir[(long long)(ks2 * KPT + W_REGS + kk) * (HP * 4) + c]);
     }
+#elif FCOLS > 1
+    // a thread: columns col .. col + FCOLS - 1 (lanes of a warp: consecutive groups, one k slice: h reads broadcast)
+    const int col = (tid % (COLS / FCOLS)) * FCOLS, ks = tid / (COLS / FCOLS);
+    float w[FCOLS][KPT];
+#pragma unroll
+    for (int i = 0; i < KPT; ++i)
+#pragma unroll
+        for (int c = 0; c < FCOLS; ++c) w[c][i] = to_f32(w_dir[(long long)(ks * KPT + i) * (HP * 4) + col + c]);
 #else
     const int col = tid % COLS, ks = tid / COLS;
     float w[KPT];
@@ -915,6 +933,31 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                 if (b < nrows)
                     red[(ks * BB + b) * RROW + col] = WACC == 4
                         ? (acc[b][0] + acc[b][1]) + (acc[b][2 % WACC] + acc[b][3 % WACC]) : acc[b][0] + acc[b][1];
+        }
+#elif FCOLS > 1
+#pragma unroll 1
+        for (int b = 0; b < nrows; ++b) {
+            const float4* hp = (const float4*)(h_s + b * HROW + ks * (KPT + 4));
+            float a[FCOLS][2];
+#pragma unroll
+            for (int c = 0; c < FCOLS; ++c) a[c][0] = a[c][1] = 0.f;
+#pragma unroll
+            for (int i = 0; i < KPT / 4; ++i) {
+                const float4 hv = hp[i];
+#pragma unroll
+                for (int c = 0; c < FCOLS; ++c) {
+                    a[c][0] = fmaf(hv.x, w[c][4 * i], a[c][0]);
+                    a[c][1] = fmaf(hv.y, w[c][4 * i + 1], a[c][1]);
+                    a[c][0] = fmaf(hv.z, w[c][4 * i + 2], a[c][0]);
+                    a[c][1] = fmaf(hv.w, w[c][4 * i + 3], a[c][1]);
+                }
+            }
+            float* const r = red + (ks * BB + b) * RROW + col;
+#if FCOLS == 4
+            *(float4*)r = make_float4(a[0][0] + a[0][1], a[1][0] + a[1][1], a[2][0] + a[2][1], a[3][0] + a[3][1]);
+#else
+            *(float2*)r = make_float2(a[0][0] + a[0][1], a[1][0] + a[1][1]);
+#endif
         }
 #else
 #pragma unroll 1

@@ -20,6 +20,16 @@ KERNELS = ("stack", "pipeline", "relay", "persistent", "persistent-cuda", "cudnn
 # of 2026-12-03, 22 of its 23 points lost, down to 0.13x) and the multi-launch path (one launch per layer and
 # step). docs/fused_kernel.md, "Sizes handed to cuDNN".
 CUDNN_HANDOFF = True
+# ... and, on Hopper, the sizes where one H200 run measured cuDNN in a graph faster than our plan and every variant of
+# it timed beside it (2026-12-03, session 9; docs/fused_kernel.md "Sizes handed to cuDNN"): (precision, hidden,
+# directions, fewest layers, batch range) -> why. A measured rule like CUDA_MEASURED_OPTIONS: exact sizes only
+CUDNN_MEASURED: dict[tuple[str, int, int, int, int, int], str] = {
+    # stack kernel 40.8 / 78.0 us against cuDNN's 39.0 / 76.1 (1 / 2 layers); block_b 2-4, 2 warps, relay: 49.7-213 us
+    ("fp32", 32, 1, 1, 49, 64): "cuDNN measured faster at hidden 32, batch 64 (0.95x-0.98x)",
+    # our layers run one after the other (1 layer: 689 us, faster than cuDNN's 738.5), cuDNN overlaps its layers (2
+    # layers: 1101.9 against our 1398.1); cuda_nb, poll_frag, mma_regs variants 1392-5441 us
+    ("bf16", 768, 1, 2, 49, 64): "cuDNN overlaps its layers at hidden 768, batch 64 (measured 0.79x at 2 layers)",
+}
 # Recurrent weights per thread a program keeps in registers for a whole layer (fp32 values).
 WEIGHT_REGISTERS = 128
 POLL_H_MAX_BYTES = 64 << 20
@@ -75,6 +85,10 @@ CUDA_FFMA_KPT = (64, 128, 32, 16, 8)
 # cuda_kpt (asked only, v20 sweep): the FFMA product's k a thread, e.g. 16 at hidden 128 batch 64 (4 warps of 256 FMA a
 # thread a step instead of the default's one warp of 1024)
 CUDA_KPT_CHOICES = (8, 16, 32, 64, 128, 256, 512)
+# ffma_cols (v21, asked for or CUDA_MEASURED_OPTIONS): columns a thread of the FFMA product with W_hh^T in registers, so
+# that each 16-byte read of h from shared memory feeds that many columns (at one column a thread Q fp32 read 512 of them
+# a thread a step; its product took ~2x its FMA issue time by the stamps, docs/fused_kernel.md)
+CUDA_FFMA_COLS_CHOICES = (1, 2, 4)
 CUDA_OTHER_REGISTERS = 90
 CUDA_MAX_SHARED = 227 << 10
 # mma defaults from the H200 sweep of 2026-12-03 (fused-graph us, default -> mma_regs -> poll_frag with a
@@ -134,6 +148,12 @@ CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any
     ("bf16", 384, 1): ((1, dict(cuda_nb=8)),),
     ("bf16", 512, 1): ((1, dict(cuda_nb=8)),),
 }
+# session 9 (H200, 2026-12-03 ~15:10 UTC, grid points timed with variants, fused-graph us, default -> cuda_nb=8): hidden
+# 512 unidirectional at batch 8 in 16-bit, 64 blocks of 8 units instead of 128 of 4: bf16 174.5 -> 137.4 (2 layers 343.1
+# -> 269.4), fp16 174.5 -> 139.2 (cuDNN's persistent kernel: 161.2, the grid's fp16 loss); cuda_nb=16 164.7-165.5;
+# bidirectional (already 64 blocks a direction) unchanged. Not timed at batch 2-7: the bound is the measured 8
+CUDA_MEASURED_OPTIONS[("bf16", 512, 1)] = ((8, dict(cuda_nb=8)),)
+CUDA_MEASURED_OPTIONS[("fp16", 512, 1)] = ((1, {}), (8, dict(cuda_nb=8)))
 
 
 @dataclass(frozen=True)
@@ -174,6 +194,7 @@ class Plan:
     group_rows: int = 0  # CUDA kernel, cluster: real batch rows a block where fewer than block_b (mma's 16 padded)
     w_regs: int = 0  # CUDA kernel, FFMA: k a thread in registers, the rest of its slice in shared memory (0: no split)
     tiles_per_warp: int = 0  # CUDA kernel, mma with W^T in shared memory: column tiles a warp (0: one)
+    ffma_cols: int = 0  # CUDA kernel, FFMA with W^T in registers: columns a thread (0: one)
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
@@ -194,7 +215,7 @@ class Plan:
                   "persistent-cuda": ("block_b", "block_n", "r_tiles", "programs", "k_split", "num_warps",
                                       "mma", "w_shared", "mma_regs", "poll_frag", "poll_sleep",
                                       "poll_delay", "poll_sentinel", "sentinel_last", "stamps", "cluster",
-                                      "group_rows", "w_regs", "tiles_per_warp")}[self.kernel]
+                                      "group_rows", "w_regs", "tiles_per_warp", "ffma_cols")}[self.kernel]
         out = {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
         if self.note:
             out["note"] = self.note
@@ -270,7 +291,7 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
                w_shared: bool | None = None, mma_regs: bool | None = None,
                poll_frag: bool | None = None, cuda_nb: int | None = None, cluster: bool | int | None = None,
                cluster_rows: int | None = None, tiles_per_warp: int | None = None,
-               cuda_kpt: int | None = None, measured: bool = True) -> Plan | None:
+               cuda_kpt: int | None = None, ffma_cols: int | None = None, measured: bool = True) -> Plan | None:
     """The CUDA C++ kernel's plan (see _cuda_layout), with the mma defaults measured on the H200 (2026-12-03,
     docs/fused_kernel.md v17): W_hh^T fragments in registers (mma_regs) on every mma plan where they fit, and
     from padded hidden POLL_FRAG_MIN_HIDDEN on h polled into the fragments (poll_frag) with a first read
@@ -279,7 +300,7 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
     cuda_kpt (asked only, FFMA): k a thread (the product's k slices: kh / cuda_kpt), a ValueError where it does not
     fit or the plan multiplies with mma.sync. measured: nothing asked, the CUDA_MEASURED_OPTIONS entry of these sizes
     (False: the plain plan; _cuda_choice passes False off the Hopper GPUs they were measured on)."""
-    asked = (mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp, cuda_kpt)
+    asked = (mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp, cuda_kpt, ffma_cols)
     options = _measured_options(packed, batch) if measured and all(a is None for a in asked) else None
     if options:
         try:
@@ -288,6 +309,10 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
             plan = None
         if plan is not None:
             return plan
+    if ffma_cols not in (None, 0, 1):
+        return _ffma_cols_plan(packed, batch, sms, ffma_cols,
+                               _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster,
+                                          cluster_rows, tiles_per_warp, cuda_kpt, measured=False))
     if cuda_kpt is not None and cuda_kpt not in CUDA_KPT_CHOICES:
         raise ValueError(f"cuda_kpt must be one of {CUDA_KPT_CHOICES} (k a thread of the FFMA product), got "
                          f"{cuda_kpt!r}")
@@ -308,6 +333,34 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
         raise ValueError(f"cuda_kpt={cuda_kpt} does not fit hidden {packed.hidden_size} batch {batch} in {dtype}: "
                          f"{why}; leave cuda_kpt out")
     return plan
+
+
+def _ffma_cols_plan(packed: PackedRNN, batch: int, sms: int, ffma_cols: Any, plan: Plan | None) -> Plan:
+    """`plan` (an FFMA plan with W_hh^T in registers) with ffma_cols columns a thread: the k a thread that fills about
+    128 registers with W (ffma_cols x k), threads a whole number of warps, the partial sums (more k slices) in shared
+    memory; a one-line ValueError where it does not apply or fit."""
+    from .cuda_persistent import shared_bytes  # no cuda.bindings import: sizes only
+
+    if ffma_cols not in CUDA_FFMA_COLS_CHOICES:
+        raise ValueError(f"ffma_cols must be one of {CUDA_FFMA_COLS_CHOICES} (columns a thread of the FFMA product), "
+                         f"got {ffma_cols!r}")
+    dtype = str(packed.dtype).removeprefix("torch.")
+    where = f"hidden {packed.hidden_size} batch {batch} in {dtype}"
+    if plan is None or plan.mma or plan.w_shared or plan.w_regs or plan.cluster:
+        kind = ("no CUDA plan fits" if plan is None else "its plan multiplies with mma.sync (add mma=False)" if plan.mma
+                else "its plan keeps W_hh^T in shared memory" if (plan.w_shared or plan.w_regs)
+                else "its plan is a cluster (add cluster=False)")
+        raise ValueError(f"ffma_cols={ffma_cols} needs the FFMA product with W_hh^T in registers, and at {where} "
+                         f"{kind}; leave ffma_cols out")
+    cols, kh = 4 * plan.block_n, plan.r_tiles * plan.block_n
+    for kpt in (128 // ffma_cols, 64 // ffma_cols, 256 // ffma_cols):
+        threads = cols // ffma_cols * (kh // kpt)
+        if (kh % kpt == 0 and kpt % 4 == 0 and threads % 32 == 0 and 64 <= threads <= 1024
+                and ffma_cols * kpt + CUDA_OTHER_REGISTERS <= min(255, 65536 // threads)
+                and shared_bytes(False, 32, plan.block_b, kh, plan.block_n, kh // kpt) <= CUDA_MAX_SHARED):
+            return replace(plan, ffma_cols=ffma_cols, k_split=kh // kpt, num_warps=threads // 32)
+    raise ValueError(f"ffma_cols={ffma_cols} does not fit {where} (no k a thread gives a block of whole warps with "
+                     f"W_hh^T in the registers); leave ffma_cols out")
 
 
 def _measured_options(packed: PackedRNN, batch: int) -> dict[str, Any] | None:
@@ -543,7 +596,7 @@ def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: b
                  wide: bool | None, w_shared: bool | None = None, mma_regs: bool | None = None,
                  poll_frag: bool | None = None, cuda_nb: int | None = None, cluster: bool | int | None = None,
                  cluster_rows: int | None = None, tiles_per_warp: int | None = None,
-                 cuda_kpt: int | None = None) -> tuple[Plan | None, str]:
+                 cuda_kpt: int | None = None, ffma_cols: int | None = None) -> tuple[Plan | None, str]:
     """(the CUDA kernel's plan, "") where it runs this call, else (None, why not); cluster asked for where the CUDA
     kernel cannot run: a one-line ValueError."""
     if cluster or cluster_rows or tiles_per_warp:
@@ -565,7 +618,7 @@ def _cuda_choice(packed: PackedRNN, batch: int, sms: int, on_cuda: bool, cuda: b
     if not ok:
         return None, why
     plan = _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows,
-                      tiles_per_warp, cuda_kpt, measured=_hopper(packed.device))
+                      tiles_per_warp, cuda_kpt, ffma_cols, measured=_hopper(packed.device))
     if plan is None:
         return None, "the size does not fit the CUDA kernel (blocks, registers or shared memory)"
     return plan, ""
@@ -584,6 +637,11 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
         overrides["poll_sentinel"] = True  # the sentinel row stored last is for the sentinel poll
     plan = _plan_for(packed, seq_len, batch, path, **overrides)
     _refuse_cuda_options(plan, packed.dtype, batch)
+    measured_why = (_cudnn_measured(packed, batch) if path is None and not overrides and cudnn is None and CUDNN_HANDOFF
+                    else "")
+    if measured_why and not cudnn_unavailable(packed):
+        return Plan("cudnn", batch, 1, 1, note=f"handed to cuDNN: {measured_why}, than the fused plan ({plan.kernel}); "
+                                               f"cudnn=False keeps it")
     if (path is None and not overrides and cudnn is None and CUDNN_HANDOFF
             and (plan.kernel == "persistent" or plan.path == "multi-launch") and not cudnn_unavailable(packed)):
         # a size no fused kernel serves well: cuDNN instead, saying why (describe() puts it in bench records)
@@ -592,6 +650,17 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
         return Plan("cudnn", batch, 1, 1, note=f"handed to cuDNN: the fused plan here is {ours}{why}, known "
                                                  f"to lose to cuDNN; cudnn=False keeps it")
     return plan
+
+
+def _cudnn_measured(packed: PackedRNN, batch: int) -> str:
+    """Why CUDNN_MEASURED hands a call of these sizes to cuDNN ("" where it does not, or off Hopper)."""
+    precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(packed.dtype, "")
+    for (prec, hidden, dirs, layers, least, most), why in CUDNN_MEASURED.items():
+        if ((prec, hidden, dirs) == (precision, packed.hidden_size, packed.num_directions)
+                and packed.num_layers >= layers and least <= batch <= most and packed.device.type == "cuda"
+                and _hopper(packed.device)):
+            return why
+    return ""
 
 
 def cudnn_unavailable(packed: PackedRNN) -> str:
@@ -674,15 +743,15 @@ def _plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = No
     items = -(-seq_len * block_b // block_m) * (cols // block_c)
     # the persistent plan's own choices (its block_n and programs follow the warps)
     cuda_keys = ("cuda", "mma", "w_shared", "mma_regs", "poll_frag", "cuda_nb", "cluster", "cluster_rows",
-                 "tiles_per_warp", "cuda_kpt")
+                 "tiles_per_warp", "cuda_kpt", "ffma_cols")
     per_layer = {k: overrides.pop(k) for k in ("num_warps", "wide", *cuda_keys) if k in overrides} \
         if path in (None, "per-layer") else {}
-    cuda, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp, cuda_kpt = (
+    cuda, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp, cuda_kpt, ffma_cols = (
         per_layer.pop(k, None) for k in cuda_keys)
     persistent = _persistent_plan(packed, batch, sms, serial=not on_cuda, **per_layer)
     cuda_plan, why_not_cuda = _cuda_choice(packed, batch, sms, on_cuda, cuda, mma, per_layer.get("wide"), w_shared,
                                            mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp,
-                                           cuda_kpt)
+                                           cuda_kpt, ffma_cols)
     if (path is None and on_cuda and (persistent is not None or cuda_plan is not None)
             and (hp >= PERSISTENT_MIN_HIDDEN or cluster)):
         path = "per-layer"
