@@ -257,7 +257,8 @@ def tuned_text(r: dict) -> str:
     if "tuned-graph" not in r:
         return f"failed: {r.get('tuned-failed', '')} | |"
     cached = " (cached)" if r["tuned"].cached else ""
-    return f"{r['tuned-graph']:.1f} | {plan_text(r['tuned'].plan)}{cached} |"
+    err = f" (err {r['tuned-err']:.1e})" if r["tuned-err"] == r["tuned-err"] else ""  # NaN: no reference (--grid)
+    return f"{r['tuned-graph']:.1f} | {plan_text(r['tuned'].plan)}{cached}{err} |"
 
 
 # v18 (docs/fused_kernel.md): a wait polls one chunk a producer block (the sentinel) before the whole slice, with

@@ -80,7 +80,7 @@ class Candidate:
     skipped: str = ""  # why it cannot be chosen: refused, raised, disagrees ("" where it ran and agreed)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"overrides": self.overrides, "plan": self.plan.describe() if self.plan else None, "us": self.us,
+        return {"overrides": self.overrides, "kernel": self.plan.kernel if self.plan else None, "us": self.us,
                 "max_diff": self.max_diff, "skipped": self.skipped}
 
 
@@ -97,13 +97,14 @@ class TuneResult:
     candidates: tuple[Candidate, ...] = field(default=())  # every candidate (none where cached)
 
     def summary(self) -> dict[str, Any]:
-        """What a benchmark record says about the tuning (FusedRunner.describe_at)."""
+        """What a benchmark record says about the tuning (FusedRunner.describe_at; the record has the plan itself):
+        cached, the chosen and the default plan's times, the default plan, and every candidate tried (none where
+        cached)."""
         return {"cached": self.cached, "us": self.us, "default_us": self.default_us,
-                "default": self.default.describe()}
+                "default": self.default.describe(), "candidates": [c.to_dict() for c in self.candidates]}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan.describe(), **self.summary(), "key": self.key,
-                "candidates": [c.to_dict() for c in self.candidates]}
+        return {"plan": self.plan.describe(), **self.summary(), "key": self.key}
 
 
 # ---- the cache -------------------------------------------------------------------------------------------------
@@ -294,8 +295,8 @@ def graph_time(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None, c0: 
             end.record(stream)
     stream.synchronize()
     raise_if_stalled(workspace)
-    torch.cuda.current_stream(x.device).wait_stream(stream)
-    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / 1000.0, static
+    replayed = tuple(t.clone() for t in static)  # out of the graph's memory pool, which goes with the graph
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends)) / 1000.0, replayed
 
 
 def _label(overrides: dict[str, Any]) -> str:
