@@ -54,8 +54,10 @@ def test_cuda_plan_fits_the_multiprocessors_and_names_its_kernel():
     assert (shared_w.mma_regs, shared_w.k_split, shared_w.num_warps) == (False, 1, 8)  # a warp per 8-column tile
     big = _cuda_plan(packed_of(1024, False, torch.float16), 32, 132)  # fragments past the registers: W^T shared
     assert big is not None and big.mma and not big.mma_regs and big.poll_delay == 0
-    r = _cuda_plan(packed_of(1024, False), 1, 132)  # R fp32: FFMA, one row, 128 k a thread (256 threads)
+    r = _cuda_plan(packed_of(1024, False), 1, 132, measured=False)  # R fp32: FFMA, one row, 128 k a thread
     assert (r.mma, r.block_b, r.block_n, r.num_warps, r.k_split) == (False, 1, 8, 8, 8)
+    r = _cuda_plan(packed_of(1024, False), 1, 132)  # measured (v21): 2 columns and 64 k a thread, 256 threads
+    assert (r.mma, r.block_b, r.block_n, r.num_warps, r.k_split, r.ffma_cols) == (False, 1, 8, 8, 16, 2)
     s = _cuda_plan(packed_of(512, True), 8, 132)  # S fp32: 64 blocks a direction
     assert (s.programs, s.block_n, s.block_b) == (128, 8, 8)
     v = _cuda_plan(packed_of(768, False, torch.float16), 16, 132)  # V: no block for the padding to 1024
@@ -156,6 +158,11 @@ def test_ffma_cols_gives_a_thread_several_columns_or_refuses_in_one_line():
         _cuda_plan(packed_of(768, True), 8, 132, ffma_cols=2)  # bidirectional fp32 768: w_shared (X)
     assert _cuda_plan(packed_of(512, False), 64, 132, ffma_cols=1) == _cuda_plan(packed_of(512, False), 64, 132,
                                                                                   measured=False)
+    # the measured defaults (CUDA_MEASURED_OPTIONS, v21): Q and S fp32 on 2 columns a thread, fp32 h512 b8 not
+    assert _cuda_plan(packed_of(512, False), 64, 132).ffma_cols == 2
+    assert _cuda_plan(packed_of(512, True), 8, 132).ffma_cols == 2
+    assert _cuda_plan(packed_of(512, False), 8, 132).ffma_cols == 0
+    assert _cuda_plan(packed_of(512, False), 64, 132, measured=False).ffma_cols == 0
 
 
 def test_measured_options_are_the_default_only_where_listed_and_asked_options_win(monkeypatch):

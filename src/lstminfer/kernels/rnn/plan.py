@@ -154,6 +154,17 @@ CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any
 # bidirectional (already 64 blocks a direction) unchanged. Not timed at batch 2-7: the bound is the measured 8
 CUDA_MEASURED_OPTIONS[("bf16", 512, 1)] = ((8, dict(cuda_nb=8)),)
 CUDA_MEASURED_OPTIONS[("fp16", 512, 1)] = ((1, {}), (8, dict(cuda_nb=8)))
+# v21 (H200, 2026-12-03 ~15:40 UTC, fused-graph us, default -> ffma_cols=2 / 4): 2 columns a thread of the fp32 FFMA
+# product where it won: Q (h512 b64 uni) 853.3 -> 713.1 / 719.1, S (h512 b8 2L bi) 1604.4 -> 1398.0 / 1397.1, R (h1024
+# b1 uni) 264.9 -> 237.5 / 245.4, h1024 b8 uni 580.6 -> 525.7 / 551.9, h768 b8 uni 497.6 -> 459.1 / 454.5, h384 b64
+# uni 817.4 -> 783.9 / 771.1; 4 columns at h384 b8 uni 251.7 -> 252.0 / 238.1. Lost: h512 b8 uni 285.2 -> 492.7 /
+# 442.2 (2 warps a block), P 111.1 -> 112.5 / 110.5, M and hidden 256 (clusters there: 94.9 -> 98.8-100.1, 105.1 ->
+# 202.0, 323.5 -> 683.3): those keep their plans
+CUDA_MEASURED_OPTIONS[("fp32", 512, 1)] = ((1, dict(cuda_nb=8)), (8, {}), (64, dict(ffma_cols=2)))
+CUDA_MEASURED_OPTIONS[("fp32", 512, 2)] = ((1, {}), (8, dict(ffma_cols=2)))
+CUDA_MEASURED_OPTIONS[("fp32", 1024, 1)] = ((8, dict(ffma_cols=2)),)
+CUDA_MEASURED_OPTIONS[("fp32", 768, 1)] = ((1, {}), (8, dict(ffma_cols=2)))
+CUDA_MEASURED_OPTIONS[("fp32", 384, 1)] = ((1, {}), (8, dict(ffma_cols=4)), (64, dict(ffma_cols=2)))
 
 
 @dataclass(frozen=True)
