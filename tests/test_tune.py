@@ -75,7 +75,8 @@ def test_the_fastest_candidate_that_agrees_wins_and_every_candidate_says_why(tmp
     timer = timer_of({32: 100e-6, 16: 60e-6, 64: 40e-6, 8: 10e-6})
     lines = []
     result = tune_plan(packed, x, candidates=[dict(k_chain=16), dict(k_chain=64), dict(cudnn=True),
-                                              dict(k_chain=64, fast_math=True), dict(k_chain=8, block_c=24)],
+                                              dict(k_chain=64, fast_math=True), dict(k_chain=8, block_c=24),
+                                              dict(poll_delay=250)],
                        cache_dir=tmp_path, timer=timer, progress=lines.append)
     default = plan_for(packed, 5, 3)
     assert default.k_chain == 32  # the timer's 100 us
@@ -87,6 +88,9 @@ def test_the_fastest_candidate_that_agrees_wins_and_every_candidate_says_why(tmp
     # refused by plan_for (no CUDA device), the same plan as another, raised in the launcher: never timed
     assert by_label[(("cudnn", True),)].skipped.startswith("refused: ValueError: cannot hand this call to cuDNN")
     assert by_label[(("k_chain", 64), ("fast_math", True))].skipped == "the same plan as k_chain=64"
+    # a CUDA kernel's field on the stack kernel's plan: the same launch as the default
+    assert by_label[(("poll_delay", 250),)].plan.poll_delay == 250
+    assert by_label[(("poll_delay", 250),)].skipped == "the same plan as default"
     # 24 gate columns a work item: Triton's arange needs a power of 2, so the launch raises
     assert by_label[(("k_chain", 8), ("block_c", 24))].skipped.startswith("raised InterpreterError")
     assert [p.k_chain for p in timer.calls] == [32, 16, 64]  # each distinct plan that ran timed once

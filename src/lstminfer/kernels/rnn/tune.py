@@ -63,6 +63,10 @@ TUNE_ITERS = 50
 CACHE_FILE = "fused_plans.json"
 CACHE_SCHEMA = 1
 OUTPUT_NAMES = ("output", "hn", "cn")
+# Plan fields only the CUDA persistent kernel reads (plan.py): two plans of another kernel that differ in these alone
+# launch the same code, so tuning counts them as one (a poll delay asked where the stack kernel runs, say)
+CUDA_KERNEL_FIELDS = ("cuda", "mma", "poll_sleep", "w_shared", "mma_regs", "poll_frag", "poll_delay", "poll_sentinel",
+                      "sentinel_last", "stamps", "cluster", "group_rows", "w_regs", "tiles_per_warp")
 
 # the cache in memory: {file path: {key: entry}}; entries read from or written to that file
 _MEMORY: dict[str, dict[str, dict[str, Any]]] = {}
@@ -211,6 +215,14 @@ def clear_tuned_plans(cache_dir: str | Path | None = None) -> None:
     """Forget every tuned plan: the in-memory cache, and the cache file (cache_path(cache_dir)) where there is one."""
     _MEMORY.clear()
     cache_path(cache_dir).unlink(missing_ok=True)
+
+
+def _launch_of(plan: Plan) -> Plan:
+    """The plan as far as its kernel reads it: no note, and for a kernel other than the CUDA one none of
+    CUDA_KERNEL_FIELDS."""
+    if plan.kernel == "persistent-cuda":
+        return replace(plan, note="")
+    return replace(plan, note="", **{f.name: f.default for f in fields(Plan) if f.name in CUDA_KERNEL_FIELDS})
 
 
 def _plan_fields(plan: Plan) -> dict[str, Any]:
@@ -372,7 +384,8 @@ def _try_candidates(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None,
                     seq_len: int, batch: int, candidates: Sequence[dict[str, Any]] | None, warmup: int, iters: int,
                     timer: Callable[[Plan], float] | None,
                     progress: Callable[[str], None] | None) -> list[Candidate]:
-    """Every candidate, the default first: refused, the same plan as an earlier one, raised, disagreeing, or timed."""
+    """Every candidate, the default first: refused, the same plan as an earlier one (as its kernel reads it:
+    _launch_of), raised, disagreeing, or timed."""
     asked = [dict(o) for o in (TUNE_CANDIDATES if candidates is None else candidates) if o]
     atol = TUNE_ATOL.get(packed.dtype, TUNE_ATOL[torch.float16])
     seen: dict[Plan, str] = {}
@@ -386,7 +399,7 @@ def _try_candidates(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | None,
             except Exception as err:  # noqa: BLE001 - a ValueError where it does not apply; anything else kept too
                 tried.append(Candidate(overrides, None, skipped=f"refused: {_first_line(err)}"))
                 continue
-            same = replace(plan, note="")
+            same = _launch_of(plan)
             if same in seen:
                 tried.append(Candidate(overrides, plan, skipped=f"the same plan as {seen[same]}"))
                 continue
