@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from .cuda_persistent import PLAN_OPTIONS  # names only: cuda.bindings is imported at launch
 from .launch import raise_if_stalled, rnn_forward
 from .packing import PackedRNN
 from .plan import Plan, interpreting, plan_for
@@ -33,8 +34,9 @@ from .plan import Plan, interpreting, plan_for
 # size are dropped as duplicates, the ones plan_for refuses as such): cuDNN itself and our plan where the default
 # hands the call to cuDNN; the stack kernel's one-warp plan against the relay, the stack kernel against the pipeline;
 # the CUDA kernel's plain plan where CUDA_MEASURED_OPTIONS took options, wider blocks, the other 16-bit product,
-# clusters (which also put hidden sizes under 256 on the CUDA kernel), and the fragment poll's first-read delay either
-# side of POLL_DELAY_NS. Every distinct CUDA plan costs an NVRTC compile (~1-2 s) on first use.
+# clusters (which also put hidden sizes under 256 on the CUDA kernel), the fragment poll's first-read delay either
+# side of POLL_DELAY_NS, and two FFMA columns a thread (v21). Every distinct CUDA plan costs an NVRTC compile (~1-2 s)
+# on first use.
 TUNE_CANDIDATES: tuple[dict[str, Any], ...] = (
     {},
     dict(cudnn=True),
@@ -51,6 +53,7 @@ TUNE_CANDIDATES: tuple[dict[str, Any], ...] = (
     dict(cluster=8, mma=False),
     dict(poll_frag=True, poll_delay=250),
     dict(poll_frag=True, poll_delay=1000),
+    dict(ffma_cols=2),
 )
 # a candidate replaces the default only where it is faster by more than this fraction (plan.py's rule for measured
 # options: a 2.5 % gain counted as a tie), so that timing noise does not flip the plan between runs
@@ -63,10 +66,10 @@ TUNE_ITERS = 50
 CACHE_FILE = "fused_plans.json"
 CACHE_SCHEMA = 1
 OUTPUT_NAMES = ("output", "hn", "cn")
-# Plan fields only the CUDA persistent kernel reads (plan.py): two plans of another kernel that differ in these alone
-# launch the same code, so tuning counts them as one (a poll delay asked where the stack kernel runs, say)
-CUDA_KERNEL_FIELDS = ("cuda", "mma", "poll_sleep", "w_shared", "mma_regs", "poll_frag", "poll_delay", "poll_sentinel",
-                      "sentinel_last", "stamps", "cluster", "group_rows", "w_regs", "tiles_per_warp")
+# Plan fields only the CUDA persistent kernel reads (its options, cuda_persistent.PLAN_OPTIONS): two plans of another
+# kernel that differ in these alone launch the same code, so tuning counts them as one (a poll delay asked where the
+# stack kernel runs, say)
+CUDA_KERNEL_FIELDS = ("cuda", "mma", *PLAN_OPTIONS)
 
 # the cache in memory: {file path: {key: entry}}; entries read from or written to that file
 _MEMORY: dict[str, dict[str, dict[str, Any]]] = {}
