@@ -158,6 +158,11 @@ def test_ffma_cols_gives_a_thread_several_columns_or_refuses_in_one_line():
         _cuda_plan(packed_of(768, True), 8, 132, ffma_cols=2)  # bidirectional fp32 768: w_shared (X)
     assert _cuda_plan(packed_of(512, False), 64, 132, ffma_cols=1) == _cuda_plan(packed_of(512, False), 64, 132,
                                                                                   measured=False)
+    # and k a thread as asked: h512 b8 (16 columns a block) on 4 warps of 32 k instead of 2 of 64
+    k32 = _cuda_plan(packed_of(512, False), 8, 132, ffma_cols=2, cuda_kpt=32)
+    assert (k32.ffma_cols, k32.k_split, k32.num_warps) == (2, 16, 4)
+    with pytest.raises(ValueError, match=r"^ffma_cols=2 does not fit hidden 512 batch 64 in float32"):
+        _cuda_plan(packed_of(512, False), 64, 132, ffma_cols=2, cuda_kpt=32)  # 512 threads of 154+ registers
     # the measured defaults (CUDA_MEASURED_OPTIONS, v21): Q and S fp32 on 2 columns a thread, fp32 h512 b8 not
     assert _cuda_plan(packed_of(512, False), 64, 132).ffma_cols == 2
     assert _cuda_plan(packed_of(512, True), 8, 132).ffma_cols == 2

@@ -71,6 +71,7 @@ def test_sizes_a_fused_kernel_serves_stay_fused(h200_with_cudnn, hidden, bi, bat
     (32, 2, 64, torch.float32),  # 0.98x
     (768, 2, 64, torch.bfloat16),  # 0.79x: cuDNN overlaps its two layers
     (768, 3, 50, torch.bfloat16),
+    (768, 1, 16, torch.float16),  # V: 0.91x of cuDNN's persistent kernel
 ])
 def test_sizes_measured_faster_on_cudnn_go_to_cudnn(h200_with_cudnn, hidden, layers, batch, dtype):
     """CUDNN_MEASURED: the exact sizes where one H200 run timed cuDNN in a graph faster than our plan and its variants;
@@ -90,6 +91,8 @@ def test_sizes_measured_faster_on_cudnn_go_to_cudnn(h200_with_cudnn, hidden, lay
     (768, 2, False, 64, torch.float16),  # not measured
     (32, 1, False, 8, torch.float32),
     (32, 1, True, 64, torch.float32),
+    (768, 1, False, 8, torch.float16),  # ours measured faster (1.28x)
+    (768, 1, False, 16, torch.bfloat16),
 ])
 def test_sizes_next_to_the_measured_ones_are_not_handed_off_by_the_measurement(h200_with_cudnn, hidden, layers, bi,
                                                                               batch, dtype):

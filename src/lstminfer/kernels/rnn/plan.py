@@ -29,6 +29,9 @@ CUDNN_MEASURED: dict[tuple[str, int, int, int, int, int], str] = {
     # our layers run one after the other (1 layer: 689 us, faster than cuDNN's 738.5), cuDNN overlaps its layers (2
     # layers: 1101.9 against our 1398.1); cuda_nb, poll_frag, mma_regs variants 1392-5441 us
     ("bf16", 768, 1, 2, 49, 64): "cuDNN overlaps its layers at hidden 768, batch 64 (measured 0.79x at 2 layers)",
+    # V (128 -> 768, batch 16, seq 1024, fp16): cuDNN's persistent kernel 1976.6 us against our 2173.8 (0.91x); the
+    # first-read delay at 300 / 700 ns, cuda_nb=16 and mma=False 2154-7658 us
+    ("fp16", 768, 1, 1, 9, 16): "cuDNN's persistent fp16 kernel measured faster at hidden 768, batch 16 (0.91x)",
 }
 # Recurrent weights per thread a program keeps in registers for a whole layer (fp32 values).
 WEIGHT_REGISTERS = 128
@@ -321,9 +324,12 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
         if plan is not None:
             return plan
     if ffma_cols not in (None, 0, 1):
+        if cuda_kpt is not None and cuda_kpt not in CUDA_KPT_CHOICES:
+            raise ValueError(f"cuda_kpt must be one of {CUDA_KPT_CHOICES} (k a thread of the FFMA product), got "
+                             f"{cuda_kpt!r}")
         return _ffma_cols_plan(packed, batch, sms, ffma_cols,
                                _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster,
-                                          cluster_rows, tiles_per_warp, cuda_kpt, measured=False))
+                                          cluster_rows, tiles_per_warp, measured=False), cuda_kpt)
     if cuda_kpt is not None and cuda_kpt not in CUDA_KPT_CHOICES:
         raise ValueError(f"cuda_kpt must be one of {CUDA_KPT_CHOICES} (k a thread of the FFMA product), got "
                          f"{cuda_kpt!r}")
@@ -346,10 +352,11 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
     return plan
 
 
-def _ffma_cols_plan(packed: PackedRNN, batch: int, sms: int, ffma_cols: Any, plan: Plan | None) -> Plan:
+def _ffma_cols_plan(packed: PackedRNN, batch: int, sms: int, ffma_cols: Any, plan: Plan | None,
+                    kpt_asked: int | None = None) -> Plan:
     """`plan` (an FFMA plan with W_hh^T in registers) with ffma_cols columns a thread: the k a thread that fills about
-    128 registers with W (ffma_cols x k), threads a whole number of warps, the partial sums (more k slices) in shared
-    memory; a one-line ValueError where it does not apply or fit."""
+    128 registers with W (ffma_cols x k; or cuda_kpt as asked), threads a whole number of warps, the partial sums (more
+    k slices) in shared memory; a one-line ValueError where it does not apply or fit."""
     from .cuda_persistent import shared_bytes  # no cuda.bindings import: sizes only
 
     if ffma_cols not in CUDA_FFMA_COLS_CHOICES:
@@ -364,7 +371,7 @@ def _ffma_cols_plan(packed: PackedRNN, batch: int, sms: int, ffma_cols: Any, pla
         raise ValueError(f"ffma_cols={ffma_cols} needs the FFMA product with W_hh^T in registers, and at {where} "
                          f"{kind}; leave ffma_cols out")
     cols, kh = 4 * plan.block_n, plan.r_tiles * plan.block_n
-    for kpt in (128 // ffma_cols, 64 // ffma_cols, 256 // ffma_cols):
+    for kpt in (kpt_asked,) if kpt_asked else (128 // ffma_cols, 64 // ffma_cols, 256 // ffma_cols):
         threads = cols // ffma_cols * (kh // kpt)
         if (kh % kpt == 0 and kpt % 4 == 0 and threads % 32 == 0 and 64 <= threads <= 1024
                 and ffma_cols * kpt + CUDA_OTHER_REGISTERS <= min(255, 65536 // threads)
