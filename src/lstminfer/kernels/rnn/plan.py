@@ -101,6 +101,14 @@ CUDA_MAX_SHARED = 227 << 10
 # S bf16 747 -> 688 (docs/fused_kernel.md)
 POLL_FRAG_MIN_HIDDEN = 512
 POLL_DELAY_NS = 500
+# v22 (H200, 2026-12-03 ~15:40 UTC, session 9; docs/benchmarks.md): the FFMA product's plans (W_hh^T in registers) wait
+# this long before a step's first read of h too. Found by tune's first run (P bf16 114.6 -> 103.7), then timed as a
+# variant at 10 sizes, fused-graph us, 0 -> 250 / 400 ns: P fp32 111.5 -> 103.4 / 116.0, P bf16 114.1 -> 102.9 / 113.4,
+# R fp32 234.9 -> 224.0 / 220.4, R bf16 289.3 -> 250.7 / 218.9, Q fp32 718.5 -> 703.4 / 719.1, S fp32 1394.3 -> 1381.8
+# / 1431.1, h512 b8 uni fp32 284.6 -> 264.0 / 262.4, h512 b1 fp32 118.8 -> 113.2 / 124.6, h768 b1 fp32 148.3 -> 140.4 /
+# 135.4, h1024 b1 bf16 151.8 -> 130.5 / 116.4, h256 b1 bf16 95.5 -> 86.5 / 112.4: 250 won or tied everywhere (400 is
+# better at hidden 1024 in 16-bit: tune=True finds it)
+POLL_DELAY_FFMA_NS = 250
 # options of the CUDA kernel only (asked for only, not yet measured; docs/fused_kernel.md v18): a plan that runs
 # another kernel refuses them
 CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster")
@@ -397,7 +405,9 @@ def _cuda_default_layout(packed: PackedRNN, batch: int, sms: int, mma: bool | No
     for regs, polled in ((True, frag), (True, False), (False, False)):
         plan = _cuda_layout(packed, batch, sms, mma, w_shared, regs, polled, cuda_nb, cuda_kpt)
         if plan is not None and (plan.mma_regs == regs or not plan.mma):
-            return replace(plan, poll_delay=POLL_DELAY_NS) if plan.poll_frag else plan
+            if plan.poll_frag:
+                return replace(plan, poll_delay=POLL_DELAY_NS)
+            return replace(plan, poll_delay=POLL_DELAY_FFMA_NS) if not plan.mma and not plan.w_shared else plan
     if w_shared is None:  # fp32 slices past the registers: W^T in shared memory (X 768 bi B8: 923 us, Triton 13343)
         return _cuda_layout(packed, batch, sms, mma, True, None, None, cuda_nb, cuda_kpt)
     return None

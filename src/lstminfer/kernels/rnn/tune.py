@@ -30,13 +30,13 @@ from .launch import raise_if_stalled, rnn_forward
 from .packing import PackedRNN
 from .plan import Plan, interpreting, plan_for
 
-# Overrides of plan_for tried beside the default ({}), each a distinct plan at most (the ones that change nothing at a
-# size are dropped as duplicates, the ones plan_for refuses as such): cuDNN itself and our plan where the default
-# hands the call to cuDNN; the stack kernel's one-warp plan against the relay, the stack kernel against the pipeline;
-# the CUDA kernel's plain plan where CUDA_MEASURED_OPTIONS took options, wider blocks, the other 16-bit product,
-# clusters (which also put hidden sizes under 256 on the CUDA kernel), the fragment poll's first-read delay either
-# side of POLL_DELAY_NS, and two FFMA columns a thread (v21). Every distinct CUDA plan costs an NVRTC compile (~1-2 s)
-# on first use.
+# Overrides of plan_for tried beside the default ({}), each a distinct plan at most (the ones that change nothing at
+# a size are dropped as duplicates, the ones plan_for refuses as such): cuDNN itself and our plan where the default
+# hands the call to cuDNN; the stack kernel's one-warp plan against the relay, the stack kernel against the
+# pipeline; the CUDA kernel's plain plan where CUDA_MEASURED_OPTIONS took options, wider blocks, the other 16-bit
+# product, clusters (which also put hidden sizes under 256 on the CUDA kernel), the fragment poll's first-read delay
+# either side of POLL_DELAY_NS, and two FFMA columns a thread (v21), the FFMA plans' delay off and at 400 ns (v22).
+# Every distinct CUDA plan costs an NVRTC compile (~1-2 s) on first use.
 TUNE_CANDIDATES: tuple[dict[str, Any], ...] = (
     {},
     dict(cudnn=True),
@@ -54,6 +54,8 @@ TUNE_CANDIDATES: tuple[dict[str, Any], ...] = (
     dict(poll_frag=True, poll_delay=250),
     dict(poll_frag=True, poll_delay=1000),
     dict(ffma_cols=2),
+    dict(poll_delay=0),  # the FFMA plans' first-read delay (POLL_DELAY_FFMA_NS, v22) off, and longer (hidden 1024 in
+    dict(poll_delay=400),  # 16-bit measured faster at 400 ns)
 )
 # a candidate replaces the default only where it is faster by more than this fraction (plan.py's rule for measured
 # options: a 2.5 % gain counted as a tie), so that timing noise does not flip the plan between runs
