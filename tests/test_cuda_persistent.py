@@ -163,6 +163,11 @@ def test_ffma_cols_gives_a_thread_several_columns_or_refuses_in_one_line():
     assert (k32.ffma_cols, k32.k_split, k32.num_warps) == (2, 16, 4)
     with pytest.raises(ValueError, match=r"^ffma_cols=2 does not fit hidden 512 batch 64 in float32"):
         _cuda_plan(packed_of(512, False), 64, 132, ffma_cols=2, cuda_kpt=32)  # 512 threads of 154+ registers
+    # v22: the FFMA plans' first-read delay, 400 ns at padded hidden 1024 in 16-bit; none on mma without poll_frag
+    assert _cuda_plan(packed_of(512, False), 1, 132).poll_delay == 250
+    assert _cuda_plan(packed_of(1024, False, torch.bfloat16), 1, 132).poll_delay == 400
+    assert _cuda_plan(packed_of(1024, False), 1, 132).poll_delay == 250
+    assert _cuda_plan(packed_of(256, False, torch.bfloat16), 64, 132).poll_delay == 0
     # the measured defaults (CUDA_MEASURED_OPTIONS, v21): Q and S fp32 on 2 columns a thread, fp32 h512 b8 not
     assert _cuda_plan(packed_of(512, False), 64, 132).ffma_cols == 2
     assert _cuda_plan(packed_of(512, True), 8, 132).ffma_cols == 2
