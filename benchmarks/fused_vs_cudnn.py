@@ -404,7 +404,6 @@ def print_grid(workloads: list[Workload], rows: list, tune: bool = False) -> Non
     print("| point | cuDNN graph us | fused-graph us | cuDNN graph / fused-graph | kernel |"
           + (" tuned-graph us | tuned kernel |" if tune else ""))
     print("|---|---|---|---|---|" + ("---|---|" if tune else ""))
-    ours, handed = [], 0
     for w, r in zip(workloads, rows):
         if r is None:
             print(f"| {w.name} | failed | | | |" + (" | |" if tune else ""))
@@ -416,13 +415,8 @@ def print_grid(workloads: list[Workload], rows: list, tune: bool = False) -> Non
                      else f" failed: {r.get('tuned-failed', '')} | |")
         print(f"| {w.name} | {r['cudnn-graph']:.1f} | {r['fused-graph']:.1f} | {ratio:.2f}x | {r['plan'].kernel} |"
               + tuned)
-        # points the plan handed to cuDNN (Plan.kernel "cudnn") are cuDNN against itself: counted apart, never wins
-        if r["plan"].kernel == "cudnn":
-            handed += 1
-        else:
-            ours.append((ratio, w.name))
-    losses = [n for q, n in ours if q < 1.0]
-    worst = min(ours) if ours else (float("nan"), "-")
+    handed, ours, losses, worst = count_losses((w.name, r["plan"].kernel, r["cudnn-graph"] / r["fused-graph"])
+                                               for w, r in zip(workloads, rows) if r is not None)
     timed = len(ours) + handed
     print(f"# grid: {timed} points timed, {len(rows) - timed} failed, {handed} handed to cuDNN; "
           f"a fused kernel slower than cuDNN in a graph at {len(losses)} of {len(ours)}; worst ratio "
@@ -431,19 +425,26 @@ def print_grid(workloads: list[Workload], rows: list, tune: bool = False) -> Non
         print_tuned_count(workloads, rows)
 
 
+def count_losses(points) -> tuple[int, list, list, tuple]:
+    """(points handed to cuDNN, [(ratio, name)] of the others, names of those slower than cuDNN, the worst (ratio,
+    name)) of (name, kernel, cuDNN graph / ours) triples. Points whose plan is cuDNN's (Plan.kernel "cudnn") are cuDNN
+    against itself: counted apart, never wins."""
+    handed, ours = 0, []
+    for name, kernel, ratio in points:
+        if kernel == "cudnn":
+            handed += 1
+        else:
+            ours.append((ratio, name))
+    losses = [n for q, n in ours if q < 1.0]
+    return handed, ours, losses, min(ours) if ours else (float("nan"), "-")
+
+
 def print_tuned_count(workloads: list[Workload], rows: list) -> None:
     """print_grid's count for the tuned plans: points whose tuned plan is cuDNN's count as handed off, as the
     default's do; points whose tuning failed are left out."""
-    ours, handed = [], 0
-    for w, r in zip(workloads, rows):
-        if r is None or "tuned-graph" not in r:
-            continue
-        if r["tuned"].plan.kernel == "cudnn":
-            handed += 1
-        else:
-            ours.append((r["cudnn-graph"] / r["tuned-graph"], w.name))
-    losses = [n for q, n in ours if q < 1.0]
-    worst = min(ours) if ours else (float("nan"), "-")
+    handed, ours, losses, worst = count_losses((w.name, r["tuned"].plan.kernel, r["cudnn-graph"] / r["tuned-graph"])
+                                               for w, r in zip(workloads, rows)
+                                               if r is not None and "tuned-graph" in r)
     print(f"# grid: tuned: {len(ours) + handed} points tuned, {handed} handed to cuDNN; a fused kernel slower than "
           f"cuDNN in a graph at {len(losses)} of {len(ours)}; worst ratio {worst[0]:.2f}x ({worst[1]})")
 

@@ -147,8 +147,9 @@ CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any
     # 95.6 -> 93.4 (2.3 %), b64 bf16 clusters lost (188.9 -> 217.5 / 243.0)
     ("fp16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False))),
     ("bf16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False))),
-    # P (256 -> 512 b1 uni): 121.5 -> 113.2 (8 units a block, 64 blocks; v18's stamps run: 125.0 -> 114.8)
-    ("fp32", 512, 1): ((1, dict(cuda_nb=8)),),
+    # P (256 -> 512 b1 uni): 121.5 -> 113.2 (8 units a block, 64 blocks; v18's stamps run: 125.0 -> 114.8); b8 and
+    # b64: v21 below (h512 b8 keeps the plain plan, 285.2 against ffma_cols' 492.7)
+    ("fp32", 512, 1): ((1, dict(cuda_nb=8)), (8, {}), (64, dict(ffma_cols=2))),
     # 16-bit where the final grid (2026-12-03 ~14:20 UTC) had it slower than fp32, timed again with variants in one run
     # (~14:25 UTC, fused-graph us, default -> cuda_nb=8; clusters of 8 on FFMA tied within 1.2 % at hidden 128 and
     # 256, so the fewer blocks, one option): h128 b64 uni bf16 160.1 -> 136.3 (2L 315.7 -> 270.9), fp16 160.1 ->
@@ -158,25 +159,24 @@ CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any
     ("fp16", 128, 1): ((8, {}), (64, dict(cuda_nb=8))),
     ("bf16", 256, 2): ((1, {}), (8, dict(cuda_nb=8))),
     ("bf16", 384, 1): ((1, dict(cuda_nb=8)),),
-    ("bf16", 512, 1): ((1, dict(cuda_nb=8)),),
+    # session 9 (H200, 2026-12-03 ~15:10 UTC, grid points timed with variants, fused-graph us, default -> cuda_nb=8):
+    # hidden 512 unidirectional at batch 8 in 16-bit, 64 blocks of 8 units instead of 128 of 4: bf16 174.5 -> 137.4 (2
+    # layers 343.1 -> 269.4), fp16 174.5 -> 139.2 (cuDNN's persistent kernel: 161.2, the grid's fp16 loss); cuda_nb=16
+    # 164.7-165.5; bidirectional (already 64 blocks a direction) unchanged. Not timed at batch 2-7: the bound is the
+    # measured 8 (bf16 b1: the row above)
+    ("bf16", 512, 1): ((8, dict(cuda_nb=8)),),
+    ("fp16", 512, 1): ((1, {}), (8, dict(cuda_nb=8))),
+    # v21 (H200, 2026-12-03 ~15:40 UTC, fused-graph us, default -> ffma_cols=2 / 4): 2 columns a thread of the fp32 FFMA
+    # product where it won: Q (h512 b64 uni) 853.3 -> 713.1 / 719.1, S (h512 b8 2L bi) 1604.4 -> 1398.0 / 1397.1, R
+    # (h1024 b1 uni) 264.9 -> 237.5 / 245.4, h1024 b8 uni 580.6 -> 525.7 / 551.9, h768 b8 uni 497.6 -> 459.1 / 454.5,
+    # h384 b64 uni 817.4 -> 783.9 / 771.1; 4 columns at h384 b8 uni 251.7 -> 252.0 / 238.1. Lost: h512 b8 uni 285.2 ->
+    # 492.7 / 442.2 (2 warps a block), P 111.1 -> 112.5 / 110.5, M and hidden 256 (clusters there: 94.9 -> 98.8-100.1,
+    # 105.1 -> 202.0, 323.5 -> 683.3): those keep their plans
+    ("fp32", 512, 2): ((1, {}), (8, dict(ffma_cols=2))),
+    ("fp32", 1024, 1): ((8, dict(ffma_cols=2)),),
+    ("fp32", 768, 1): ((1, {}), (8, dict(ffma_cols=2))),
+    ("fp32", 384, 1): ((1, {}), (8, dict(ffma_cols=4)), (64, dict(ffma_cols=2))),
 }
-# session 9 (H200, 2026-12-03 ~15:10 UTC, grid points timed with variants, fused-graph us, default -> cuda_nb=8): hidden
-# 512 unidirectional at batch 8 in 16-bit, 64 blocks of 8 units instead of 128 of 4: bf16 174.5 -> 137.4 (2 layers 343.1
-# -> 269.4), fp16 174.5 -> 139.2 (cuDNN's persistent kernel: 161.2, the grid's fp16 loss); cuda_nb=16 164.7-165.5;
-# bidirectional (already 64 blocks a direction) unchanged. Not timed at batch 2-7: the bound is the measured 8
-CUDA_MEASURED_OPTIONS[("bf16", 512, 1)] = ((8, dict(cuda_nb=8)),)
-CUDA_MEASURED_OPTIONS[("fp16", 512, 1)] = ((1, {}), (8, dict(cuda_nb=8)))
-# v21 (H200, 2026-12-03 ~15:40 UTC, fused-graph us, default -> ffma_cols=2 / 4): 2 columns a thread of the fp32 FFMA
-# product where it won: Q (h512 b64 uni) 853.3 -> 713.1 / 719.1, S (h512 b8 2L bi) 1604.4 -> 1398.0 / 1397.1, R (h1024
-# b1 uni) 264.9 -> 237.5 / 245.4, h1024 b8 uni 580.6 -> 525.7 / 551.9, h768 b8 uni 497.6 -> 459.1 / 454.5, h384 b64
-# uni 817.4 -> 783.9 / 771.1; 4 columns at h384 b8 uni 251.7 -> 252.0 / 238.1. Lost: h512 b8 uni 285.2 -> 492.7 /
-# 442.2 (2 warps a block), P 111.1 -> 112.5 / 110.5, M and hidden 256 (clusters there: 94.9 -> 98.8-100.1, 105.1 ->
-# 202.0, 323.5 -> 683.3): those keep their plans
-CUDA_MEASURED_OPTIONS[("fp32", 512, 1)] = ((1, dict(cuda_nb=8)), (8, {}), (64, dict(ffma_cols=2)))
-CUDA_MEASURED_OPTIONS[("fp32", 512, 2)] = ((1, {}), (8, dict(ffma_cols=2)))
-CUDA_MEASURED_OPTIONS[("fp32", 1024, 1)] = ((8, dict(ffma_cols=2)),)
-CUDA_MEASURED_OPTIONS[("fp32", 768, 1)] = ((1, {}), (8, dict(ffma_cols=2)))
-CUDA_MEASURED_OPTIONS[("fp32", 384, 1)] = ((1, {}), (8, dict(ffma_cols=4)), (64, dict(ffma_cols=2)))
 
 
 @dataclass(frozen=True)
@@ -251,6 +251,11 @@ def interpreting() -> bool:
 
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """The name CUDA_MEASURED_OPTIONS and CUDNN_MEASURED key a dtype by ("" for none of theirs)."""
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "")
 
 
 def _hopper(device: torch.device) -> bool:
@@ -332,16 +337,13 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
             plan = None
         if plan is not None:
             return plan
-    if ffma_cols not in (None, 0, 1):
-        if cuda_kpt is not None and cuda_kpt not in CUDA_KPT_CHOICES:
-            raise ValueError(f"cuda_kpt must be one of {CUDA_KPT_CHOICES} (k a thread of the FFMA product), got "
-                             f"{cuda_kpt!r}")
-        return _ffma_cols_plan(packed, batch, sms, ffma_cols,
-                               _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster,
-                                          cluster_rows, tiles_per_warp, measured=False), cuda_kpt)
     if cuda_kpt is not None and cuda_kpt not in CUDA_KPT_CHOICES:
         raise ValueError(f"cuda_kpt must be one of {CUDA_KPT_CHOICES} (k a thread of the FFMA product), got "
                          f"{cuda_kpt!r}")
+    if ffma_cols not in (None, 0, 1):
+        return _ffma_cols_plan(packed, batch, sms, ffma_cols,
+                               _cuda_plan(packed, batch, sms, mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster,
+                                          cluster_rows, tiles_per_warp, measured=False), cuda_kpt)
     if cluster or cluster_rows or tiles_per_warp:
         if poll_frag or cuda_nb:
             raise ValueError(f"cluster does not combine with {'poll_frag' if poll_frag else 'cuda_nb'} (a cluster "
@@ -392,8 +394,8 @@ def _ffma_cols_plan(packed: PackedRNN, batch: int, sms: int, ffma_cols: Any, pla
 
 def _measured_options(packed: PackedRNN, batch: int) -> dict[str, Any] | None:
     """The CUDA_MEASURED_OPTIONS entry of these sizes, or None."""
-    precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(packed.dtype, "")
-    for largest, options in CUDA_MEASURED_OPTIONS.get((precision, packed.hidden_size, packed.num_directions), ()):
+    for largest, options in CUDA_MEASURED_OPTIONS.get((_precision(packed.dtype), packed.hidden_size,
+                                                       packed.num_directions), ()):
         if batch <= largest:
             return dict(options)
     return None
@@ -669,26 +671,26 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
         overrides["poll_sentinel"] = True  # the sentinel row stored last is for the sentinel poll
     plan = _plan_for(packed, seq_len, batch, path, **overrides)
     _refuse_cuda_options(plan, packed.dtype, batch)
-    measured_why = (_cudnn_measured(packed, batch) if path is None and not overrides and cudnn is None and CUDNN_HANDOFF
-                    else "")
-    if measured_why and not cudnn_unavailable(packed):
+    if not (path is None and not overrides and cudnn is None and CUDNN_HANDOFF):
+        return plan  # planned as asked
+    measured_why = _cudnn_measured(packed, batch)
+    known_loser = plan.kernel == "persistent" or plan.path == "multi-launch"
+    if not (measured_why or known_loser) or cudnn_unavailable(packed):
+        return plan
+    # cuDNN instead, saying why (describe() puts the note in bench records)
+    if measured_why:
         return Plan("cudnn", batch, 1, 1, note=f"handed to cuDNN: {measured_why}, than the fused plan ({plan.kernel}); "
                                                f"cudnn=False keeps it")
-    if (path is None and not overrides and cudnn is None and CUDNN_HANDOFF
-            and (plan.kernel == "persistent" or plan.path == "multi-launch") and not cudnn_unavailable(packed)):
-        # a size no fused kernel serves well: cuDNN instead, saying why (describe() puts it in bench records)
-        ours = "the Triton persistent kernel" if plan.kernel == "persistent" else "one stack launch a step"
-        why = f" ({plan.note})" if plan.note else ""
-        return Plan("cudnn", batch, 1, 1, note=f"handed to cuDNN: the fused plan here is {ours}{why}, known "
-                                                 f"to lose to cuDNN; cudnn=False keeps it")
-    return plan
+    ours = "the Triton persistent kernel" if plan.kernel == "persistent" else "one stack launch a step"
+    why = f" ({plan.note})" if plan.note else ""
+    return Plan("cudnn", batch, 1, 1, note=f"handed to cuDNN: the fused plan here is {ours}{why}, known to lose to "
+                                           f"cuDNN; cudnn=False keeps it")
 
 
 def _cudnn_measured(packed: PackedRNN, batch: int) -> str:
     """Why CUDNN_MEASURED hands a call of these sizes to cuDNN ("" where it does not, or off Hopper)."""
-    precision = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(packed.dtype, "")
     for (prec, hidden, dirs, layers, least, most), why in CUDNN_MEASURED.items():
-        if ((prec, hidden, dirs) == (precision, packed.hidden_size, packed.num_directions)
+        if ((prec, hidden, dirs) == (_precision(packed.dtype), packed.hidden_size, packed.num_directions)
                 and packed.num_layers >= layers and least <= batch <= most and packed.device.type == "cuda"
                 and _hopper(packed.device)):
             return why
