@@ -197,7 +197,7 @@ def test_measured_options_are_the_default_only_where_listed_and_asked_options_wi
 def test_the_measured_defaults_are_the_d_sweeps_winners_at_its_sizes_only():
     """CUDA_MEASURED_OPTIONS as v20's D sweep chose them (docs/fused_kernel.md "v20 measured"): clusters of 8 at hidden
     256 fp32 (uni batch 1-64, bi 2-8) and hidden 128 fp32 uni (batch 9-64), 16-bit hidden 256 uni batch 2-8 on
-    clusters of 8 with FFMA, 8 units a block at hidden 512 fp32 uni batch 1; the plain plan everywhere else (other
+    clusters of 8 with FFMA, 2 FFMA columns a thread at hidden 512 fp32 uni batch 1 (session 10); the plain plan everywhere else (other
     batches, directions, precisions, hidden sizes of the same padded size), off Hopper (measured=False) and where
     anything is asked."""
     def plain(hidden, bi, dtype, batch):
@@ -224,8 +224,9 @@ def test_the_measured_defaults_are_the_d_sweeps_winners_at_its_sizes_only():
                                      (512, False, torch.bfloat16, 1)]:
         got = _cuda_plan(packed_of(hidden, bi, dtype), batch, 132)
         assert (got.block_n, got.cluster) == (8, 0) and plain(hidden, bi, dtype, batch).block_n == 4, (hidden, dtype)
-    p = _cuda_plan(packed_of(512, False), 1, 132)  # P fp32: 64 blocks of 8 units
-    assert (p.block_n, p.programs, p.cluster) == (8, 64, 0) and plain(512, False, torch.float32, 1).block_n == 4
+    p = _cuda_plan(packed_of(512, False), 1, 132)  # P fp32 (session 10): 2 columns a thread, 128 blocks of 4 units
+    assert (p.block_n, p.programs, p.cluster, p.ffma_cols) == (4, 128, 0, 2), p
+    assert plain(512, False, torch.float32, 1).ffma_cols == 0
     for hidden, bi, dtype, batch in [(256, True, torch.float32, 1), (256, True, torch.float32, 16),
                                      (256, False, torch.float32, 65), (128, False, torch.float32, 8),
                                      (128, True, torch.float32, 64), (512, False, torch.float32, 2),
@@ -241,16 +242,23 @@ def test_the_measured_defaults_are_the_d_sweeps_winners_at_its_sizes_only():
 
 
 def test_cuda_only_options_are_refused_where_they_do_not_apply():
-    """poll_sentinel, sentinel_last and stamps: a one-line ValueError naming the option where the plan runs another
-    kernel (here the CPU's: the Triton persistent and the stack kernel), and poll_sentinel where its sentinels
-    would be all of h (one batch row a block, one 16-byte chunk a producer block)."""
-    for option in ("poll_sentinel", "sentinel_last", "stamps"):
+    """poll_sentinel, sentinel_last, stamps and poll_spin: a one-line ValueError naming the option where the plan
+    runs another kernel (here the CPU's: the Triton persistent and the stack kernel), poll_sentinel where its
+    sentinels would be all of h (one batch row a block, one 16-byte chunk a producer block), poll_spin outside 0-2
+    or on a cluster plan (no polls)."""
+    for option in ("poll_sentinel", "sentinel_last", "stamps", "poll_spin"):
         with pytest.raises(ValueError, match=f"^{option} is an option of the CUDA persistent kernel, and this "
                                              f"call's plan runs the persistent kernel") as err:
             plan_for(packed_of(20, False), 4, 3, path="per-layer", **{option: True})
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="^stamps is an option of the CUDA persistent kernel.* runs the stack kernel"):
         plan_for(packed_of(20, False), 4, 3, stamps=True)
+    with pytest.raises(ValueError, match=r"^poll_spin=3 is not one of 0 .*, 1 .* or 2 \(spun and adapted .*\)$"):
+        _refuse_cuda_options(dataclasses.replace(_cuda_plan(packed_of(512, False), 1, 132), poll_spin=3),
+                             torch.float32, 1)
+    with pytest.raises(ValueError, match="^poll_spin does not apply to a cluster plan"):
+        _refuse_cuda_options(dataclasses.replace(_cuda_plan(packed_of(256, False), 8, 132), poll_spin=2),
+                             torch.float32, 8)
     p_fp32 = _cuda_plan(packed_of(512, False), 1, 132, measured=False)  # P fp32's plain plan: 4 units (16 bytes)
     with pytest.raises(ValueError, match="^poll_sentinel does not apply .* cuda_nb=8 or more"):
         _refuse_cuda_options(dataclasses.replace(p_fp32, poll_sentinel=True), torch.float32, 1)
@@ -350,6 +358,12 @@ def _variants():
                                                                       False, False, ffma_cols=2),
         "P bf16 ffma 2 columns a thread": CudaConfig(True, 1, 512, 512, 8, 64, 1, 128, 8, False, 16, True, True,
                                                      ffma_cols=2),
+        # poll_spin (v23): the first-read delay spun on clock64, adapted (A fragments, FFMA through shared memory)
+        "T bf16 h polled into A fragments, adapted spin delay": CudaConfig(
+            True, 1, 1024, 1024, 8, 128, 16, 256, 8, True, 16, True, True, mma_regs=True, poll_frag=True,
+            poll_delay=500, poll_spin=2),
+        "R fp32 ffma 2 columns a thread, spun delay": CudaConfig(True, 1, 1024, 1024, 8, 128, 1, 256, 16, False, 32,
+                                                                 False, True, poll_delay=250, ffma_cols=2, poll_spin=1),
     }
 
 
@@ -922,7 +936,7 @@ MEASURED_DEFAULT_CASES = [
     ("lstm", 32, 256, 2, True, False, 9, 5, True, "fp32", (8, 32, False)),
     ("lstm", 32, 256, 1, False, False, 10, 8, True, "fp16", (8, 32, False)),
     ("gru", 32, 256, 2, False, True, 10, 3, True, "bf16", (8, 32, False)),
-    ("lstm", 256, 512, 1, False, False, 20, 1, True, "fp32", (0, 8, False)),  # P: 8 units a block
+    ("lstm", 256, 512, 1, False, False, 20, 1, True, "fp32", (0, 4, False)),  # P: 2 columns a thread (ffma_cols)
     ("lstm", 256, 512, 1, False, False, 20, 1, True, "bf16", (0, 8, False)),  # P bf16 (16-bit FFMA at one row)
     ("gru", 32, 128, 2, False, False, 10, 64, True, "bf16", (0, 8, True)),
     ("lstm", 32, 128, 1, False, True, 10, 40, False, "fp16", (0, 8, True)),

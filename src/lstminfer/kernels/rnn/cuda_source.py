@@ -61,6 +61,12 @@ KernelStalled: a cluster waits on nobody outside it). GROUP_ROWS: the real batch
 slices past both alone). MMA_TPW (mma, W^T in shared memory): a warp per MMA_TPW column tiles and a k slice, each A
 fragment read once for the group.
 
+POLL_SPIN (v23, asked only): 1, the first-read delay (POLL_DELAY ns, SPIN_CYCLES_PER_NS cycles each) spun on
+``clock64`` instead of ``__nanosleep`` (whose pause is only guaranteed to lie in [0, 2 t]); 2, that delay adapted
+every step by each thread from its own reads: shorter by 1/16 after a first read that found its whole part of h,
+else a quarter of the way towards the midpoint of its last failed read and the read that found h (both issue times
+taken on ``clock64``), within [0, SPIN_MAX] cycles. What the numbers rest on is unchanged: every word read is checked.
+
 STAMPS (asked only): thread 0 of every block writes globaltimer ns into ``stamps[block][step][3]`` (the layer's
 slice, launch.py's workspace["stamps"]): (a) the step's wait starts, (b) the block's whole h slice is valid (the
 last warp's own stamp, taken after its poll and read after the next block barrier), (c) the block's h stores of
@@ -168,6 +174,12 @@ static_assert(!MMA && !W_SHARED && W_REGS < KPT && W_REGS % 4 == 0, "a split FFM
 #ifndef POLL_DELAY
 #define POLL_DELAY 0
 #endif
+#ifndef POLL_SPIN
+#define POLL_SPIN 0
+#endif
+// POLL_SPIN: cycles a ns of POLL_DELAY (the H200's 1980 MHz), and the longest adapted delay (~4 us)
+#define SPIN_CYCLES_PER_NS 2
+#define SPIN_MAX 8192
 #ifndef POLL_SENTINEL
 #define POLL_SENTINEL 0
 #endif
@@ -186,7 +198,8 @@ static_assert(!MMA && !W_SHARED && W_REGS < KPT && W_REGS % 4 == 0, "a split FFM
 #if CLUSTER
 // a cluster of CLUSTER blocks holds every tile of one (batch group, direction): h through distributed shared memory
 static_assert(TILES == CLUSTER, "a cluster is the TILES blocks of one batch group and direction");
-static_assert(!POLL_FRAG && !POLL_SENTINEL && !STAMPS && !POLL_DELAY && !POLL_SLEEP, "clusters do not poll");
+static_assert(!POLL_FRAG && !POLL_SENTINEL && !STAMPS && !POLL_DELAY && !POLL_SLEEP && !POLL_SPIN,
+              "clusters do not poll");
 #define HBUF 2  // h in shared memory by step parity: written by the cluster's blocks while this step reads the other
 #else
 #define HBUF 1
@@ -563,6 +576,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     __syncthreads();
 #endif
 
+#if POLL_SPIN
+    int spin_wait = POLL_DELAY * SPIN_CYCLES_PER_NS;  // this thread's first-read delay, cycles (POLL_SPIN 2: adapted)
+#endif
     for (int s = 0; s < T; ++s) {
         const int t = d == 0 ? s : T - 1 - s;
         const long long read_slot = d == 0 ? t : t + 2;
@@ -609,7 +625,14 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #endif
         bool gave_up = false;
         long long spins = 1;
-#if POLL_DELAY
+#if POLL_SPIN
+        // the first read after spin_wait cycles of clock64 (no memory traffic; __nanosleep's pause is only
+        // guaranteed to be in [0, 2 t]); the issue times of the last two read rounds, cycles after t0
+        const long long t0 = clock64();
+        while (clock64() - t0 < spin_wait) {
+        }
+        int issued_before = spin_wait, issued_last = spin_wait;
+#elif POLL_DELAY
         // the first read later: a read before the others' h is there only costs this multiprocessor's L2
         // bandwidth (a round of h is 16-32 KiB a block at 8-16 rows) ahead of the read that finds it
         __nanosleep(POLL_DELAY);
@@ -681,6 +704,10 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #if POLL_SLEEP
             __nanosleep(POLL_SLEEP);  // fewer re-reads while the others compute (every re-read is L2 traffic)
 #endif
+#if POLL_SPIN
+            issued_before = issued_last;
+            issued_last = (int)(clock64() - t0);
+#endif
 #pragma unroll
             for (int i = 0; i < NPOLL; ++i) {
 #if !A_DIRECT
@@ -690,6 +717,16 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             }
             ++spins;
         }
+#if POLL_SPIN == 2
+        // adapt the delay to when h arrives: a first read that found all of this thread's chunks may have come
+        // later than needed (1/16 earlier next step); else h landed between the last failed read and the one that
+        // found it: a quarter of the way towards their midpoint. Each thread alone, from its own reads
+        if (spins == 1)
+            spin_wait -= (spin_wait >> 4) + 8;
+        else
+            spin_wait += (((issued_before + issued_last) >> 1) - spin_wait) >> 2;
+        spin_wait = min(max(spin_wait, 0), SPIN_MAX);
+#endif
 #if STAMPS
         __syncwarp();
         if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][0] = now_ns();  // the warp's part of h is valid

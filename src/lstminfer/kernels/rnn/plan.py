@@ -112,7 +112,7 @@ POLL_DELAY_FFMA_NS = 250
 POLL_DELAY_FFMA_16BIT_1024_NS = 400
 # options of the CUDA kernel only (asked for only, not yet measured; docs/fused_kernel.md v18): a plan that runs
 # another kernel refuses them
-CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster")
+CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster", "poll_spin")
 # thread-block clusters (asked for, or CUDA_MEASURED_OPTIONS' default; docs/fused_kernel.md "Clusters (v19)"): the
 # blocks a cluster that cluster=True tries, largest first (more than 8 needs the non-portable cluster size, which Hopper
 # allows up to 16), and the rows a cluster by default (mma: the 16 padded rows; FFMA: the real rows, at most
@@ -147,9 +147,11 @@ CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any
     # 95.6 -> 93.4 (2.3 %), b64 bf16 clusters lost (188.9 -> 217.5 / 243.0)
     ("fp16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False))),
     ("bf16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False))),
-    # P (256 -> 512 b1 uni): 121.5 -> 113.2 (8 units a block, 64 blocks; v18's stamps run: 125.0 -> 114.8); b8 and
-    # b64: v21 below (h512 b8 keeps the plain plan, 285.2 against ffma_cols' 492.7)
-    ("fp32", 512, 1): ((1, dict(cuda_nb=8)), (8, {}), (64, dict(ffma_cols=2))),
+    # P (256 -> 512 b1 uni): 121.5 -> 113.2 (8 units a block, 64 blocks; v18's stamps run: 125.0 -> 114.8; session 10
+    # below); b8 and b64: v21 below (h512 b8 keeps the plain plan, 285.2 against ffma_cols' 492.7)
+    # session 10 (H200, 2026-12-03 ~17:12 UTC, tune_plan on P with v22's 250 ns delay): P 103.4 -> 98.7 with 2 columns
+    # a thread (4 units a block, 128 blocks of 2 warps), where v21 without the delay had it lose (111.1 -> 112.5)
+    ("fp32", 512, 1): ((1, dict(ffma_cols=2)), (8, {}), (64, dict(ffma_cols=2))),
     # 16-bit where the final grid (2026-12-03 ~14:20 UTC) had it slower than fp32, timed again with variants in one run
     # (~14:25 UTC, fused-graph us, default -> cuda_nb=8; clusters of 8 on FFMA tied within 1.2 % at hidden 128 and
     # 256, so the fewer blocks, one option): h128 b64 uni bf16 160.1 -> 136.3 (2L 315.7 -> 270.9), fp16 160.1 ->
@@ -218,6 +220,7 @@ class Plan:
     w_regs: int = 0  # CUDA kernel, FFMA: k a thread in registers, the rest of its slice in shared memory (0: no split)
     tiles_per_warp: int = 0  # CUDA kernel, mma with W^T in shared memory: column tiles a warp (0: one)
     ffma_cols: int = 0  # CUDA kernel, FFMA with W^T in registers: columns a thread (0: one)
+    poll_spin: int = 0  # CUDA kernel: the first-read delay spun on clock64 (1), and adapted every step (2; v23)
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
@@ -238,7 +241,8 @@ class Plan:
                   "persistent-cuda": ("block_b", "block_n", "r_tiles", "programs", "k_split", "num_warps",
                                       "mma", "w_shared", "mma_regs", "poll_frag", "poll_sleep",
                                       "poll_delay", "poll_sentinel", "sentinel_last", "stamps", "cluster",
-                                      "group_rows", "w_regs", "tiles_per_warp", "ffma_cols")}[self.kernel]
+                                      "group_rows", "w_regs", "tiles_per_warp", "ffma_cols",
+                                      "poll_spin")}[self.kernel]
         out = {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
         if self.note:
             out["note"] = self.note
@@ -716,8 +720,11 @@ def _refuse_cuda_options(plan: Plan, dtype: torch.dtype, batch: int) -> None:
             why = f" ({plan.note})" if plan.note else ""
             raise ValueError(f"{name} is an option of the CUDA persistent kernel, and this call's plan runs the "
                              f"{plan.kernel} kernel{why}: leave {name} out, or plan with path='per-layer', cuda=True")
+    if plan.poll_spin not in (0, 1, 2):
+        raise ValueError(f"poll_spin={plan.poll_spin!r} is not one of 0 (the first-read delay slept), 1 (spun on the "
+                         f"clock) or 2 (spun and adapted every step)")
     if plan.cluster:
-        for name in ("poll_sentinel", "stamps", "poll_frag", "poll_delay", "poll_sleep"):
+        for name in ("poll_sentinel", "stamps", "poll_frag", "poll_delay", "poll_sleep", "poll_spin"):
             if getattr(plan, name):
                 raise ValueError(f"{name} does not apply to a cluster plan (h through distributed shared memory, no "
                                  f"polls): leave {name} or cluster out")
