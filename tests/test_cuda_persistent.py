@@ -198,8 +198,8 @@ def test_the_measured_defaults_are_the_d_sweeps_winners_at_its_sizes_only():
     """CUDA_MEASURED_OPTIONS as v20's D sweep chose them (docs/fused_kernel.md "v20 measured"): clusters of 8 at hidden
     256 fp32 (uni batch 1-64, bi 2-8) and hidden 128 fp32 uni (batch 9-64), 16-bit hidden 256 uni batch 2-8 on
     clusters of 8 with FFMA, 2 FFMA columns a thread at hidden 512 fp32 uni batch 1 (session 10); the plain plan
-    everywhere else (other batches, directions, precisions, hidden sizes of the same padded size), off Hopper (measured=False) and where
-    anything is asked."""
+    everywhere else (other batches, directions, precisions, hidden sizes of the same padded size), off Hopper
+    (measured=False) and where anything is asked."""
     def plain(hidden, bi, dtype, batch):
         return _cuda_plan(packed_of(hidden, bi, dtype), batch, 132, measured=False)
 
