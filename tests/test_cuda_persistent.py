@@ -168,6 +168,20 @@ def test_ffma_cols_gives_a_thread_several_columns_or_refuses_in_one_line():
     assert _cuda_plan(packed_of(1024, False, torch.bfloat16), 1, 132).poll_delay == 400
     assert _cuda_plan(packed_of(1024, False), 1, 132).poll_delay == 250
     assert _cuda_plan(packed_of(256, False, torch.bfloat16), 64, 132).poll_delay == 0
+    # session 10's measured Plan fields (CUDA_MEASURED_OPTIONS, MEASURED_PLAN_FIELDS): T's 1000 ns at hidden 1024
+    # bf16 batch 9-16 only, the adapted spin at batch 33-64 of four sizes only, on the plan built without them
+    for hidden, bi, dtype, batch, want in [
+            (1024, False, torch.bfloat16, 16, (1000, 0)), (1024, False, torch.bfloat16, 8, (500, 0)),
+            (1024, False, torch.float16, 16, (500, 0)), (768, False, torch.float16, 64, (0, 2)),
+            (768, False, torch.bfloat16, 33, (0, 2)), (768, False, torch.bfloat16, 32, (500, 0)),
+            (768, True, torch.bfloat16, 1, (0, 0)), (256, True, torch.bfloat16, 64, (0, 2)),
+            (256, True, torch.float16, 64, (0, 0)), (128, True, torch.float32, 64, (250, 2)),
+            (128, False, torch.float32, 64, (0, 0))]:
+        got = _cuda_plan(packed_of(hidden, bi, dtype), batch, 132)
+        plain = _cuda_plan(packed_of(hidden, bi, dtype), batch, 132, measured=False)
+        assert (got.poll_delay, got.poll_spin) == want, (hidden, bi, dtype, batch, got)
+        if want[1]:
+            assert dataclasses.replace(got, poll_spin=0) == plain
     # the measured defaults (CUDA_MEASURED_OPTIONS, v21): Q and S fp32 on 2 columns a thread, fp32 h512 b8 not
     assert _cuda_plan(packed_of(512, False), 64, 132).ffma_cols == 2
     assert _cuda_plan(packed_of(512, True), 8, 132).ffma_cols == 2
@@ -229,7 +243,7 @@ def test_the_measured_defaults_are_the_d_sweeps_winners_at_its_sizes_only():
     assert plain(512, False, torch.float32, 1).ffma_cols == 0
     for hidden, bi, dtype, batch in [(256, True, torch.float32, 1), (256, True, torch.float32, 16),
                                      (256, False, torch.float32, 65), (128, False, torch.float32, 8),
-                                     (128, True, torch.float32, 64), (512, False, torch.float32, 2),
+                                     (128, True, torch.float32, 32), (512, False, torch.float32, 2),
                                      (512, True, torch.float32, 1), (512, False, torch.float16, 1),
                                      (256, True, torch.float16, 8), (256, True, torch.bfloat16, 16),
                                      (384, False, torch.float32, 1), (200, False, torch.float32, 8),
@@ -1002,3 +1016,53 @@ def test_gpu_measured_default_cluster_one_step_writes_the_callers_state_and_repl
         torch.cuda.synchronize()
         for g, e in zip(static, eager):
             assert torch.equal(g, e)
+
+
+# poll_spin (v23) and session 10's measured first-read delays: (kind, input, hidden, layers, bi, batch_first, seq,
+# batch, h0/c0, precision, overrides, the plan's (poll_delay, poll_spin))
+POLL_SPIN_CASES = [
+    ("lstm", 64, 1024, 2, False, False, 24, 16, True, "bf16", {}, (1000, 0)),  # T's 1000 ns (poll_frag)
+    ("gru", 32, 256, 1, True, False, 30, 64, True, "bf16", {}, (0, 2)),  # adapted: mma, h through shared memory
+    ("lstm", 32, 128, 2, True, True, 30, 40, False, "fp32", {}, (250, 2)),  # adapted: FFMA
+    ("lstm", 48, 768, 1, False, False, 30, 64, True, "fp16", {}, (0, 2)),
+    ("lstm", 80, 512, 1, True, False, 30, 8, True, "fp32", dict(poll_spin=1), (250, 1)),  # spun: 2 FFMA columns
+    ("gru", 64, 1024, 1, False, False, 30, 8, False, "fp16", dict(poll_spin=2), (500, 2)),  # adapted: A fragments
+    ("lstm", 32, 512, 1, False, False, 30, 1, True, "bf16", dict(poll_spin=2), (250, 2)),  # 16-bit FFMA, one row
+]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("case", POLL_SPIN_CASES, ids=lambda c: "-".join(map(str, c[:10] + (c[10] or "default",))))
+def test_gpu_poll_spin_and_measured_delays_match_float64(case):
+    """The first-read delay spun on clock64 (poll_spin=1), adapted every step (2), asked for or as the measured
+    default, and T's 1000 ns default: the plan as expected (on Hopper), its outputs against float64, and a
+    CUDA-graph replay equal to eager bit for bit."""
+    *sizes, precision, overrides, want = case
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = sizes
+    if not overrides and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the measured defaults are Hopper's (sm_90)")
+    dtype = DTYPES[precision]
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    plan = plan_for(pack_rnn(module, "cuda", dtype), seq_len, batch, cudnn=False, **overrides)
+    assert (plan.kernel, (plan.poll_delay, plan.poll_spin)) == ("persistent-cuda", want), plan
+    got = run_fused(module, x, hx, dtype=dtype, device="cuda", cudnn=False, **overrides)
+    assert_close(got, reference(module, x, hx), TOLERANCE[precision])
+    # timing decides the delays only: a graph replay equals the eager call bit for bit
+    packed = pack_rnn(module, "cuda", dtype)
+    states = [] if hx is None else [*hx] if isinstance(hx, tuple) else [hx]
+    args = [x.to("cuda", dtype)] + [t.to("cuda", dtype).contiguous() for t in states]
+    eager = [t.clone() for t in rnn_forward(packed, *args, plan=plan)]
+    ws: dict = {}
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        rnn_forward(packed, *args, plan=plan, workspace=ws)
+    stream.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        static = rnn_forward(packed, *args, plan=plan, workspace=ws, check=False)
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(torch.equal(g, e) for g, e in zip(static, eager, strict=True))

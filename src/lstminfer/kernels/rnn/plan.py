@@ -159,7 +159,7 @@ CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any
     # 221.0 (fp32 233.0); h512 b1 uni bf16 (P bf16's plan) 128.7 -> 114.0 (fp32 118.7)
     ("bf16", 128, 1): ((8, {}), (64, dict(cuda_nb=8))),
     ("fp16", 128, 1): ((8, {}), (64, dict(cuda_nb=8))),
-    ("bf16", 256, 2): ((1, {}), (8, dict(cuda_nb=8))),
+    ("bf16", 256, 2): ((1, {}), (8, dict(cuda_nb=8)), (32, {}), (64, dict(poll_spin=2))),  # b33-64: session 10 below
     ("bf16", 384, 1): ((1, dict(cuda_nb=8)),),
     # session 9 (H200, 2026-12-03 ~15:10 UTC, grid points timed with variants, fused-graph us, default -> cuda_nb=8):
     # hidden 512 unidirectional at batch 8 in 16-bit, 64 blocks of 8 units instead of 128 of 4: bf16 174.5 -> 137.4 (2
@@ -178,7 +178,19 @@ CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any
     ("fp32", 1024, 1): ((8, dict(ffma_cols=2)),),
     ("fp32", 768, 1): ((1, {}), (8, dict(ffma_cols=2))),
     ("fp32", 384, 1): ((1, {}), (8, dict(ffma_cols=4)), (64, dict(ffma_cols=2))),
+    # session 10 (H200, 2026-12-03 ~17:22 UTC, fused-graph us, default -> poll_spin=2 / poll_delay=1000): T (4L h1024
+    # b16 uni bf16, mma with poll_frag) 571.4 -> 623.6 / 544.6 (tune_plan ~17:12: 569.2 -> 543.7 at 1000 ns), U (b8)
+    # 357.9 -> 451.3 at 1000 ns: batch 9-16 only. The adapted spin (v23) where the grid at seq 100 had it win by 5 % or
+    # more (~17:24 UTC; it lost at most other points, by up to 29 %), all at batch 64: 16-bit mma plans without
+    # poll_frag, h256 bi bf16 295.1 -> 264.5 (2L 591.1 -> 528.0), h768 uni bf16 698.6 -> 664.1, fp16 699.0 -> 663.0;
+    # fp32 h128 bi (FFMA) 357.8 -> 335.8 (2L 732.3 -> 695.2). From batch 33 (only batch 64 was timed)
+    ("bf16", 1024, 1): ((8, {}), (16, dict(poll_delay=1000))),
+    ("bf16", 768, 1): ((32, {}), (64, dict(poll_spin=2))),
+    ("fp16", 768, 1): ((32, {}), (64, dict(poll_spin=2))),
+    ("fp32", 128, 2): ((32, {}), (64, dict(poll_spin=2))),
 }
+# the CUDA_MEASURED_OPTIONS that are Plan fields set on the plan _cuda_plan builds from the others (not its arguments)
+MEASURED_PLAN_FIELDS = ("poll_delay", "poll_spin")
 
 
 @dataclass(frozen=True)
@@ -335,12 +347,13 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
     asked = (mma, w_shared, mma_regs, poll_frag, cuda_nb, cluster, cluster_rows, tiles_per_warp, cuda_kpt, ffma_cols)
     options = _measured_options(packed, batch) if measured and all(a is None for a in asked) else None
     if options:
+        fields = {name: options.pop(name) for name in MEASURED_PLAN_FIELDS if name in options}
         try:
-            plan = _cuda_plan(packed, batch, sms, **options)
+            plan = _cuda_plan(packed, batch, sms, **options, measured=False)
         except ValueError:  # a size the measured options do not fit: the plain plan
             plan = None
         if plan is not None:
-            return plan
+            return replace(plan, **fields)
     if cuda_kpt is not None and cuda_kpt not in CUDA_KPT_CHOICES:
         raise ValueError(f"cuda_kpt must be one of {CUDA_KPT_CHOICES} (k a thread of the FFMA product), got "
                          f"{cuda_kpt!r}")
