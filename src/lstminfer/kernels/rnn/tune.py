@@ -35,7 +35,8 @@ from .plan import Plan, interpreting, plan_for
 # hands the call to cuDNN; the stack kernel's one-warp plan against the relay, the stack kernel against the
 # pipeline; the CUDA kernel's plain plan where CUDA_MEASURED_OPTIONS took options, wider blocks, the other 16-bit
 # product, clusters (which also put hidden sizes under 256 on the CUDA kernel), the fragment poll's first-read delay
-# either side of POLL_DELAY_NS, and two FFMA columns a thread (v21), the FFMA plans' delay off and at 400 ns (v22).
+# either side of POLL_DELAY_NS, and two FFMA columns a thread (v21), the FFMA plans' delay off and at 400 ns (v22),
+# 1000 ns, the adapted delay (v23) and none.
 # Every distinct CUDA plan costs an NVRTC compile (~1-2 s) on first use.
 TUNE_CANDIDATES: tuple[dict[str, Any], ...] = (
     {},
@@ -56,6 +57,9 @@ TUNE_CANDIDATES: tuple[dict[str, Any], ...] = (
     dict(ffma_cols=2),
     dict(poll_delay=0),  # the FFMA plans' first-read delay (POLL_DELAY_FFMA_NS, v22) off, and longer (hidden 1024 in
     dict(poll_delay=400),  # 16-bit measured faster at 400 ns)
+    dict(poll_delay=1000),  # T's measured delay (session 10), and the first-read delay adapted every step (v23), on
+    dict(poll_spin=2),  # and off: each won 5-12 % at a few sizes and lost at most others
+    dict(poll_spin=0),
 )
 # a candidate replaces the default only where it is faster by more than this fraction (plan.py's rule for measured
 # options: a 2.5 % gain counted as a tie), so that timing noise does not flip the plan between runs
