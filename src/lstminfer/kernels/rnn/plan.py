@@ -145,8 +145,8 @@ CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any
     ("fp32", 256, 2): ((1, {}), (8, dict(cluster=8))),
     # b8 on FFMA (one row a cluster): fp16 158.2 -> 96.9, bf16 158.3 -> 96.6 (mma clusters lost: 176.2); b1 bf16
     # 95.6 -> 93.4 (2.3 %), b64 bf16 clusters lost (188.9 -> 217.5 / 243.0)
-    ("fp16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False))),
-    ("bf16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False))),
+    ("fp16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False)), (32, {}), (64, dict(poll_delay=250))),  # b33-64:
+    ("bf16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False)), (32, {}), (64, dict(poll_delay=250))),  # session 10
     # P (256 -> 512 b1 uni): 121.5 -> 113.2 (8 units a block, 64 blocks; v18's stamps run: 125.0 -> 114.8; session 10
     # below); b8 and b64: v21 below (h512 b8 keeps the plain plan, 285.2 against ffma_cols' 492.7)
     # session 10 (H200, 2026-12-03 ~17:12 UTC, tune_plan on P with v22's 250 ns delay): P 103.4 -> 98.7 with 2 columns
@@ -183,7 +183,10 @@ CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any
     # 357.9 -> 451.3 at 1000 ns: batch 9-16 only. The adapted spin (v23) where the grid at seq 100 had it win by 5 % or
     # more (~17:24 UTC; it lost at most other points, by up to 29 %), all at batch 64: 16-bit mma plans without
     # poll_frag, h256 bi bf16 295.1 -> 264.5 (2L 591.1 -> 528.0), h768 uni bf16 698.6 -> 664.1, fp16 699.0 -> 663.0;
-    # fp32 h128 bi (FFMA) 357.8 -> 335.8 (2L 732.3 -> 695.2). From batch 33 (only batch 64 was timed)
+    # fp32 h128 bi (FFMA) 357.8 -> 335.8 (2L 732.3 -> 695.2). From batch 33 (only batch 64 was timed). A fixed 250 ns
+    # delay on the same plans (~17:49 UTC, grid variants at batch 64 beside the defaults above): h256 uni bf16 188.7 ->
+    # 176.7 (2L 376.7 -> 352.9), fp16 186.1 -> 179.3, where the adapted spin had won 3 %: 250 ns at hidden 256 uni
+    # 16-bit batch 33-64 (in the entries above); elsewhere it lost to the adapted spin or won under 3 %
     ("bf16", 1024, 1): ((8, {}), (16, dict(poll_delay=1000))),
     ("bf16", 768, 1): ((32, {}), (64, dict(poll_spin=2))),
     ("fp16", 768, 1): ((32, {}), (64, dict(poll_spin=2))),
