@@ -1056,16 +1056,4 @@ def test_gpu_poll_spin_and_measured_delays_match_float64(case):
     packed = pack_rnn(module, "cuda", dtype)
     states = [] if hx is None else [*hx] if isinstance(hx, tuple) else [hx]
     args = [x.to("cuda", dtype)] + [t.to("cuda", dtype).contiguous() for t in states]
-    eager = [t.clone() for t in rnn_forward(packed, *args, plan=plan)]
-    ws: dict = {}
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        rnn_forward(packed, *args, plan=plan, workspace=ws)
-    stream.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        static = rnn_forward(packed, *args, plan=plan, workspace=ws, check=False)
-    for _ in range(2):
-        graph.replay()
-        torch.cuda.synchronize()
-        assert all(torch.equal(g, e) for g, e in zip(static, eager, strict=True))
+    replays_equal_eager(packed, args, plan)
