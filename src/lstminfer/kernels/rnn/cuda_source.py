@@ -61,11 +61,12 @@ KernelStalled: a cluster waits on nobody outside it). GROUP_ROWS: the real batch
 slices past both alone). MMA_TPW (mma, W^T in shared memory): a warp per MMA_TPW column tiles and a k slice, each A
 fragment read once for the group.
 
-POLL_SPIN (v23, asked only): 1, the first-read delay (POLL_DELAY ns, SPIN_CYCLES_PER_NS cycles each) spun on
-``clock64`` instead of ``__nanosleep`` (whose pause is only guaranteed to lie in [0, 2 t]); 2, that delay adapted
-every step by each thread from its own reads: shorter by 1/16 after a first read that found its whole part of h,
-else a quarter of the way towards the midpoint of its last failed read and the read that found h (both issue times
-taken on ``clock64``), within [0, SPIN_MAX] cycles. What the numbers rest on is unchanged: every word read is checked.
+POLL_SPIN (v23; the default where plan.CUDA_MEASURED_OPTIONS lists it, else asked for): 1, the first-read delay
+(POLL_DELAY ns, SPIN_CYCLES_PER_NS cycles each) spun on ``clock64`` instead of ``__nanosleep`` (whose pause is only
+guaranteed to lie in [0, 2 t]); 2, that delay adapted every step by each thread from its own reads: shorter by 1/16
+after a first read that found its whole part of h, else a quarter of the way towards the midpoint of its last failed
+read and the read that found h (both issue times taken on ``clock64``), within [0, SPIN_MAX] cycles. What the numbers
+rest on is unchanged: every word read is checked.
 
 STAMPS (asked only): thread 0 of every block writes globaltimer ns into ``stamps[block][step][3]`` (the layer's
 slice, launch.py's workspace["stamps"]): (a) the step's wait starts, (b) the block's whole h slice is valid (the

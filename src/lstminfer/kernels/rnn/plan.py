@@ -110,8 +110,7 @@ POLL_DELAY_NS = 500
 # more at padded hidden 1024 in 16-bit (both points measured there)
 POLL_DELAY_FFMA_NS = 250
 POLL_DELAY_FFMA_16BIT_1024_NS = 400
-# options of the CUDA kernel only (asked for only, not yet measured; docs/fused_kernel.md v18): a plan that runs
-# another kernel refuses them
+# options of the CUDA kernel only (docs/fused_kernel.md v18, v19, v23): a plan that runs another kernel refuses them
 CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster", "poll_spin")
 # thread-block clusters (asked for, or CUDA_MEASURED_OPTIONS' default; docs/fused_kernel.md "Clusters (v19)"): the
 # blocks a cluster that cluster=True tries, largest first (more than 8 needs the non-portable cluster size, which Hopper
@@ -145,8 +144,9 @@ CUDA_MEASURED_OPTIONS: dict[tuple[str, int, int], tuple[tuple[int, dict[str, Any
     ("fp32", 256, 2): ((1, {}), (8, dict(cluster=8))),
     # b8 on FFMA (one row a cluster): fp16 158.2 -> 96.9, bf16 158.3 -> 96.6 (mma clusters lost: 176.2); b1 bf16
     # 95.6 -> 93.4 (2.3 %), b64 bf16 clusters lost (188.9 -> 217.5 / 243.0)
-    ("fp16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False)), (32, {}), (64, dict(poll_delay=250))),  # b33-64:
-    ("bf16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False)), (32, {}), (64, dict(poll_delay=250))),  # session 10
+    # (b33-64: 250 ns, session 10 below)
+    ("fp16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False)), (32, {}), (64, dict(poll_delay=250))),
+    ("bf16", 256, 1): ((1, {}), (8, dict(cluster=8, mma=False)), (32, {}), (64, dict(poll_delay=250))),
     # P (256 -> 512 b1 uni): 121.5 -> 113.2 (8 units a block, 64 blocks; v18's stamps run: 125.0 -> 114.8; session 10
     # below); b8 and b64: v21 below (h512 b8 keeps the plain plan, 285.2 against ffma_cols' 492.7)
     # session 10 (H200, 2026-12-03 ~17:12 UTC, tune_plan on P with v22's 250 ns delay): P 103.4 -> 98.7 with 2 columns
