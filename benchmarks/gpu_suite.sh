@@ -17,7 +17,7 @@ trap pack EXIT
 nvidia-smi --query-gpu=name,driver_version,clocks.sm --format=csv,noheader | tee "$W/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__)" | tee -a "$W/gpu.txt"
 # shellcheck disable=SC2086
-timeout "${TEST_TIMEOUT:-600}" python3 -m pytest -q -m gpu ${TESTS:-tests} -p no:cacheprovider 2>&1 | tee "$W/pytest-gpu.txt" | tail -15
+timeout "${TEST_TIMEOUT:-600}" python3 -m pytest -q -m gpu -n 0 ${TESTS:-tests} -p no:cacheprovider 2>&1 | tee "$W/pytest-gpu.txt" | tail -15
 # shellcheck disable=SC2086
 timeout "${RUN_TIMEOUT:-300}" python3 -m lstminfer run --out "$W/run" ${RUN_ARGS:-} >"$W/run.txt" 2>"$W/run.err"
 echo "lstminfer run: exit $?"; grep -A12 '^Summary' "$W/run.txt"

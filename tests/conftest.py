@@ -1,7 +1,8 @@
-"""Shared fixtures: markers that skip with a reason, and a CLI runner."""
+"""Shared fixtures: markers that skip with a reason, and a CLI runner; how many pytest-xdist workers run the suite."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -23,6 +24,47 @@ def _tensorrt() -> bool:
         return True
     except ImportError:
         return False
+
+
+# ---- pytest-xdist (pyproject.toml's addopts: -n auto) -------------------------------------------------------------
+# Serial where a CUDA device is visible: the persistent kernels spin-wait for programs that must all be resident on
+# the GPU at once, so two workers launching them on one GPU could stall each other (docs/fused_kernel.md).  This
+# holds for an explicit -n too; `-n 0` runs serially anywhere.
+
+MAX_WORKERS = 8  # each worker imports torch, Triton, ONNX Runtime and OpenVINO
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    # runs before pytest-xdist's own pytest_cmdline_main (tryfirst, registered later), which reads numprocesses
+    if getattr(config.option, "numprocesses", None) and _cuda():
+        config.option.numprocesses = 0
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """`-n auto`: one worker per CPU this process may run on, at most MAX_WORKERS; PYTEST_XDIST_AUTO_NUM_WORKERS
+    still overrides (pytest-xdist's own hook reads it)."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In a worker, torch and the processes the tests start (OMP_NUM_THREADS, unless set) compute on one thread:
+    with every worker's OpenMP pool on every core, the spinning threads took turns and a torch-heavy test ran ten
+    times slower. Tests that set the threads themselves still do, from this count."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(1)
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if getattr(config.option, "numprocesses", None) == 0 and _cuda():
+        return "xdist: serial, a CUDA device is visible (tests/conftest.py)"
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -7,6 +7,7 @@ triton is imported); with one, the same checks run on the GPU and the `gpu` test
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -339,6 +340,22 @@ def test_runner_matches_reference(kind, with_state):
         assert np.abs(got[name] - want[name]).max() <= FP32_ATOL
 
 
+def test_cli_run_verifies_and_benchmarks_the_fused_backend(cli, tmp_path):
+    """`lstminfer run --backends fused`: every point and output checked against float64, then timed, with the
+    kernel that ran named in the record (the CPU suite's one run of this backend through the CLI)."""
+    code, _, err = cli("run", "--kind", "gru", "--input-size", "4", "--hidden-size", "6", "--num-layers", "2",
+                       "--backends", "fused", "--device", DEVICE, "--points", "1x3,9x2", "--out", tmp_path / "out",
+                       "--json", tmp_path / "r.json", "--warmup", "0", "--duration", "0.05", "--iterations", "3")
+    assert code == 0, err
+    results = json.loads((tmp_path / "r.json").read_text())
+    checked = {(r["seq_len"], r["batch"], r["output"]) for r in results["verify"]
+               if r["backend"] == "fused" and r["device"] == DEVICE and r["passed"]}
+    assert checked == {(s, b, o) for s, b in ((1, 3), (9, 2)) for o in ("output", "hn")}
+    (timed,) = [r for r in results["bench"] if r["backend"] == "fused"]
+    assert (timed["seq_len"], timed["batch"], timed["device"]) == (1, 3, DEVICE)
+    assert timed["kernel"] and len(timed["times_ms"]) == timed["queries"] >= 3
+
+
 def test_proj_size_is_refused_by_name():
     module = torch.nn.LSTM(4, 8, proj_size=3)
     runner = FusedRunner(model_for(module), device=DEVICE)
@@ -616,9 +633,12 @@ def test_persistent_matches_float64(case):
 
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, FP32_ATOL), (torch.float16, 5e-3)])
 def test_persistent_streamed_weights_match_float64(dtype, atol):
-    """W_hh^T read in block_k chunks every step (the plan's choice for fp32 past 8 rows) instead of kept."""
-    module = make("gru", 6, 40, 2, True, False)
+    """W_hh^T read in block_k chunks every step (the plan's choice for fp32 past 8 rows) instead of kept; one layer
+    (each layer's launch reads W_hh the same way, and the persistent cases above stack layers)."""
+    module = make("gru", 6, 40, 1, True, False)
     x, hx = random_inputs(module, 3, 2, True)
+    plan = plan_for(pack_rnn(module, DEVICE, dtype), 3, 2, path="per-layer", resident=False)
+    assert plan.path == "per-layer" and not plan.resident
     got = run_fused(module, x, hx, dtype=dtype, path="per-layer", resident=False)
     assert_close(got, reference(module, x, hx), atol)
 

@@ -169,18 +169,19 @@ def test_bench_on_a_file_onnx_runtime_refuses_is_one_line_exit_2(cli, tmp_path):
 # ---- global switches -------------------------------------------------------------------------------------------
 def test_torch_settings_are_restored_even_when_prepare_fails(tiny, fakes):
     before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads())
-    with torch_settings(tf32=not before[0], threads=1):
-        assert torch.backends.cudnn.allow_tf32 is (not before[0]) and torch.get_num_threads() == 1
+    other = 2 if before[2] == 1 else 1  # a count that differs from the process's (one thread under pytest-xdist)
+    with torch_settings(tf32=not before[0], threads=other):
+        assert torch.backends.cudnn.allow_tf32 is (not before[0]) and torch.get_num_threads() == other
     assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads()) == before
 
-    runner = TorchRunner(tiny, threads=1)
+    runner = TorchRunner(tiny, threads=other)
     runner.prepare()
-    assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == other
     runner.close()
     assert torch.get_num_threads() == before[2]
 
-    broken = _Broken(tiny, threads=1)
-    broken.settings = lambda: torch_settings(threads=1)  # a backend with a switch whose prepare raises
+    broken = _Broken(tiny, threads=other)
+    broken.settings = lambda: torch_settings(threads=other)  # a backend with a switch whose prepare raises
     with pytest.raises(RuntimeError):
         broken.prepare()
     assert torch.get_num_threads() == before[2]
