@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -41,13 +42,31 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
         config.option.numprocesses = 0
 
 
+def _cpus() -> int:
+    """The CPUs this process may run on, capped by a container's CPU quota (cgroup v2 cpu.max, v1 cfs_quota_us),
+    which the affinity mask does not show."""
+    cpus = len(os.sched_getaffinity(0))
+    cgroup = Path("/sys/fs/cgroup")
+    for quota_file, period_file in (("cpu.max", None), ("cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us")):
+        try:
+            fields = (cgroup / quota_file).read_text().split()
+            if period_file:
+                fields += (cgroup / period_file).read_text().split()
+            quota, period = int(fields[0]), int(fields[1])  # "max" (no quota) and v1's -1 fall through
+        except (OSError, ValueError, IndexError):
+            continue
+        if quota > 0:
+            return max(1, min(cpus, quota // period))
+    return cpus
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
-    """`-n auto`: one worker per CPU this process may run on, at most MAX_WORKERS; PYTEST_XDIST_AUTO_NUM_WORKERS
+    """`-n auto`: one worker per CPU this process may use, at most MAX_WORKERS; PYTEST_XDIST_AUTO_NUM_WORKERS
     still overrides (pytest-xdist's own hook reads it)."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
-    return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+    return min(_cpus(), MAX_WORKERS)
 
 
 def pytest_configure(config: pytest.Config) -> None:
