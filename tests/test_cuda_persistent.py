@@ -19,7 +19,12 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="triton is not installed (pip install 'lstminfer[gpu]')")
 
 from lstminfer.kernels.rnn import KernelStalled, pack_rnn, plan_for, rnn_forward  # noqa: E402
-from lstminfer.kernels.rnn.plan import _cuda_choice, _cuda_plan, _refuse_cuda_options  # noqa: E402
+from lstminfer.kernels.rnn.plan import (  # noqa: E402
+    CUDA_MEASURED_OPTIONS,
+    _cuda_choice,
+    _cuda_plan,
+    _refuse_cuda_options,
+)
 from test_fused import (  # noqa: E402
     DTYPES,
     GPU_PERSISTENT_CASES,
@@ -37,6 +42,25 @@ def packed_of(hidden, bi, dtype=torch.float32, kind="lstm", layers=1):
 
 
 # ---- CPU: the plan ------------------------------------------------------------------------------------------
+
+def test_every_measured_option_takes_effect_at_both_ends_of_its_batch_range():
+    """CUDA_MEASURED_OPTIONS: a size its options do not fit falls back to the plain plan without a word (by design,
+    _cuda_plan), so an entry that never fits would be a default in the table and nowhere else. Each entry's options
+    are in the plan at the first and the last batch of its range (hidden sizes of the key, LSTM, on 132 SMs)."""
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    checked = 0
+    for (precision, hidden, dirs), entries in CUDA_MEASURED_OPTIONS.items():
+        first = 1
+        for largest, options in entries:
+            for batch in {first, largest}:
+                plan = _cuda_plan(packed_of(hidden, dirs == 2, dtypes[precision]), batch, 132)
+                fields = dict(cuda_nb=plan.block_n, cuda_kpt=plan.r_tiles * plan.block_n // plan.k_split)
+                got = {name: fields[name] if name in fields else getattr(plan, name) for name in options}
+                assert got == options, (precision, hidden, dirs, batch, plan)
+                checked += bool(options)
+            first = largest + 1
+    assert checked >= 30
+
 
 def test_cuda_plan_fits_the_multiprocessors_and_names_its_kernel():
     p = _cuda_plan(packed_of(1024, False, torch.float16), 8, 132)  # U: 128 blocks of 8 units, 16 rows, mma
