@@ -98,9 +98,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]):
-    """Run `lstminfer ARGS...` in-process: returns (exit code, stdout, stderr)."""
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch):
+    """Run `lstminfer ARGS...` in-process: returns (exit code, stdout, stderr). As on a user's machine: without
+    TRITON_INTERPRET, which test modules of the fused kernels set for the whole process when they are collected (a
+    CPU would otherwise add the interpreted fused kernel to every run); a test of that backend sets it again."""
     from lstminfer.cli import main
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
 
     def run(*args: str) -> tuple[int, str, str]:
         try:

@@ -14,11 +14,7 @@ from hypothesis import strategies as st
 FAST = ["--warmup", "0", "--duration", "0.05", "--iterations", "3"]
 
 
-def test_run_seed_end_to_end(cli, tmp_path, monkeypatch):
-    # README's command as it runs on a CPU: test_fused.py sets TRITON_INTERPRET=1 in this process when it is
-    # collected, which would add the interpreted fused kernel on the 10-layer model (30 s); test_fused.py runs
-    # that backend through the CLI on a small model
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_run_seed_end_to_end(cli, tmp_path):
     out = tmp_path / "out"
     code, stdout, stderr = cli("run", "--out", out, "--json", tmp_path / "all.json", *FAST)
     assert code == 0, stderr
@@ -137,8 +133,7 @@ def test_model_factory_errors(cli, tmp_path):
     assert code == 2 and "does not fit the model" in err
 
 
-def test_user_model_verifies(cli, tmp_path, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # as on a user's CPU (see test_run_seed_end_to_end)
+def test_user_model_verifies(cli, tmp_path):
     path = _factory(tmp_path, "def make():\n    return torch.nn.LSTM(4, 6, num_layers=2, batch_first=True)\n")
     weights = tmp_path / "w.pt"
     torch.save(torch.nn.LSTM(4, 6, num_layers=2, batch_first=True).state_dict(), weights)

@@ -340,9 +340,11 @@ def test_runner_matches_reference(kind, with_state):
         assert np.abs(got[name] - want[name]).max() <= FP32_ATOL
 
 
-def test_cli_run_verifies_and_benchmarks_the_fused_backend(cli, tmp_path):
+def test_cli_run_verifies_and_benchmarks_the_fused_backend(cli, tmp_path, monkeypatch):
     """`lstminfer run --backends fused`: every point and output checked against float64, then timed, with the
     kernel that ran named in the record (the CPU suite's one run of this backend through the CLI)."""
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")  # the cli fixture runs as a user's CPU, without it
     code, _, err = cli("run", "--kind", "gru", "--input-size", "4", "--hidden-size", "6", "--num-layers", "2",
                        "--backends", "fused", "--device", DEVICE, "--points", "1x3,9x2", "--out", tmp_path / "out",
                        "--json", tmp_path / "r.json", "--warmup", "0", "--duration", "0.05", "--iterations", "3")

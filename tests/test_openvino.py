@@ -169,8 +169,7 @@ def test_file_openvino_cannot_read_gets_a_one_line_reason(tmp_path, content, rea
     assert "\n" not in error
 
 
-def test_run_verifies_and_benchmarks_openvino_with_its_facts(cli, tmp_path, monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the CPU backends a user gets, not the interpreted kernel
+def test_run_verifies_and_benchmarks_openvino_with_its_facts(cli, tmp_path):
     out = tmp_path / "out"
     code, _, err = cli("run", "--kind", "gru", "--input-size", "4", "--hidden-size", "6", "--batch-first",
                        "--seq-len", "5", "--batch", "3", "--points", "1x3,5x3,9x2", "--device", "cpu",
