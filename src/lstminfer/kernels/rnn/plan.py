@@ -383,6 +383,18 @@ def _cuda_plan(packed: PackedRNN, batch: int, sms: int, mma: bool | None = None,
     return plan
 
 
+def _ffma_register_threads(cols: int, kh: int, kpt: int, ffma_cols: int = 1) -> int:
+    """The threads of a block whose FFMA product holds W_hh^T in registers, ffma_cols columns and kpt k a thread
+    (cols columns, kh k a block), where they are whole warps, at most 1024, and their W fits next to the
+    CUDA_OTHER_REGISTERS; else 0."""
+    if kh % kpt or cols % ffma_cols:
+        return 0
+    threads = cols // ffma_cols * (kh // kpt)
+    fits = (threads % 32 == 0 and 0 < threads <= 1024
+            and ffma_cols * kpt + CUDA_OTHER_REGISTERS <= min(255, 65536 // threads))
+    return threads if fits else 0
+
+
 def _ffma_cols_plan(packed: PackedRNN, batch: int, sms: int, ffma_cols: Any, plan: Plan | None,
                     kpt_asked: int | None = None) -> Plan:
     """`plan` (an FFMA plan with W_hh^T in registers) with ffma_cols columns a thread: the k a thread that fills about
@@ -403,9 +415,8 @@ def _ffma_cols_plan(packed: PackedRNN, batch: int, sms: int, ffma_cols: Any, pla
                          f"{kind}; leave ffma_cols out")
     cols, kh = 4 * plan.block_n, plan.r_tiles * plan.block_n
     for kpt in (kpt_asked,) if kpt_asked else (128 // ffma_cols, 64 // ffma_cols, 256 // ffma_cols):
-        threads = cols // ffma_cols * (kh // kpt)
-        if (kh % kpt == 0 and kpt % 4 == 0 and threads % 32 == 0 and 64 <= threads <= 1024
-                and ffma_cols * kpt + CUDA_OTHER_REGISTERS <= min(255, 65536 // threads)
+        threads = _ffma_register_threads(cols, kh, kpt, ffma_cols)
+        if (kpt % 4 == 0 and threads >= 64
                 and shared_bytes(False, 32, plan.block_b, kh, plan.block_n, kh // kpt) <= CUDA_MAX_SHARED):
             return replace(plan, ffma_cols=ffma_cols, k_split=kh // kpt, num_warps=threads // 32)
     raise ValueError(f"ffma_cols={ffma_cols} does not fit {where} (no k a thread gives a block of whole warps with "
@@ -560,9 +571,8 @@ def _cuda_product(mma: bool, mma_regs: bool, poll_frag: bool, w_shared: bool, bb
         k_split = kh // kpt
     else:
         for kpt in (asked_kpt,) if asked_kpt else CUDA_FFMA_KPT:
-            threads = cols * kh // kpt
-            if (kh % kpt == 0 and threads % 32 == 0 and threads <= 1024
-                    and kpt + CUDA_OTHER_REGISTERS <= min(255, 65536 // threads)):
+            threads = _ffma_register_threads(cols, kh, kpt)
+            if threads:
                 break
         else:
             return None
