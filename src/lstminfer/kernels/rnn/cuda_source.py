@@ -628,11 +628,13 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         long long spins = 1;
 #if POLL_SPIN
         // the first read after spin_wait cycles of clock64 (no memory traffic; __nanosleep's pause is only
-        // guaranteed to be in [0, 2 t]); the issue times of the last two read rounds, cycles after t0
+        // guaranteed to be in [0, 2 t])
         const long long t0 = clock64();
         while (clock64() - t0 < spin_wait) {
         }
-        int issued_before = spin_wait, issued_last = spin_wait;
+#if POLL_SPIN == 2
+        int issued_before = spin_wait, issued_last = spin_wait;  // the last two read rounds' issue, cycles after t0
+#endif
 #elif POLL_DELAY
         // the first read later: a read before the others' h is there only costs this multiprocessor's L2
         // bandwidth (a round of h is 16-32 KiB a block at 8-16 rows) ahead of the read that finds it
@@ -705,7 +707,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #if POLL_SLEEP
             __nanosleep(POLL_SLEEP);  // fewer re-reads while the others compute (every re-read is L2 traffic)
 #endif
-#if POLL_SPIN
+#if POLL_SPIN == 2
             issued_before = issued_last;
             issued_last = (int)(clock64() - t0);
 #endif
