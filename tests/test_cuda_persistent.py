@@ -286,7 +286,7 @@ def test_cuda_only_options_are_refused_where_they_do_not_apply():
     runs another kernel (here the CPU's: the Triton persistent and the stack kernel), poll_sentinel where its
     sentinels would be all of h (one batch row a block, one 16-byte chunk a producer block), poll_spin outside 0-2
     or on a cluster plan (no polls)."""
-    for option in ("poll_sentinel", "sentinel_last", "stamps", "poll_spin", "poll_warp"):
+    for option in ("poll_sentinel", "sentinel_last", "stamps", "poll_spin"):
         with pytest.raises(ValueError, match=f"^{option} is an option of the CUDA persistent kernel, and this "
                                              f"call's plan runs the persistent kernel") as err:
             plan_for(packed_of(20, False), 4, 3, path="per-layer", **{option: True})
@@ -299,16 +299,6 @@ def test_cuda_only_options_are_refused_where_they_do_not_apply():
     with pytest.raises(ValueError, match="^poll_spin does not apply to a cluster plan"):
         _refuse_cuda_options(dataclasses.replace(_cuda_plan(packed_of(256, False), 8, 132), poll_spin=2),
                              torch.float32, 8)
-    # poll_warp: the FFMA product with W_hh^T in registers, a k slice's threads inside one warp
-    for plan, why in ((_cuda_plan(packed_of(1024, False, torch.bfloat16), 8, 132), "multiplies with mma.sync"),
-                      (_cuda_plan(packed_of(256, False), 8, 132), "is a cluster"),
-                      (_cuda_plan(packed_of(768, True), 8, 132), "keeps W_hh.T in shared memory"),
-                      (_cuda_plan(packed_of(512, False), 64, 132, measured=False), "has 64 threads a k slice .*ffma_cols=2")):
-        with pytest.raises(ValueError, match=f"^poll_warp needs the FFMA product .* and this plan {why}.*: leave "
-                                             f"poll_warp out$"):
-            _refuse_cuda_options(dataclasses.replace(plan, poll_warp=True), torch.float32, 8)
-    r = _cuda_plan(packed_of(1024, False), 1, 132)  # R fp32: 2 columns, 16 threads a k slice
-    _refuse_cuda_options(dataclasses.replace(r, poll_warp=True), torch.float32, 1)  # fits: no error
     p_fp32 = _cuda_plan(packed_of(512, False), 1, 132, measured=False)  # P fp32's plain plan: 4 units (16 bytes)
     with pytest.raises(ValueError, match="^poll_sentinel does not apply .* cuda_nb=8 or more"):
         _refuse_cuda_options(dataclasses.replace(p_fp32, poll_sentinel=True), torch.float32, 1)
@@ -414,21 +404,6 @@ def _variants():
             poll_delay=500, poll_spin=2),
         "R fp32 ffma 2 columns a thread, spun delay": CudaConfig(True, 1, 1024, 1024, 8, 128, 1, 256, 16, False, 32,
                                                                  False, True, poll_delay=250, ffma_cols=2, poll_spin=1),
-        # poll_warp (v24): each warp polls its own k range (R fp32 2 columns, P fp32 4 units, S fp32 GRU bi 8 rows,
-        # Q fp32 16 rows, a 16-bit FFMA row, one column a thread with the spun delay, stamps)
-        "R fp32 ffma 2 columns, warp polls": CudaConfig(True, 1, 1024, 1024, 8, 128, 1, 256, 16, False, 32, False,
-                                                        True, poll_delay=250, ffma_cols=2, poll_warp=True),
-        "P fp32 ffma 4 units, warp polls": CudaConfig(True, 1, 512, 512, 4, 128, 1, 64, 8, False, 32, False, True,
-                                                      poll_delay=250, ffma_cols=2, poll_warp=True),
-        "S fp32 gru bi 8 rows, warp polls, no state": CudaConfig(False, 2, 512, 512, 8, 64, 8, 128, 8, False, 32,
-                                                                 False, False, ffma_cols=2, poll_warp=True),
-        "Q fp32 16 rows, warp polls": CudaConfig(True, 1, 512, 512, 16, 32, 16, 256, 8, False, 32, False, True,
-                                                 ffma_cols=2, poll_warp=True),
-        "R bf16 ffma one row, warp polls": CudaConfig(True, 1, 1024, 1024, 8, 128, 1, 256, 8, False, 16, True, True,
-                                                      poll_delay=400, poll_warp=True),
-        "P fp32 one column a thread, spun delay, warp polls, stamps": CudaConfig(
-            True, 1, 512, 512, 4, 128, 1, 128, 8, False, 32, False, True, poll_delay=250, poll_spin=1,
-            poll_warp=True, stamps=True),
     }
 
 
@@ -689,38 +664,6 @@ def test_gpu_cuda_persistent_ffma_cols_matches_float64(case):
     assert_close(got, reference(module, x, hx), {"fp32": 1e-4, "fp16": 1e-2}.get(precision, 8e-2))
 
 
-POLL_WARP_CASES = [  # (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c0, precision): the default plan
-    ("lstm", 32, 1024, 1, False, False, 20, 1, True, "fp32"),  # R: 2 columns, 16 threads a k slice
-    ("gru", 24, 512, 1, False, True, 12, 1, False, "fp32"),  # P: 4 units, 2 warps of 4 k slices
-    ("lstm", 80, 512, 2, True, False, 10, 8, True, "fp32"),  # S: bidirectional, 8 rows
-    ("lstm", 32, 512, 1, False, False, 8, 64, True, "fp32"),  # Q: 4 row groups of 16
-    ("lstm", 32, 1024, 1, False, False, 12, 1, True, "bf16"),  # 16-bit FFMA on one row
-    ("gru", 16, 300, 2, True, False, 9, 5, True, "fp32"),  # 5 warps, padded units
-    ("lstm", 16, 768, 1, False, True, 10, 8, False, "fp32"),  # 12 k slices
-]
-
-
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("case", POLL_WARP_CASES, ids=lambda c: "-".join(map(str, c)))
-def test_gpu_cuda_persistent_poll_warp_matches_float64(case):
-    """poll_warp (v24): each warp polls its own k range of h and multiplies without a block barrier, the partial
-    sums by step parity; against float64 (LSTM and GRU, 1-64 rows, 1-2 layers, bidirectional, batch first, with and
-    without h0, fp32 and a 16-bit FFMA row), and a CUDA-graph replay equal to eager bit for bit."""
-    *sizes, precision = case
-    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = sizes
-    dtype = DTYPES[precision]
-    module = make(kind, input_size, hidden, layers, bi, bf)
-    x, hx = random_inputs(module, seq_len, batch, with_state)
-    plan = plan_for(pack_rnn(module, "cuda", dtype), seq_len, batch, cudnn=False, poll_warp=True)
-    assert plan.kernel == "persistent-cuda" and plan.poll_warp and not plan.mma, plan
-    got = run_fused(module, x, hx, dtype=dtype, device="cuda", cudnn=False, poll_warp=True)
-    assert_close(got, reference(module, x, hx), TOLERANCE[precision])
-    packed = pack_rnn(module, "cuda", dtype)
-    states = [] if hx is None else [*hx] if isinstance(hx, tuple) else [hx]
-    replays_equal_eager(packed, [x.to("cuda", dtype)] + [t.to("cuda", dtype).contiguous() for t in states], plan)
-
-
 KPT_CASES = [  # (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c0, cuda_kpt)
     ("lstm", 32, 128, 1, False, False, 12, 64, True, 16),
     ("gru", 32, 128, 2, True, True, 10, 37, False, 8),
@@ -866,9 +809,8 @@ def test_gpu_persistent_graph_replays_equal_eager_and_nan_propagates(precision, 
 @gpu
 @pytest.mark.parametrize("precision,options", [("fp32", {}), ("fp16", {"poll_frag": True}),
                                                ("fp32", {"poll_sentinel": True}),
-                                               ("fp16", {"poll_frag": True, "poll_sentinel": True}),
-                                               ("fp32", {"poll_warp": True})],
-                         ids=["fp32", "fp16-poll_frag", "fp32-sentinel", "fp16-poll_frag-sentinel", "fp32-poll_warp"])
+                                               ("fp16", {"poll_frag": True, "poll_sentinel": True})],
+                         ids=["fp32", "fp16-poll_frag", "fp32-sentinel", "fp16-poll_frag-sentinel"])
 def test_gpu_cuda_persistent_stall_raises(monkeypatch, precision, options):
     """One block short of the plan (its units' h never written): the others give up their waits after the spin
     limit and the call raises KernelStalled instead of returning numbers (poll_frag: the block leaves after the

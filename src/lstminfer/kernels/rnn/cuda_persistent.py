@@ -21,7 +21,7 @@ KERNEL_NAME = b"rnn_persistent_cuda"
 
 # the CudaConfig fields that are Plan fields of the same name (the plan's options of this kernel, passed by name)
 PLAN_OPTIONS = ("poll_sleep", "w_shared", "mma_regs", "poll_frag", "poll_delay", "poll_sentinel", "sentinel_last",
-                "stamps", "cluster", "group_rows", "w_regs", "tiles_per_warp", "ffma_cols", "poll_spin", "poll_warp")
+                "stamps", "cluster", "group_rows", "w_regs", "tiles_per_warp", "ffma_cols", "poll_spin")
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,6 @@ class CudaConfig:
     tiles_per_warp: int = 0  # mma with W^T in shared memory: column tiles a warp (0 or 1: one)
     ffma_cols: int = 0  # FFMA with W^T in registers: columns a thread (0 or 1: one)
     poll_spin: int = 0  # the first-read delay: 0 __nanosleep, 1 spun on clock64, 2 spun and adapted every step
-    poll_warp: bool = False  # FFMA, W^T in registers: each warp polls its own k range, no block barrier before it
 
     def defines(self) -> str:
         values = dict(IS_LSTM=self.is_lstm, D=self.dirs, HP=self.hidden_padded, KH=self.kh, NB=self.nb,
@@ -68,19 +67,17 @@ class CudaConfig:
                       SENTINEL_LAST=self.sentinel_last, STAMPS=self.stamps, CLUSTER=self.cluster,
                       GROUP_ROWS=self.group_rows or self.bb, W_REGS=0 if self.mma else self.w_regs,
                       MMA_TPW=max(1, self.tiles_per_warp) if self.mma and not self.mma_regs else 1,
-                      FCOLS=max(1, self.ffma_cols), POLL_SPIN=self.poll_spin, POLL_WARP=self.poll_warp)
+                      FCOLS=max(1, self.ffma_cols), POLL_SPIN=self.poll_spin)
         return "".join(f"#define {k} {int(v)}\n" for k, v in values.items())
 
     def shared_bytes(self) -> int:
         """Dynamic shared memory of a block: h, (MMA: W^T), the partial sums."""
         return shared_bytes(self.mma, self.elem_bits, self.bb, self.kh, self.nb, self.k_slices, self.w_shared,
-                            self.mma_regs, self.poll_frag, self.cluster, 0 if self.mma else self.w_regs,
-                            self.poll_warp)
+                            self.mma_regs, self.poll_frag, self.cluster, 0 if self.mma else self.w_regs)
 
 
 def shared_bytes(mma: bool, elem_bits: int, bb: int, kh: int, nb: int, k_slices: int, w_shared: bool = False,
-                 mma_regs: bool = False, poll_frag: bool = False, cluster: int = 0, w_regs: int = 0,
-                 poll_warp: bool = False) -> int:
+                 mma_regs: bool = False, poll_frag: bool = False, cluster: int = 0, w_regs: int = 0) -> int:
     cols = 4 * nb
     red = 4 * k_slices * bb * (cols + 8)
     hbuf = 2 if cluster else 1  # a cluster's h by step parity (the others push the next while this step reads)
@@ -89,7 +86,7 @@ def shared_bytes(mma: bool, elem_bits: int, bb: int, kh: int, nb: int, k_slices:
     if mma:
         return (elem_bits // 8) * (hbuf * bb * (kh + 8) + (0 if mma_regs else cols * (kh + 8))) + red
     w = 4 * cols * (kh + 4) if w_shared else 4 * cols * (kh - k_slices * w_regs + 4) if w_regs else 0
-    return 4 * hbuf * bb * k_slices * (kh // k_slices + 4) + (2 if poll_warp else 1) * red + w
+    return 4 * hbuf * bb * k_slices * (kh // k_slices + 4) + red + w
 
 
 def _bindings() -> tuple[Any, Any]:

@@ -190,9 +190,6 @@ static_assert(!MMA && !W_SHARED && W_REGS < KPT && W_REGS % 4 == 0, "a split FFM
 #ifndef STAMPS
 #define STAMPS 0
 #endif
-#ifndef POLL_WARP
-#define POLL_WARP 0
-#endif
 #ifndef CLUSTER
 #define CLUSTER 0
 #endif
@@ -219,19 +216,6 @@ static_assert(GROUP_ROWS <= BB, "the real rows of a batch group fit the block's 
 #define RED_SIZE (KSL * BB * RROW)
 static_assert(CPW % 2 == 0, "h polled into A fragments: two k chunks a 16-byte read");
 #define SWCH (KH / KSL / CE)
-#elif POLL_WARP
-// FFMA with W_hh^T in registers (v24): each warp polls every row of the k range its own k slices multiply
-// (TPS threads a slice, 32 / TPS slices a warp: WK k from (tid >> 5) (32 / TPS) KPT), lane-major, into its part of
-// h_s, and starts its product after __syncwarp: no barrier 1, so a warp whose producers were early multiplies
-// while the others still wait. The partial sums by step parity (a warp may run a step ahead of another's cell)
-#define A_DIRECT 0
-#define TPS (COLS / FCOLS)
-static_assert(TPS <= 32 && 32 % TPS == 0, "poll_warp: a k slice's threads in one warp");
-static_assert(!MMA && !W_SHARED && !W_REGS && !CLUSTER && !POLL_SENTINEL, "poll_warp: FFMA, W_hh^T in registers");
-#define WK ((32 / TPS) * KPT)
-#define WCHR (WK / CE)
-#define NPOLL ((BB * WCHR + 31) / 32)
-#define RED_SIZE (KSL * BB * RROW)
 #elif POLL_SENTINEL
 // a warp polls every row of one k range of WCH chunks (the producers its sentinels watch), lane-major
 #define A_DIRECT 0
@@ -456,8 +440,6 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #elif W_REGS
     float* w_s = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW);
     float* red = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW + sizeof(float) * COLS * WSROW);
-#elif POLL_WARP
-    float* const red_base = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW);  // [2][KSL][BB][RROW] by step parity
 #else
     float* red = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW);
 #endif
@@ -633,11 +615,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #else
 #define POLL_PTR(i) (src + b * RT + k)
 #endif
-#if POLL_WARP
-        // slot i of a lane: chunk q = lane + 32 i of its warp's k range, every row
-#define SLOT(i) const int q = (tid & 31) + 32 * (i), b = q / WCHR, k = (tid >> 5) * WK + (q % WCHR) * CE
-#define SLOT_REAL (q < BB * WCHR && b < nrows)
-#elif !A_DIRECT && POLL_SENTINEL
+#if !A_DIRECT && POLL_SENTINEL
         // slot i of a lane: chunk q = lane + 32 i of its warp's k range, every row (the producers its sentinels
         // watch)
 #define SLOT(i) const int q = (tid & 31) + 32 * (i), b = q / WCH, k = ((tid >> 5) * WCH + q % WCH) * CE
@@ -788,15 +766,10 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             atomicMax(err, 1);
             s_abort = 1;
         }
-#if POLL_WARP
-        __syncwarp();  // the warp's part of h is in shared memory (read by this warp only); a stall: after barrier 2
-        float* const red = red_base + (s & 1) * RED_SIZE;
-#else
         __syncthreads();  // barrier 1: h is in shared memory
         if (s_abort) return;
 #if STAMPS
         if (tid == 0) write_stamps(my_stamps, s_stamp, s, T);
-#endif
 #endif
 #endif
 #endif  // CLUSTER
@@ -1043,7 +1016,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         }
 #endif
         __syncthreads();  // barrier 2: the partial sums are in shared memory
-#if A_DIRECT || POLL_WARP
+#if A_DIRECT
         if (s_abort) return;  // a wait gave up (its product was garbage, never stored)
 #if STAMPS
         if (tid == 0) write_stamps(my_stamps, s_stamp, s, T);

@@ -111,7 +111,7 @@ POLL_DELAY_NS = 500
 POLL_DELAY_FFMA_NS = 250
 POLL_DELAY_FFMA_16BIT_1024_NS = 400
 # options of the CUDA kernel only (docs/fused_kernel.md v18, v19, v23): a plan that runs another kernel refuses them
-CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster", "poll_spin", "poll_warp")
+CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster", "poll_spin")
 # thread-block clusters (asked for, or CUDA_MEASURED_OPTIONS' default; docs/fused_kernel.md "Clusters (v19)"): the
 # blocks a cluster that cluster=True tries, largest first (more than 8 needs the non-portable cluster size, which Hopper
 # allows up to 16), and the rows a cluster by default (mma: the 16 padded rows; FFMA: the real rows, at most
@@ -236,7 +236,6 @@ class Plan:
     tiles_per_warp: int = 0  # CUDA kernel, mma with W^T in shared memory: column tiles a warp (0: one)
     ffma_cols: int = 0  # CUDA kernel, FFMA with W^T in registers: columns a thread (0: one)
     poll_spin: int = 0  # CUDA kernel: the first-read delay spun on clock64 (1), and adapted every step (2; v23)
-    poll_warp: bool = False  # CUDA kernel, FFMA with W^T in registers: a warp polls its own k range (v24), no barrier 1
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
@@ -258,7 +257,7 @@ class Plan:
                                       "mma", "w_shared", "mma_regs", "poll_frag", "poll_sleep",
                                       "poll_delay", "poll_sentinel", "sentinel_last", "stamps", "cluster",
                                       "group_rows", "w_regs", "tiles_per_warp", "ffma_cols",
-                                      "poll_spin", "poll_warp")}[self.kernel]
+                                      "poll_spin")}[self.kernel]
         out = {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
         if self.note:
             out["note"] = self.note
@@ -755,17 +754,6 @@ def _refuse_cuda_options(plan: Plan, dtype: torch.dtype, batch: int) -> None:
             if getattr(plan, name):
                 raise ValueError(f"{name} does not apply to a cluster plan (h through distributed shared memory, no "
                                  f"polls): leave {name} or cluster out")
-    if plan.poll_warp:
-        kind = ("multiplies with mma.sync" if plan.mma else "keeps W_hh^T in shared memory"
-                if (plan.w_shared or plan.w_regs) else "is a cluster" if plan.cluster
-                else "polls sentinels" if plan.poll_sentinel else "")
-        threads_a_slice = 4 * plan.block_n // max(1, plan.ffma_cols)
-        if not kind and (threads_a_slice > 32 or 32 % threads_a_slice):
-            kind = (f"has {threads_a_slice} threads a k slice (more than a warp: ask ffma_cols="
-                    f"{threads_a_slice // 32 * max(1, plan.ffma_cols) if threads_a_slice > 32 else 1})")
-        if kind:
-            raise ValueError(f"poll_warp needs the FFMA product with W_hh^T in registers and a k slice inside a warp, "
-                             f"and this plan {kind}: leave poll_warp out")
     if plan.poll_sentinel and min(plan.block_b, batch) == 1 and plan.block_n * dtype.itemsize <= 16:
         raise ValueError(f"poll_sentinel does not apply to one batch row a block with {plan.block_n} hidden units "
                          f"(one 16-byte chunk of h a producer: the sentinels would be all of h); ask for it with "
