@@ -18,6 +18,11 @@ one cluster barrier), the "hybrid" exchange of docs/fused_kernel.md's list, meas
 
 A time a step is (time of a launch of 1000 steps - time of a launch of 200 steps) / 800: launch and fill costs
 cancel. CUDA events, median of --iters launches of each.
+
+What it does not copy: the slab here is block-major (a block's chunks contiguous), the kernel's row-major (a row's
+units of all blocks contiguous); the store width and the warps that store follow the kernel's cells (`elem`: a word
+a thread, 64 cells of U on two warps), not their rows. Measured on the H200 (docs/fused_kernel.md v24), the number of
+warps that store a block's h moved the floor by ~200 ns at 16 KiB; the width did not.
 """
 
 from __future__ import annotations
