@@ -45,6 +45,8 @@ VARIANTS = {"default": {}, "sentinel": dict(poll_sentinel=True),
 # one row a block and 4 units: the sentinel would be all of h (plan_for refuses it); 8 units a block instead
 EXTRA = {"P 256->512 B1 fp32": {"8 units": dict(cuda_nb=8), "8 units, sentinel": dict(cuda_nb=8, poll_sentinel=True)}}
 QUANTITIES = ("wait", "compute", "period", "skew", "exchange")
+# --split: the third stamp's other places (plan stamps=2 / 3), each a quantity b -> c of its own call
+SPLIT_MODES = {2: "product", 3: "to_barrier2"}
 
 
 def step_quantities(stamps: torch.Tensor, dirs: int, tiles: int) -> dict[str, torch.Tensor]:
@@ -109,6 +111,20 @@ def measure(w, packed, plan, args) -> dict:
     for name, values in samples.items():
         row[f"{name}_median_ns"] = float(values.median())
         row[f"{name}_mean_ns"] = float(values.mean())
+    for mode, name in SPLIT_MODES.items() if args.split else ():
+        # the same call with the third stamp taken earlier (cuda_source.py STAMPS 2 / 3): b -> c is then the
+        # product alone, or the product and the block barrier after it (medians of separate calls)
+        split_ws: dict = {}
+        split_plan = dataclasses.replace(plan, stamps=mode)
+        with torch.cuda.stream(stream):
+            run(split_plan, split_ws)
+            run(split_plan, split_ws)
+        stream.synchronize()
+        raise_if_stalled(split_ws)
+        compute = step_quantities(split_ws["stamps"][args.layer].cpu(), packed.num_directions,
+                                  plan.r_tiles)["compute"]
+        row[f"{name}_median_ns"] = float(compute.median())
+        row[f"{name}_mean_ns"] = float(compute.mean())
     return row
 
 
@@ -122,6 +138,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--json", metavar="FILE", default="", help="write every row's medians and means (ns)")
+    parser.add_argument("--split", action="store_true",
+                        help="also split the compute: two more stamped calls, the third stamp when the product is "
+                             "done (`product`: b -> end of the product) and past the barrier after it "
+                             "(`to_barrier2`); `compute` (b -> h stored) less these is the cell and the stores")
     args = parser.parse_args()
     only = [p.strip() for p in args.only.split(",") if p.strip()]
     picked = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -134,9 +154,10 @@ def main() -> None:
         parser.error(f"--only {args.only!r} names no workload: use prefixes of {[w.name for w in WORKLOADS]}")
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; stamps of layer {args.layer}, medians "
           f"(means) over blocks and steps in ns; fused-graph us without stamps, median of {args.iters}")
-    print("| workload | variant | fused-graph us | stamped span us | span / step ns | wait | compute | period | skew "
-          "| exchange | tick ns | same output | plan |")
-    print("|" + "---|" * 13)
+    quantities = QUANTITIES + (tuple(SPLIT_MODES.values()) if args.split else ())
+    print("| workload | variant | fused-graph us | stamped span us | span / step ns | "
+          + " | ".join(quantities) + " | tick ns | same output | plan |")
+    print("|" + "---|" * (8 + len(quantities)))
     rows = []
     for w in workloads:
         variants = {k: v for k, v in VARIANTS.items() if not picked or k in picked}
@@ -159,7 +180,7 @@ def main() -> None:
                 continue
             row["variant"] = name
             rows.append(row)
-            cells = " | ".join(f"{row[f'{q}_median_ns']:.0f} ({row[f'{q}_mean_ns']:.0f})" for q in QUANTITIES)
+            cells = " | ".join(f"{row[f'{q}_median_ns']:.0f} ({row[f'{q}_mean_ns']:.0f})" for q in quantities)
             plan_text = " ".join(f"{k}={v}" for k, v in row["plan"].items() if k not in ("kernel", "path"))
             print(f"| {w.name} | {name} | {row['fused_graph_us']:.1f} | {row['stamped_span_us']:.1f} "
                   f"| {1000 * row['stamped_span_us'] / row['steps']:.0f} | {cells} | {row['timer_tick_ns']:.0f} "

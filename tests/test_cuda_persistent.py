@@ -293,6 +293,9 @@ def test_cuda_only_options_are_refused_where_they_do_not_apply():
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="^stamps is an option of the CUDA persistent kernel.* runs the stack kernel"):
         plan_for(packed_of(20, False), 4, 3, stamps=True)
+    with pytest.raises(ValueError, match=r"^stamps=4 is not one of False, True .*, 2 .* or 3 \(past the barrier .*\)$"):
+        _refuse_cuda_options(dataclasses.replace(_cuda_plan(packed_of(512, False), 1, 132), stamps=4),
+                             torch.float32, 1)
     with pytest.raises(ValueError, match=r"^poll_spin=3 is not one of 0 .*, 1 .* or 2 \(spun and adapted .*\)$"):
         _refuse_cuda_options(dataclasses.replace(_cuda_plan(packed_of(512, False), 1, 132), poll_spin=3),
                              torch.float32, 1)
@@ -404,6 +407,12 @@ def _variants():
             poll_delay=500, poll_spin=2),
         "R fp32 ffma 2 columns a thread, spun delay": CudaConfig(True, 1, 1024, 1024, 8, 128, 1, 256, 16, False, 32,
                                                                  False, True, poll_delay=250, ffma_cols=2, poll_spin=1),
+        # stamps 2 / 3 (v24): the third stamp when the product is done (A fragments) / past barrier 2 (FFMA)
+        "T bf16 h polled into A fragments, stamps at the product's end": CudaConfig(
+            True, 1, 1024, 1024, 8, 128, 16, 256, 8, True, 16, True, True, mma_regs=True, poll_frag=True,
+            poll_delay=1000, stamps=2),
+        "R fp32 ffma 2 columns a thread, stamps past barrier 2": CudaConfig(
+            True, 1, 1024, 1024, 8, 128, 1, 256, 16, False, 32, False, True, poll_delay=250, ffma_cols=2, stamps=3),
     }
 
 
@@ -838,17 +847,20 @@ def test_gpu_cuda_persistent_stall_raises(monkeypatch, precision, options):
     ("fp16", ("lstm", 128, 1024, 1, False, False, 20, 8, True), dict(poll_sentinel=True)),  # poll_frag
     ("fp32", ("gru", 80, 512, 2, True, False, 12, 5, False), dict(sentinel_last=True)),  # FFMA, h in shared memory
     ("bf16", ("lstm", 64, 512, 1, False, True, 16, 37, True), {}),  # mma_regs, three row groups
-], ids=["fp16-poll_frag", "fp32-bi-gru", "bf16-37-rows"])
+    ("fp16", ("lstm", 128, 1024, 1, False, False, 20, 8, True), dict(stamps=2)),  # (c): the product done
+    ("fp32", ("gru", 80, 1024, 1, False, False, 12, 1, True), dict(stamps=3)),  # (c): past barrier 2, FFMA
+], ids=["fp16-poll_frag", "fp32-bi-gru", "bf16-37-rows", "fp16-product-done", "fp32-past-barrier-2"])
 def test_gpu_cuda_persistent_stamps_are_ordered_and_change_nothing(precision, case, options):
     """stamps=True: every block's globaltimer stamps of every step are written and ordered (a: the wait starts, b:
     the block's h is complete, c: its h stores are issued; a_s <= b_s <= c_s <= b_s+1, b_s <= a_s+1, each
-    non-decreasing), and the numbers equal the same plan's without stamps bit for bit."""
+    non-decreasing), and the numbers equal the same plan's without stamps bit for bit; so with (c) taken when the
+    product is done (stamps=2) or past the barrier after it (stamps=3)."""
     kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
     dtype = DTYPES[precision]
     module = make(kind, input_size, hidden, layers, bi, bf)
     x, hx = random_inputs(module, seq_len, batch, with_state)
     packed = pack_rnn(module, "cuda", dtype)
-    plan = plan_for(packed, seq_len, batch, path="per-layer", cuda=True, stamps=True, **options)
+    plan = plan_for(packed, seq_len, batch, path="per-layer", cuda=True, **{"stamps": True, **options})
     assert plan.kernel == "persistent-cuda" and plan.stamps, plan.note
     args = [t.to("cuda", dtype) for t in ([*hx] if isinstance(hx, tuple) else [hx] if hx is not None else [])]
     x_dev = x.to("cuda", dtype)

@@ -72,7 +72,9 @@ STAMPS (asked only): thread 0 of every block writes globaltimer ns into ``stamps
 slice, launch.py's workspace["stamps"]): (a) the step's wait starts, (b) the block's whole h slice is valid (the
 last warp's own stamp, taken after its poll and read after the next block barrier), (c) the block's h stores of
 the step are issued (the last warp's). Each warp's stamps go through shared memory by step parity; (c) of a step
-is written after the next step's barrier (of the last step, after the loop).
+is written after the next step's barrier (of the last step, after the loop). STAMPS 2 and 3 (v24) move (c) earlier to
+split a step's compute: 2, the warp's product is done (its partial sums stored, before the block barrier that
+gathers them); 3, the warp has passed that barrier (the cell and the stores follow).
 """
 
 # the element type and the cell's functions, shared with the resident kernel (resident_source.py)
@@ -1015,7 +1017,14 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             red[(ks * BB + b) * RROW + col] = (a0 + a1) + (a2 + a3);
         }
 #endif
+#if STAMPS == 2
+        __syncwarp();
+        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = now_ns();  // (c) in mode 2: the warp's product is done
+#endif
         __syncthreads();  // barrier 2: the partial sums are in shared memory
+#if STAMPS == 3
+        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = now_ns();  // (c) in mode 3: past barrier 2 (before
+#endif                                                                  // thread 0's write_stamps below)
 #if A_DIRECT
         if (s_abort) return;  // a wait gave up (its product was garbage, never stored)
 #if STAMPS
@@ -1106,7 +1115,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             if ((deferred >> i) & 1u) slab[((long long)(t + 1) * B + row0 + nrows - 1) * RT + d * HP + n] = h_last[i];
         }
 #endif
-#if STAMPS
+#if STAMPS == 1
         __syncwarp();
         if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = now_ns();  // the warp's h stores are issued
 #endif
