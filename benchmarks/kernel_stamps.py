@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python3 benchmarks/kernel_stamps.py                      # the default workloads and variants
     PYTHONPATH=src python3 benchmarks/kernel_stamps.py --only U,V --json stamps.json
+    PYTHONPATH=src python3 benchmarks/kernel_stamps.py --split --variants default  # also split the compute
 
 Each block's thread 0 writes, for every step s of a layer (cuda_source.py, STAMPS): (a) the step's wait starts,
 (b) the block's whole h slice was valid (the last of its warps), (c) the block's h stores of the step were issued
