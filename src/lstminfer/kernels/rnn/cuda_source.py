@@ -1023,8 +1023,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #endif
         __syncthreads();  // barrier 2: the partial sums are in shared memory
 #if STAMPS == 3
-        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = now_ns();  // (c) in mode 3: past barrier 2 (before
-#endif                                                                  // thread 0's write_stamps below)
+        // (c) in mode 3: past barrier 2, before thread 0's write_stamps below (its bookkeeping is not the step's)
+        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = now_ns();
+#endif
 #if A_DIRECT
         if (s_abort) return;  // a wait gave up (its product was garbage, never stored)
 #if STAMPS
