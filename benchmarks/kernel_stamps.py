@@ -46,8 +46,9 @@ VARIANTS = {"default": {}, "sentinel": dict(poll_sentinel=True),
 # one row a block and 4 units: the sentinel would be all of h (plan_for refuses it); 8 units a block instead
 EXTRA = {"P 256->512 B1 fp32": {"8 units": dict(cuda_nb=8), "8 units, sentinel": dict(cuda_nb=8, poll_sentinel=True)}}
 QUANTITIES = ("wait", "compute", "period", "skew", "exchange")
-# --split: the third stamp's other places (plan stamps=2 / 3), each a quantity b -> c of its own call
-SPLIT_MODES = {2: "product", 3: "to_barrier2"}
+# --split: the third stamp's places in clock64 cycles (plan stamps=2 / 3 / 4; exact inside a block), each the quantity
+# b -> c of its own call: the product, the product and the barrier after it, all of the compute to the h stores
+SPLIT_MODES = {2: "product_cycles", 3: "to_barrier2_cycles", 4: "compute_cycles"}
 
 
 def step_quantities(stamps: torch.Tensor, dirs: int, tiles: int) -> dict[str, torch.Tensor]:
@@ -113,8 +114,8 @@ def measure(w, packed, plan, args) -> dict:
         row[f"{name}_median_ns"] = float(values.median())
         row[f"{name}_mean_ns"] = float(values.mean())
     for mode, name in SPLIT_MODES.items() if args.split else ():
-        # the same call with the third stamp taken earlier (cuda_source.py STAMPS 2 / 3): b -> c is then the
-        # product alone, or the product and the block barrier after it (medians of separate calls)
+        # the same call stamped in cycles with the third stamp moved (cuda_source.py STAMPS 2 / 3 / 4): b -> c is the
+        # product alone, the product and the block barrier after it, or the whole compute (medians of separate calls)
         split_ws: dict = {}
         split_plan = dataclasses.replace(plan, stamps=mode)
         with torch.cuda.stream(stream):
@@ -124,8 +125,8 @@ def measure(w, packed, plan, args) -> dict:
         raise_if_stalled(split_ws)
         compute = step_quantities(split_ws["stamps"][args.layer].cpu(), packed.num_directions,
                                   plan.r_tiles)["compute"]
-        row[f"{name}_median_ns"] = float(compute.median())
-        row[f"{name}_mean_ns"] = float(compute.mean())
+        row[f"{name}_median"] = float(compute.median())
+        row[f"{name}_mean"] = float(compute.mean())
     return row
 
 
@@ -140,9 +141,9 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--json", metavar="FILE", default="", help="write every row's medians and means (ns)")
     parser.add_argument("--split", action="store_true",
-                        help="also split the compute: two more stamped calls, the third stamp when the product is "
-                             "done (`product`: b -> end of the product) and past the barrier after it "
-                             "(`to_barrier2`); `compute` (b -> h stored) less these is the cell and the stores")
+                        help="also split the compute, in clock64 cycles (exact inside a block): three more stamped "
+                             "calls, b -> the end of the product (`product_cycles`), -> past the barrier after it "
+                             "(`to_barrier2_cycles`), -> the h stores (`compute_cycles`)")
     args = parser.parse_args()
     only = [p.strip() for p in args.only.split(",") if p.strip()]
     picked = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -181,7 +182,9 @@ def main() -> None:
                 continue
             row["variant"] = name
             rows.append(row)
-            cells = " | ".join(f"{row[f'{q}_median_ns']:.0f} ({row[f'{q}_mean_ns']:.0f})" for q in quantities)
+            unit = {q: "" if q in SPLIT_MODES.values() else "_ns" for q in quantities}  # the split's are cycles
+            cells = " | ".join(f"{row[f'{q}_median{unit[q]}']:.0f} ({row[f'{q}_mean{unit[q]}']:.0f})"
+                               for q in quantities)
             plan_text = " ".join(f"{k}={v}" for k, v in row["plan"].items() if k not in ("kernel", "path"))
             print(f"| {w.name} | {name} | {row['fused_graph_us']:.1f} | {row['stamped_span_us']:.1f} "
                   f"| {1000 * row['stamped_span_us'] / row['steps']:.0f} | {cells} | {row['timer_tick_ns']:.0f} "

@@ -293,8 +293,8 @@ def test_cuda_only_options_are_refused_where_they_do_not_apply():
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="^stamps is an option of the CUDA persistent kernel.* runs the stack kernel"):
         plan_for(packed_of(20, False), 4, 3, stamps=True)
-    with pytest.raises(ValueError, match=r"^stamps=4 is not one of False, True .*, 2 .* or 3 \(past the barrier .*\)$"):
-        _refuse_cuda_options(dataclasses.replace(_cuda_plan(packed_of(512, False), 1, 132), stamps=4),
+    with pytest.raises(ValueError, match=r"^stamps=5 is not one of False, True .*, 3 .* or 4 \(when h is stored\)$"):
+        _refuse_cuda_options(dataclasses.replace(_cuda_plan(packed_of(512, False), 1, 132), stamps=5),
                              torch.float32, 1)
     with pytest.raises(ValueError, match=r"^poll_spin=3 is not one of 0 .*, 1 .* or 2 \(spun and adapted .*\)$"):
         _refuse_cuda_options(dataclasses.replace(_cuda_plan(packed_of(512, False), 1, 132), poll_spin=3),
@@ -407,12 +407,15 @@ def _variants():
             poll_delay=500, poll_spin=2),
         "R fp32 ffma 2 columns a thread, spun delay": CudaConfig(True, 1, 1024, 1024, 8, 128, 1, 256, 16, False, 32,
                                                                  False, True, poll_delay=250, ffma_cols=2, poll_spin=1),
-        # stamps 2 / 3 (v24): the third stamp when the product is done (A fragments) / past barrier 2 (FFMA)
+        # stamps 2 / 3 / 4 (v24, clock64 cycles): the third stamp when the product is done (A fragments) / past
+        # barrier 2 (FFMA) / when h is stored (h through shared memory, mma)
         "T bf16 h polled into A fragments, stamps at the product's end": CudaConfig(
             True, 1, 1024, 1024, 8, 128, 16, 256, 8, True, 16, True, True, mma_regs=True, poll_frag=True,
             poll_delay=1000, stamps=2),
         "R fp32 ffma 2 columns a thread, stamps past barrier 2": CudaConfig(
             True, 1, 1024, 1024, 8, 128, 1, 256, 16, False, 32, False, True, poll_delay=250, ffma_cols=2, stamps=3),
+        "h256 b64 bf16 mma_regs, stamps in cycles at the h stores": CudaConfig(
+            True, 1, 256, 256, 8, 32, 16, 256, 8, True, 16, True, True, mma_regs=True, poll_delay=250, stamps=4),
     }
 
 
@@ -849,12 +852,15 @@ def test_gpu_cuda_persistent_stall_raises(monkeypatch, precision, options):
     ("bf16", ("lstm", 64, 512, 1, False, True, 16, 37, True), {}),  # mma_regs, three row groups
     ("fp16", ("lstm", 128, 1024, 1, False, False, 20, 8, True), dict(stamps=2)),  # (c): the product done
     ("fp32", ("gru", 80, 1024, 1, False, False, 12, 1, True), dict(stamps=3)),  # (c): past barrier 2, FFMA
-], ids=["fp16-poll_frag", "fp32-bi-gru", "bf16-37-rows", "fp16-product-done", "fp32-past-barrier-2"])
+    ("bf16", ("lstm", 64, 512, 1, False, True, 16, 37, True), dict(stamps=4)),  # (c): h stored, in cycles
+], ids=["fp16-poll_frag", "fp32-bi-gru", "bf16-37-rows", "fp16-product-done", "fp32-past-barrier-2",
+        "bf16-stored-cycles"])
 def test_gpu_cuda_persistent_stamps_are_ordered_and_change_nothing(precision, case, options):
     """stamps=True: every block's globaltimer stamps of every step are written and ordered (a: the wait starts, b:
     the block's h is complete, c: its h stores are issued; a_s <= b_s <= c_s <= b_s+1, b_s <= a_s+1, each
-    non-decreasing), and the numbers equal the same plan's without stamps bit for bit; so with (c) taken when the
-    product is done (stamps=2) or past the barrier after it (stamps=3)."""
+    non-decreasing), and the numbers equal the same plan's without stamps bit for bit; so in clock64 cycles (exact
+    inside a block) with (c) taken when the product is done (stamps=2), past the barrier after it (3) or when h is
+    stored (4)."""
     kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = case
     dtype = DTYPES[precision]
     module = make(kind, input_size, hidden, layers, bi, bf)

@@ -72,9 +72,10 @@ STAMPS (asked only): thread 0 of every block writes globaltimer ns into ``stamps
 slice, launch.py's workspace["stamps"]): (a) the step's wait starts, (b) the block's whole h slice is valid (the
 last warp's own stamp, taken after its poll and read after the next block barrier), (c) the block's h stores of
 the step are issued (the last warp's). Each warp's stamps go through shared memory by step parity; (c) of a step
-is written after the next step's barrier (of the last step, after the loop). STAMPS 2 and 3 (v24) move (c) earlier to
-split a step's compute: 2, the warp's product is done (its partial sums stored, before the block barrier that
-gathers them); 3, the warp has passed that barrier (the cell and the stores follow).
+is written after the next step's barrier (of the last step, after the loop). STAMPS 2-4 (v24) stamp in the
+multiprocessor's clock64 cycles (exact inside a block; not comparable between blocks) to split a step's compute, with
+(c) taken: 2, when the warp's product is done (its partial sums stored, before the block barrier that gathers them);
+3, past that barrier (the cell and the stores follow); 4, where STAMPS 1 takes it (the h stores issued).
 """
 
 # the element type and the cell's functions, shared with the resident kernel (resident_source.py)
@@ -276,9 +277,15 @@ __device__ __forceinline__ uint4 ld_poll(const void* p) {
 }
 
 #if STAMPS
+// STAMPS 1: globaltimer ns (one clock for every block: the exchange and the skew compare blocks); 2-4: this
+// multiprocessor's clock64 cycles, exact inside a block (globaltimer moves in ~256 ns steps as read on the H200)
 __device__ __forceinline__ long long now_ns() {
     long long t;
+#if STAMPS == 1
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t) :: "memory");
+#else
+    asm volatile("mov.u64 %0, %%clock64;" : "=l"(t) :: "memory");
+#endif
     return t;
 }
 
@@ -1116,7 +1123,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             if ((deferred >> i) & 1u) slab[((long long)(t + 1) * B + row0 + nrows - 1) * RT + d * HP + n] = h_last[i];
         }
 #endif
-#if STAMPS == 1
+#if STAMPS == 1 || STAMPS == 4
         __syncwarp();
         if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = now_ns();  // the warp's h stores are issued
 #endif

@@ -230,7 +230,8 @@ class Plan:
     poll_sentinel: bool = False  # CUDA kernel: a wait polls one chunk a producer block before the whole slice
     sentinel_last: bool = False  # CUDA kernel, poll_sentinel: the producers store the sentinel row last
     stamps: bool | int = False  # CUDA kernel: globaltimer stamps of every block's steps into workspace["stamps"]
-    # (True or 1; 2 / 3: the third stamp at the product's end / past the block barrier after it, v24)
+    # (True or 1; 2 / 3 / 4: clock64 cycles, the third stamp at the product's end / past the barrier after it / at the
+    # h stores, v24)
     cluster: int = 0  # CUDA kernel: blocks a thread-block cluster, h through distributed shared memory (0: the slab)
     group_rows: int = 0  # CUDA kernel, cluster: real batch rows a block where fewer than block_b (mma's 16 padded)
     w_regs: int = 0  # CUDA kernel, FFMA: k a thread in registers, the rest of its slice in shared memory (0: no split)
@@ -747,9 +748,10 @@ def _refuse_cuda_options(plan: Plan, dtype: torch.dtype, batch: int) -> None:
             why = f" ({plan.note})" if plan.note else ""
             raise ValueError(f"{name} is an option of the CUDA persistent kernel, and this call's plan runs the "
                              f"{plan.kernel} kernel{why}: leave {name} out, or plan with path='per-layer', cuda=True")
-    if plan.stamps not in (0, 1, 2, 3):
-        raise ValueError(f"stamps={plan.stamps!r} is not one of False, True (or 1: the third stamp when h is "
-                         f"stored), 2 (when the product is done) or 3 (past the barrier after it)")
+    if plan.stamps not in (0, 1, 2, 3, 4):
+        raise ValueError(f"stamps={plan.stamps!r} is not one of False, True (or 1: globaltimer ns, the third stamp "
+                         f"when h is stored) or, in clock64 cycles, 2 (the third stamp when the product is done), 3 "
+                         f"(past the barrier after it) or 4 (when h is stored)")
     if plan.poll_spin not in (0, 1, 2):
         raise ValueError(f"poll_spin={plan.poll_spin!r} is not one of 0 (the first-read delay slept), 1 (spun on the "
                          f"clock) or 2 (spun and adapted every step)")
