@@ -97,15 +97,21 @@ def measure(w, packed, plan, args) -> dict:
     raise_if_stalled(workspace)
     graph_us = time_calls(graphed(lambda: run(plan, workspace), stream), args.warmup, args.iters, stream)
     raise_if_stalled(workspace)
-    stamped_plan = dataclasses.replace(plan, stamps=True)
-    stamped_ws: dict = {}
-    with torch.cuda.stream(stream):
-        run(stamped_plan, stamped_ws)  # warm-up: compile and load the stamped variant
-        stamped = run(stamped_plan, stamped_ws)
-    stream.synchronize()
-    raise_if_stalled(stamped_ws)
+
+    def stamped_call(mode):
+        """The outputs and the layer's stamps of one eager call stamped in `mode`, after a warm-up call (the
+        stamped variant's compile and load)."""
+        ws: dict = {}
+        stamped_plan = dataclasses.replace(plan, stamps=mode)
+        with torch.cuda.stream(stream):
+            run(stamped_plan, ws)
+            outputs = run(stamped_plan, ws)
+        stream.synchronize()
+        raise_if_stalled(ws)
+        return outputs, ws["stamps"][args.layer].cpu()
+
+    stamped, stamps = stamped_call(True)
     same = all(torch.equal(s, p) for s, p in zip(stamped, plain))
-    stamps = stamped_ws["stamps"][args.layer].cpu()
     samples = step_quantities(stamps, packed.num_directions, plan.r_tiles)
     row = {"workload": w.name, "plan": plan.describe(), "fused_graph_us": graph_us, "layer": args.layer,
            "stamped_span_us": float(stamps[..., 2].max() - stamps[..., 0].min()) / 1000.0,
@@ -116,15 +122,7 @@ def measure(w, packed, plan, args) -> dict:
     for mode, name in SPLIT_MODES.items() if args.split else ():
         # the same call stamped in cycles with the third stamp moved (cuda_source.py STAMPS 2 / 3 / 4): b -> c is the
         # product alone, the product and the block barrier after it, or the whole compute (medians of separate calls)
-        split_ws: dict = {}
-        split_plan = dataclasses.replace(plan, stamps=mode)
-        with torch.cuda.stream(stream):
-            run(split_plan, split_ws)
-            run(split_plan, split_ws)
-        stream.synchronize()
-        raise_if_stalled(split_ws)
-        compute = step_quantities(split_ws["stamps"][args.layer].cpu(), packed.num_directions,
-                                  plan.r_tiles)["compute"]
+        compute = step_quantities(stamped_call(mode)[1], packed.num_directions, plan.r_tiles)["compute"]
         row[f"{name}_median"] = float(compute.median())
         row[f"{name}_mean"] = float(compute.mean())
     return row
@@ -157,6 +155,7 @@ def main() -> None:
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; stamps of layer {args.layer}, medians "
           f"(means) over blocks and steps in ns; fused-graph us without stamps, median of {args.iters}")
     quantities = QUANTITIES + (tuple(SPLIT_MODES.values()) if args.split else ())
+    unit = {q: "" if q in SPLIT_MODES.values() else "_ns" for q in quantities}  # the split's are cycles
     print("| workload | variant | fused-graph us | stamped span us | span / step ns | "
           + " | ".join(quantities) + " | tick ns | same output | plan |")
     print("|" + "---|" * (8 + len(quantities)))
@@ -182,7 +181,6 @@ def main() -> None:
                 continue
             row["variant"] = name
             rows.append(row)
-            unit = {q: "" if q in SPLIT_MODES.values() else "_ns" for q in quantities}  # the split's are cycles
             cells = " | ".join(f"{row[f'{q}_median{unit[q]}']:.0f} ({row[f'{q}_mean{unit[q]}']:.0f})"
                                for q in quantities)
             plan_text = " ".join(f"{k}={v}" for k, v in row["plan"].items() if k not in ("kernel", "path"))

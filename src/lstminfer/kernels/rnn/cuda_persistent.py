@@ -49,8 +49,8 @@ class CudaConfig:
     poll_delay: int = 0  # ns of __nanosleep before the first read of a wait (0: none, the default)
     poll_sentinel: bool = False  # a wait polls one chunk a producer block (of the last row) before the whole slice
     sentinel_last: bool = False  # poll_sentinel: the producers store the sentinel row after their other rows
-    stamps: bool | int = False  # thread 0 of every block writes globaltimer stamps, [blocks, T, 3]; 2, 3: where (c) is
-    # taken (see cuda_source)
+    stamps: bool | int = False  # thread 0 of every block writes per-step stamps, [blocks, T, 3]: 1 globaltimer ns,
+    # 2-4 clock64 cycles with the third stamp moved (see cuda_source)
     cluster: int = 0  # blocks a thread-block cluster (== tiles): h through distributed shared memory (0: the slab)
     group_rows: int = 0  # real batch rows a block (0: bb; fewer with mma, whose bb is the 16 padded rows)
     w_regs: int = 0  # FFMA: k a thread in registers, the rest of its KPT in shared memory (0: not split)

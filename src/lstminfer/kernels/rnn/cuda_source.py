@@ -279,7 +279,7 @@ __device__ __forceinline__ uint4 ld_poll(const void* p) {
 #if STAMPS
 // STAMPS 1: globaltimer ns (one clock for every block: the exchange and the skew compare blocks); 2-4: this
 // multiprocessor's clock64 cycles, exact inside a block (globaltimer moves in ~256 ns steps as read on the H200)
-__device__ __forceinline__ long long now_ns() {
+__device__ __forceinline__ long long stamp_clock() {
     long long t;
 #if STAMPS == 1
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t) :: "memory");
@@ -593,7 +593,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         const int t = d == 0 ? s : T - 1 - s;
         const long long read_slot = d == 0 ? t : t + 2;
 #if STAMPS
-        if (tid == 0) my_stamps[3 * s] = now_ns();  // (a) the step's wait starts (before the gx loads)
+        if (tid == 0) my_stamps[3 * s] = stamp_clock();  // (a) the step's wait starts (before the gx loads)
 #endif
         // this step's projection: no other block's work, so in flight during the wait
         float4 g[CPT];
@@ -741,7 +741,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #endif
 #if STAMPS
         __syncwarp();
-        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][0] = now_ns();  // the warp's part of h is valid
+        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][0] = stamp_clock();  // the warp's part of h is valid
 #endif
 #if A_DIRECT
         if (gave_up) {
@@ -1026,12 +1026,12 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #endif
 #if STAMPS == 2
         __syncwarp();
-        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = now_ns();  // (c) in mode 2: the warp's product is done
+        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = stamp_clock();  // (c) in mode 2: the warp's product is done
 #endif
         __syncthreads();  // barrier 2: the partial sums are in shared memory
 #if STAMPS == 3
         // (c) in mode 3: past barrier 2, before thread 0's write_stamps below (its bookkeeping is not the step's)
-        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = now_ns();
+        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = stamp_clock();
 #endif
 #if A_DIRECT
         if (s_abort) return;  // a wait gave up (its product was garbage, never stored)
@@ -1125,7 +1125,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #endif
 #if STAMPS == 1 || STAMPS == 4
         __syncwarp();
-        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = now_ns();  // the warp's h stores are issued
+        if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = stamp_clock();  // the warp's h stores are issued
 #endif
     }
 #if STAMPS
