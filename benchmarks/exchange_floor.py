@@ -12,9 +12,12 @@ GPU), with the product and the cell replaced by nothing (or by `--work NS` of sp
 floor of that plan's step: no kernel that exchanges h this way (every block reads all of h from L2 every step)
 can step faster. The script prints, per workload, that floor beside the fused-graph time of the real kernel a
 step and the target's time a step, and scans the floor over the number of blocks, the bytes a step, the delay
-and the work, and over one alternative exchange: `cluster=C` (a cluster of C blocks polls h once from L2, each
-block 1 / C of it, and pushes its part into every block of the cluster through distributed shared memory, then
-one cluster barrier), the "hybrid" exchange of docs/fused_kernel.md's list, measured here before it is built.
+and the work, and over three alternative exchanges, each measured here before it was built: `cluster=C` (a cluster
+of C blocks polls h once from L2, each block 1 / C of it, and pushes its part into every block of the cluster through
+distributed shared memory, then one cluster barrier), the "hybrid" exchange of docs/fused_kernel.md's list;
+`replicas=R` (every block stores its h into R copies and polls copy block % R: 1 / R of the pollers a line); and
+`stagger=G` (a second read of every chunk G cycles after the first, then two in flight: a read every half round
+trip). All three measured slower than the plain poll (docs/fused_kernel.md v24, v25).
 
 A time a step is (time of a launch of 1000 steps - time of a launch of 200 steps) / 800: launch and fill costs
 cancel. CUDA events, median of --iters launches of each.
@@ -40,6 +43,10 @@ typedef unsigned int u32;
 #ifndef CLUSTER
 #define CLUSTER 0
 #endif
+#ifndef REPL
+#define REPL 1
+#endif
+#define SLOT (REPL * NBLK * CH)  // 16-byte chunks a step's slot: REPL copies of every block's h
 #define PER_GROUP (NBLK / GROUPS)  // the blocks of a group: the producers every block of it waits on
 #define TOT (PER_GROUP * CH)       // 16-byte chunks a block reads a step (the group's whole h)
 #if CLUSTER
@@ -79,7 +86,9 @@ __device__ __forceinline__ void cluster_sync() {
 }
 #endif
 
-// slab: u32 [steps + 1][NBLK][CH][4], poisoned (all ones) but slot 0; err[0]: a wait gave up (timed on the host)
+// slab: u32 [steps + 1][REPL][NBLK][CH][4], poisoned (all ones) but slot 0 (REPL > 1: every block stores its h into
+// REPL copies and reads copy blk % REPL, so that 1 / REPL of the blocks poll each line); err[0]: a wait gave up
+// (timed on the host)
 extern "C" __global__ void __launch_bounds__(NT, 1) xchg(uint4* slab, int* err, int steps) {
     const int blk = blockIdx.x, tid = threadIdx.x;
     const int group = blk / PER_GROUP;
@@ -93,7 +102,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) xchg(uint4* slab, int* err, 
     const u32 rank = 0;
 #endif
     for (int s = 0; s < steps; ++s) {
-        const uint4* src = slab + (size_t)s * NBLK * CH + (size_t)group * TOT + rank * PART;
+        const uint4* src = slab + (size_t)s * SLOT + (size_t)(blk % REPL) * NBLK * CH + (size_t)group * TOT
+                           + rank * PART;
 #if DELAY
         if (s) __nanosleep(DELAY);
 #endif
@@ -107,6 +117,58 @@ extern "C" __global__ void __launch_bounds__(NT, 1) xchg(uint4* slab, int* err, 
             if (q < PART) v[i] = ld_poll(src + q);
         }
         int spins = 0;
+#if STAGGER
+        // a second read of every chunk STAGGER cycles after the first, and from then on two in flight: each set
+        // re-read as soon as it is checked, so reads of a chunk go out about every half round trip (not every
+        // round trip) and h is found sooner after it lands, for twice the polls
+        {
+            const long long t0 = clock64();
+            while (clock64() - t0 < STAGGER) {}
+        }
+        uint4 u[PER], w[PER];
+        u32 todo = 0;
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int q = tid + i * NT;
+            u[i] = w[i] = make_uint4(0, 0, 0, 0);
+            if (q < PART) {
+                u[i] = ld_poll(src + q);
+                todo |= 1u << i;
+            }
+        }
+        while (true) {
+            u32 bad = 0;
+#pragma unroll
+            for (int i = 0; i < PER; ++i)
+                if ((todo >> i) & 1u) {
+                    if (poisoned(v[i])) bad |= 1u << i;
+                    else w[i] = v[i];
+                }
+            todo = bad;
+            if (todo == 0) break;
+            if (++spins > SPIN_LIMIT) {
+                atomicExch(err, 1);
+                break;
+            }
+#pragma unroll
+            for (int i = 0; i < PER; ++i)
+                if ((todo >> i) & 1u) v[i] = ld_poll(src + tid + i * NT);
+            bad = 0;
+#pragma unroll
+            for (int i = 0; i < PER; ++i)
+                if ((todo >> i) & 1u) {
+                    if (poisoned(u[i])) bad |= 1u << i;
+                    else w[i] = u[i];
+                }
+            todo = bad;
+            if (todo == 0) break;
+#pragma unroll
+            for (int i = 0; i < PER; ++i)
+                if ((todo >> i) & 1u) u[i] = ld_poll(src + tid + i * NT);
+        }
+#pragma unroll
+        for (int i = 0; i < PER; ++i) v[i] = w[i];
+#else
         while (true) {  // the chunks still poisoned, re-read together: one round trip a round
             u32 bad = 0;
 #pragma unroll
@@ -120,6 +182,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) xchg(uint4* slab, int* err, 
             for (int i = 0; i < PER; ++i)
                 if ((bad >> i) & 1u) v[i] = ld_poll(src + tid + i * NT);
         }
+#endif
 #if CLUSTER
         uint4* mine = hbuf + (s & 1) * TOT + rank * PART;
 #pragma unroll
@@ -152,31 +215,34 @@ extern "C" __global__ void __launch_bounds__(NT, 1) xchg(uint4* slab, int* err, 
             while (clock64() < until) {}
         }
 #endif
-        uint4* dst = slab + (size_t)(s + 1) * NBLK * CH + (size_t)blk * CH;
+#pragma unroll 1
+        for (int copy = 0; copy < REPL; ++copy) {
+            uint4* dst = slab + (size_t)(s + 1) * SLOT + (size_t)copy * NBLK * CH + (size_t)blk * CH;
 #if GATHER  // words of ELEM bytes a thread, as the cells compute them, gathered by shuffles: a 16-byte store a group
-        for (int e0 = 0; e0 < CH * (16 / ELEM); e0 += NT) {
-            const int e = e0 + tid, lane = tid & 31, first = lane & ~(16 / ELEM - 1);
-            const u32 bits = ELEM == 2 ? ((s + e + acc) & 0x3FFFu) + 1u : (u32)(s + 1 + e) ^ (acc & 0x7FFF0000u);
-            u32 w[16 / ELEM];
+            for (int e0 = 0; e0 < CH * (16 / ELEM); e0 += NT) {
+                const int e = e0 + tid, lane = tid & 31, first = lane & ~(16 / ELEM - 1);
+                const u32 bits = ELEM == 2 ? ((s + e + acc) & 0x3FFFu) + 1u : (u32)(s + 1 + e) ^ (acc & 0x7FFF0000u);
+                u32 w[16 / ELEM];
 #pragma unroll
-            for (int q = 0; q < 16 / ELEM; ++q) w[q] = __shfl_sync(0xffffffffu, bits, first + q);
-            if (e < CH * (16 / ELEM) && lane == first) {
+                for (int q = 0; q < 16 / ELEM; ++q) w[q] = __shfl_sync(0xffffffffu, bits, first + q);
+                if (e < CH * (16 / ELEM) && lane == first) {
 #if ELEM == 2
-                ((uint4*)dst)[e / 8] = make_uint4(w[0] | (w[1] << 16), w[2] | (w[3] << 16), w[4] | (w[5] << 16),
-                                                  w[6] | (w[7] << 16));
+                    ((uint4*)dst)[e / 8] = make_uint4(w[0] | (w[1] << 16), w[2] | (w[3] << 16), w[4] | (w[5] << 16),
+                                                      w[6] | (w[7] << 16));
 #else
-                ((uint4*)dst)[e / 4] = make_uint4(w[0], w[1], w[2], w[3]);
+                    ((uint4*)dst)[e / 4] = make_uint4(w[0], w[1], w[2], w[3]);
 #endif
+                }
             }
-        }
 #elif ELEM == 16
-        for (int c = tid; c < CH; c += NT) dst[c] = make_uint4(s + 1, blk, c, acc & 0x7FFFFFFFu);
+            for (int c = tid; c < CH; c += NT) dst[c] = make_uint4(s + 1, blk, c, acc & 0x7FFFFFFFu);
 #elif ELEM == 4  // a word a thread, as the fp32 kernel's cells store h
-        for (int e = tid; e < CH * 4; e += NT) ((u32*)dst)[e] = (u32)(s + 1 + e) ^ (acc & 0x7FFF0000u);
+            for (int e = tid; e < CH * 4; e += NT) ((u32*)dst)[e] = (u32)(s + 1 + e) ^ (acc & 0x7FFF0000u);
 #else  // a 16-bit word a thread, as the 16-bit kernel's cells store h (never 0xFFFF)
-        for (int e = tid; e < CH * 8; e += NT)
-            ((unsigned short*)dst)[e] = (unsigned short)(((s + e + acc) & 0x3FFFu) + 1u);
+            for (int e = tid; e < CH * 8; e += NT)
+                ((unsigned short*)dst)[e] = (unsigned short)(((s + e + acc) & 0x3FFFu) + 1u);
 #endif
+        }  // copies
     }
 #if CLUSTER
     cluster_sync();  // nobody leaves while another block can still write into it
@@ -201,6 +267,8 @@ class XConfig:
     cluster: int = 0
     elem: int = 16  # bytes a thread stores: 16 (a chunk), or a word of h as the kernel's cells do (4: fp32, 2: 16-bit)
     gather: bool = False  # elem 2 / 4: a word a thread, gathered by shuffles into one 16-byte store a group
+    replicas: int = 1  # copies of h a step: each block stores into every copy and polls copy (block % replicas)
+    stagger: int = 0  # cycles between a wait's first read of a chunk and a second; then two reads in flight (0: one)
 
     def __post_init__(self) -> None:
         per_group = self.blocks // self.groups
@@ -213,6 +281,9 @@ class XConfig:
             (self.threads % 32 or not 32 <= self.threads <= 1024, "threads must be 32-1024, whole warps"),
             (self.elem not in (2, 4, 16), "elem must be 2, 4 or 16 bytes"),
             (self.gather and self.elem == 16, "gather needs words of 2 or 4 bytes"),
+            (not 1 <= self.replicas <= self.blocks, "replicas must be 1 to blocks"),
+            (self.replicas > 1 and self.cluster, "replicas and cluster do not combine"),
+            (self.stagger < 0, "stagger must be 0 or more cycles"),
         ) if bad]
         if problems:
             raise ValueError(f"exchange {self}: {'; '.join(problems)}")
@@ -225,15 +296,16 @@ class XConfig:
     def defines(self) -> str:
         return (f"#define NBLK {self.blocks}\n#define GROUPS {self.groups}\n#define CH {self.chunks}\n"
                 f"#define NT {self.threads}\n#define DELAY {self.delay}\n#define WORK {self.work}\n"
-                f"#define CLUSTER {self.cluster}\n#define ELEM {self.elem}\n#define GATHER {int(self.gather)}\n")
+                f"#define CLUSTER {self.cluster}\n#define ELEM {self.elem}\n#define GATHER {int(self.gather)}\n"
+                f"#define REPL {self.replicas}\n#define STAGGER {self.stagger}\n")
 
     def shared_bytes(self) -> int:
         return 2 * self.read_bytes if self.cluster else 0
 
     def label(self) -> str:
-        extra = "".join(f" {name}={getattr(self, name)}" for name in ("delay", "work", "cluster")
-                        if getattr(self, name)) + (f" stores of {self.elem} B" if self.elem != 16 else "") + (
-                            " gathered" if self.gather else "")
+        named = ("delay", "work", "cluster", "replicas", "stagger")
+        extra = "".join(f" {name}={getattr(self, name)}" for name in named if getattr(self, name) not in (0, 1)) + (
+            f" stores of {self.elem} B" if self.elem != 16 else "") + (" gathered" if self.gather else "")
         return (f"{self.blocks} blocks / {self.groups} groups, {self.chunks * 16} B a block, "
                 f"{self.read_bytes // 1024 if self.read_bytes >= 1024 else self.read_bytes / 1024:g} KiB read{extra}")
 
@@ -270,7 +342,8 @@ def step_ns(config: XConfig, iters: int = 5, short: int = 200, long: int = 1000)
     kernel = loaded(config, device, cubin_of=compile_xchg, name=b"xchg",
                     what="the exchange benchmark", fix="")
     kernel.check_resident(config.blocks)
-    words = (long + 1) * config.blocks * config.chunks * 4
+    slot = config.replicas * config.blocks * config.chunks * 4  # int32 words a step's slot
+    words = (long + 1) * slot
     slab = torch.empty(words, dtype=torch.int32, device="cuda")
     err = torch.zeros(2, dtype=torch.int32, device="cuda")
     stream = torch.cuda.current_stream()
@@ -278,7 +351,7 @@ def step_ns(config: XConfig, iters: int = 5, short: int = 200, long: int = 1000)
 
     def prepare() -> None:
         slab.fill_(-1)
-        slab[: config.blocks * config.chunks * 4].zero_()  # slot 0: the initial h
+        slab[:slot].zero_()  # slot 0: the initial h
 
     def launch(steps: int) -> None:
         values = (ctypes.c_void_p(slab.data_ptr()), ctypes.c_void_p(err.data_ptr()), ctypes.c_int(steps))
@@ -325,6 +398,18 @@ def scans() -> dict[str, list[XConfig]]:
         "store width (128 blocks, 2 KiB, delay 250)": [XConfig(128, 1, 1, delay=250, elem=e) for e in (16, 4, 2)]
         + [XConfig(128, 1, 1, delay=250, elem=2, gather=True)],
         "blocks (16 KiB of h a step, delay 500)": [XConfig(n, 1, 1024 // n, delay=500) for n in (32, 64, 128)],
+        # h stored into several copies, each polled by 1 / copies of the blocks (fewer pollers a line)
+        "replicas (128 blocks, 2 KiB)": [XConfig(128, 1, 1, replicas=r) for r in (1, 2, 4, 8, 16)],
+        "replicas (128 blocks, 2 KiB, delay 250)": [XConfig(128, 1, 1, delay=250, replicas=r) for r in (1, 4, 16)],
+        "replicas (128 blocks, 16 KiB, delay 500)": [XConfig(128, 1, 8, delay=500, replicas=r) for r in (1, 2, 4, 8)],
+        # two reads of a chunk in flight, `stagger` cycles apart (a read every half round trip)
+        "stagger (2 blocks, 2 KiB)": [XConfig(2, 1, 64, stagger=g) for g in (0, 200, 400)],
+        "stagger (128 blocks, 2 KiB, delay 250)": [XConfig(128, 1, 1, delay=250, stagger=g)
+                                                   for g in (0, 100, 200, 400, 800)],
+        "stagger (128 blocks, 4 KiB, delay 250, stores of 4 B)": [XConfig(128, 1, 2, delay=250, elem=4, stagger=g)
+                                                                  for g in (0, 200, 400)],
+        "stagger (128 blocks, 16 KiB, delay 500)": [XConfig(128, 1, 8, delay=500, stagger=g)
+                                                    for g in (0, 200, 400, 800)],
     }
 
 
@@ -333,8 +418,14 @@ MIMICKED = ("P 256->512 B1 fp32", "P 256->512 B1 bf16", "Q 256->512 B64 bf16", "
             "V 128->768 B16 T1024 fp16", "T 4L 1024->1024 B16 T50 bf16")
 
 
+# a workload's exchange as its plan does it (c0), and the alternatives: clusters of 2 and 4 blocks sharing a poll, h
+# stored into 4 copies, two reads of a chunk in flight 200 and 400 cycles apart
+ALTERNATIVES = {"c0": {}, "c2": dict(cluster=2), "c4": dict(cluster=4), "r4": dict(replicas=4),
+                "s200": dict(stagger=200), "s400": dict(stagger=400)}
+
+
 def workload_rows(names, iters: int) -> list[dict]:
-    """Per workload: its default plan's exchange floor (and with a cluster of 2 and 4 where it splits), the real
+    """Per workload: its default plan's exchange floor (and each of the ALTERNATIVES where it fits), the real
     kernel's fused-graph us a layer-step, and the target's."""
     import torch
     from fused_vs_cudnn import DTYPES, WORKLOADS, graphed, setup, time_calls  # the sibling script
@@ -360,14 +451,14 @@ def workload_rows(names, iters: int) -> list[dict]:
         row = {"workload": w.name, "plan": plan.describe(), "layer_steps": layer_steps,
                "fused_graph_us": fused_us, "fused_ns_a_step": 1000.0 * fused_us / layer_steps,
                "target_ns_a_step": 1000.0 * w.target_us / layer_steps if w.target_us else None}
-        for cluster in (0, 2, 4):
+        for key, change in ALTERNATIVES.items():
             try:
-                config = mimic(plan, packed, w.batch, cluster=cluster)
+                config = mimic(plan, packed, w.batch, **change)
             except ValueError as e:
-                row[f"floor_c{cluster}"] = str(e)
+                row[f"floor_{key}"] = str(e)
                 continue
-            row[f"config_c{cluster}"] = config.label()
-            row[f"floor_c{cluster}"] = step_ns(config, iters)
+            row[f"config_{key}"] = config.label()
+            row[f"floor_{key}"] = step_ns(config, iters)
         rows.append(row)
     return rows
 
@@ -400,16 +491,17 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n in MIMICKED if prefixes is None or n.startswith(prefixes)]
         print("\n## workloads: the default plan's exchange floor a layer-step (ns) against the kernel's and the "
               "target's")
-        print(f"  {'workload':34s} {'floor':>7s} {'C2':>7s} {'C4':>7s} {'kernel':>7s} {'target':>7s}  exchange")
+        heads = ("floor", "C2", "C4", "R4", "S200", "S400", "kernel", "target")
+        print(f"  {'workload':34s} " + "".join(f"{h:>7s} " for h in heads) + " exchange")
         for row in workload_rows(names, args.iters):
             result["workloads"].append(row)
             if "skipped" in row:
                 print(f"  {row['workload']:34s} skipped: {row['kernel']} ({row['skipped']})")
                 continue
-            cells = [row[f"floor_c{c}"]["ns_a_step"] if isinstance(row[f"floor_c{c}"], dict) else float("nan")
-                     for c in (0, 2, 4)]
+            cells = [row[f"floor_{key}"]["ns_a_step"] if isinstance(row[f"floor_{key}"], dict) else float("nan")
+                     for key in ALTERNATIVES]
             target = row["target_ns_a_step"] or float("nan")
-            print(f"  {row['workload']:34s} {cells[0]:7.0f} {cells[1]:7.0f} {cells[2]:7.0f} "
+            print(f"  {row['workload']:34s} " + "".join(f"{c:7.0f} " for c in cells) +
                   f"{row['fused_ns_a_step']:7.0f} {target:7.0f}  {row['config_c0']}", flush=True)
     if args.json:
         with open(args.json, "w") as f:

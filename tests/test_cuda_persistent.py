@@ -299,6 +299,13 @@ def test_cuda_only_options_are_refused_where_they_do_not_apply():
     with pytest.raises(ValueError, match=r"^poll_spin=3 is not one of 0 .*, 1 .* or 2 \(spun and adapted .*\)$"):
         _refuse_cuda_options(dataclasses.replace(_cuda_plan(packed_of(512, False), 1, 132), poll_spin=3),
                              torch.float32, 1)
+    # group_rows on a plan without clusters: its grid has one batch group a block_b rows, so fewer rows a group
+    # than the batch would leave rows to nobody (wrong numbers); all of the batch in one group is U's 8 real rows
+    u_plan = _cuda_plan(packed_of(1024, False, torch.bfloat16), 8, 132)  # 16 padded rows a group
+    _refuse_cuda_options(dataclasses.replace(u_plan, group_rows=8), torch.bfloat16, 8)
+    with pytest.raises(ValueError, match=r"^group_rows=8 is fewer than the batch \(12\) on a plan of 16-row batch "
+                                         r"groups: ask for group_rows >= 12, or leave it out$"):
+        _refuse_cuda_options(dataclasses.replace(u_plan, group_rows=8), torch.bfloat16, 12)
     with pytest.raises(ValueError, match="^poll_spin does not apply to a cluster plan"):
         _refuse_cuda_options(dataclasses.replace(_cuda_plan(packed_of(256, False), 8, 132), poll_spin=2),
                              torch.float32, 8)
@@ -1099,3 +1106,4 @@ def test_gpu_poll_spin_and_measured_delays_match_float64(case):
     states = [] if hx is None else [*hx] if isinstance(hx, tuple) else [hx]
     args = [x.to("cuda", dtype)] + [t.to("cuda", dtype).contiguous() for t in states]
     replays_equal_eager(packed, args, plan)
+

@@ -1,6 +1,7 @@
 """benchmarks/exchange_floor.py on the CPU: its exchange kernel compiles for sm_90a without spills in every shape the
-benchmark runs, bad shapes are refused by name, and a workload's mimic carries its plan's grid, bytes and delay.
-The timings themselves need the H200 (the benchmark, not a test)."""
+benchmark runs (copies of h, two staggered reads in flight among them), bad shapes are refused by name, and a
+workload's mimic carries its plan's grid, bytes and delay. The timings themselves need the H200 (the benchmark, not a
+test)."""
 
 from __future__ import annotations
 
@@ -58,6 +59,9 @@ def test_every_scanned_exchange_compiles_without_spills(floor):
     (dict(blocks=128, groups=1, chunks=1, threads=100), "threads must be 32-1024"),
     (dict(blocks=128, groups=1, chunks=1, elem=8), "elem must be 2, 4 or 16 bytes"),
     (dict(blocks=128, groups=1, chunks=1, gather=True), "gather needs words of 2 or 4 bytes"),
+    (dict(blocks=128, groups=1, chunks=1, replicas=0), "replicas must be 1 to blocks"),
+    (dict(blocks=128, groups=1, chunks=1, replicas=2, cluster=2), "replicas and cluster do not combine"),
+    (dict(blocks=128, groups=1, chunks=1, stagger=-1), "stagger must be 0 or more cycles"),
 ])
 def test_shapes_the_kernel_cannot_run_are_refused_by_name(floor, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -428,7 +428,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     int T, int B, int H, int layer, int is_last, long long spin_limit, long long* stamps)
 {
     extern __shared__ __align__(16) unsigned char smem[];
+#if !A_DIRECT
     __shared__ int s_abort;
+#endif
 #if STAMPS
     // [step parity][warp][0: the warp's h slice valid, 1: the warp's h stores issued], globaltimer ns
     __shared__ long long s_stamp[2][NT / 32][2];
@@ -453,6 +455,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     float* red = (float*)(smem + sizeof(hs_t) * HBUF * BB * HROW);
 #endif
     const int tid = threadIdx.x;
+#if !A_DIRECT
+    if (tid == 0) s_abort = 0;
+#endif
     const int unit = blockIdx.x;
     const int group = unit / (D * TILES);
     const int d = (unit / TILES) % D;
@@ -463,7 +468,6 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     const long long C = RT * 4;
     const elem_t* w_dir = w_hh + (long long)(layer * D + d) * HP * (HP * 4) + n0 * 4;
 
-    if (tid == 0) s_abort = 0;
 #if !A_DIRECT
     // h rows past the batch stay 0 (the MMA reads 16 rows; their results are never stored)
 #if CLUSTER
@@ -744,10 +748,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][0] = stamp_clock();  // the warp's part of h is valid
 #endif
 #if A_DIRECT
-        if (gave_up) {
-            atomicMax(err, 1);
-            s_abort = 1;  // read after barrier 2: the whole block leaves there
-        }
+        if (gave_up) atomicMax(err, 1);  // the whole block leaves at barrier 2 (its OR)
         float* const red = red_base + (s & 1) * RED_SIZE;  // a warp may run a step ahead of another's cell
 #else
         if (!gave_up) {
@@ -776,7 +777,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             s_abort = 1;
         }
         __syncthreads();  // barrier 1: h is in shared memory
-        if (s_abort) return;
+        if (s_abort) return;  // (a barrier's OR here instead measured 1.5-4 % slower on the FFMA plans, v25)
 #if STAMPS
         if (tid == 0) write_stamps(my_stamps, s_stamp, s, T);
 #endif
@@ -1028,13 +1029,19 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         __syncwarp();
         if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = stamp_clock();  // (c) in mode 2: the warp's product is done
 #endif
+#if A_DIRECT
+        // barrier 2: the partial sums are in shared memory. A wait that gave up (its product was garbage, never
+        // stored) makes the whole block leave here: the barrier's OR is the flag, no shared-memory word read after
+        // it on every step (v25)
+        if (__syncthreads_or(gave_up)) return;
+#else
         __syncthreads();  // barrier 2: the partial sums are in shared memory
+#endif
 #if STAMPS == 3
         // (c) in mode 3: past barrier 2, before thread 0's write_stamps below (its bookkeeping is not the step's)
         if ((tid & 31) == 0) s_stamp[s & 1][tid >> 5][1] = stamp_clock();
 #endif
 #if A_DIRECT
-        if (s_abort) return;  // a wait gave up (its product was garbage, never stored)
 #if STAMPS
         if (tid == 0) write_stamps(my_stamps, s_stamp, s, T);
 #endif

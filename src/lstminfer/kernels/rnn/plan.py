@@ -755,6 +755,10 @@ def _refuse_cuda_options(plan: Plan, dtype: torch.dtype, batch: int) -> None:
     if plan.poll_spin not in (0, 1, 2):
         raise ValueError(f"poll_spin={plan.poll_spin!r} is not one of 0 (the first-read delay slept), 1 (spun on the "
                          f"clock) or 2 (spun and adapted every step)")
+    if plan.group_rows not in (0, plan.block_b) and not plan.cluster and plan.group_rows < batch:
+        # the grid has one batch group a block_b rows; fewer rows a group would leave rows to nobody
+        raise ValueError(f"group_rows={plan.group_rows} is fewer than the batch ({batch}) on a plan of "
+                         f"{plan.block_b}-row batch groups: ask for group_rows >= {batch}, or leave it out")
     if plan.cluster:
         for name in ("poll_sentinel", "stamps", "poll_frag", "poll_delay", "poll_sleep", "poll_spin"):
             if getattr(plan, name):
