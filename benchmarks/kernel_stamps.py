@@ -20,6 +20,11 @@ beside fused-graph us of the same plan without stamps (CUDA events, median of --
 stamped call's own span (the first a to the last c). globaltimer ticks at a granularity the hardware chooses
 (the `tick` column: the smallest step between two distinct stamps seen); the means are the better numbers where
 the tick is near the quantities.
+
+The stamps cost time where they are taken: thread 0 gathers every warp's stamps after barrier 1 (FFMA and shared-h
+plans) or barrier 2 (A-fragment plans), on warp 0's critical path, so the --split cycles include that bookkeeping
+(P fp32's "product" read 568 cycles, ~240 by Nsight Compute's samples). benchmarks/kernel_profile.py places a step
+without instrumentation (docs/fused_kernel.md v25).
 """
 
 from __future__ import annotations
