@@ -286,7 +286,7 @@ def test_cuda_only_options_are_refused_where_they_do_not_apply():
     runs another kernel (here the CPU's: the Triton persistent and the stack kernel), poll_sentinel where its
     sentinels would be all of h (one batch row a block, one 16-byte chunk a producer block), poll_spin outside 0-2
     or on a cluster plan (no polls)."""
-    for option in ("poll_sentinel", "sentinel_last", "stamps", "poll_spin"):
+    for option in ("poll_sentinel", "sentinel_last", "stamps", "poll_spin", "mma_swap"):
         with pytest.raises(ValueError, match=f"^{option} is an option of the CUDA persistent kernel, and this "
                                              f"call's plan runs the persistent kernel") as err:
             plan_for(packed_of(20, False), 4, 3, path="per-layer", **{option: True})
@@ -303,6 +303,17 @@ def test_cuda_only_options_are_refused_where_they_do_not_apply():
     # than the batch would leave rows to nobody (wrong numbers); all of the batch in one group is U's 8 real rows
     u_plan = _cuda_plan(packed_of(1024, False, torch.bfloat16), 8, 132)  # 16 padded rows a group
     _refuse_cuda_options(dataclasses.replace(u_plan, group_rows=8), torch.bfloat16, 8)
+    swapped = dataclasses.replace(u_plan, mma_swap=True, group_rows=8)  # mma_swap: <= 8 rows, h into B fragments
+    _refuse_cuda_options(swapped, torch.bfloat16, 8)
+    assert swapped.describe()["mma_swap"] is True
+    with pytest.raises(ValueError, match=r"^mma_swap does not fit 9 batch rows \(h is the mma's 8-column operand\): "
+                                         r"leave mma_swap out$"):
+        _refuse_cuda_options(dataclasses.replace(swapped, group_rows=16), torch.bfloat16, 9)
+    with pytest.raises(ValueError, match=r"^mma_swap does not fit a plan without h polled into mma fragments"):
+        _refuse_cuda_options(dataclasses.replace(_cuda_plan(packed_of(256, False, torch.bfloat16), 8, 132,
+                                                            cluster=False), mma_swap=True), torch.bfloat16, 8)
+    with pytest.raises(ValueError, match=r"^mma_swap does not fit sentinels"):
+        _refuse_cuda_options(dataclasses.replace(swapped, poll_sentinel=True), torch.bfloat16, 8)
     with pytest.raises(ValueError, match=r"^group_rows=8 is fewer than the batch \(12\) on a plan of 16-row batch "
                                          r"groups: ask for group_rows >= 12, or leave it out$"):
         _refuse_cuda_options(dataclasses.replace(u_plan, group_rows=8), torch.bfloat16, 12)
@@ -423,6 +434,16 @@ def _variants():
             True, 1, 1024, 1024, 8, 128, 1, 256, 16, False, 32, False, True, poll_delay=250, ffma_cols=2, stamps=3),
         "h256 b64 bf16 mma_regs, stamps in cycles at the h stores": CudaConfig(
             True, 1, 256, 256, 8, 32, 16, 256, 8, True, 16, True, True, mma_regs=True, poll_delay=250, stamps=4),
+        # mma_swap (v26): W^T as the mma's A operand and h as B at <= 8 rows (U; S's two directions; GRU in fp16)
+        "U bf16 h polled into B fragments (mma_swap)": CudaConfig(
+            True, 1, 1024, 1024, 8, 128, 16, 256, 8, True, 16, True, True, mma_regs=True, poll_frag=True,
+            poll_delay=500, group_rows=8, mma_swap=True),
+        "S bf16 bi h polled into B fragments (mma_swap)": CudaConfig(
+            True, 2, 512, 512, 8, 64, 16, 256, 8, True, 16, True, True, mma_regs=True, poll_frag=True,
+            poll_delay=500, group_rows=8, mma_swap=True),
+        "h768 fp16 gru h polled into B fragments (mma_swap), spun delay": CudaConfig(
+            False, 1, 768, 768, 8, 96, 16, 256, 8, True, 16, False, False, mma_regs=True, poll_frag=True,
+            poll_delay=500, group_rows=8, mma_swap=True, poll_spin=2),
     }
 
 
@@ -1107,3 +1128,37 @@ def test_gpu_poll_spin_and_measured_delays_match_float64(case):
     args = [x.to("cuda", dtype)] + [t.to("cuda", dtype).contiguous() for t in states]
     replays_equal_eager(packed, args, plan)
 
+
+
+# mma_swap (v26, asked for): W^T as the mma's A operand, h polled into its B fragments, at <= 8 batch rows:
+# (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c0, precision, overrides)
+MMA_SWAP_CASES = [
+    ("lstm", 128, 1024, 2, False, False, 24, 8, True, "bf16", {}),  # U's sizes, two layers
+    ("lstm", 80, 512, 2, True, False, 30, 5, True, "bf16", {}),  # S's: bidirectional, 5 of 8 rows
+    ("gru", 64, 768, 1, False, True, 20, 8, False, "fp16", dict(poll_spin=2)),  # batch_first, no state
+    ("lstm", 32, 1024, 1, False, False, 16, 1, True, "fp16", dict(mma=True, poll_frag=True)),  # one row on mma
+]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("case", MMA_SWAP_CASES, ids=lambda c: "-".join(map(str, c[:10] + (c[10] or "",))))
+def test_gpu_mma_swap_matches_float64_and_the_unswapped_plan(case):
+    """h as the mma's B operand (8 columns: the batch), W^T as A: outputs against float64 and close to the same plan
+    without the swap (the tensor cores sum the same products, perhaps in another order), the plan with its one group
+    of 8 rows, and a CUDA-graph replay equal to eager."""
+    *sizes, precision, overrides = case
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = sizes
+    dtype = DTYPES[precision]
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    packed = pack_rnn(module, "cuda", dtype)
+    plan = plan_for(packed, seq_len, batch, cudnn=False, mma_swap=True, **overrides)
+    assert (plan.kernel, plan.mma_swap, plan.poll_frag, plan.group_rows) == ("persistent-cuda", True, True, 8), plan
+    got = run_fused(module, x, hx, dtype=dtype, device="cuda", cudnn=False, mma_swap=True, **overrides)
+    assert_close(got, reference(module, x, hx), TOLERANCE[precision])
+    plain = run_fused(module, x, hx, dtype=dtype, device="cuda", cudnn=False, **overrides)
+    assert_close(got, [p.double() for p in plain], TOLERANCE[precision])
+    states = [] if hx is None else [*hx] if isinstance(hx, tuple) else [hx]
+    args = [x.to("cuda", dtype)] + [t.to("cuda", dtype).contiguous() for t in states]
+    replays_equal_eager(packed, args, plan)

@@ -21,7 +21,8 @@ KERNEL_NAME = b"rnn_persistent_cuda"
 
 # the CudaConfig fields that are Plan fields of the same name (the plan's options of this kernel, passed by name)
 PLAN_OPTIONS = ("poll_sleep", "w_shared", "mma_regs", "poll_frag", "poll_delay", "poll_sentinel", "sentinel_last",
-                "stamps", "cluster", "group_rows", "w_regs", "tiles_per_warp", "ffma_cols", "poll_spin")
+                "stamps", "cluster", "group_rows", "w_regs", "tiles_per_warp", "ffma_cols", "poll_spin",
+                "mma_swap")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class CudaConfig:
     tiles_per_warp: int = 0  # mma with W^T in shared memory: column tiles a warp (0 or 1: one)
     ffma_cols: int = 0  # FFMA with W^T in registers: columns a thread (0 or 1: one)
     poll_spin: int = 0  # the first-read delay: 0 __nanosleep, 1 spun on clock64, 2 spun and adapted every step
+    mma_swap: bool = False  # poll_frag at <= 8 rows: W^T the mma's A operand, h its B (no padding rows multiplied)
 
     def defines(self) -> str:
         values = dict(IS_LSTM=self.is_lstm, D=self.dirs, HP=self.hidden_padded, KH=self.kh, NB=self.nb,
@@ -68,7 +70,8 @@ class CudaConfig:
                       SENTINEL_LAST=self.sentinel_last, STAMPS=self.stamps, CLUSTER=self.cluster,
                       GROUP_ROWS=self.group_rows or self.bb, W_REGS=0 if self.mma else self.w_regs,
                       MMA_TPW=max(1, self.tiles_per_warp) if self.mma and not self.mma_regs else 1,
-                      FCOLS=max(1, self.ffma_cols), POLL_SPIN=self.poll_spin)
+                      FCOLS=max(1, self.ffma_cols), POLL_SPIN=self.poll_spin,
+                      MMA_SWAP=self.mma_swap and self.poll_frag and self.mma_regs and self.mma)
         return "".join(f"#define {k} {int(v)}\n" for k, v in values.items())
 
     def shared_bytes(self) -> int:

@@ -68,6 +68,11 @@ after a first read that found its whole part of h, else a quarter of the way tow
 read and the read that found h (both issue times taken on ``clock64``), within [0, SPIN_MAX] cycles. What the numbers
 rest on is unchanged: every word read is checked.
 
+MMA_SWAP (v26, asked only: `mma_swap`; built and compiled on the CPU, its GPU tests not yet run): with POLL_FRAG at
+8 batch rows or fewer, W^T is the mma's A operand (16 columns x 16 k, in registers) and h its B operand (16 k x 8
+columns: the batch rows), so no mma multiplies padding rows (half of U's today) and a lane polls one row; the partial
+sums land in ``red`` as before, so the cell is unchanged. The plan puts the rows in one group of 8 (group_rows).
+
 STAMPS (asked only): thread 0 of every block writes globaltimer ns into ``stamps[block][step][3]`` (the layer's
 slice, launch.py's workspace["stamps"]): (a) the step's wait starts, (b) the block's whole h slice is valid (the
 last warp's own stamp, taken after its poll and read after the next block barrier), (c) the block's h stores of
@@ -213,9 +218,22 @@ static_assert(GROUP_ROWS <= BB, "the real rows of a batch group fit the block's 
 #define NTILES (COLS / 8)
 #define CPW (KH / 16 / KSL)
 #endif
+#ifndef MMA_SWAP
+#define MMA_SWAP 0
+#endif
 #if MMA && MMA_REGS && POLL_FRAG
 #define A_DIRECT 1
+#if MMA_SWAP
+// (asked only, mma_swap) at most 8 batch rows: W^T is the mma's A operand (16 columns x 16 k, in registers) and h its
+// B (16 k x 8 rows: the batch, no padding rows), so a warp issues COLS / 16 x CPW mma instead of COLS / 8 x CPW, half
+// of them on padding rows; lane (g, t) polls 16 bytes of row g a 32-k group (two k chunks' b0/b1), as A_DIRECT's k
+// permutation
+static_assert(GROUP_ROWS <= 8 && COLS % 16 == 0 && CPW % 2 == 0, "mma_swap: at most 8 rows, whole 16-column tiles");
+#define MTILES (COLS / 16)
+#define NPOLL (CPW / 2)
+#else
 #define NPOLL CPW
+#endif
 #define RED_SIZE (KSL * BB * RROW)
 static_assert(CPW % 2 == 0, "h polled into A fragments: two k chunks a 16-byte read");
 #define SWCH (KH / KSL / CE)
@@ -333,8 +351,13 @@ __device__ __forceinline__ u32 poison_mask(uint4 v) {
 // q = tid + i NT, row q / CPR, k (q % CPR) CE, written inline.)
 __device__ __forceinline__ bool poll_slot(int i, int tid, int nrows, int& b, int& k) {
     const int lane = tid & 31;
+#if MMA_SWAP
+    b = lane >> 2;  // the B operand's 8 columns: row g only
+    k = (tid >> 5) * (KH / KSL) + i * 32 + (lane & 3) * 8;
+#else
     b = (lane >> 2) + 8 * (i & 1);
     k = (tid >> 5) * (KH / KSL) + (i >> 1) * 32 + (lane & 3) * 8;
+#endif
     return b < nrows;
 }
 #endif
@@ -486,6 +509,21 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
     // per column tile, h from shared memory every step: ~190 KiB a step at hidden 1024)
     const int lane = tid & 31, warp = tid >> 5;
     const int ks = warp;
+#if MMA_SWAP
+    // W^T as the A operand: register r of (tile mt, chunk kc) holds column mt 16 + g + 8 (r & 1) at the two k of
+    // half r >> 1, k permuted as the B fragments below (poll_slot's permutation)
+    u32 aw[MTILES][CPW][4];
+#pragma unroll
+    for (int mt = 0; mt < MTILES; ++mt)
+#pragma unroll
+        for (int kc = 0; kc < CPW; ++kc)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const int k = ks * (CPW * 16) + (kc >> 1) * 32 + (lane & 3) * 8 + (kc & 1) * 4 + (r >> 1) * 2;
+                const elem_t* p = w_dir + (long long)k * (HP * 4) + mt * 16 + (lane >> 2) + 8 * (r & 1);
+                aw[mt][kc][r] = (u32)p[0] | ((u32)p[HP * 4] << 16);
+            }
+#else
     u32 bw[NTILES][CPW][2];
 #pragma unroll
     for (int nt = 0; nt < NTILES; ++nt)
@@ -503,6 +541,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                 const elem_t* p = w_dir + (long long)k * (HP * 4) + nt * 8 + (lane >> 2);
                 bw[nt][kc][hf] = (u32)p[0] | ((u32)p[HP * 4] << 16);
             }
+#endif
 #elif MMA
     // 16-byte loads along a row's columns, several in flight, transposed into w_s (v15 loaded one 2-byte word
     // an iteration: ~100 dependent round trips a launch)
@@ -624,7 +663,11 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #if A_DIRECT
         // slot i at a compile-time offset from the lane's first (poll_slot): no address arithmetic in the wait
         const elem_t* const pbase = src + (long long)((tid & 31) >> 2) * RT + (tid >> 5) * (KH / KSL) + (tid & 3) * 8;
+#if MMA_SWAP
+#define POLL_PTR(i) (pbase + (i) * 32)
+#else
 #define POLL_PTR(i) (pbase + ((i) & 1) * 8 * RT + ((i) >> 1) * 32)
+#endif
 #else
 #define POLL_PTR(i) (src + b * RT + k)
 #endif
@@ -784,7 +827,40 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #endif
 #endif  // CLUSTER
 
-#if MMA && MMA_REGS
+#if MMA_SWAP
+        {
+            // W^T (A, registers) times h (B, straight from the poll): chunk kc's b0 / b1 are the words x / y (kc
+            // even) or z / w (odd) of the lane's 16 bytes of group kc / 2. C: column mt 16 + g (+ 8), rows 2t, 2t + 1
+            float acc[MTILES][4];
+#pragma unroll
+            for (int mt = 0; mt < MTILES; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.f;
+#pragma unroll
+            for (int kc = 0; kc < CPW; ++kc) {
+                const uint4 q = v[kc >> 1];
+                const u32 b0 = (kc & 1) ? q.z : q.x, b1 = (kc & 1) ? q.w : q.y;
+#pragma unroll
+                for (int mt = 0; mt < MTILES; ++mt) {
+#if IS_BF16
+                    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+#else
+                    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+#endif
+                        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                        : "+f"(acc[mt][0]), "+f"(acc[mt][1]), "+f"(acc[mt][2]), "+f"(acc[mt][3])
+                        : "r"(aw[mt][kc][0]), "r"(aw[mt][kc][1]), "r"(aw[mt][kc][2]), "r"(aw[mt][kc][3]), "r"(b0),
+                          "r"(b1));
+                }
+            }
+#pragma unroll
+            for (int mt = 0; mt < MTILES; ++mt) {
+                float* r = red + (ks * BB + 2 * (lane & 3)) * RROW + mt * 16 + (lane >> 2);
+                r[0] = acc[mt][0];
+                r[RROW] = acc[mt][1];
+                r[8] = acc[mt][2];
+                r[RROW + 8] = acc[mt][3];
+            }
+        }
+#elif MMA && MMA_REGS
         {
             float acc[NTILES][4];
 #pragma unroll

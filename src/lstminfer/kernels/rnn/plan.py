@@ -111,7 +111,9 @@ POLL_DELAY_NS = 500
 POLL_DELAY_FFMA_NS = 250
 POLL_DELAY_FFMA_16BIT_1024_NS = 400
 # options of the CUDA kernel only (docs/fused_kernel.md v18, v19, v23): a plan that runs another kernel refuses them
-CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster", "poll_spin")
+CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster", "poll_spin", "mma_swap")
+# mma_swap (asked for; cuda_source.py MMA_SWAP): h as the mma's B operand, whose 8 columns are the batch rows
+MMA_SWAP_ROWS = 8
 # thread-block clusters (asked for, or CUDA_MEASURED_OPTIONS' default; docs/fused_kernel.md "Clusters (v19)"): the
 # blocks a cluster that cluster=True tries, largest first (more than 8 needs the non-portable cluster size, which Hopper
 # allows up to 16), and the rows a cluster by default (mma: the 16 padded rows; FFMA: the real rows, at most
@@ -233,11 +235,12 @@ class Plan:
     # (True or 1; 2 / 3 / 4: clock64 cycles, the third stamp at the product's end / past the barrier after it / at the
     # h stores, v24)
     cluster: int = 0  # CUDA kernel: blocks a thread-block cluster, h through distributed shared memory (0: the slab)
-    group_rows: int = 0  # CUDA kernel, cluster: real batch rows a block where fewer than block_b (mma's 16 padded)
+    group_rows: int = 0  # CUDA kernel, cluster or mma_swap: real batch rows a block where fewer than block_b (mma: 16)
     w_regs: int = 0  # CUDA kernel, FFMA: k a thread in registers, the rest of its slice in shared memory (0: no split)
     tiles_per_warp: int = 0  # CUDA kernel, mma with W^T in shared memory: column tiles a warp (0: one)
     ffma_cols: int = 0  # CUDA kernel, FFMA with W^T in registers: columns a thread (0: one)
     poll_spin: int = 0  # CUDA kernel: the first-read delay spun on clock64 (1), and adapted every step (2; v23)
+    mma_swap: bool = False  # CUDA kernel, poll_frag, <= 8 rows: W^T as the mma's A operand, h as B (asked only; v26)
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
@@ -259,7 +262,7 @@ class Plan:
                                       "mma", "w_shared", "mma_regs", "poll_frag", "poll_sleep",
                                       "poll_delay", "poll_sentinel", "sentinel_last", "stamps", "cluster",
                                       "group_rows", "w_regs", "tiles_per_warp", "ffma_cols",
-                                      "poll_spin")}[self.kernel]
+                                      "poll_spin", "mma_swap")}[self.kernel]
         out = {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
         if self.note:
             out["note"] = self.note
@@ -701,6 +704,8 @@ def plan_for(packed: PackedRNN, seq_len: int, batch: int, path: str | None = Non
         return Plan("cudnn", batch, 1, 1, note="asked for (path='cudnn')")
     if overrides.get("sentinel_last"):
         overrides["poll_sentinel"] = True  # the sentinel row stored last is for the sentinel poll
+    if overrides.get("mma_swap"):
+        overrides.setdefault("group_rows", MMA_SWAP_ROWS)  # the B operand's 8 columns: one group of <= 8 rows
     plan = _plan_for(packed, seq_len, batch, path, **overrides)
     _refuse_cuda_options(plan, packed.dtype, batch)
     if not (path is None and not overrides and cudnn is None and CUDNN_HANDOFF):
@@ -755,6 +760,12 @@ def _refuse_cuda_options(plan: Plan, dtype: torch.dtype, batch: int) -> None:
     if plan.poll_spin not in (0, 1, 2):
         raise ValueError(f"poll_spin={plan.poll_spin!r} is not one of 0 (the first-read delay slept), 1 (spun on the "
                          f"clock) or 2 (spun and adapted every step)")
+    if plan.mma_swap and (not (plan.mma and plan.poll_frag) or batch > MMA_SWAP_ROWS or plan.poll_sentinel
+                          or plan.cluster):
+        why = (f"{batch} batch rows (h is the mma's {MMA_SWAP_ROWS}-column operand)" if batch > MMA_SWAP_ROWS
+               else "sentinels" if plan.poll_sentinel else "a cluster plan" if plan.cluster
+               else "a plan without h polled into mma fragments (mma, poll_frag)")
+        raise ValueError(f"mma_swap does not fit {why}: leave mma_swap out")
     if plan.group_rows not in (0, plan.block_b) and not plan.cluster and plan.group_rows < batch:
         # the grid has one batch group a block_b rows; fewer rows a group would leave rows to nobody
         raise ValueError(f"group_rows={plan.group_rows} is fewer than the batch ({batch}) on a plan of "
