@@ -801,3 +801,18 @@ def test_loop_summaries_count_the_instructions_a_backward_branch_spans():
     ])
     lines = _benchmark_module().loop_summaries(listing, shortest=2)
     assert lines == ["loop of 7: BAR 1 FFMA 2 MUFU 1 LDS 1 STG 1"]
+
+
+def test_the_grid_counts_16bit_points_slower_than_their_fp32_twin():
+    """Issue 12's "fp16/bf16 never slower than fp32", as the grid prints it: pairs by point, 2 % of noise allowed,
+    points without an fp32 twin left out."""
+    bench = _benchmark_module()
+    slower, pairs, worst = bench.count_16bit_slower([
+        ("grid h512 b1 1L uni fp32", 98.5), ("grid h512 b1 1L uni bf16", 102.3),  # P's 3.9 %: counted
+        ("grid h512 b8 1L uni fp32", 264.0), ("grid h512 b8 1L uni bf16", 137.4), ("grid h512 b8 1L uni fp16", 139.2),
+        ("grid h32 b1 1L uni fp32", 28.3), ("grid h32 b1 1L uni bf16", 28.8),  # 1.8 %: noise
+        ("grid h64 b64 2L bi bf16", 50.0),  # no fp32 twin
+    ])
+    assert slower == ["grid h512 b1 1L uni bf16"] and pairs == 4
+    assert worst[1] == "grid h512 b1 1L uni bf16" and worst[0] == pytest.approx(102.3 / 98.5)
+    assert bench.count_16bit_slower([])[:2] == ([], 0)
