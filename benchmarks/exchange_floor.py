@@ -79,6 +79,25 @@ __device__ __forceinline__ bool poisoned(uint4 v) {
 }
 #endif
 
+// the chunks of `todo` that are still poisoned in `set`; the others' values into `found`
+__device__ __forceinline__ u32 sift(const uint4 (&set)[PER], uint4 (&found)[PER], u32 todo) {
+    u32 bad = 0;
+#pragma unroll
+    for (int i = 0; i < PER; ++i)
+        if ((todo >> i) & 1u) {
+            if (poisoned(set[i])) bad |= 1u << i;
+            else found[i] = set[i];
+        }
+    return bad;
+}
+
+// the chunks of `which` read again into `set`, all in flight together
+__device__ __forceinline__ void reread(uint4 (&set)[PER], const uint4* src, int tid, u32 which) {
+#pragma unroll
+    for (int i = 0; i < PER; ++i)
+        if ((which >> i) & 1u) set[i] = ld_poll(src + tid + i * NT);
+}
+
 #if CLUSTER
 __device__ __forceinline__ void cluster_sync() {
     asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
@@ -136,35 +155,17 @@ extern "C" __global__ void __launch_bounds__(NT, 1) xchg(uint4* slab, int* err, 
                 todo |= 1u << i;
             }
         }
-        while (true) {
-            u32 bad = 0;
-#pragma unroll
-            for (int i = 0; i < PER; ++i)
-                if ((todo >> i) & 1u) {
-                    if (poisoned(v[i])) bad |= 1u << i;
-                    else w[i] = v[i];
-                }
-            todo = bad;
+        while (true) {  // the older set, then the newer, each re-read as soon as it is checked
+            todo = sift(v, w, todo);
             if (todo == 0) break;
             if (++spins > SPIN_LIMIT) {
                 atomicExch(err, 1);
                 break;
             }
-#pragma unroll
-            for (int i = 0; i < PER; ++i)
-                if ((todo >> i) & 1u) v[i] = ld_poll(src + tid + i * NT);
-            bad = 0;
-#pragma unroll
-            for (int i = 0; i < PER; ++i)
-                if ((todo >> i) & 1u) {
-                    if (poisoned(u[i])) bad |= 1u << i;
-                    else w[i] = u[i];
-                }
-            todo = bad;
+            reread(v, src, tid, todo);
+            todo = sift(u, w, todo);
             if (todo == 0) break;
-#pragma unroll
-            for (int i = 0; i < PER; ++i)
-                if ((todo >> i) & 1u) u[i] = ld_poll(src + tid + i * NT);
+            reread(u, src, tid, todo);
         }
 #pragma unroll
         for (int i = 0; i < PER; ++i) v[i] = w[i];
@@ -178,9 +179,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) xchg(uint4* slab, int* err, 
                 atomicExch(err, 1);
                 break;
             }
-#pragma unroll
-            for (int i = 0; i < PER; ++i)
-                if ((bad >> i) & 1u) v[i] = ld_poll(src + tid + i * NT);
+            reread(v, src, tid, bad);
         }
 #endif
 #if CLUSTER
