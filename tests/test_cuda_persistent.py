@@ -286,7 +286,7 @@ def test_cuda_only_options_are_refused_where_they_do_not_apply():
     runs another kernel (here the CPU's: the Triton persistent and the stack kernel), poll_sentinel where its
     sentinels would be all of h (one batch row a block, one 16-byte chunk a producer block), poll_spin outside 0-2
     or on a cluster plan (no polls)."""
-    for option in ("poll_sentinel", "sentinel_last", "stamps", "poll_spin", "mma_swap"):
+    for option in ("poll_sentinel", "sentinel_last", "stamps", "poll_spin", "mma_swap", "wide_h"):
         with pytest.raises(ValueError, match=f"^{option} is an option of the CUDA persistent kernel, and this "
                                              f"call's plan runs the persistent kernel") as err:
             plan_for(packed_of(20, False), 4, 3, path="per-layer", **{option: True})
@@ -314,6 +314,16 @@ def test_cuda_only_options_are_refused_where_they_do_not_apply():
                                                             cluster=False), mma_swap=True), torch.bfloat16, 8)
     with pytest.raises(ValueError, match=r"^mma_swap does not fit sentinels"):
         _refuse_cuda_options(dataclasses.replace(swapped, poll_sentinel=True), torch.bfloat16, 8)
+    p_bf16_plain = _cuda_plan(packed_of(512, False, torch.bfloat16), 1, 132, ffma_cols=2)  # P fp32's plan, in bf16
+    _refuse_cuda_options(dataclasses.replace(p_bf16_plain, wide_h=True), torch.bfloat16, 1)
+    assert dataclasses.replace(p_bf16_plain, wide_h=True).describe()["wide_h"] is True
+    for plan, dtype, why in ((_cuda_plan(packed_of(512, False), 1, 132), torch.float32,
+                              r"fp32 \(its h is fp32 words already\)"),
+                             (u_plan, torch.bfloat16, r"a plan that multiplies with mma.sync \(add mma=False\)"),
+                             (_cuda_plan(packed_of(256, False, torch.bfloat16), 8, 132), torch.bfloat16,
+                              r"a cluster plan \(h through shared memory\)")):
+        with pytest.raises(ValueError, match=f"^wide_h does not fit {why}"):
+            _refuse_cuda_options(dataclasses.replace(plan, wide_h=True), dtype, 8)
     with pytest.raises(ValueError, match=r"^group_rows=8 is fewer than the batch \(12\) on a plan of 16-row batch "
                                          r"groups: ask for group_rows >= 12, or leave it out$"):
         _refuse_cuda_options(dataclasses.replace(u_plan, group_rows=8), torch.bfloat16, 12)
@@ -434,6 +444,13 @@ def _variants():
             True, 1, 1024, 1024, 8, 128, 1, 256, 16, False, 32, False, True, poll_delay=250, ffma_cols=2, stamps=3),
         "h256 b64 bf16 mma_regs, stamps in cycles at the h stores": CudaConfig(
             True, 1, 256, 256, 8, 32, 16, 256, 8, True, 16, True, True, mma_regs=True, poll_delay=250, stamps=4),
+        # wide_h (v27): 16-bit FFMA plans exchanging h as fp32 words (P bf16 on P fp32's plan; GRU; sentinels)
+        "P bf16 ffma 2 columns a thread, h as fp32 words": CudaConfig(
+            True, 1, 512, 512, 4, 128, 1, 64, 8, False, 16, True, True, poll_delay=250, ffma_cols=2, slab_bits=32),
+        "R fp16 gru ffma, h as fp32 words": CudaConfig(False, 1, 1024, 1024, 8, 128, 1, 256, 8, False, 16, False,
+                                                        False, slab_bits=32),
+        "S fp16 bi ffma 8 rows, sentinels stored last, h as fp32 words": CudaConfig(
+            True, 2, 512, 512, 8, 64, 8, 256, 8, False, 16, False, True, sentinel_last=True, slab_bits=32),
         # mma_swap (v26): W^T as the mma's A operand and h as B at <= 8 rows (U; S's two directions; GRU in fp16)
         "U bf16 h polled into B fragments (mma_swap)": CudaConfig(
             True, 1, 1024, 1024, 8, 128, 16, 256, 8, True, 16, True, True, mma_regs=True, poll_frag=True,
@@ -1159,6 +1176,40 @@ def test_gpu_mma_swap_matches_float64_and_the_unswapped_plan(case):
     assert_close(got, reference(module, x, hx), TOLERANCE[precision])
     plain = run_fused(module, x, hx, dtype=dtype, device="cuda", cudnn=False, **overrides)
     assert_close(got, [p.double() for p in plain], TOLERANCE[precision])
+    states = [] if hx is None else [*hx] if isinstance(hx, tuple) else [hx]
+    args = [x.to("cuda", dtype)] + [t.to("cuda", dtype).contiguous() for t in states]
+    replays_equal_eager(packed, args, plan)
+
+
+# wide_h (v27, asked for): 16-bit FFMA plans exchanging h as fp32 words (the 16-bit values widened exactly):
+# (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c0, precision, overrides)
+WIDE_H_CASES = [
+    ("lstm", 256, 512, 1, False, False, 30, 1, True, "bf16", dict(ffma_cols=2)),  # P bf16 on P fp32's plan
+    ("lstm", 64, 512, 2, False, False, 20, 1, True, "bf16", {}),  # two layers: the next GEMM reads fp32 words
+    ("gru", 48, 1024, 1, False, True, 20, 1, False, "fp16", {}),  # R's sizes in GRU, batch_first, no state
+    ("lstm", 80, 512, 1, True, False, 20, 6, True, "fp16", dict(mma=False, sentinel_last=True)),  # 6 rows, sentinels
+]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("case", WIDE_H_CASES, ids=lambda c: "-".join(map(str, c[:10] + (c[10] or "",))))
+def test_gpu_wide_h_equals_the_16bit_exchange_bit_for_bit(case):
+    """h exchanged as fp32 words holding the 16-bit values: the outputs bit for bit those of the same plan with a
+    16-bit slab (every word is the same value), against float64, and a CUDA-graph replay equal to eager."""
+    *sizes, precision, overrides = case
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = sizes
+    dtype = DTYPES[precision]
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    packed = pack_rnn(module, "cuda", dtype)
+    plan = plan_for(packed, seq_len, batch, cudnn=False, wide_h=True, **overrides)
+    assert (plan.kernel, plan.wide_h, plan.mma) == ("persistent-cuda", True, False), plan
+    got = run_fused(module, x, hx, dtype=dtype, device="cuda", cudnn=False, wide_h=True, **overrides)
+    assert_close(got, reference(module, x, hx), TOLERANCE[precision])
+    narrow = run_fused(module, x, hx, dtype=dtype, device="cuda", cudnn=False, **overrides)
+    for g, n in zip(got, narrow):
+        assert torch.equal(g, n)
     states = [] if hx is None else [*hx] if isinstance(hx, tuple) else [hx]
     args = [x.to("cuda", dtype)] + [t.to("cuda", dtype).contiguous() for t in states]
     replays_equal_eager(packed, args, plan)

@@ -59,6 +59,7 @@ class CudaConfig:
     ffma_cols: int = 0  # FFMA with W^T in registers: columns a thread (0 or 1: one)
     poll_spin: int = 0  # the first-read delay: 0 __nanosleep, 1 spun on clock64, 2 spun and adapted every step
     mma_swap: bool = False  # poll_frag at <= 8 rows: W^T the mma's A operand, h its B (no padding rows multiplied)
+    slab_bits: int = 0  # bits of a slab word (0: elem_bits; 32 with 16-bit elements: the plan's wide_h)
 
     def defines(self) -> str:
         values = dict(IS_LSTM=self.is_lstm, D=self.dirs, HP=self.hidden_padded, KH=self.kh, NB=self.nb,
@@ -71,7 +72,8 @@ class CudaConfig:
                       GROUP_ROWS=self.group_rows or self.bb, W_REGS=0 if self.mma else self.w_regs,
                       MMA_TPW=max(1, self.tiles_per_warp) if self.mma and not self.mma_regs else 1,
                       FCOLS=max(1, self.ffma_cols), POLL_SPIN=self.poll_spin,
-                      MMA_SWAP=self.mma_swap and self.poll_frag and self.mma_regs and self.mma)
+                      MMA_SWAP=self.mma_swap and self.poll_frag and self.mma_regs and self.mma,
+                      SLAB_BITS=self.slab_bits or self.elem_bits)
         return "".join(f"#define {k} {int(v)}\n" for k, v in values.items())
 
     def shared_bytes(self) -> int:

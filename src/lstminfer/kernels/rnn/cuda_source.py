@@ -73,6 +73,11 @@ MMA_SWAP (v26, asked only: `mma_swap`; built and compiled on the CPU, its GPU te
 columns: the batch rows), so no mma multiplies padding rows (half of U's today) and a lane polls one row; the partial
 sums land in ``red`` as before, so the cell is unchanged. The plan puts the rows in one group of 8 (group_rows).
 
+SLAB_BITS 32 with 16-bit elements (v27, asked only: the plan's `wide_h`; built and compiled on the CPU, its GPU
+tests not yet run): an FFMA plan's slab holds h as fp32 words, each the 16-bit value widened (exact), so the numbers
+are bit for bit the 16-bit slab's; the poll and the copy into shared memory are the fp32 kernel's (no widening of h
+in the wait). For P bf16, which measured 3-4 % slower than P fp32 on its own exchange of 16-bit words.
+
 STAMPS (asked only): thread 0 of every block writes globaltimer ns into ``stamps[block][step][3]`` (the layer's
 slice, launch.py's workspace["stamps"]): (a) the step's wait starts, (b) the block's whole h slice is valid (the
 last warp's own stamp, taken after its poll and read after the next block barrier), (c) the block's h stores of
@@ -221,6 +226,11 @@ static_assert(GROUP_ROWS <= BB, "the real rows of a batch group fit the block's 
 #ifndef MMA_SWAP
 #define MMA_SWAP 0
 #endif
+#ifndef SLAB_BITS
+#define SLAB_BITS ELEM_BITS
+#endif
+// SLAB_BITS 32 with 16-bit elements (wide_h, v27): the FFMA plans exchange h as fp32 words, the 16-bit values widened
+static_assert(SLAB_BITS == ELEM_BITS || (SLAB_BITS == 32 && !MMA && !CLUSTER), "wide_h: 16-bit FFMA plans, no cluster");
 #if MMA && MMA_REGS && POLL_FRAG
 #define A_DIRECT 1
 #if MMA_SWAP
@@ -247,7 +257,7 @@ static_assert(CPW % 2 == 0, "h polled into A fragments: two k chunks a 16-byte r
 #define A_DIRECT 0
 #define NPOLL PC
 #endif
-#define CE (16 / (ELEM_BITS / 8))
+#define CE (16 / (SLAB_BITS / 8))
 #define CPR (KH / CE)
 #define NCH (BB * CPR)
 #define PC ((NCH + NT - 1) / NT)
@@ -257,7 +267,7 @@ static_assert(CPW % 2 == 0, "h polled into A fragments: two k chunks a 16-byte r
 #if POLL_SENTINEL
 // sentinels: in a warp's k range of SWCH chunks, one chunk a producer block (its last unit's; a chunk of
 // 16-bit h holds two producers' words at NB 4), of the last real row
-#define SPP (NB * ELEM_BITS / 8 >= 16 ? NB * ELEM_BITS / 8 / 16 : 1)
+#define SPP (NB * SLAB_BITS / 8 >= 16 ? NB * SLAB_BITS / 8 / 16 : 1)
 #define NSW ((SWCH + SPP - 1) / SPP)
 #define SPL ((NSW + 31) / 32)
 static_assert(SPL <= 32, "at most 32 sentinels a lane (a bit mask)");
@@ -272,6 +282,11 @@ typedef elem_t hs_t;
 #else
 typedef float hs_t;
 #endif
+#if SLAB_BITS == 32
+typedef float slab_t;
+#else
+typedef elem_t slab_t;
+#endif
 
 __device__ __forceinline__ elem_t from_f32(float f) {
 #if ELEM_BITS == 32
@@ -284,6 +299,15 @@ __device__ __forceinline__ elem_t from_f32(float f) {
     u16 r;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(f));
     return r;
+#endif
+}
+
+// an h word as the slab holds it (wide_h: the 16-bit value widened, exactly)
+__device__ __forceinline__ slab_t to_slab(elem_t hv) {
+#if SLAB_BITS == 32 && ELEM_BITS == 16
+    return to_f32(hv);
+#else
+    return hv;
 #endif
 }
 
@@ -322,7 +346,7 @@ __device__ __forceinline__ void write_stamps(long long* st, const long long (*s_
 #endif
 
 __device__ __forceinline__ bool has_poison(uint4 v) {
-#if ELEM_BITS == 32
+#if SLAB_BITS == 32
     return (v.x == 0xffffffffu) | (v.y == 0xffffffffu) | (v.z == 0xffffffffu) | (v.w == 0xffffffffu);
 #else
     // a 16-bit word all ones (a NaN no GPU computes: its NaNs are 0x7fff / 0x7fc0 ...)
@@ -445,7 +469,7 @@ __device__ __forceinline__ hs_t h_value(elem_t hv) {
     } while (0)
 
 extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
-    const float* __restrict__ gx, const elem_t* __restrict__ w_hh, elem_t* slab, int* err,
+    const float* __restrict__ gx, const elem_t* __restrict__ w_hh, slab_t* slab, int* err,
     const elem_t* __restrict__ h0, const elem_t* __restrict__ c0, elem_t* out,
     long long stride_ot, long long stride_ob, long long stride_ok, elem_t* hn, elem_t* cn,
     int T, int B, int H, int layer, int is_last, long long spin_limit, long long* stamps)
@@ -611,7 +635,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #endif
             }
 #endif
-            slab[((long long)init_slot * B + row0 + b) * RT + d * HP + n] = from_f32(h_st[i]);
+            slab[((long long)init_slot * B + row0 + b) * RT + d * HP + n] = to_slab(from_f32(h_st[i]));
         }
     }
 #if CLUSTER
@@ -657,12 +681,12 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
         // wait for the previous h: every thread its own 16-byte chunks, all in flight; the chunks still holding
         // poison are re-read together, so a wait costs one L2 round trip after the data is there, not one a
         // chunk (v15 re-read them one after another: 4-8 round trips a step at 16 rows)
-        const elem_t* src = slab + (read_slot * B + row0) * RT + d * HP;
+        const slab_t* src = slab + (read_slot * B + row0) * RT + d * HP;
         uint4 v[NPOLL];
         u32 pending = 0;
 #if A_DIRECT
         // slot i at a compile-time offset from the lane's first (poll_slot): no address arithmetic in the wait
-        const elem_t* const pbase = src + (long long)((tid & 31) >> 2) * RT + (tid >> 5) * (KH / KSL) + (tid & 3) * 8;
+        const slab_t* const pbase = src + (long long)((tid & 31) >> 2) * RT + (tid >> 5) * (KH / KSL) + (tid & 3) * 8;
 #if MMA_SWAP
 #define POLL_PTR(i) (pbase + (i) * 32)
 #else
@@ -703,7 +727,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             // reads 1 / rows of the bytes. A hint only: the reads below still check every word of the slice and
             // re-read the chunks that hold poison; nothing orders the sentinel before the other words
             const int lane = tid & 31, wc0 = (tid >> 5) * SWCH;
-            const elem_t* const srow = src + (long long)(nrows - 1) * RT;
+            const slab_t* const srow = src + (long long)(nrows - 1) * RT;
             uint4 sv[SPL];
             u32 spend = 0;
 #pragma unroll
@@ -799,7 +823,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
             for (int i = 0; i < NPOLL; ++i) {
                 SLOT(i);
                 if ((pending >> i) & 1u) {
-#if MMA || ELEM_BITS == 32
+#if MMA || SLAB_BITS == 32
                     *(uint4*)(h_s + h_index(b, k)) = v[i];
 #else
                     const u32 ww[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
@@ -1162,10 +1186,10 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
                     h_last[i] = hv;
                     deferred |= 1u << i;
                 } else {
-                    slab[((long long)(t + 1) * B + row) * RT + d * HP + n] = hv;  // the word is the flag
+                    slab[((long long)(t + 1) * B + row) * RT + d * HP + n] = to_slab(hv);  // the word is the flag
                 }
 #else
-                slab[((long long)(t + 1) * B + row) * RT + d * HP + n] = hv;  // the word is the flag
+                slab[((long long)(t + 1) * B + row) * RT + d * HP + n] = to_slab(hv);  // the word is the flag
 #endif
 #if !CLUSTER
                 STORE_OUTPUTS(row, n, hv, c_st[i]);
@@ -1203,7 +1227,8 @@ extern "C" __global__ void __launch_bounds__(NT, 1) rnn_persistent_cuda(
 #pragma unroll
         for (int i = 0; i < CPT; ++i) {
             const int j = tid + i * NT, n = n0 + j % NB;
-            if ((deferred >> i) & 1u) slab[((long long)(t + 1) * B + row0 + nrows - 1) * RT + d * HP + n] = h_last[i];
+            if ((deferred >> i) & 1u)
+                slab[((long long)(t + 1) * B + row0 + nrows - 1) * RT + d * HP + n] = to_slab(h_last[i]);
         }
 #endif
 #if STAMPS == 1 || STAMPS == 4

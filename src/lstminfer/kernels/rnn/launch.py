@@ -184,7 +184,7 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
     if ws.get("key") != key:
         ws.clear()
         ws.update(key=key, slab=torch.empty((seq_len + 2, batch, dirs, hp), device=device,
-                                            dtype=torch.float32 if plan.wide else packed.dtype),
+                                            dtype=torch.float32 if plan.wide or plan.wide_h else packed.dtype),
                   w_hh=packed.w_hh.float() if plan.wide else packed.w_hh,
                   state=torch.empty((2, dirs, batch, hp), device=device, dtype=torch.float32),
                   err=torch.zeros(1, device=device, dtype=torch.int32))
@@ -206,9 +206,11 @@ def _persistent_forward(packed: PackedRNN, x: torch.Tensor, h0: torch.Tensor | N
         if plan.cuda:
             from .cuda_persistent import PLAN_OPTIONS, CudaConfig, launch
 
+            # the element type is the weights' (the slab's words are wider with wide_h)
             cfg = CudaConfig(lstm, dirs, hp, kh, plan.block_n, plan.r_tiles, plan.block_b, 32 * plan.num_warps,
-                             plan.k_split, plan.mma, 8 * slab.element_size(), slab.dtype == torch.bfloat16,
-                             h0 is not None, fast_math, **{name: getattr(plan, name) for name in PLAN_OPTIONS})
+                             plan.k_split, plan.mma, 8 * packed.dtype.itemsize, packed.dtype == torch.bfloat16,
+                             h0 is not None, fast_math, slab_bits=8 * slab.element_size(),
+                             **{name: getattr(plan, name) for name in PLAN_OPTIONS})
             launch(cfg, plan.programs, gx, ws["w_hh"], slab, ws["err"], h0 if h0 is not None else hn,
                    c0 if (h0 is not None and lstm) else hn, out, stride_ot, stride_ob, out.stride(2), hn, cn,
                    seq_len, batch, hidden, layer, layer == layers - 1, SPIN_LIMIT,

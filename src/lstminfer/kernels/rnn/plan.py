@@ -111,7 +111,7 @@ POLL_DELAY_NS = 500
 POLL_DELAY_FFMA_NS = 250
 POLL_DELAY_FFMA_16BIT_1024_NS = 400
 # options of the CUDA kernel only (docs/fused_kernel.md v18, v19, v23): a plan that runs another kernel refuses them
-CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster", "poll_spin", "mma_swap")
+CUDA_ONLY_OPTIONS = ("sentinel_last", "poll_sentinel", "stamps", "cluster", "poll_spin", "mma_swap", "wide_h")
 # mma_swap (asked for; cuda_source.py MMA_SWAP): h as the mma's B operand, whose 8 columns are the batch rows
 MMA_SWAP_ROWS = 8
 # thread-block clusters (asked for, or CUDA_MEASURED_OPTIONS' default; docs/fused_kernel.md "Clusters (v19)"): the
@@ -241,6 +241,7 @@ class Plan:
     ffma_cols: int = 0  # CUDA kernel, FFMA with W^T in registers: columns a thread (0: one)
     poll_spin: int = 0  # CUDA kernel: the first-read delay spun on clock64 (1), and adapted every step (2; v23)
     mma_swap: bool = False  # CUDA kernel, poll_frag, <= 8 rows: W^T as the mma's A operand, h as B (asked only; v26)
+    wide_h: bool = False  # CUDA kernel, 16-bit FFMA: h exchanged as fp32 words, the same values (asked only; v27)
     note: str = ""  # per-layer path on the Triton kernel: why not the CUDA one
     kernel: str = field(init=False)  # the kernel that runs, from the fields above (one of KERNELS)
 
@@ -262,7 +263,7 @@ class Plan:
                                       "mma", "w_shared", "mma_regs", "poll_frag", "poll_sleep",
                                       "poll_delay", "poll_sentinel", "sentinel_last", "stamps", "cluster",
                                       "group_rows", "w_regs", "tiles_per_warp", "ffma_cols",
-                                      "poll_spin", "mma_swap")}[self.kernel]
+                                      "poll_spin", "mma_swap", "wide_h")}[self.kernel]
         out = {"kernel": self.kernel, "path": self.path, **{name: getattr(self, name) for name in fields}}
         if self.note:
             out["note"] = self.note
@@ -766,6 +767,10 @@ def _refuse_cuda_options(plan: Plan, dtype: torch.dtype, batch: int) -> None:
                else "sentinels" if plan.poll_sentinel else "a cluster plan" if plan.cluster
                else "a plan without h polled into mma fragments (mma, poll_frag)")
         raise ValueError(f"mma_swap does not fit {why}: leave mma_swap out")
+    if plan.wide_h and (dtype == torch.float32 or plan.mma or plan.cluster):
+        why = ("fp32 (its h is fp32 words already)" if dtype == torch.float32 else "a plan that multiplies with "
+               "mma.sync (add mma=False)" if plan.mma else "a cluster plan (h through shared memory)")
+        raise ValueError(f"wide_h does not fit {why}: leave wide_h out")
     if plan.group_rows not in (0, plan.block_b) and not plan.cluster and plan.group_rows < batch:
         # the grid has one batch group a block_b rows; fewer rows a group would leave rows to nobody
         raise ValueError(f"group_rows={plan.group_rows} is fewer than the batch ({batch}) on a plan of "
