@@ -156,11 +156,18 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         with tempfile.TemporaryDirectory() as tmp:
             for name in names:
-                text = profile(name, Path(tmp))
+                try:
+                    text = profile(name, Path(tmp))
+                except subprocess.CalledProcessError as err:  # no counters, no GPU, a kernel that failed
+                    last = (err.stderr or err.stdout or "").strip().splitlines()[-1:] or ["no output"]
+                    print(f"{name}: ncu failed (exit {err.returncode}): {last[0]}", file=sys.stderr)
+                    continue
                 sources.append((name, text))
                 if args.csv_dir:
                     Path(args.csv_dir).mkdir(parents=True, exist_ok=True)
                     (Path(args.csv_dir) / (re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") + ".csv")).write_text(text)
+    if not sources:
+        return 1
     print("| workload | " + " | ".join(PARTS) + " | outside the loop | top stalls (wait; product; cell) |")
     print("|---|" + "---|" * (len(PARTS) + 2))
     for name, text in sources:
