@@ -1147,6 +1147,23 @@ def test_gpu_poll_spin_and_measured_delays_match_float64(case):
 
 
 
+# the option cases below: (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c0, precision, overrides)
+def option_case(case):
+    """A case's module, inputs and CUDA pack: (module, x, hx, packed, seq_len, batch, precision, overrides)."""
+    *sizes, precision, overrides = case
+    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = sizes
+    module = make(kind, input_size, hidden, layers, bi, bf)
+    x, hx = random_inputs(module, seq_len, batch, with_state)
+    return module, x, hx, pack_rnn(module, "cuda", DTYPES[precision]), seq_len, batch, precision, overrides
+
+
+def replay_case(packed, x, hx, plan):
+    """replays_equal_eager on a case's inputs, in the pack's dtype."""
+    states = [] if hx is None else [*hx] if isinstance(hx, tuple) else [hx]
+    args = [x.to("cuda", packed.dtype)] + [t.to("cuda", packed.dtype).contiguous() for t in states]
+    replays_equal_eager(packed, args, plan)
+
+
 # mma_swap (v26, asked for): W^T as the mma's A operand, h polled into its B fragments, at <= 8 batch rows:
 # (kind, input, hidden, layers, bi, batch_first, seq, batch, h0/c0, precision, overrides)
 MMA_SWAP_CASES = [
@@ -1164,21 +1181,15 @@ def test_gpu_mma_swap_matches_float64_and_the_unswapped_plan(case):
     """h as the mma's B operand (8 columns: the batch), W^T as A: outputs against float64 and close to the same plan
     without the swap (the tensor cores sum the same products, perhaps in another order), the plan with its one group
     of 8 rows, and a CUDA-graph replay equal to eager."""
-    *sizes, precision, overrides = case
-    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = sizes
+    module, x, hx, packed, seq_len, batch, precision, overrides = option_case(case)
     dtype = DTYPES[precision]
-    module = make(kind, input_size, hidden, layers, bi, bf)
-    x, hx = random_inputs(module, seq_len, batch, with_state)
-    packed = pack_rnn(module, "cuda", dtype)
     plan = plan_for(packed, seq_len, batch, cudnn=False, mma_swap=True, **overrides)
     assert (plan.kernel, plan.mma_swap, plan.poll_frag, plan.group_rows) == ("persistent-cuda", True, True, 8), plan
     got = run_fused(module, x, hx, dtype=dtype, device="cuda", cudnn=False, mma_swap=True, **overrides)
     assert_close(got, reference(module, x, hx), TOLERANCE[precision])
     plain = run_fused(module, x, hx, dtype=dtype, device="cuda", cudnn=False, **overrides)
     assert_close(got, [p.double() for p in plain], TOLERANCE[precision])
-    states = [] if hx is None else [*hx] if isinstance(hx, tuple) else [hx]
-    args = [x.to("cuda", dtype)] + [t.to("cuda", dtype).contiguous() for t in states]
-    replays_equal_eager(packed, args, plan)
+    replay_case(packed, x, hx, plan)
 
 
 # wide_h (v27, asked for): 16-bit FFMA plans exchanging h as fp32 words (the 16-bit values widened exactly):
@@ -1197,12 +1208,8 @@ WIDE_H_CASES = [
 def test_gpu_wide_h_equals_the_16bit_exchange_bit_for_bit(case):
     """h exchanged as fp32 words holding the 16-bit values: the outputs bit for bit those of the same plan with a
     16-bit slab (every word is the same value), against float64, and a CUDA-graph replay equal to eager."""
-    *sizes, precision, overrides = case
-    kind, input_size, hidden, layers, bi, bf, seq_len, batch, with_state = sizes
+    module, x, hx, packed, seq_len, batch, precision, overrides = option_case(case)
     dtype = DTYPES[precision]
-    module = make(kind, input_size, hidden, layers, bi, bf)
-    x, hx = random_inputs(module, seq_len, batch, with_state)
-    packed = pack_rnn(module, "cuda", dtype)
     plan = plan_for(packed, seq_len, batch, cudnn=False, wide_h=True, **overrides)
     assert (plan.kernel, plan.wide_h, plan.mma) == ("persistent-cuda", True, False), plan
     got = run_fused(module, x, hx, dtype=dtype, device="cuda", cudnn=False, wide_h=True, **overrides)
@@ -1210,6 +1217,4 @@ def test_gpu_wide_h_equals_the_16bit_exchange_bit_for_bit(case):
     narrow = run_fused(module, x, hx, dtype=dtype, device="cuda", cudnn=False, **overrides)
     for g, n in zip(got, narrow):
         assert torch.equal(g, n)
-    states = [] if hx is None else [*hx] if isinstance(hx, tuple) else [hx]
-    args = [x.to("cuda", dtype)] + [t.to("cuda", dtype).contiguous() for t in states]
-    replays_equal_eager(packed, args, plan)
+    replay_case(packed, x, hx, plan)
